@@ -1,0 +1,123 @@
+//! Durable storage for a node: the operation log, the state it produces, metadata and client
+//! sessions (DESIGN §3).
+//!
+//! [`Storage`] has two engines: [`sled_engine::SledStorage`] for real nodes and
+//! [`memory::MemoryStorage`] for the simulator. Both pass one test suite.
+//!
+//! Durability contract, which the memory engine models exactly:
+//! - Every write method is *buffered*: it is visible to reads at once but may be lost in a crash.
+//! - [`Storage::flush`] makes every write that returned before the call durable.
+//! - A crash keeps a *prefix* of the writes: never a later write without the earlier ones. So the
+//!   applied index never survives ahead of the log entries it applied.
+//! - [`Storage::apply`] is atomic: state changes, session records and the applied index move
+//!   together.
+//!
+//! Methods take `&self` so the I/O shell can run a flush on another thread while the protocol
+//! keeps appending (group commit).
+
+pub mod apply;
+pub mod memory;
+pub mod sled_engine;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::wire::client::WriteResult;
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+
+/// Metadata a node persists besides its log (the `meta` tree).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The highest epoch this node has seen.
+    pub epoch: Epoch,
+    /// The candidate this node voted for in `epoch`, if any.
+    pub vote: Option<NodeId>,
+    /// The highest index this node knows to be committed.
+    pub commit_index: LogIndex,
+    /// The highest index applied to `state`; written atomically with the state.
+    pub applied_index: LogIndex,
+    /// The membership as last configured (the log's latest membership entry wins over it).
+    pub membership: Option<Membership>,
+    /// The first index still in the log; entries before it were compacted into `state`.
+    pub log_start: LogIndex,
+    /// `(epoch, index)` of the entry just before `log_start` (the snapshot's last entry).
+    pub snapshot_epoch: Epoch,
+}
+
+/// The last result of one client session (the `sessions` tree).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub last_sequence: u64,
+    pub result: WriteResult,
+}
+
+/// An entry removed from this node's log because it diverged from the primary's, kept for the
+/// operator (the `rollback` tree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The epoch this node was in when it rolled the entry back.
+    pub rolled_back_in_epoch: Epoch,
+    pub entry: Entry,
+}
+
+/// A node's durable store. See the module docs for the durability contract.
+pub trait Storage: Send + Sync {
+    // --- the log ---
+
+    /// Appends entries after the last one. `entries` must be contiguous and start at
+    /// `last_index() + 1`; violating this is a caller bug and returns an error.
+    fn append(&self, entries: &[Entry]) -> Result<()>;
+
+    /// The entry at `index`, if it is in the log (not compacted, not past the end).
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>>;
+
+    /// Entries from `from` to `to` inclusive, stopping early once `max_bytes` of encoded entries
+    /// have been collected (at least one entry is returned if any is in range).
+    fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: usize) -> Result<Vec<Entry>>;
+
+    /// `(epoch, index)` of the last entry; `(snapshot_epoch, log_start - 1)` for an empty log, which
+    /// is `(0, 0)` for a new node.
+    fn last(&self) -> Result<(Epoch, LogIndex)>;
+
+    /// Removes the entries from `from` to the end and records them in the `rollback` tree, tagged
+    /// with `epoch`. Returns the removed entries.
+    fn truncate_suffix(&self, from: LogIndex, epoch: Epoch) -> Result<Vec<Entry>>;
+
+    /// Every entry ever rolled back on this node, oldest first.
+    fn rolled_back(&self) -> Result<Vec<RolledBack>>;
+
+    // --- metadata ---
+
+    /// Everything in the `meta` tree.
+    fn meta(&self) -> Result<Meta>;
+
+    /// Persists the epoch and the vote together (buffered: flush before answering a vote).
+    fn set_epoch_and_vote(&self, epoch: Epoch, vote: Option<NodeId>) -> Result<()>;
+
+    /// Persists the commit index (buffered).
+    fn set_commit_index(&self, index: LogIndex) -> Result<()>;
+
+    /// Persists the configured membership (buffered).
+    fn set_membership(&self, membership: &Membership) -> Result<()>;
+
+    // --- state ---
+
+    /// Applies `entries` (which must start at `applied_index + 1`) to the state atomically with
+    /// the applied index and the session records. A write whose request id is not newer than its
+    /// session's last sequence is a duplicate: it changes nothing and its result is the stored one.
+    fn apply(&self, entries: &[Entry]) -> Result<Vec<WriteResult>>;
+
+    /// The value of `key` in the applied state.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The session record of `client_id`, if any.
+    fn session(&self, client_id: u64) -> Result<Option<Session>>;
+
+    // --- durability ---
+
+    /// Makes every earlier write durable (fsync).
+    fn flush(&self) -> Result<()>;
+}

@@ -1,0 +1,243 @@
+//! The client protocol: requests a client sends to any node's client port, and the responses.
+//!
+//! A client session is one bidirectional QUIC stream carrying request and response frames in
+//! turn. Every response says which node answered, at which epoch, and which log index it reflects.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
+
+/// How many replicas must have a write before the client is acknowledged (DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteConcern {
+    /// The primary has flushed the entry. May be rolled back by a failover (kept in `rollback`).
+    One,
+    /// `n` voters, the primary included, have flushed the entry.
+    Count(u32),
+    /// The entry is committed: durable on a majority of voters. Never lost.
+    #[default]
+    Majority,
+    /// Committed, and flushed by every member of the in-sync set.
+    All,
+}
+
+impl std::str::FromStr for WriteConcern {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text {
+            "majority" => Ok(WriteConcern::Majority),
+            "all" => Ok(WriteConcern::All),
+            "1" => Ok(WriteConcern::One),
+            other => match other.parse::<u32>() {
+                Ok(0) | Err(_) => Err(Error::InvalidRequest(format!(
+                    "write concern {other:?} is not one of 1, N (a positive number), majority, all"
+                ))),
+                Ok(count) => Ok(WriteConcern::Count(count)),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for WriteConcern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteConcern::One => write!(f, "1"),
+            WriteConcern::Count(n) => write!(f, "{n}"),
+            WriteConcern::Majority => write!(f, "majority"),
+            WriteConcern::All => write!(f, "all"),
+        }
+    }
+}
+
+/// How fresh a read must be (DESIGN §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Served by the primary once it has confirmed it still leads, reflecting every write
+    /// committed before the read began.
+    #[default]
+    Linearizable,
+    /// The primary's applied state, without confirming leadership.
+    Local,
+    /// Any node's applied state; may be behind.
+    Stale,
+}
+
+impl std::str::FromStr for ReadConsistency {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self, Error> {
+        match text {
+            "linearizable" => Ok(ReadConsistency::Linearizable),
+            "local" => Ok(ReadConsistency::Local),
+            "stale" => Ok(ReadConsistency::Stale),
+            other => Err(Error::InvalidRequest(format!(
+                "read consistency {other:?} is not one of linearizable, local, stale"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadConsistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Local => "local",
+            ReadConsistency::Stale => "stale",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Read one key.
+    Get {
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+    },
+    /// Read up to `limit` pairs whose key starts with `prefix`, in key order.
+    Scan {
+        prefix: Vec<u8>,
+        limit: u32,
+        consistency: ReadConsistency,
+    },
+    /// A write: put or delete.
+    Write {
+        request_id: RequestId,
+        write: Write,
+        write_concern: WriteConcern,
+        /// How long the node may wait for the write concern before answering
+        /// [`Error::WriteConcernNotMet`].
+        timeout_ms: u64,
+    },
+    /// This node's view of the cluster.
+    Status,
+}
+
+/// The write part of [`Request::Write`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// Where a response comes from: the node, its epoch, and the log index the answer reflects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseMeta {
+    pub node_id: NodeId,
+    pub epoch: Epoch,
+    pub index: LogIndex,
+}
+
+/// The result of a write as remembered in the sessions table, so that a retry gets the same answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The log index of the entry that performed the write.
+    pub index: LogIndex,
+    /// Whether the key existed before the write.
+    pub existed: bool,
+}
+
+/// A response to a client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Value {
+        value: Option<Vec<u8>>,
+        meta: ResponseMeta,
+    },
+    Pairs {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        meta: ResponseMeta,
+    },
+    Written {
+        result: WriteResult,
+        meta: ResponseMeta,
+    },
+    Status(Box<ClusterStatus>),
+    Error(Error),
+}
+
+/// The role a node plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Primary,
+    Backup,
+    Candidate,
+    Learner,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+        };
+        f.write_str(name)
+    }
+}
+
+/// How the primary sees a member (DESIGN §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberHealth {
+    /// Acks heartbeats and is caught up.
+    Healthy,
+    /// Reachable but behind.
+    Lagging,
+    /// A resync is in progress.
+    CatchingUp,
+    /// No ack for `failure_timeout`.
+    Unreachable,
+    /// This node itself.
+    Local,
+    /// Not known from this node (it is not the primary).
+    Unknown,
+}
+
+impl std::fmt::Display for MemberHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            MemberHealth::Healthy => "healthy",
+            MemberHealth::Lagging => "lagging",
+            MemberHealth::CatchingUp => "catching-up",
+            MemberHealth::Unreachable => "unreachable",
+            MemberHealth::Local => "local",
+            MemberHealth::Unknown => "unknown",
+        };
+        f.write_str(name)
+    }
+}
+
+/// One row of `kvctl status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub member: Member,
+    pub role: Option<Role>,
+    /// Highest index known to be in the member's log.
+    pub last_index: Option<LogIndex>,
+    /// Highest index known to be durable on the member.
+    pub durable_index: Option<LogIndex>,
+    /// Entries behind the primary's last index.
+    pub lag: Option<u64>,
+    pub health: MemberHealth,
+    /// Milliseconds since the member last acknowledged a heartbeat.
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+/// A node's view of the cluster, answered to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub epoch: Epoch,
+    pub primary: Option<NodeId>,
+    pub last_index: LogIndex,
+    pub durable_index: LogIndex,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    /// Entries this node has moved to its `rollback` tree, over its lifetime.
+    pub rolled_back_entries: u64,
+    pub members: Vec<MemberStatus>,
+}

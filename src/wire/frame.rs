@@ -1,0 +1,94 @@
+//! Length-prefixed frames: a 4-byte big-endian length, then a postcard body.
+//!
+//! The length is checked against the caller's limit before the body buffer is allocated, so an
+//! untrusted peer can never make a node allocate more than the limit. A clean end of stream between
+//! frames is `Ok(None)`; an end inside a frame, an oversized length or an undecodable body is an
+//! error that closes only that stream.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+
+/// Largest frame a node accepts from a client.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest frame a node accepts from a peer (an append batch or a snapshot chunk).
+pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Encodes `value` as one frame: length prefix and body.
+pub fn encode<T: Serialize>(value: &T, max_bytes: usize) -> Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    let mut frame = postcard::to_extend(value, std::mem::take(&mut frame))?;
+    let body_len = frame.len() - 4;
+    if body_len > max_bytes {
+        return Err(Error::Protocol(format!(
+            "frame of {body_len} bytes exceeds the limit of {max_bytes} bytes"
+        )));
+    }
+    let prefix = u32::try_from(body_len)
+        .map_err(|_| Error::Protocol(format!("frame of {body_len} bytes is too large")))?;
+    frame[..4].copy_from_slice(&prefix.to_be_bytes());
+    Ok(frame)
+}
+
+/// Decodes a frame body (without its length prefix). Trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let (value, rest) = postcard::take_from_bytes(body)?;
+    if !rest.is_empty() {
+        return Err(Error::Protocol(format!(
+            "{} unexpected bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before the frame began.
+pub async fn read_frame<T, R>(reader: &mut R, max_bytes: usize) -> Result<Option<T>>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut prefix = [0u8; 4];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        let read = reader
+            .read(&mut prefix[filled..])
+            .await
+            .map_err(|err| Error::Network(err.to_string()))?;
+        if read == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(Error::Protocol("stream ended inside a frame header".into()));
+        }
+        filled += read;
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max_bytes {
+        return Err(Error::Protocol(format!(
+            "frame of {len} bytes exceeds the limit of {max_bytes} bytes"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|err| Error::Protocol(format!("stream ended inside a frame: {err}")))?;
+    decode(&body).map(Some)
+}
+
+/// Writes one frame.
+pub async fn write_frame<T, W>(writer: &mut W, value: &T, max_bytes: usize) -> Result<()>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let frame = encode(value, max_bytes)?;
+    writer
+        .write_all(&frame)
+        .await
+        .map_err(|err| Error::Network(err.to_string()))
+}

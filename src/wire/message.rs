@@ -1,0 +1,183 @@
+//! The peer protocol: messages between nodes, and the log entries they carry.
+//!
+//! Every [`Message`] carries the sender's epoch. A receiver that sees a higher epoch adopts it and
+//! steps down to backup; a message from a lower epoch is refused with [`MessageBody::StaleEpoch`]
+//! so that a deposed primary learns of its demotion from the first reply. This is the fence that
+//! keeps at most one primary per epoch effective.
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity, fixed for its lifetime and written in its certificate.
+pub type NodeId = u64;
+
+/// A primary's reign. Every election moves to a higher epoch; at most one primary per epoch.
+pub type Epoch = u64;
+
+/// A position in the operation log. The first entry has index 1; index 0 means "before the log".
+pub type LogIndex = u64;
+
+/// Identifies a client request so that a retry is applied at most once: the client id is random per
+/// client session and the sequence grows by one per write of that session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client_id: u64,
+    pub sequence: u64,
+}
+
+/// A change to the replicated state, as stored in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Appended by a new primary in its epoch; committing it commits every earlier entry.
+    Noop,
+    /// Set `key` to `value`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Remove `key`.
+    Delete { key: Vec<u8> },
+    /// Replace the membership. Takes effect on each node as soon as it is appended to its log.
+    Membership(Membership),
+}
+
+/// One log entry. Entries are appended, never rewritten; only a divergent suffix is moved aside
+/// (to the `rollback` tree) during log repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub epoch: Epoch,
+    pub index: LogIndex,
+    pub operation: Operation,
+    /// Present for client writes; used to apply each request at most once.
+    pub request_id: Option<RequestId>,
+}
+
+/// A member of the cluster as every node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Address clients connect to (`host:port`).
+    pub client_addr: String,
+    /// Address peers connect to (`host:port`).
+    pub peer_addr: String,
+    /// Voters count towards majorities and may become primary; learners only receive the log.
+    pub voter: bool,
+}
+
+/// The cluster's membership: sorted by id so that every iteration order is deterministic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub members: Vec<Member>,
+}
+
+impl Membership {
+    /// Builds a membership, sorting the members by id.
+    pub fn new(mut members: Vec<Member>) -> Self {
+        members.sort_by_key(|member| member.id);
+        Membership { members }
+    }
+
+    /// The member with this id, if any.
+    pub fn get(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|member| member.id == id)
+    }
+
+    /// Ids of the voters, ascending.
+    pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().filter(|m| m.voter).map(|m| m.id)
+    }
+
+    /// Whether `id` is a voter.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.get(id).is_some_and(|member| member.voter)
+    }
+
+    /// The number of voters that makes a majority.
+    pub fn majority(&self) -> usize {
+        self.voters().count() / 2 + 1
+    }
+}
+
+/// A node's standing in an election: freshness of its log first, then its id. Compared
+/// lexicographically, so `derive(Ord)` on this field order is the ranking rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rank {
+    pub last_epoch: Epoch,
+    pub last_index: LogIndex,
+    pub node_id: NodeId,
+}
+
+/// A message between two nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's current epoch: the fence of the protocol.
+    pub epoch: Epoch,
+    pub body: MessageBody,
+}
+
+/// The meaning of each message in the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// Primary → member, every `heartbeat_interval`, on the heartbeat stream. Says "I still lead
+    /// this epoch", carries the commit index and the membership, and opens a round `round` that
+    /// the primary uses to confirm its leadership for linearizable reads.
+    Heartbeat {
+        commit_index: LogIndex,
+        membership: Membership,
+        round: u64,
+    },
+    /// Member → primary, answer to a heartbeat. `durable_index` and `last_index` describe the
+    /// member's log, for status and for retransmission decisions; they do not prove a log match.
+    HeartbeatAck {
+        round: u64,
+        durable_index: LogIndex,
+        last_index: LogIndex,
+    },
+    /// Primary → member, on the replication stream: `entries` follow the entry at
+    /// `(base_epoch, base_index)`. Many appends may be in flight (pipelining).
+    Append {
+        base_index: LogIndex,
+        base_epoch: Epoch,
+        entries: Vec<Entry>,
+        commit_index: LogIndex,
+    },
+    /// Member → primary: the member's log matches the primary's up to `match_index`, and that
+    /// prefix is durable (flushed) on the member.
+    AppendAck { match_index: LogIndex },
+    /// Member → primary: the base of an append did not match. The member's log may match only up
+    /// to `hint` (its last index, or the index before the first conflicting epoch); the primary
+    /// walks back and resends from `hint + 1`.
+    AppendRejected { hint: LogIndex },
+    /// Candidate → voters: "elect me for `epoch`". The message epoch is the candidate's new epoch.
+    Election { rank: Rank },
+    /// Voter → candidate: the bully's "I am bigger, stand down". The sender has a higher rank and
+    /// runs its own election.
+    Alive { rank: Rank },
+    /// Voter → candidate: the vote for the message epoch, granted or not. A granted vote was
+    /// persisted before it was sent; a voter grants at most one vote per epoch.
+    Vote { granted: bool },
+    /// New primary → members: "I am the primary of this epoch".
+    Coordinator,
+    /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
+    StaleEpoch,
+}
+
+impl MessageBody {
+    /// The stream a message travels on. Heartbeats and elections must never wait behind a large
+    /// replication transfer, so they have a stream of their own.
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            MessageBody::Append { .. }
+            | MessageBody::AppendAck { .. }
+            | MessageBody::AppendRejected { .. } => StreamKind::Replication,
+            _ => StreamKind::Heartbeat,
+        }
+    }
+}
+
+/// The long-lived unidirectional QUIC streams between two nodes, one of each per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// Heartbeats, their acks, and election messages.
+    Heartbeat,
+    /// Log appends and their acks.
+    Replication,
+}
