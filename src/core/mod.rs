@@ -14,5 +14,6 @@
 //! anything that promised durability.
 
 mod node;
+mod progress;
 
 pub use node::{ClientToken, FlushTicket, Node, Options, Output, Timestamp};

@@ -1,0 +1,254 @@
+//! What the primary knows about each member's log, and the write-concern arithmetic built on it.
+//!
+//! These are pure functions of the progress table, kept apart from [`super::Node`] so they can be
+//! tested on their own. Invariants: `match_index` only grows within an epoch (a member's log never
+//! un-matches the primary's), and `next_index > match_index`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::wire::client::WriteConcern;
+use crate::wire::message::{LogIndex, Membership, NodeId};
+
+use super::node::Timestamp;
+
+/// The primary's view of one member.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The next index to send.
+    pub next_index: LogIndex,
+    /// The member's log matches the primary's up to here, durably.
+    pub match_index: LogIndex,
+    /// Entries after this index and before `next_index` count as in flight (flow control). It is
+    /// `match_index`, or the probe position after a reset, whichever is higher.
+    pub window_start: LogIndex,
+    /// When the member last sent anything in this epoch.
+    pub last_contact: Option<Timestamp>,
+    /// When `match_index` last advanced, or the send position was reset.
+    pub last_progress: Timestamp,
+    /// The member was caught up with the primary's log as of this time (Kafka's ISR rule).
+    pub caught_up_at: Option<Timestamp>,
+    /// `(last index sent, time)` of recent sends, to learn when the member caught up.
+    pub sends: VecDeque<(LogIndex, Timestamp)>,
+    /// From the last heartbeat ack, for status.
+    pub reported_durable: Option<LogIndex>,
+    pub reported_last: Option<LogIndex>,
+}
+
+impl Progress {
+    /// A member about which nothing is known yet: sending starts right after the primary's log.
+    pub fn new(last_index: LogIndex, now: Timestamp) -> Self {
+        Progress {
+            next_index: last_index + 1,
+            match_index: 0,
+            window_start: last_index,
+            last_contact: None,
+            last_progress: now,
+            caught_up_at: None,
+            sends: VecDeque::new(),
+            reported_durable: None,
+            reported_last: None,
+        }
+    }
+
+    /// Records that entries up to `last_sent` were sent at `now`.
+    pub fn record_send(&mut self, last_sent: LogIndex, now: Timestamp) {
+        const MAX_REMEMBERED_SENDS: usize = 64;
+        if self.sends.len() >= MAX_REMEMBERED_SENDS {
+            self.sends.pop_front();
+        }
+        self.sends.push_back((last_sent, now));
+    }
+
+    /// Restarts sending at `next_index` (a lost append, or a log that diverges).
+    pub fn reset_to(&mut self, next_index: LogIndex, now: Timestamp) {
+        self.next_index = next_index.max(self.match_index + 1);
+        self.window_start = self.next_index - 1;
+        self.last_progress = now;
+    }
+
+    /// The last index that may be sent now without exceeding `max_inflight` entries in flight.
+    pub fn send_limit(&self, max_inflight: u64) -> LogIndex {
+        self.window_start.max(self.match_index) + max_inflight
+    }
+
+    /// Records an acknowledged match. Returns whether it advanced.
+    pub fn record_match(&mut self, match_index: LogIndex, now: Timestamp) -> bool {
+        self.last_contact = Some(now);
+        // The member had everything the primary sent up to `match_index`, as of the send time.
+        while let Some(&(sent, at)) = self.sends.front() {
+            if sent > match_index {
+                break;
+            }
+            self.caught_up_at = Some(self.caught_up_at.map_or(at, |prev| prev.max(at)));
+            self.sends.pop_front();
+        }
+        if match_index <= self.match_index {
+            return false;
+        }
+        self.match_index = match_index;
+        self.window_start = self.window_start.max(match_index);
+        self.next_index = self.next_index.max(match_index + 1);
+        self.last_progress = now;
+        true
+    }
+}
+
+/// The highest index durable on a majority of voters, given the primary's own durable index.
+pub fn majority_index(
+    membership: &Membership,
+    primary: NodeId,
+    primary_durable: LogIndex,
+    progress: &BTreeMap<NodeId, Progress>,
+) -> LogIndex {
+    let mut durable: Vec<LogIndex> = membership
+        .voters()
+        .map(|id| durable_of(id, primary, primary_durable, progress))
+        .collect();
+    if durable.is_empty() {
+        return 0;
+    }
+    durable.sort_unstable_by(|a, b| b.cmp(a));
+    durable[membership.majority() - 1]
+}
+
+fn durable_of(
+    id: NodeId,
+    primary: NodeId,
+    primary_durable: LogIndex,
+    progress: &BTreeMap<NodeId, Progress>,
+) -> LogIndex {
+    if id == primary {
+        primary_durable
+    } else {
+        progress.get(&id).map_or(0, |p| p.match_index)
+    }
+}
+
+/// Voters that have `index` durably, the primary included.
+pub fn acknowledged(
+    index: LogIndex,
+    membership: &Membership,
+    primary: NodeId,
+    primary_durable: LogIndex,
+    progress: &BTreeMap<NodeId, Progress>,
+) -> usize {
+    membership
+        .voters()
+        .filter(|&id| durable_of(id, primary, primary_durable, progress) >= index)
+        .count()
+}
+
+/// The in-sync set: the primary plus the voters that caught up within `lag_timeout` (Kafka's ISR).
+pub fn in_sync_voters(
+    membership: &Membership,
+    primary: NodeId,
+    progress: &BTreeMap<NodeId, Progress>,
+    now: Timestamp,
+    lag_timeout: u64,
+) -> Vec<NodeId> {
+    membership
+        .voters()
+        .filter(|&id| {
+            id == primary
+                || progress
+                    .get(&id)
+                    .and_then(|p| p.caught_up_at)
+                    .is_some_and(|at| now.saturating_sub(at) <= lag_timeout)
+        })
+        .collect()
+}
+
+/// How many voters a write concern needs, with the in-sync set for `all`.
+pub fn required_acknowledgements(
+    concern: WriteConcern,
+    membership: &Membership,
+    in_sync: usize,
+) -> usize {
+    match concern {
+        WriteConcern::One => 1,
+        WriteConcern::Count(count) => count as usize,
+        WriteConcern::Majority => membership.majority(),
+        WriteConcern::All => in_sync.max(membership.majority()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::Member;
+
+    fn membership(voters: &[NodeId]) -> Membership {
+        Membership::new(
+            voters
+                .iter()
+                .map(|&id| Member {
+                    id,
+                    client_addr: String::new(),
+                    peer_addr: String::new(),
+                    voter: true,
+                })
+                .collect(),
+        )
+    }
+
+    fn progress_with(matches: &[(NodeId, LogIndex)]) -> BTreeMap<NodeId, Progress> {
+        matches
+            .iter()
+            .map(|&(id, index)| {
+                let mut progress = Progress::new(0, 0);
+                progress.record_match(index, 0);
+                (id, progress)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn majority_index_is_the_median_of_durable_indexes() {
+        let members = membership(&[1, 2, 3]);
+        let progress = progress_with(&[(2, 5), (3, 9)]);
+        assert_eq!(majority_index(&members, 1, 7, &progress), 7);
+        assert_eq!(majority_index(&members, 1, 3, &progress), 5);
+        let five = membership(&[1, 2, 3, 4, 5]);
+        let progress = progress_with(&[(2, 4), (3, 8), (4, 1), (5, 0)]);
+        assert_eq!(majority_index(&five, 1, 10, &progress), 4);
+    }
+
+    #[test]
+    fn acknowledged_counts_the_primary_and_matching_voters() {
+        let members = membership(&[1, 2, 3]);
+        let progress = progress_with(&[(2, 5), (3, 2)]);
+        assert_eq!(acknowledged(3, &members, 1, 4, &progress), 2);
+        assert_eq!(acknowledged(5, &members, 1, 4, &progress), 1);
+        assert_eq!(acknowledged(1, &members, 1, 4, &progress), 3);
+    }
+
+    #[test]
+    fn in_sync_set_drops_voters_that_lag_too_long() {
+        let members = membership(&[1, 2, 3]);
+        let mut progress = progress_with(&[(2, 0), (3, 0)]);
+        progress.get_mut(&2).map(|p| p.caught_up_at = Some(900));
+        progress.get_mut(&3).map(|p| p.caught_up_at = Some(100));
+        assert_eq!(
+            in_sync_voters(&members, 1, &progress, 1000, 500),
+            vec![1, 2]
+        );
+        assert_eq!(
+            required_acknowledgements(WriteConcern::All, &members, 2),
+            2,
+            "all = the in-sync set, never below a majority"
+        );
+        assert_eq!(required_acknowledgements(WriteConcern::All, &members, 1), 2);
+    }
+
+    #[test]
+    fn caught_up_time_comes_from_the_send_that_the_ack_covers() {
+        let mut progress = Progress::new(0, 0);
+        progress.record_send(10, 100);
+        progress.record_send(20, 200);
+        progress.record_match(15, 250);
+        assert_eq!(progress.caught_up_at, Some(100));
+        progress.record_match(20, 300);
+        assert_eq!(progress.caught_up_at, Some(200));
+        assert!(progress.sends.is_empty());
+    }
+}
