@@ -241,3 +241,12 @@ pub struct ClusterStatus {
     pub rolled_back_entries: u64,
     pub members: Vec<MemberStatus>,
 }
+
+/// Pushed by a node to its connected clients (on a server-initiated unidirectional stream) when it
+/// learns of a new primary, so clients redirect without waiting for an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub epoch: Epoch,
+    pub primary: Option<NodeId>,
+    pub members: Vec<Member>,
+}
