@@ -133,6 +133,8 @@ struct PrimaryState {
 #[derive(Debug)]
 enum RoleState {
     Backup,
+    /// Asking for pre-votes before starting an election; the epoch has not moved yet.
+    PreCandidate { votes: BTreeSet<NodeId> },
     Candidate { votes: BTreeSet<NodeId> },
     Primary(Box<PrimaryState>),
 }
@@ -244,7 +246,7 @@ impl Node {
     pub fn role(&self) -> Role {
         match self.role {
             RoleState::Primary(_) => Role::Primary,
-            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => Role::Candidate,
             RoleState::Backup if !self.membership.is_voter(self.id) => Role::Learner,
             RoleState::Backup => Role::Backup,
         }
@@ -334,9 +336,9 @@ impl Node {
         }
         match &self.role {
             RoleState::Primary(_) => self.tick_primary()?,
-            RoleState::Backup | RoleState::Candidate { .. } => {
+            RoleState::Backup | RoleState::Candidate { .. } | RoleState::PreCandidate { .. } => {
                 if now >= self.election_deadline && self.membership.is_voter(self.id) {
-                    self.start_election()?;
+                    self.start_pre_election()?;
                 }
             }
         }
@@ -353,6 +355,31 @@ impl Node {
                 "dropping a message not for this node or from a non-member"
             );
             return Ok(());
+        }
+        // Pre-votes change no state and are answered whatever the epochs say.
+        match message.body {
+            MessageBody::PreElection { rank } => {
+                let granted = message.epoch > self.epoch
+                    && rank > self.rank()
+                    && self.membership.is_voter(self.id)
+                    && !self.hears_live_primary();
+                self.send(message.from, MessageBody::PreVote { granted });
+                if !granted && self.rank() > rank && !self.hears_live_primary() && !self.is_primary()
+                {
+                    // The bully: a higher-ranked node that also hears no primary runs itself.
+                    if matches!(self.role, RoleState::Backup) && self.membership.is_voter(self.id) {
+                        self.start_pre_election()?;
+                    }
+                }
+                return Ok(());
+            }
+            MessageBody::PreVote { granted } if message.epoch <= self.epoch => {
+                if granted {
+                    self.on_pre_vote(message.from)?;
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         if message.epoch > self.epoch {
             if matches!(message.body, MessageBody::Election { .. }) && self.hears_live_primary() {
@@ -393,6 +420,7 @@ impl Node {
                         round,
                         durable_index: self.durable_index,
                         last_index: self.last_index,
+                        verified_index: self.verified_index,
                     },
                 );
             }
@@ -400,7 +428,11 @@ impl Node {
                 round,
                 durable_index,
                 last_index,
-            } => self.on_heartbeat_ack(message.from, round, durable_index, last_index)?,
+                verified_index,
+            } => {
+                self.on_heartbeat_ack(message.from, round, durable_index, last_index)?;
+                self.probe_if_unverified(message.from, verified_index)?;
+            }
             MessageBody::Append {
                 base_index,
                 base_epoch,
@@ -416,7 +448,9 @@ impl Node {
             MessageBody::AppendRejected { hint } => self.on_append_rejected(message.from, hint)?,
             MessageBody::Election { rank } => self.on_election(message.from, rank)?,
             MessageBody::Alive { rank } => {
-                if matches!(self.role, RoleState::Candidate { .. }) && rank > self.rank() {
+                if matches!(self.role, RoleState::Candidate { .. } | RoleState::PreCandidate { .. })
+                    && rank > self.rank()
+                {
                     info!(
                         node = self.id,
                         epoch = self.epoch,
@@ -433,7 +467,10 @@ impl Node {
                 }
             }
             MessageBody::Coordinator => self.follow(message.from)?,
-            MessageBody::StaleEpoch => {} // the epoch was adopted above
+            // The epoch was adopted above; a pre-vote from a higher epoch only carried it.
+            MessageBody::StaleEpoch
+            | MessageBody::PreElection { .. }
+            | MessageBody::PreVote { .. } => {}
         }
         Ok(())
     }
@@ -628,12 +665,51 @@ impl Node {
                 self.id, self.epoch
             )));
         }
-        if matches!(self.role, RoleState::Candidate { .. }) {
+        if matches!(self.role, RoleState::Candidate { .. } | RoleState::PreCandidate { .. }) {
             self.role = RoleState::Backup;
         }
         self.last_heard_primary = self.now;
         self.reset_election_timer();
         self.set_primary(Some(primary));
+        Ok(())
+    }
+
+    /// Asks the voters whether they would elect this node, without changing epoch or vote.
+    fn start_pre_election(&mut self) -> Result<()> {
+        self.step_down_cleanup();
+        self.role = RoleState::PreCandidate {
+            votes: BTreeSet::from([self.id]),
+        };
+        self.set_primary(None);
+        self.reset_election_timer();
+        debug!(node = self.id, epoch = self.epoch, "asking for pre-votes");
+        if self.membership.majority() <= 1 {
+            return self.start_election();
+        }
+        let rank = self.rank();
+        let proposed = self.epoch + 1;
+        for voter in self.other_voters() {
+            self.outputs.push(Output::Send(Message {
+                from: self.id,
+                to: voter,
+                epoch: proposed,
+                body: MessageBody::PreElection { rank },
+            }));
+        }
+        Ok(())
+    }
+
+    fn on_pre_vote(&mut self, voter: NodeId) -> Result<()> {
+        let majority = self.membership.majority();
+        let RoleState::PreCandidate { votes } = &mut self.role else {
+            return Ok(());
+        };
+        if self.membership.is_voter(voter) {
+            votes.insert(voter);
+        }
+        if votes.len() >= majority {
+            self.start_election()?;
+        }
         Ok(())
     }
 
@@ -669,7 +745,7 @@ impl Node {
             // The bully's answer: I outrank you, and I will run myself unless a primary is live.
             self.send(candidate, MessageBody::Alive { rank: own });
             if matches!(self.role, RoleState::Backup) && !self.hears_live_primary() {
-                self.start_election()?;
+                self.start_pre_election()?;
             }
             return Ok(());
         }
@@ -887,6 +963,33 @@ impl Node {
         self.renew_lease(round);
         self.answer_reads()?;
         self.answer_writes();
+        Ok(())
+    }
+
+    /// A member whose log matches but who cannot tell (it restarted, so it verified nothing in this
+    /// epoch) would never advance its commit index: send it an empty append at its match index.
+    fn probe_if_unverified(&mut self, member: NodeId, verified_index: LogIndex) -> Result<()> {
+        let commit_index = self.commit_index;
+        let Some(progress) = self
+            .primary_state()
+            .and_then(|state| state.progress.get(&member))
+        else {
+            return Ok(());
+        };
+        let match_index = progress.match_index;
+        if verified_index >= match_index.min(commit_index) {
+            return Ok(());
+        }
+        let base_epoch = self.epoch_at(match_index)?;
+        self.send(
+            member,
+            MessageBody::Append {
+                base_index: match_index,
+                base_epoch,
+                entries: Vec::new(),
+                commit_index,
+            },
+        );
         Ok(())
     }
 

@@ -130,6 +130,9 @@ pub enum MessageBody {
         round: u64,
         durable_index: LogIndex,
         last_index: LogIndex,
+        /// How far the member knows its log matches the primary's in this epoch. A member that
+        /// restarted knows nothing; the primary then probes it with an empty append.
+        verified_index: LogIndex,
     },
     /// Primary → member, on the replication stream: `entries` follow the entry at
     /// `(base_epoch, base_index)`. Many appends may be in flight (pipelining).
@@ -146,6 +149,13 @@ pub enum MessageBody {
     /// to `hint` (its last index, or the index before the first conflicting epoch); the primary
     /// walks back and resends from `hint + 1`.
     AppendRejected { hint: LogIndex },
+    /// Would-be candidate → voters, before it moves to a new epoch (Raft's pre-vote): "would you
+    /// elect me in the message epoch?". Nobody changes state on it, so a node cut off from a live
+    /// primary cannot inflate its epoch and depose that primary when it reconnects.
+    PreElection { rank: Rank },
+    /// Voter → would-be candidate: whether it would grant its vote. Sent with the voter's own
+    /// epoch, which may be lower than the one asked about.
+    PreVote { granted: bool },
     /// Candidate → voters: "elect me for `epoch`". The message epoch is the candidate's new epoch.
     Election { rank: Rank },
     /// Voter → candidate: the bully's "I am bigger, stand down". The sender has a higher rank and
