@@ -52,19 +52,22 @@ struct ClientOp {
 struct AckedWrite {
     request_id: RequestId,
     key: Vec<u8>,
-    value: Vec<u8>,
+    /// `None` for a delete.
+    value: Option<Vec<u8>>,
     index: LogIndex,
     concern: WriteConcern,
     acked_at: Timestamp,
 }
 
-/// A completed linearizable read.
+/// A completed read. Every read reflects the committed log at its index (state is applied only
+/// once committed); a linearizable one also reflects every write acknowledged before it began.
 #[derive(Clone, Debug)]
 struct CompletedRead {
     key: Vec<u8>,
     value: Option<Vec<u8>>,
     index: LogIndex,
     invoked_at: Timestamp,
+    linearizable: bool,
 }
 
 /// The fault schedule's knobs for one history.
@@ -494,6 +497,11 @@ impl Simulation {
                     sequence: state.sequence,
                 };
                 let value = format!("c{}-{}", state.id, state.sequence).into_bytes();
+                let write = if self.rng.gen_bool(0.1) {
+                    Write::Delete { key }
+                } else {
+                    Write::Put { key, value }
+                };
                 let concern = match self.rng.gen_range(0..4) {
                     0 => WriteConcern::One,
                     1 => WriteConcern::Count(2),
@@ -502,15 +510,17 @@ impl Simulation {
                 };
                 Request::Write {
                     request_id,
-                    write: Write::Put { key, value },
+                    write,
                     write_concern: concern,
                     timeout_ms: 1000,
                 }
             } else {
-                Request::Get {
-                    key,
-                    consistency: ReadConsistency::Linearizable,
-                }
+                let consistency = match self.rng.gen_range(0..10) {
+                    0 | 1 => ReadConsistency::Stale,
+                    2 | 3 => ReadConsistency::Local,
+                    _ => ReadConsistency::Linearizable,
+                };
+                Request::Get { key, consistency }
             };
             self.clients[client].busy = true;
             let node = self.pick_node();
@@ -549,7 +559,7 @@ impl Simulation {
 
     /// Sends the same request (same request id) again, elsewhere, after a short pause. Writes keep
     /// their original invocation time: the history treats them as one operation.
-    fn retry(&mut self, mut op: ClientOp) {
+    fn retry(&mut self, op: ClientOp) {
         if self.now > op.invoked_at + 5000 {
             // The client gives up; the write's outcome stays unknown.
             self.clients[op.client].busy = false;
@@ -568,28 +578,33 @@ impl Simulation {
             (
                 Request::Write {
                     request_id,
-                    write: Write::Put { key, value },
+                    write,
                     write_concern,
                     ..
                 },
                 Response::Written { result, .. },
             ) => {
+                let (key, value) = match write {
+                    Write::Put { key, value } => (key.clone(), Some(value.clone())),
+                    Write::Delete { key } => (key.clone(), None),
+                };
                 self.acked.push(AckedWrite {
                     request_id: *request_id,
-                    key: key.clone(),
-                    value: value.clone(),
+                    key,
+                    value,
                     index: result.index,
                     concern: *write_concern,
                     acked_at: self.now,
                 });
                 self.finish(client);
             }
-            (Request::Get { key, .. }, Response::Value { value, meta }) => {
+            (Request::Get { key, consistency }, Response::Value { value, meta }) => {
                 self.reads.push(CompletedRead {
                     key: key.clone(),
                     value,
                     index: meta.index,
                     invoked_at: op.invoked_at,
+                    linearizable: *consistency == ReadConsistency::Linearizable,
                 });
                 self.finish(client);
             }
@@ -786,7 +801,16 @@ impl Simulation {
         let mut lost_minor = 0;
         for write in &self.acked {
             let committed = self.committed.get(&write.index);
-            let present = committed.is_some_and(|e| e.request_id == Some(write.request_id));
+            let present = committed.is_some_and(|entry| {
+                let operation_matches = match (&entry.operation, &write.value) {
+                    (replikv::Operation::Put { key, value }, Some(written)) => {
+                        *key == write.key && value == written
+                    }
+                    (replikv::Operation::Delete { key }, None) => *key == write.key,
+                    _ => false,
+                };
+                entry.request_id == Some(write.request_id) && operation_matches
+            });
             let durable_concern =
                 matches!(write.concern, WriteConcern::Majority | WriteConcern::All);
             if durable_concern && !present {
@@ -803,7 +827,11 @@ impl Simulation {
         for read in &self.reads {
             for write in &self.acked {
                 let durable = matches!(write.concern, WriteConcern::Majority | WriteConcern::All);
-                if durable && write.acked_at < read.invoked_at && write.index > read.index {
+                if read.linearizable
+                    && durable
+                    && write.acked_at < read.invoked_at
+                    && write.index > read.index
+                {
                     self.fail(format!(
                         "linearizable read {read:?} misses write {write:?} acknowledged before it began"
                     ));
@@ -828,8 +856,9 @@ impl Simulation {
                 ));
             }
         }
-        let _ = lost_minor; // w=1 / w=2 writes may be rolled back by a failover; that is allowed.
-        let _ = &self.acked.iter().map(|w| (&w.key, &w.value)).count();
+        // w=1 and w=2 writes may be rolled back by a failover (kept in the rollback tree); that is
+        // allowed, and the count shows up when a history is replayed with logging.
+        tracing::info!(seed = self.seed, lost_minor, acked = self.acked.len(), "history checked");
     }
 }
 
