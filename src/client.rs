@@ -1,1 +1,1113 @@
-//! Client library (being written).
+//! The async client library shared by `kvctl`, the process tests and the benchmarks.
+//!
+//! A [`Client`] owns one quinn endpoint. Connections to nodes are opened lazily, cached per
+//! address and shared by every session made from it with [`Client::session`]. A session is one
+//! logical client of the cluster: a random `client_id`, a write `sequence` and one bidirectional
+//! stream to the node it currently talks to. It sends one request at a time.
+//!
+//! Invariants:
+//! - A write keeps the [`RequestId`] it was given for every retry, so the primary applies it at
+//!   most once however often the client resends it.
+//! - Retries happen only for failures that say "try elsewhere or later" (see [`retry_action`]):
+//!   redirects, unreachable nodes, no primary yet, shutting down. An answer that settles the
+//!   request — write concern not met, refused, invalid — is returned to the caller as is.
+//! - Every operation has a deadline; after it the caller gets [`Error::Unavailable`] saying which
+//!   nodes were tried and what they last answered.
+//!
+//! Nodes push [`Topology`] frames on unidirectional streams when they learn of a new primary; the
+//! client listens on every connection it opens and updates the primary it sends requests to.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+use crate::net::tls::{self, TlsFiles};
+use crate::wire::client::{
+    ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
+    WriteResult,
+};
+use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
+use crate::wire::message::{Epoch, Member, NodeId, RequestId};
+use crate::wire::CLIENT_ALPN;
+
+/// Deadline of an operation when the configuration gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First pause between two attempts; it doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Longest pause between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Longest wait for a QUIC handshake. A node that is down does not answer at all (loopback UDP
+/// gives no "connection refused"), so without this bound one dead node would eat the deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection that hears nothing for this long is dead; this is how a session blocked on a
+/// crashed or stopped node finds out and moves on.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps idle connections alive well within [`IDLE_TIMEOUT`].
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a failed connect an address is skipped when another candidate exists.
+const DOWN_PENALTY: Duration = Duration::from_secs(1);
+
+/// Extra time a write waits beyond the timeout it gives the node, so that the node's own
+/// "write concern not met" answer arrives instead of a client-side timeout.
+const WRITE_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Settings of a [`Client`] that do not come from TLS.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of reads, scans and status requests, retries included.
+    pub timeout: Duration,
+    /// Write concern used by [`Client::put_default`] and `kvctl` when none is given.
+    pub default_write_concern: WriteConcern,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: DEFAULT_TIMEOUT,
+            default_write_concern: WriteConcern::default(),
+        }
+    }
+}
+
+/// What to do after an attempt failed with `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryAction {
+    /// The node named the primary: resend the same request there.
+    Redirect { node: NodeId, addr: String },
+    /// Pause, then try another node (or the same one again later).
+    NextNode,
+    /// The error settles the request: hand it to the caller.
+    GiveUp,
+}
+
+/// The retry policy: which failures are worth another attempt, and where.
+///
+/// Transport failures (`Network`), "no primary yet", `Unavailable` and `ShuttingDown` are
+/// transient. Everything else is an answer: `WriteConcernNotMet` in particular must not be
+/// retried blindly, because the write may still apply and the caller has to decide.
+pub fn retry_action(error: &Error) -> RetryAction {
+    match error {
+        Error::NotPrimary {
+            hint: Some((node, addr)),
+            ..
+        } => RetryAction::Redirect {
+            node: *node,
+            addr: addr.clone(),
+        },
+        Error::NotPrimary { hint: None, .. }
+        | Error::Network(_)
+        | Error::Unavailable(_)
+        | Error::ShuttingDown => RetryAction::NextNode,
+        Error::WriteConcernNotMet { .. }
+        | Error::WriteConcernImpossible { .. }
+        | Error::Refused(_)
+        | Error::InvalidRequest(_)
+        | Error::Protocol(_)
+        | Error::Config(_)
+        | Error::Storage(_)
+        | Error::StaleRequest { .. }
+        | Error::Internal(_) => RetryAction::GiveUp,
+    }
+}
+
+/// The pause after `previous`: doubled, at most [`MAX_BACKOFF`].
+pub fn next_backoff(previous: Duration) -> Duration {
+    previous.saturating_mul(2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+}
+
+/// `backoff` spread over `[backoff / 2, backoff]` by `unit` in `[0, 1]`, so that clients that
+/// failed together do not retry together.
+pub fn jittered(backoff: Duration, unit: f64) -> Duration {
+    let half = backoff / 2;
+    half + half.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A handle to a replikv cluster: one logical session over a shared endpoint.
+pub struct Client {
+    shared: Arc<Shared>,
+    session: Mutex<Session>,
+    /// When set, every request goes to this node and redirects are not followed.
+    pinned: Option<String>,
+    /// Deadline of reads, scans and status requests made through this session.
+    timeout: Duration,
+}
+
+/// What every session of one [`Client::connect`] shares.
+struct Shared {
+    endpoint: quinn::Endpoint,
+    /// The configured node addresses, in configuration order.
+    seeds: Vec<String>,
+    options: ClientOptions,
+    topology: Arc<StdMutex<KnownTopology>>,
+    /// One slot per address; the slot's lock is held while connecting so that concurrent sessions
+    /// share one connection instead of opening one each.
+    connections: StdMutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
+    /// Addresses whose last connect failed, and until when to avoid them.
+    down_until: StdMutex<HashMap<String, Instant>>,
+}
+
+/// The primary and members as last learned from a response, a status or a pushed topology.
+#[derive(Clone, Debug, Default)]
+struct KnownTopology {
+    epoch: Epoch,
+    primary: Option<(NodeId, String)>,
+    members: Vec<Member>,
+}
+
+impl KnownTopology {
+    /// Records that `node` at `addr` leads `epoch`, unless a newer epoch is already known.
+    fn learn_primary(&mut self, epoch: Epoch, node: NodeId, addr: &str) {
+        if epoch >= self.epoch {
+            self.epoch = epoch;
+            self.primary = Some((node, addr.to_string()));
+        }
+    }
+
+    /// Applies a pushed topology or a status answer.
+    fn learn(&mut self, epoch: Epoch, primary: Option<NodeId>, members: &[Member]) {
+        if epoch < self.epoch {
+            return;
+        }
+        if !members.is_empty() {
+            self.members = members.to_vec();
+        }
+        self.epoch = epoch;
+        self.primary = primary.and_then(|id| {
+            self.members
+                .iter()
+                .find(|member| member.id == id)
+                .map(|member| (id, member.client_addr.clone()))
+        });
+    }
+
+    /// Forgets the primary if it lives at `addr` (it just failed us).
+    fn forget_primary_at(&mut self, addr: &str) {
+        if self
+            .primary
+            .as_ref()
+            .is_some_and(|(_, primary_addr)| primary_addr == addr)
+        {
+            self.primary = None;
+        }
+    }
+}
+
+/// One logical client: its identity and its stream.
+struct Session {
+    client_id: u64,
+    /// Sequence of the last write issued; the next write uses `last_sequence + 1`.
+    last_sequence: u64,
+    stream: Option<SessionStream>,
+}
+
+/// The bidirectional stream a session uses on one node.
+struct SessionStream {
+    addr: String,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+/// Where a request may be sent.
+#[derive(Clone, Debug)]
+enum Target {
+    /// The primary: start at the last known one and follow redirects.
+    Primary,
+    /// Any node, in configuration order: stale reads and status.
+    Any { primary_first: bool },
+    /// Only this node; its answer is final.
+    Pinned(String),
+}
+
+impl Client {
+    /// A client for the cluster described by `config`: its nodes, certificates and defaults.
+    /// Nothing is contacted until the first request.
+    pub async fn connect(config: &ClientConfig) -> Result<Client> {
+        let files = config.tls_files();
+        let options = ClientOptions {
+            timeout: Duration::from_millis(config.timeout_ms),
+            default_write_concern: config.default_write_concern,
+        };
+        Client::with_tls(config.nodes.clone(), &files, options)
+    }
+
+    /// A client for the nodes at `nodes` (client addresses), authenticating with `files`.
+    pub fn with_tls(
+        nodes: Vec<String>,
+        files: &TlsFiles,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let quic = tls::client_config(files, CLIENT_ALPN)?;
+        Client::with_quic_config(nodes, quic, options)
+    }
+
+    /// A client with a ready-made quinn configuration (for tests that need an unusual TLS setup,
+    /// such as no certificate at all). Its transport settings are replaced by the client's own
+    /// idle timeout and keep-alive.
+    ///
+    /// Like every constructor, it must run inside a tokio runtime, which drives the endpoint.
+    pub fn with_quic_config(
+        nodes: Vec<String>,
+        mut quic: quinn::ClientConfig,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        if nodes.is_empty() {
+            return Err(Error::Config(
+                "no node addresses given: list the cluster's client addresses in `nodes`".into(),
+            ));
+        }
+        let mut transport = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .map_err(|err| Error::Config(format!("idle timeout out of range: {err}")))?;
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+        quic.transport_config(Arc::new(transport));
+
+        let ipv6 = nodes
+            .first()
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .is_some_and(|addr| addr.is_ipv6());
+        let bind: SocketAddr = if ipv6 {
+            SocketAddr::from(([0u16; 8], 0))
+        } else {
+            SocketAddr::from(([0u8; 4], 0))
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)
+            .map_err(|err| Error::Network(format!("cannot open a UDP socket on {bind}: {err}")))?;
+        endpoint.set_default_client_config(quic);
+
+        let shared = Arc::new(Shared {
+            endpoint,
+            seeds: nodes,
+            options,
+            topology: Arc::default(),
+            connections: StdMutex::default(),
+            down_until: StdMutex::default(),
+        });
+        let timeout = shared.options.timeout;
+        Ok(Client::new_session(shared, None, timeout))
+    }
+
+    fn new_session(shared: Arc<Shared>, pinned: Option<String>, timeout: Duration) -> Client {
+        Client {
+            shared,
+            timeout,
+            session: Mutex::new(Session {
+                client_id: rand::random(),
+                last_sequence: 0,
+                stream: None,
+            }),
+            pinned,
+        }
+    }
+
+    /// A new logical session (its own client id and stream) sharing this client's endpoint and
+    /// connections. Use one per concurrent worker: a session sends one request at a time.
+    pub fn session(&self) -> Client {
+        Client::new_session(self.shared.clone(), self.pinned.clone(), self.timeout)
+    }
+
+    /// A new session that sends every request to the node at `addr` only and does not follow
+    /// redirects: for stale reads of one particular node, or asking one node for its view.
+    pub fn pinned_to(&self, addr: &str) -> Client {
+        Client::new_session(self.shared.clone(), Some(addr.to_string()), self.timeout)
+    }
+
+    /// This session with another deadline for reads, scans and status requests (writes take
+    /// theirs as an argument). Sessions made from it inherit it.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The deadline of reads, scans and status requests made through this session.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// This session's client id (the first half of every request id it sends).
+    pub async fn client_id(&self) -> u64 {
+        self.session.lock().await.client_id
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.shared.options
+    }
+
+    /// Reads `key`. `None` means the key does not exist.
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<(Option<Vec<u8>>, ResponseMeta)> {
+        let request = Request::Get {
+            key: key.as_ref().to_vec(),
+            consistency,
+        };
+        let deadline = Instant::now() + self.timeout;
+        match self
+            .call(self.read_target(consistency), deadline, |_| request.clone())
+            .await?
+        {
+            Response::Value { value, meta } => Ok((value, meta)),
+            other => Err(unexpected("a value", &other)),
+        }
+    }
+
+    /// Reads up to `limit` pairs whose key starts with `prefix`, in key order.
+    pub async fn scan(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, ResponseMeta)> {
+        let request = Request::Scan {
+            prefix: prefix.as_ref().to_vec(),
+            limit,
+            consistency,
+        };
+        let deadline = Instant::now() + self.timeout;
+        match self
+            .call(self.read_target(consistency), deadline, |_| request.clone())
+            .await?
+        {
+            Response::Pairs { pairs, meta } => Ok((pairs, meta)),
+            other => Err(unexpected("key-value pairs", &other)),
+        }
+    }
+
+    /// Sets `key` to `value`, acknowledged once `write_concern` is met. `timeout` bounds the whole
+    /// operation, retries included; the node gets what is left of it as its write-concern timeout.
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        write_concern: WriteConcern,
+        timeout: Duration,
+    ) -> Result<(WriteResult, ResponseMeta)> {
+        let write = Write::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        };
+        self.write(write, write_concern, timeout).await
+    }
+
+    /// [`Client::put`] with the configured default write concern and timeout.
+    pub async fn put_default(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(WriteResult, ResponseMeta)> {
+        let write_concern = self.shared.options.default_write_concern;
+        self.put(key, value, write_concern, self.timeout).await
+    }
+
+    /// Removes `key`; `WriteResult::existed` says whether it was there.
+    pub async fn delete(
+        &self,
+        key: impl AsRef<[u8]>,
+        write_concern: WriteConcern,
+        timeout: Duration,
+    ) -> Result<(WriteResult, ResponseMeta)> {
+        let write = Write::Delete {
+            key: key.as_ref().to_vec(),
+        };
+        self.write(write, write_concern, timeout).await
+    }
+
+    /// The cluster's status from any reachable node, preferring the primary's view (it alone
+    /// knows each member's lag and health).
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => Target::Any {
+                primary_first: true,
+            },
+        };
+        let deadline = Instant::now() + self.timeout;
+        let status = self.call_status(target, deadline).await?;
+        if status.role == crate::wire::client::Role::Primary || self.pinned.is_some() {
+            return Ok(status);
+        }
+        // A backup answered: ask the primary it names, but keep the backup's view if the primary
+        // cannot be reached.
+        let primary_addr = status.primary.and_then(|primary| {
+            status
+                .members
+                .iter()
+                .find(|row| row.member.id == primary)
+                .map(|row| row.member.client_addr.clone())
+        });
+        if let Some(addr) = primary_addr {
+            let deadline = Instant::now() + self.timeout.min(CONNECT_TIMEOUT);
+            if let Ok(primary_status) = self.call_status(Target::Pinned(addr), deadline).await {
+                return Ok(primary_status);
+            }
+        }
+        Ok(status)
+    }
+
+    /// The view of the node at `addr` only.
+    pub async fn status_of(&self, addr: &str) -> Result<ClusterStatus> {
+        let deadline = Instant::now() + self.timeout;
+        self.call_status(Target::Pinned(addr.to_string()), deadline)
+            .await
+    }
+
+    /// Closes every connection of every session of this client and waits briefly for the nodes
+    /// to be told, so they do not wait for an idle timeout.
+    pub async fn close(&self) {
+        self.shared.endpoint.close(0u32.into(), b"client closed");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+
+    async fn call_status(&self, target: Target, deadline: Instant) -> Result<ClusterStatus> {
+        match self.call(target, deadline, |_| Request::Status).await? {
+            Response::Status(status) => {
+                let members: Vec<Member> = status
+                    .members
+                    .iter()
+                    .map(|row| row.member.clone())
+                    .collect();
+                lock(&self.shared.topology).learn(status.epoch, status.primary, &members);
+                Ok(*status)
+            }
+            other => Err(unexpected("a status", &other)),
+        }
+    }
+
+    async fn write(
+        &self,
+        write: Write,
+        write_concern: WriteConcern,
+        timeout: Duration,
+    ) -> Result<(WriteResult, ResponseMeta)> {
+        let deadline = Instant::now() + timeout;
+        let request_id = {
+            let mut session = self.session.lock().await;
+            session.last_sequence += 1;
+            RequestId {
+                client_id: session.client_id,
+                sequence: session.last_sequence,
+            }
+        };
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => Target::Primary,
+        };
+        // Every attempt carries the same request id; only the node's timeout shrinks.
+        let build = |remaining: Duration| Request::Write {
+            request_id,
+            write: write.clone(),
+            write_concern,
+            timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.call(target, deadline, build).await? {
+            Response::Written { result, meta } => Ok((result, meta)),
+            other => Err(unexpected("a write acknowledgement", &other)),
+        }
+    }
+
+    fn read_target(&self, consistency: ReadConsistency) -> Target {
+        match (&self.pinned, consistency) {
+            (Some(addr), _) => Target::Pinned(addr.clone()),
+            (None, ReadConsistency::Stale) => Target::Any {
+                primary_first: false,
+            },
+            (None, _) => Target::Primary,
+        }
+    }
+
+    /// Sends the request built by `build` (given the time left) until a node settles it or the
+    /// deadline passes, following the retry policy of [`retry_action`].
+    async fn call(
+        &self,
+        target: Target,
+        deadline: Instant,
+        build: impl Fn(Duration) -> Request,
+    ) -> Result<Response> {
+        let is_write = matches!(build(Duration::ZERO), Request::Write { .. });
+        let mut session = self.session.lock().await;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt_number = 0usize;
+        let mut redirect: Option<String> = None;
+        // Set while following a redirect; a second redirect in a row (two nodes naming each
+        // other during an election) is followed only after a pause.
+        let mut redirected = false;
+        let mut last_failure: Option<(String, Error)> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.deadline_error(&target, is_write, last_failure));
+            }
+            let addr = match (&target, redirect.take()) {
+                (Target::Pinned(addr), _) => addr.clone(),
+                (_, Some(addr)) => addr,
+                (_, None) => self.pick_candidate(&target, attempt_number),
+            };
+            attempt_number += 1;
+            let remaining = deadline - now;
+            let request = build(remaining);
+            let wait = match request {
+                Request::Write { .. } => remaining + WRITE_ANSWER_GRACE,
+                _ => remaining,
+            };
+            let error = match self.attempt(&mut session, &addr, &request, wait).await {
+                Ok(response) => {
+                    if matches!(target, Target::Primary) {
+                        if let Some(meta) = response_meta(&response) {
+                            lock(&self.shared.topology).learn_primary(
+                                meta.epoch,
+                                meta.node_id,
+                                &addr,
+                            );
+                        }
+                    }
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            tracing::debug!(%addr, %error, "request attempt failed");
+            match (retry_action(&error), &target) {
+                (RetryAction::GiveUp, _) | (RetryAction::Redirect { .. }, Target::Pinned(_)) => {
+                    return Err(error);
+                }
+                (RetryAction::Redirect { node, addr: hint }, _) => {
+                    let epoch = match &error {
+                        Error::NotPrimary { epoch, .. } => *epoch,
+                        _ => 0,
+                    };
+                    lock(&self.shared.topology).learn_primary(epoch, node, &hint);
+                    last_failure = Some((addr.clone(), error));
+                    // A redirect to where we just were, to a node that just failed to connect,
+                    // or after another redirect means the cluster is between primaries: wait
+                    // before following.
+                    if redirected || hint == addr || self.is_down(&hint) {
+                        self.pause(&mut backoff, deadline).await;
+                        if self.is_down(&hint) {
+                            continue;
+                        }
+                    }
+                    redirected = true;
+                    redirect = Some(hint);
+                }
+                (RetryAction::NextNode, _) => {
+                    redirected = false;
+                    lock(&self.shared.topology).forget_primary_at(&addr);
+                    last_failure = Some((addr, error));
+                    self.pause(&mut backoff, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps for the jittered backoff (never past the deadline) and grows it.
+    async fn pause(&self, backoff: &mut Duration, deadline: Instant) {
+        let unit: f64 = rand::thread_rng().gen();
+        let pause =
+            jittered(*backoff, unit).min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+        *backoff = next_backoff(*backoff);
+    }
+
+    /// The address to try on the `attempt_number`-th attempt (see [`pick_candidate`]).
+    fn pick_candidate(&self, target: &Target, attempt_number: usize) -> String {
+        let primary_first = match target {
+            Target::Primary => true,
+            Target::Any { primary_first } => *primary_first,
+            Target::Pinned(addr) => return addr.clone(),
+        };
+        let topology = lock(&self.shared.topology).clone();
+        let down = lock(&self.shared.down_until).clone();
+        pick_candidate(
+            &self.shared.seeds,
+            &topology,
+            primary_first,
+            &down,
+            Instant::now(),
+            attempt_number,
+        )
+    }
+
+    fn is_down(&self, addr: &str) -> bool {
+        lock(&self.shared.down_until)
+            .get(addr)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The error for a request that ran out of time.
+    fn deadline_error(
+        &self,
+        target: &Target,
+        is_write: bool,
+        last_failure: Option<(String, Error)>,
+    ) -> Error {
+        let tried = match target {
+            Target::Pinned(addr) => addr.clone(),
+            _ => self.shared.seeds.join(", "),
+        };
+        let error = match last_failure {
+            None => Error::Unavailable(format!(
+                "no answer from {tried} before the deadline: retry with a longer --timeout"
+            )),
+            Some((addr, error @ Error::Network(_))) => Error::Unavailable(format!(
+                "no node reachable at {tried} (last: {addr}: {error}): is the cluster running? \
+                 start one with `kvnode dev`, or check `nodes` in the client config"
+            )),
+            Some((addr, error)) => Error::Unavailable(format!(
+                "no primary could serve the request in time (last answer from {addr}: {error}): \
+                 the cluster may be electing a primary or lack a majority; check `kvctl status` \
+                 and retry"
+            )),
+        };
+        match error {
+            Error::Unavailable(message) if is_write => Error::Unavailable(format!(
+                "{message} (the write was not acknowledged, but it may still apply: read the key \
+                 to find out)"
+            )),
+            other => other,
+        }
+    }
+
+    /// One request on the session's stream to `addr`, waiting at most `wait` for the answer.
+    /// Transport failures come back as `Error::Network`, TLS refusals as `Error::Refused`, and
+    /// a node's error answer as that error.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        addr: &str,
+        request: &Request,
+        wait: Duration,
+    ) -> Result<Response> {
+        let give_up_at = Instant::now() + wait;
+        let exchange = async {
+            let stream = self.session_stream(session, addr, give_up_at).await?;
+            let connection = stream.connection.clone();
+            let result = async {
+                write_frame(&mut stream.send, request, MAX_CLIENT_FRAME_BYTES).await?;
+                match read_frame::<Response, _>(&mut stream.recv, MAX_CLIENT_FRAME_BYTES).await? {
+                    Some(response) => Ok(response),
+                    None => Err(Error::Network(format!("{addr} closed the session stream"))),
+                }
+            }
+            .await;
+            result.map_err(|error| refine_transport_error(addr, &connection, error))
+        };
+        let outcome = match tokio::time::timeout_at(give_up_at.into(), exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Unavailable(format!(
+                "{addr} did not answer within {} ms",
+                wait.as_millis()
+            ))),
+        };
+        match outcome {
+            Ok(Response::Error(error)) => Err(error),
+            Ok(response) => Ok(response),
+            Err(error) => {
+                // The stream's state is unknown (a late answer could still arrive on it), so it
+                // is never reused after a failure.
+                if let Some(mut stream) = session.stream.take() {
+                    let _ = stream.send.reset(0u32.into());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The session's stream to `addr`, opening a connection and a stream as needed.
+    async fn session_stream<'s>(
+        &self,
+        session: &'s mut Session,
+        addr: &str,
+        give_up_at: Instant,
+    ) -> Result<&'s mut SessionStream> {
+        let reusable = session.stream.as_ref().is_some_and(|stream| {
+            stream.addr == addr && stream.connection.close_reason().is_none()
+        });
+        if !reusable {
+            if let Some(mut old) = session.stream.take() {
+                let _ = old.send.finish();
+            }
+            let connection = self.connection(addr, give_up_at).await?;
+            let (send, recv) = connection
+                .open_bi()
+                .await
+                .map_err(|err| connection_error(addr, &err))?;
+            session.stream = Some(SessionStream {
+                addr: addr.to_string(),
+                connection,
+                send,
+                recv,
+            });
+        }
+        session
+            .stream
+            .as_mut()
+            .ok_or_else(|| Error::Internal("session stream vanished".into()))
+    }
+
+    /// The cached connection to `addr`, or a new one.
+    async fn connection(&self, addr: &str, give_up_at: Instant) -> Result<quinn::Connection> {
+        let slot = lock(&self.shared.connections)
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        *slot = None;
+        // Another session may just have failed to reach it while this one waited for the slot:
+        // do not spend a second connect timeout on the same dead node.
+        if self.is_down(addr) {
+            return Err(Error::Network(format!(
+                "{addr} was unreachable moments ago; trying again shortly"
+            )));
+        }
+        let connect_by = give_up_at.min(Instant::now() + CONNECT_TIMEOUT);
+        let result = tokio::time::timeout_at(connect_by.into(), self.handshake(addr)).await;
+        let connection = match result {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                self.mark_down(addr);
+                return Err(error);
+            }
+            Err(_) => {
+                self.mark_down(addr);
+                return Err(Error::Network(format!(
+                    "no QUIC handshake with {addr} within {} ms (is the node running?)",
+                    connect_by
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .max(1)
+                )));
+            }
+        };
+        lock(&self.shared.down_until).remove(addr);
+        tokio::spawn(listen_for_topology(
+            connection.clone(),
+            self.shared.topology.clone(),
+        ));
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn handshake(&self, addr: &str) -> Result<quinn::Connection> {
+        let socket_addr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|err| Error::Config(format!("cannot resolve node address {addr:?}: {err}")))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("node address {addr:?} resolves to nothing")))?;
+        let server_name = tls::server_name(addr)?;
+        let connecting = self
+            .shared
+            .endpoint
+            .connect(socket_addr, &server_name)
+            .map_err(|err| Error::Network(format!("cannot connect to {addr}: {err}")))?;
+        connecting.await.map_err(|err| connection_error(addr, &err))
+    }
+
+    fn mark_down(&self, addr: &str) {
+        lock(&self.shared.down_until).insert(addr.to_string(), Instant::now() + DOWN_PENALTY);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"client dropped");
+    }
+}
+
+/// The address for the `attempt_number`-th attempt: candidates are the known primary (when
+/// `primary_first`), then the configured addresses, then any other known member. Addresses that
+/// just failed to connect are skipped while others remain; attempts rotate through the rest, so
+/// the first attempt goes to the primary or the first configured node.
+fn pick_candidate(
+    seeds: &[String],
+    topology: &KnownTopology,
+    primary_first: bool,
+    down_until: &HashMap<String, Instant>,
+    now: Instant,
+    attempt_number: usize,
+) -> String {
+    let mut candidates: Vec<&String> = Vec::new();
+    if primary_first {
+        if let Some((_, addr)) = &topology.primary {
+            candidates.push(addr);
+        }
+    }
+    let known = seeds
+        .iter()
+        .chain(topology.members.iter().map(|member| &member.client_addr));
+    for addr in known {
+        if !candidates.contains(&addr) {
+            candidates.push(addr);
+        }
+    }
+    let up: Vec<&String> = candidates
+        .iter()
+        .copied()
+        .filter(|addr| down_until.get(*addr).is_none_or(|until| *until <= now))
+        .collect();
+    let pool = if up.is_empty() { candidates } else { up };
+    match pool.len() {
+        0 => String::new(),
+        len => pool[attempt_number % len].clone(),
+    }
+}
+
+/// Reads pushed [`Topology`] frames from the node until the connection ends.
+async fn listen_for_topology(
+    connection: quinn::Connection,
+    topology: Arc<StdMutex<KnownTopology>>,
+) {
+    while let Ok(mut stream) = connection.accept_uni().await {
+        loop {
+            match read_frame::<Topology, _>(&mut stream, MAX_CLIENT_FRAME_BYTES).await {
+                Ok(Some(pushed)) => {
+                    tracing::debug!(epoch = pushed.epoch, primary = ?pushed.primary, "topology pushed");
+                    lock(&topology).learn(pushed.epoch, pushed.primary, &pushed.members);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "bad topology frame; ignoring the stream");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Replaces a generic transport error with what the connection's close reason says, when the
+/// connection died of a TLS failure.
+fn refine_transport_error(addr: &str, connection: &quinn::Connection, error: Error) -> Error {
+    match (&error, connection.close_reason()) {
+        (Error::Network(_) | Error::Protocol(_), Some(reason)) => connection_error(addr, &reason),
+        _ => error,
+    }
+}
+
+/// Maps a quinn connection failure: TLS failures (QUIC crypto error codes `0x100..=0x1ff`) are
+/// refusals, which retrying cannot fix; anything else is a transport failure.
+fn connection_error(addr: &str, error: &quinn::ConnectionError) -> Error {
+    let is_tls_code = |code: u64| (0x100..=0x1ff).contains(&code);
+    match error {
+        quinn::ConnectionError::TransportError(transport) if is_tls_code(transport.code.into()) => {
+            Error::Refused(format!(
+                "TLS handshake with {addr} failed on our side: {}: check that the client config's \
+                 certs_dir holds this cluster's CA (made by `kvctl certs init` or `kvnode dev`)",
+                transport.reason
+            ))
+        }
+        quinn::ConnectionError::ConnectionClosed(close) if is_tls_code(close.error_code.into()) => {
+            Error::Refused(format!(
+                "{addr} rejected our TLS handshake ({close}): the client certificate is missing, \
+                 from another CA, or not allowed; make one with `kvctl certs init --client NAME:ROLE`"
+            ))
+        }
+        quinn::ConnectionError::VersionMismatch => Error::Refused(format!(
+            "{addr} speaks no QUIC version we support"
+        )),
+        other => Error::Network(format!("connection to {addr} failed: {other}")),
+    }
+}
+
+fn response_meta(response: &Response) -> Option<ResponseMeta> {
+    match response {
+        Response::Value { meta, .. }
+        | Response::Pairs { meta, .. }
+        | Response::Written { meta, .. } => Some(*meta),
+        Response::Status(_) | Response::Error(_) => None,
+    }
+}
+
+fn unexpected(wanted: &str, got: &Response) -> Error {
+    let kind = match got {
+        Response::Value { .. } => "a value",
+        Response::Pairs { .. } => "key-value pairs",
+        Response::Written { .. } => "a write acknowledgement",
+        Response::Status(_) => "a status",
+        Response::Error(_) => "an error",
+    };
+    Error::Protocol(format!("expected {wanted} from the node but got {kind}"))
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it: every value kept
+/// behind these locks is valid after any single update.
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_follow_the_hint() {
+        let error = Error::NotPrimary {
+            node: 2,
+            epoch: 4,
+            hint: Some((3, "127.0.0.13:7379".into())),
+        };
+        assert_eq!(
+            retry_action(&error),
+            RetryAction::Redirect {
+                node: 3,
+                addr: "127.0.0.13:7379".into()
+            }
+        );
+    }
+
+    #[test]
+    fn transient_failures_try_another_node() {
+        let transient = [
+            Error::NotPrimary {
+                node: 1,
+                epoch: 1,
+                hint: None,
+            },
+            Error::Network("connection lost".into()),
+            Error::Unavailable("no majority".into()),
+            Error::ShuttingDown,
+        ];
+        for error in transient {
+            assert_eq!(retry_action(&error), RetryAction::NextNode, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn settled_answers_are_returned() {
+        let settled = [
+            Error::WriteConcernNotMet {
+                acknowledged: 1,
+                required: 2,
+            },
+            Error::WriteConcernImpossible {
+                required: 5,
+                voters: 3,
+            },
+            Error::Refused("readonly".into()),
+            Error::InvalidRequest("empty key".into()),
+            Error::Protocol("bad frame".into()),
+            Error::StaleRequest {
+                client_id: 1,
+                sequence: 1,
+                latest: 2,
+            },
+        ];
+        for error in settled {
+            assert_eq!(retry_action(&error), RetryAction::GiveUp, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = FIRST_BACKOFF;
+        let mut seen = vec![backoff];
+        for _ in 0..8 {
+            backoff = next_backoff(backoff);
+            seen.push(backoff);
+        }
+        assert_eq!(seen[1], FIRST_BACKOFF * 2);
+        assert_eq!(seen[2], FIRST_BACKOFF * 4);
+        assert!(seen.windows(2).all(|pair| pair[1] >= pair[0]));
+        assert_eq!(*seen.last().unwrap(), MAX_BACKOFF);
+        assert_eq!(next_backoff(Duration::ZERO), FIRST_BACKOFF);
+        assert_eq!(next_backoff(Duration::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        let backoff = Duration::from_millis(400);
+        assert_eq!(jittered(backoff, 0.0), Duration::from_millis(200));
+        assert_eq!(jittered(backoff, 1.0), backoff);
+        assert_eq!(jittered(backoff, 7.0), backoff);
+        let middle = jittered(backoff, 0.5);
+        assert!(middle > Duration::from_millis(200) && middle < backoff);
+    }
+
+    fn member(id: NodeId) -> Member {
+        Member {
+            id,
+            client_addr: format!("127.0.0.{}:7379", 10 + id),
+            peer_addr: format!("127.0.0.{}:7380", 10 + id),
+            voter: true,
+        }
+    }
+
+    #[test]
+    fn topology_ignores_older_epochs() {
+        let members = vec![member(1), member(2)];
+        let mut topology = KnownTopology::default();
+        topology.learn(5, Some(2), &members);
+        assert_eq!(topology.primary, Some((2, "127.0.0.12:7379".into())));
+        topology.learn(4, Some(1), &members);
+        assert_eq!(topology.primary, Some((2, "127.0.0.12:7379".into())));
+        topology.learn_primary(3, 1, "127.0.0.11:7379");
+        assert_eq!(topology.primary, Some((2, "127.0.0.12:7379".into())));
+        topology.learn(6, None, &members);
+        assert_eq!(topology.primary, None);
+        topology.learn_primary(6, 1, "127.0.0.11:7379");
+        assert_eq!(topology.primary, Some((1, "127.0.0.11:7379".into())));
+    }
+
+    #[test]
+    fn candidates_start_at_the_primary_and_skip_down_nodes() {
+        let seeds: Vec<String> = vec!["127.0.0.11:7379".into(), "127.0.0.12:7379".into()];
+        let mut topology = KnownTopology::default();
+        topology.learn(3, Some(3), &[member(1), member(2), member(3)]);
+        let now = Instant::now();
+        let none_down = HashMap::new();
+        let pick = |primary_first, down: &HashMap<String, Instant>, attempt| {
+            pick_candidate(&seeds, &topology, primary_first, down, now, attempt)
+        };
+        assert_eq!(pick(true, &none_down, 0), "127.0.0.13:7379");
+        assert_eq!(pick(true, &none_down, 1), "127.0.0.11:7379");
+        assert_eq!(pick(true, &none_down, 2), "127.0.0.12:7379");
+        assert_eq!(pick(true, &none_down, 3), "127.0.0.13:7379");
+        // Stale reads start at the first configured node.
+        assert_eq!(pick(false, &none_down, 0), "127.0.0.11:7379");
+
+        let mut down = HashMap::new();
+        down.insert("127.0.0.13:7379".to_string(), now + Duration::from_secs(1));
+        assert_eq!(pick(true, &down, 0), "127.0.0.11:7379");
+        assert_eq!(pick(true, &down, 1), "127.0.0.12:7379");
+        // A penalty that has expired no longer counts.
+        down.insert("127.0.0.13:7379".to_string(), now);
+        assert_eq!(pick(true, &down, 0), "127.0.0.13:7379");
+        // When every address is down, they are tried anyway.
+        let all_down: HashMap<String, Instant> = (1..=3)
+            .map(|id| (member(id).client_addr, now + Duration::from_secs(1)))
+            .collect();
+        assert_eq!(pick(true, &all_down, 0), "127.0.0.13:7379");
+    }
+
+    #[test]
+    fn forgetting_a_failed_primary() {
+        let mut topology = KnownTopology::default();
+        topology.learn_primary(2, 1, "127.0.0.11:7379");
+        topology.forget_primary_at("127.0.0.12:7379");
+        assert!(topology.primary.is_some());
+        topology.forget_primary_at("127.0.0.11:7379");
+        assert!(topology.primary.is_none());
+    }
+}

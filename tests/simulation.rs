@@ -36,6 +36,8 @@ struct SimNode {
     /// Highest commit index already checked against the global committed log.
     checked_commit: LogIndex,
     incarnation: u64,
+    /// The membership the node was started with (a joiner knows only itself).
+    initial_membership: Membership,
 }
 
 /// A client operation in flight.
@@ -82,8 +84,7 @@ struct Simulation {
     seed: u64,
     rng: StdRng,
     now: Timestamp,
-    options: Options,
-    membership: Membership,
+        options: Options,
     nodes: BTreeMap<NodeId, SimNode>,
     /// Messages in flight: (delivery time, sequence) → message.
     network: BTreeMap<(Timestamp, u64), Message>,
@@ -101,6 +102,9 @@ struct Simulation {
     primaries: BTreeMap<Epoch, NodeId>,
     committed: BTreeMap<LogIndex, Entry>,
     steps: u64,
+    /// Probability per tick of asking the primary to add or remove a member.
+    membership_change_probability: f64,
+    next_node_id: NodeId,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +161,7 @@ impl Simulation {
                     restart_at: None,
                     checked_commit: 0,
                     incarnation: 0,
+                    initial_membership: membership.clone(),
                 },
             );
         }
@@ -172,8 +177,7 @@ impl Simulation {
             seed,
             rng,
             now: 0,
-            options,
-            membership,
+                        options,
             nodes,
             network: BTreeMap::new(),
             sequence: 0,
@@ -188,6 +192,84 @@ impl Simulation {
             primaries: BTreeMap::new(),
             committed: BTreeMap::new(),
             steps: 0,
+            membership_change_probability: 0.0,
+            next_node_id: node_count + 1,
+        }
+    }
+
+    /// Also adds and removes members during the history.
+    fn with_membership_changes(mut self) -> Self {
+        self.membership_change_probability = 0.01;
+        self
+    }
+
+    /// Asks the primary to add a fresh node (started as a lone learner, as `kvnode --join` does)
+    /// or to remove a member. The change may be refused or lost; the log says what happened.
+    fn change_membership(&mut self) {
+        let Some(primary) = self.current_primary() else {
+            return;
+        };
+        let members = self.nodes[&primary]
+            .node
+            .as_ref()
+            .map(|n| n.membership().clone())
+            .unwrap_or_default();
+        let request = if members.members.len() < 5 && self.rng.gen_bool(0.6) {
+            let id = self.next_node_id;
+            self.next_node_id += 1;
+            let member = Member {
+                id,
+                client_addr: format!("client-{id}"),
+                peer_addr: format!("peer-{id}"),
+                voter: false,
+            };
+            let alone = Membership::new(vec![member.clone()]);
+            let storage = Arc::new(MemoryStorage::new());
+            let node = Node::new(
+                id,
+                alone.clone(),
+                storage.clone(),
+                self.options.clone(),
+                self.rng.gen(),
+                self.now,
+            )
+            .expect("a joiner starts on empty storage");
+            self.nodes.insert(
+                id,
+                SimNode {
+                    storage,
+                    node: Some(node),
+                    flush: None,
+                    restart_at: None,
+                    checked_commit: 0,
+                    incarnation: 0,
+                    initial_membership: alone,
+                },
+            );
+            Request::AddMember { member }
+        } else if members.members.len() > 3 {
+            let ids: Vec<NodeId> = members.members.iter().map(|m| m.id).collect();
+            Request::RemoveMember {
+                id: ids[self.rng.gen_range(0..ids.len())],
+            }
+        } else {
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        self.with_node(primary, |n, now| n.request(now, token, request));
+    }
+
+    /// The members as the freshest primary sees them (all nodes before any change).
+    fn members(&self) -> BTreeSet<NodeId> {
+        let freshest = self
+            .nodes
+            .values()
+            .filter_map(|s| s.node.as_ref())
+            .max_by_key(|n| (n.role() == Role::Primary, n.epoch(), n.last_index()));
+        match freshest {
+            Some(node) => node.membership().members.iter().map(|m| m.id).collect(),
+            None => self.nodes.keys().copied().collect(),
         }
     }
 
@@ -266,6 +348,11 @@ impl Simulation {
             }
             if faults {
                 self.inject_faults();
+                if self.membership_change_probability > 0.0
+                    && self.rng.gen_bool(self.membership_change_probability)
+                {
+                    self.change_membership();
+                }
             }
             self.restart_due();
             self.client_load(faults);
@@ -442,11 +529,11 @@ impl Simulation {
     fn restart(&mut self, id: NodeId) {
         let seed = self.rng.gen();
         let now = self.now;
-        let membership = self.membership.clone();
         let options = self.options.clone();
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
         };
+        let membership = sim.initial_membership.clone();
         let storage: Arc<dyn Storage> = sim.storage.clone();
         match Node::new(id, membership, storage, options, seed, now) {
             Ok(node) => {
@@ -766,7 +853,8 @@ impl Simulation {
         let mut commits = BTreeSet::new();
         let mut applied = BTreeSet::new();
         let mut primaries = 0;
-        for (_, node, _) in self.live_nodes() {
+        let members = self.members();
+        for (_, node, _) in self.live_nodes().filter(|(id, _, _)| members.contains(id)) {
             commits.insert(node.commit_index());
             applied.insert(node.applied_index());
             if node.role() == Role::Primary {
@@ -858,7 +946,12 @@ impl Simulation {
         }
         // w=1 and w=2 writes may be rolled back by a failover (kept in the rollback tree); that is
         // allowed, and the count shows up when a history is replayed with logging.
-        tracing::info!(seed = self.seed, lost_minor, acked = self.acked.len(), "history checked");
+        tracing::info!(
+            seed = self.seed,
+            lost_minor,
+            acked = self.acked.len(),
+            "history checked"
+        );
     }
 }
 
@@ -903,6 +996,16 @@ fn five_node_histories_keep_every_invariant() {
     init_logging();
     for seed in seeds(200, 5_000_000) {
         Simulation::new(seed, 5).run(6_000);
+    }
+}
+
+#[test]
+fn membership_changes_keep_every_invariant() {
+    init_logging();
+    for seed in seeds(200, 7_000_000) {
+        Simulation::new(seed, 3)
+            .with_membership_changes()
+            .run(6_000);
     }
 }
 

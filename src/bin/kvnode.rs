@@ -1,1 +1,378 @@
-fn main() {}
+//! `kvnode`: the replikv node daemon, and `kvnode dev`, a local cluster in one command.
+//!
+//! Thin by design: parse flags, build the configuration with [`replikv::config`], and call
+//! [`replikv::net::server::run_node`]. `kvnode dev` only plans files, makes certificates and
+//! supervises child processes; each node runs as its own process, exactly as in production.
+//!
+//! Exit codes: 0 ok, 2 usage or configuration error, 1 anything else.
+
+use std::fs::OpenOptions;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::{mpsc, watch};
+
+use replikv::config::{
+    parse_member, DevCluster, NodeConfig, NodeOverrides, CLIENT_CONFIG_ENV, DEFAULT_DEV_BASE_PORT,
+    DEFAULT_DEV_DIR, DEFAULT_DEV_NODES, DEFAULT_LOG_LEVEL, DEV_CLIENT_NAME, DEV_STOP_GRACE_MS,
+};
+use replikv::net::server::{run_node, shutdown_signal};
+use replikv::net::tls::{self, CertRole, CertsInit};
+use replikv::wire::message::{Member, NodeId};
+use replikv::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "kvnode",
+    version,
+    about = "The replikv node daemon",
+    long_about = "The replikv node daemon.\n\nRun a node with `kvnode --config node.toml` (flags override the file), \
+                  or a whole local cluster with `kvnode dev`.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local cluster: make certificates, write configs, start every node as a process.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Node configuration file (TOML); flags given as well override its values.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id (must match its certificate).
+    #[arg(long)]
+    id: Option<NodeId>,
+    /// Address of the client port, ip:port.
+    #[arg(long, value_name = "ADDR")]
+    client_addr: Option<String>,
+    /// Address of the peer port, ip:port.
+    #[arg(long, value_name = "ADDR")]
+    peer_addr: Option<String>,
+    /// Directory of the node's data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of the cluster certificates.
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// A member of the cluster, this node included; repeat for each. Replaces the file's members.
+    #[arg(long = "member", value_name = "ID=CLIENT_ADDR,PEER_ADDR[,learner]", value_parser = member_flag)]
+    members: Vec<Member>,
+    /// How often the primary sends heartbeats.
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Silence after which a failure is assumed (default 3 heartbeat intervals).
+    #[arg(long, value_name = "MS")]
+    failure_timeout_ms: Option<u64>,
+    /// Random extra per node on the election timer.
+    #[arg(long, value_name = "MS")]
+    failure_jitter_ms: Option<u64>,
+    /// A voter behind for this long leaves the in-sync set (w=all).
+    #[arg(long, value_name = "MS")]
+    replica_lag_timeout_ms: Option<u64>,
+    /// Largest append message, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_append_bytes: Option<usize>,
+    /// Most entries in flight to one member.
+    #[arg(long, value_name = "N")]
+    max_inflight_entries: Option<u64>,
+    /// Log filter, e.g. info or replikv=debug (RUST_LOG wins).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Join an existing cluster through any of its nodes (not supported yet).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = DEFAULT_DEV_NODES)]
+    nodes: u64,
+    /// Directory of the cluster: certificates, configs, logs and data (kept between runs).
+    #[arg(long, default_value = DEFAULT_DEV_DIR)]
+    dir: PathBuf,
+    /// Client port of every node (each node has its own 127.0.0.x); the peer port is the next.
+    #[arg(long, default_value_t = DEFAULT_DEV_BASE_PORT)]
+    base_port: u16,
+}
+
+fn member_flag(text: &str) -> std::result::Result<Member, String> {
+    parse_member(text).map_err(|err| match err {
+        Error::Config(message) => message,
+        other => other.to_string(),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits 2 on a usage error
+    let result = match cli.command {
+        Some(Command::Dev(args)) => run_dev(args),
+        None => run_one_node(cli.node),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kvnode: {err}");
+            match err {
+                Error::Config(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn run_one_node(args: NodeArgs) -> Result<()> {
+    if let Some(addr) = &args.join {
+        return Err(Error::Config(format!(
+            "--join {addr} is not supported yet: list every member with --member ID=CLIENT_ADDR,PEER_ADDR or in the config file"
+        )));
+    }
+    let config_file = args.config.clone();
+    let config = NodeConfig::resolve(config_file.as_deref(), args.into_overrides())?;
+    init_logging(&config.log_level);
+    runtime()?.block_on(run_node(config, shutdown_signal()))
+}
+
+impl NodeArgs {
+    fn into_overrides(self) -> NodeOverrides {
+        NodeOverrides {
+            id: self.id,
+            client_addr: self.client_addr,
+            peer_addr: self.peer_addr,
+            data_dir: self.data_dir,
+            certs_dir: self.certs_dir,
+            members: self.members,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            failure_timeout_ms: self.failure_timeout_ms,
+            failure_jitter_ms: self.failure_jitter_ms,
+            replica_lag_timeout_ms: self.replica_lag_timeout_ms,
+            max_append_bytes: self.max_append_bytes,
+            max_inflight_entries: self.max_inflight_entries,
+            log_level: self.log_level,
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default_filter`; colours only on a terminal.
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_LEVEL));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("cannot start the async runtime: {err}")))
+}
+
+// --- kvnode dev ---
+
+fn run_dev(args: DevArgs) -> Result<()> {
+    let cluster = DevCluster::plan(&args.dir, args.nodes, args.base_port)?;
+    tls::init_certs(&CertsInit {
+        dir: cluster.certs_dir.clone(),
+        nodes: cluster
+            .nodes
+            .iter()
+            .map(|node| (node.id, vec![DevCluster::node_ip(node.id)]))
+            .collect(),
+        clients: vec![(DEV_CLIENT_NAME.to_string(), CertRole::Admin)],
+        force: false,
+    })?;
+    cluster.write_configs()?;
+    let exe = std::env::current_exe()
+        .map_err(|err| Error::Internal(format!("cannot find the kvnode executable: {err}")))?;
+    runtime()?.block_on(supervise(&cluster, &exe, &args.dir))
+}
+
+/// A node process and what the table shows about it.
+struct Started {
+    id: NodeId,
+    pid: u32,
+    log: PathBuf,
+}
+
+/// Starts every node, prints the table, then waits for Ctrl-C/SIGTERM and stops the nodes. A node
+/// that dies is reported and the others keep running (the user may be testing failover).
+async fn supervise(cluster: &DevCluster, exe: &Path, dir_flag: &Path) -> Result<()> {
+    let (stop, stop_requested) = watch::channel(false);
+    let (exits, mut exited) = mpsc::unbounded_channel::<String>();
+    let mut started = Vec::new();
+    let mut watchers = Vec::new();
+    for node in &cluster.nodes {
+        let log = cluster.node_log_path(node.id);
+        let child = spawn_node(exe, &cluster.node_config_path(node.id), &log)?;
+        let pid = child.id().unwrap_or_default();
+        started.push(Started {
+            id: node.id,
+            pid,
+            log,
+        });
+        let watcher = watch_node(node.id, pid, child, stop_requested.clone(), exits.clone());
+        watchers.push(tokio::spawn(watcher));
+    }
+    drop(exits);
+    print_table(cluster, &started, dir_flag);
+
+    let mut running = started.len();
+    let all_exited = loop {
+        tokio::select! {
+            _ = shutdown_signal() => break false,
+            report = exited.recv() => {
+                let Some(report) = report else { break true };
+                println!("{report}");
+                running -= 1;
+                if running == 0 {
+                    break true;
+                }
+                println!("the other nodes keep running; Ctrl-C stops them");
+            }
+        }
+    };
+    if all_exited {
+        return Err(Error::Unavailable(format!(
+            "every node has exited; see the logs in {}",
+            cluster.dir.display()
+        )));
+    }
+    println!("stopping the cluster...");
+    stop.send_replace(true);
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
+    println!(
+        "cluster stopped; its data is kept in {}",
+        cluster.dir.display()
+    );
+    Ok(())
+}
+
+fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<tokio::process::Child> {
+    let open_log = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))
+    };
+    tokio::process::Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?)
+        // Own process group: Ctrl-C reaches only `kvnode dev`, which stops the nodes one way.
+        .process_group(0)
+        // If `kvnode dev` fails half-way, the nodes it started do not outlive it.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| Error::Internal(format!("cannot start {}: {err}", exe.display())))
+}
+
+/// Reports the node's exit, or stops it when asked: SIGTERM, then SIGKILL after a grace period.
+async fn watch_node(
+    id: NodeId,
+    pid: u32,
+    mut child: tokio::process::Child,
+    mut stop: watch::Receiver<bool>,
+    exits: mpsc::UnboundedSender<String>,
+) {
+    tokio::select! {
+        status = child.wait() => {
+            let status = status.map_or_else(|err| err.to_string(), |status| status.to_string());
+            let _ = exits.send(format!("node {id} (pid {pid}) exited: {status}"));
+            return;
+        }
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
+    if let Err(why) = send_sigterm(pid).await {
+        println!("cannot send SIGTERM to node {id} ({why}); killing it");
+        let _ = child.start_kill();
+    }
+    let grace = Duration::from_millis(DEV_STOP_GRACE_MS);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) if status.success() => println!("node {id} stopped"),
+        Ok(Ok(status)) => println!("node {id} stopped: {status}"),
+        Ok(Err(err)) => println!("node {id}: {err}"),
+        Err(_) => {
+            println!("node {id} did not stop within {grace:?}; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Sends SIGTERM with the `kill` utility (std has no portable way, and the crate avoids a libc
+/// dependency for this one call). A signal sent to our whole process group, as `timeout` does, can
+/// hit the short-lived `kill` process before it moves to its own group; so it is retried.
+async fn send_sigterm(pid: u32) -> std::result::Result<(), String> {
+    const ATTEMPTS: usize = 3;
+    let mut last_failure = String::new();
+    for _ in 0..ATTEMPTS {
+        let outcome = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .process_group(0)
+            .status()
+            .await;
+        match outcome {
+            Ok(status) if status.success() => return Ok(()),
+            Ok(status) => last_failure = format!("kill: {status}"),
+            Err(err) => last_failure = format!("kill: {err}"),
+        }
+    }
+    Err(last_failure)
+}
+
+fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
+    println!(
+        "replikv dev cluster: {} nodes in {}\n",
+        started.len(),
+        cluster.dir.display()
+    );
+    println!(
+        "  {:<4} {:<22} {:<22} {:<8} LOG",
+        "ID", "CLIENT ADDRESS", "PEER ADDRESS", "PID"
+    );
+    for (node, process) in cluster.nodes.iter().zip(started) {
+        println!(
+            "  {:<4} {:<22} {:<22} {:<8} {}",
+            process.id,
+            node.client_addr,
+            node.peer_addr,
+            process.pid,
+            process.log.display()
+        );
+    }
+    println!();
+    if dir_flag != Path::new(DEFAULT_DEV_DIR) {
+        println!(
+            "kvctl finds ./{DEFAULT_DEV_DIR}/client.toml by itself; for this directory run:\n  export {CLIENT_CONFIG_ENV}={}\n",
+            cluster.client_config_path().display()
+        );
+    }
+    println!("Try:       kvctl put a 1 && kvctl get a");
+    println!("Status:    kvctl status");
+    println!("Failover:  kill -9 the primary's pid, then run kvctl status again");
+    println!(
+        "Ctrl-C stops the cluster; data is kept in {}/node-<id>/ for the next run.",
+        cluster.dir.display()
+    );
+}

@@ -33,7 +33,8 @@ use crate::wire::client::{
     Role, Write, WriteConcern, WriteResult,
 };
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, Message, MessageBody, NodeId, Operation, Rank, RequestId,
+    Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
+    RequestId,
 };
 
 use super::progress::{self, Progress};
@@ -92,6 +93,13 @@ pub struct FlushTicket {
 /// Entries the primary keeps in memory so live replication never reads them back from storage.
 const MAX_CACHED_ENTRIES: usize = 100_000;
 
+/// A membership change asked for by a client.
+#[derive(Clone, Debug)]
+enum MembershipChange {
+    Add(Member),
+    Remove(NodeId),
+}
+
 /// A client write waiting for its write concern.
 #[derive(Clone, Debug)]
 struct PendingWrite {
@@ -134,8 +142,12 @@ struct PrimaryState {
 enum RoleState {
     Backup,
     /// Asking for pre-votes before starting an election; the epoch has not moved yet.
-    PreCandidate { votes: BTreeSet<NodeId> },
-    Candidate { votes: BTreeSet<NodeId> },
+    PreCandidate {
+        votes: BTreeSet<NodeId>,
+    },
+    Candidate {
+        votes: BTreeSet<NodeId>,
+    },
     Primary(Box<PrimaryState>),
 }
 
@@ -145,7 +157,12 @@ pub struct Node {
     options: Options,
     storage: Arc<dyn Storage>,
     rng: StdRng,
+    /// The membership in force: the latest membership entry in the log, or the applied one.
     membership: Membership,
+    /// Index of the log entry that set `membership` (0 when it came from storage or config).
+    membership_index: LogIndex,
+    /// The membership of the latest applied membership entry (persisted with the state).
+    applied_membership: Membership,
     epoch: Epoch,
     vote: Option<NodeId>,
     role: RoleState,
@@ -187,20 +204,19 @@ impl Node {
     ) -> Result<Node> {
         let meta = storage.meta()?;
         let (last_epoch, last_index) = storage.last()?;
+                // The applied membership wins over the configured one. A node outside it (a joiner part
+        // way through the history, or a removed node) neither votes nor runs; it follows
+        // whichever primary contacts it and learns the membership from it.
         let membership = meta.membership.clone().unwrap_or(membership);
-        if membership.get(id).is_none() {
-            return Err(Error::Config(format!(
-                "node {id} is not in the membership {:?}",
-                membership.members.iter().map(|m| m.id).collect::<Vec<_>>()
-            )));
-        }
         let rolled_back_entries = storage.rolled_back()?.len() as u64;
         let mut node = Node {
             id,
             options,
             storage,
             rng: StdRng::seed_from_u64(seed),
-            membership,
+            membership: membership.clone(),
+            membership_index: 0,
+            applied_membership: membership,
             epoch: meta.epoch,
             vote: meta.vote,
             role: RoleState::Backup,
@@ -222,7 +238,11 @@ impl Node {
             outputs: Vec::new(),
         };
         node.reset_election_timer();
+                node.recompute_membership()?;
         node.apply_committed()?;
+        if node.membership.get(id).is_none() {
+            warn!(node = id, "this node is not in the membership it knows; waiting to hear from a primary");
+        }
         info!(
             node = id,
             epoch = node.epoch,
@@ -348,7 +368,15 @@ impl Node {
     /// Handles a message from a peer.
     pub fn step(&mut self, now: Timestamp, message: Message) -> Result<()> {
         self.now = now;
-        if message.to != self.id || self.membership.get(message.from).is_none() {
+                // A node whose membership is behind (a joiner, or a node that missed changes) accepts a
+        // primary's messages from a sender it does not know yet, and learns the membership from
+        // them; the epoch fences them like any other. Everything else needs a known sender.
+        let from_primary = matches!(
+            message.body,
+            MessageBody::Heartbeat { .. } | MessageBody::Append { .. } | MessageBody::Coordinator
+        );
+        let known = self.membership.get(message.from).is_some();
+        if message.to != self.id || !(known || from_primary) {
             debug!(
                 node = self.id,
                 ?message,
@@ -359,12 +387,16 @@ impl Node {
         // Pre-votes change no state and are answered whatever the epochs say.
         match message.body {
             MessageBody::PreElection { rank } => {
-                let granted = message.epoch > self.epoch
+                                let granted = message.epoch > self.epoch
                     && rank > self.rank()
                     && self.membership.is_voter(self.id)
+                    && self.membership.is_voter(message.from)
                     && !self.hears_live_primary();
                 self.send(message.from, MessageBody::PreVote { granted });
-                if !granted && self.rank() > rank && !self.hears_live_primary() && !self.is_primary()
+                if !granted
+                    && self.rank() > rank
+                    && !self.hears_live_primary()
+                    && !self.is_primary()
                 {
                     // The bully: a higher-ranked node that also hears no primary runs itself.
                     if matches!(self.role, RoleState::Backup) && self.membership.is_voter(self.id) {
@@ -409,9 +441,14 @@ impl Node {
         match message.body {
             MessageBody::Heartbeat {
                 commit_index,
-                membership: _,
+                membership,
                 round,
             } => {
+                if self.membership.get(message.from).is_none() && membership.get(self.id).is_some()
+                {
+                    // Bootstrapping a joiner: take the primary's view until the log brings one.
+                    self.adopt_membership(membership, 0);
+                }
                 self.follow(message.from)?;
                 self.advance_backup_commit(commit_index)?;
                 self.send(
@@ -448,8 +485,10 @@ impl Node {
             MessageBody::AppendRejected { hint } => self.on_append_rejected(message.from, hint)?,
             MessageBody::Election { rank } => self.on_election(message.from, rank)?,
             MessageBody::Alive { rank } => {
-                if matches!(self.role, RoleState::Candidate { .. } | RoleState::PreCandidate { .. })
-                    && rank > self.rank()
+                if matches!(
+                    self.role,
+                    RoleState::Candidate { .. } | RoleState::PreCandidate { .. }
+                ) && rank > self.rank()
                 {
                     info!(
                         node = self.id,
@@ -492,6 +531,12 @@ impl Node {
                 write_concern,
                 timeout_ms,
             } => self.write(token, request_id, write, write_concern, timeout_ms)?,
+            Request::AddMember { member } => {
+                self.change_membership(token, MembershipChange::Add(member))?
+            }
+            Request::RemoveMember { id } => {
+                self.change_membership(token, MembershipChange::Remove(id))?
+            }
         }
         Ok(())
     }
@@ -665,7 +710,10 @@ impl Node {
                 self.id, self.epoch
             )));
         }
-        if matches!(self.role, RoleState::Candidate { .. } | RoleState::PreCandidate { .. }) {
+        if matches!(
+            self.role,
+            RoleState::Candidate { .. } | RoleState::PreCandidate { .. }
+        ) {
             self.role = RoleState::Backup;
         }
         self.last_heard_primary = self.now;
@@ -855,6 +903,7 @@ impl Node {
             self.send_heartbeats();
         }
         self.retransmit()?;
+        self.promote_caught_up_learner()?;
         self.expire_requests();
         self.answer_reads()?;
         Ok(())
@@ -1302,6 +1351,10 @@ impl Node {
         self.last_index = entry.index;
         self.last_epoch = entry.epoch;
         let index = entry.index;
+        if let Operation::Membership(membership) = &entry.operation {
+            // A membership change takes effect as soon as it is appended.
+            self.adopt_membership(membership.clone(), index);
+        }
         self.push_cache(entry);
         Ok(index)
     }
@@ -1415,6 +1468,11 @@ impl Node {
             let results = self.storage.apply(&entries)?;
             let last = entries.last().map_or(from, |e| e.index);
             self.applied_index = last;
+            for entry in &entries {
+                if let Operation::Membership(membership) = &entry.operation {
+                    self.applied_membership = membership.clone();
+                }
+            }
             if let Some(state) = self.primary_state() {
                 for (entry, result) in entries.iter().zip(results) {
                     if let Some(request_id) = entry.request_id {
@@ -1428,6 +1486,192 @@ impl Node {
                 }
             }
         }
+        if self.is_primary()
+            && self.membership.get(self.id).is_none()
+            && self.membership_index <= self.commit_index
+        {
+            // This primary removed itself and the change is committed: hand over by stepping
+            // down; the remaining voters elect among themselves.
+            info!(
+                node = self.id,
+                epoch = self.epoch,
+                "removed from the cluster; stepping down"
+            );
+            self.answer_writes();
+            self.become_backup(self.epoch, None)?;
+        }
+        Ok(())
+    }
+
+    // --- membership ---
+
+    /// Sets the membership in force, keeping the primary's progress table in step with it.
+    fn adopt_membership(&mut self, membership: Membership, index: LogIndex) {
+        if membership == self.membership {
+            self.membership_index = index.max(self.membership_index);
+            return;
+        }
+        info!(
+            node = self.id,
+            epoch = self.epoch,
+            index,
+            members = ?membership.members.iter().map(|m| (m.id, m.voter)).collect::<Vec<_>>(),
+            "membership changed"
+        );
+        self.membership = membership;
+        self.membership_index = index;
+        let last_index = self.last_index;
+        let now = self.now;
+        let members: Vec<NodeId> = self.other_members();
+        if let Some(state) = self.primary_state() {
+            state.progress.retain(|id, _| members.contains(id));
+            for id in members {
+                state
+                    .progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(last_index, now));
+            }
+        }
+        self.outputs.push(Output::Topology {
+            epoch: self.epoch,
+            primary: self.primary,
+            membership: self.membership.clone(),
+        });
+    }
+
+    /// The membership is the latest membership entry in the unapplied log, else the applied one.
+    fn recompute_membership(&mut self) -> Result<()> {
+        let mut latest = (self.applied_membership.clone(), 0);
+        let mut next = self.applied_index + 1;
+        while next <= self.last_index {
+            let entries = self.storage.entries(next, self.last_index, 4 << 20)?;
+            let Some(last) = entries.last().map(|e| e.index) else {
+                break;
+            };
+            for entry in entries {
+                if let Operation::Membership(membership) = entry.operation {
+                    latest = (membership, entry.index);
+                }
+            }
+            next = last + 1;
+        }
+        self.adopt_membership(latest.0, latest.1);
+        Ok(())
+    }
+
+    /// Appends a membership change: one at a time, and only once this primary's no-op is
+    /// committed (the single-server change rule; the no-op closes the gap Raft's had).
+    fn change_membership(&mut self, token: ClientToken, change: MembershipChange) -> Result<()> {
+        let noop_committed = match &self.role {
+            RoleState::Primary(state) => self.commit_index >= state.noop_index,
+            _ => {
+                let error = self.not_primary();
+                self.reply(token, Response::Error(error));
+                return Ok(());
+            }
+        };
+        if !noop_committed || self.membership_index > self.commit_index {
+            let error = Error::Unavailable(
+                "a membership change or election is still being committed: retry shortly".into(),
+            );
+            self.reply(token, Response::Error(error));
+            return Ok(());
+        }
+        let mut members = self.membership.members.clone();
+        match change {
+            MembershipChange::Add(member) => {
+                if let Some(existing) = self.membership.get(member.id) {
+                    let same = existing.client_addr == member.client_addr
+                        && existing.peer_addr == member.peer_addr;
+                    let response = if same {
+                        // A retried join: already a member.
+                        Response::Written {
+                            result: WriteResult {
+                                index: self.membership_index,
+                                existed: true,
+                            },
+                            meta: self.meta(),
+                        }
+                    } else {
+                        Response::Error(Error::InvalidRequest(format!(
+                            "node {} is already a member with other addresses; remove it first",
+                            member.id
+                        )))
+                    };
+                    self.reply(token, response);
+                    return Ok(());
+                }
+                members.push(Member {
+                    voter: false,
+                    ..member
+                });
+            }
+            MembershipChange::Remove(id) => {
+                if self.membership.get(id).is_none() {
+                    let error = Error::InvalidRequest(format!("node {id} is not a member"));
+                    self.reply(token, Response::Error(error));
+                    return Ok(());
+                }
+                members.retain(|member| member.id != id);
+                if !members.iter().any(|member| member.voter) {
+                    let error = Error::InvalidRequest(
+                        "removing the last voter would leave no cluster".into(),
+                    );
+                    self.reply(token, Response::Error(error));
+                    return Ok(());
+                }
+            }
+        }
+        let index = self.append(Operation::Membership(Membership::new(members)), None)?;
+        let deadline = self.now + self.options.failure_timeout_ms * 10;
+        if let Some(state) = self.primary_state() {
+            state.writes.entry(index).or_default().push(PendingWrite {
+                token,
+                concern: WriteConcern::Majority,
+                deadline,
+                result: WriteResult {
+                    index,
+                    existed: false,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes a caught-up learner a voter (one change at a time).
+    fn promote_caught_up_learner(&mut self) -> Result<()> {
+        const CAUGHT_UP_LAG: LogIndex = 1000;
+        let RoleState::Primary(state) = &self.role else {
+            return Ok(());
+        };
+        if self.membership_index > self.commit_index || self.commit_index < state.noop_index {
+            return Ok(());
+        }
+        let learner = self.membership.members.iter().find(|member| {
+            !member.voter
+                && state.progress.get(&member.id).is_some_and(|p| {
+                    p.match_index > 0 && p.match_index + CAUGHT_UP_LAG >= self.last_index
+                })
+        });
+        let Some(learner) = learner.map(|m| m.id) else {
+            return Ok(());
+        };
+        info!(
+            node = self.id,
+            epoch = self.epoch,
+            learner,
+            "learner caught up; making it a voter"
+        );
+        let members = self
+            .membership
+            .members
+            .iter()
+            .map(|member| Member {
+                voter: member.voter || member.id == learner,
+                ..member.clone()
+            })
+            .collect();
+        self.append(Operation::Membership(Membership::new(members)), None)?;
         Ok(())
     }
 
@@ -1667,6 +1911,9 @@ impl Node {
             for entry in new_entries {
                 self.last_index = entry.index;
                 self.last_epoch = entry.epoch;
+                if let Operation::Membership(membership) = &entry.operation {
+                    self.adopt_membership(membership.clone(), entry.index);
+                }
                 self.push_cache(entry);
             }
         }
@@ -1718,6 +1965,9 @@ impl Node {
         self.generation += 1;
         while self.cache.back().is_some_and(|e| e.index >= index) {
             self.cache.pop_back();
+        }
+        if self.membership_index >= index {
+            self.recompute_membership()?;
         }
         Ok(())
     }

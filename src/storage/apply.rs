@@ -1,1 +1,139 @@
-//! Being written.
+//! Applying log entries to the state: the one implementation both engines share.
+//!
+//! An engine exposes its state, sessions and applied index through [`ApplyTarget`] (for sled, the
+//! views of one multi-tree transaction; for the memory engine, its maps) and calls
+//! [`apply_entries`]. Keeping the rules in one place is what makes the two engines agree on every
+//! result, which the shared test suite checks.
+//!
+//! Rules:
+//! - Entries are applied in log order, contiguously from `applied_index + 1`; anything else is a
+//!   caller bug, refused before any change is made.
+//! - `Noop` changes no state; `Membership` records the membership in `meta`; both advance the
+//!   applied index.
+//! - A `Put` or `Delete` carrying a request id whose session already holds that sequence (or a
+//!   newer one) is a retry: it changes nothing and its result is the stored one. A request is
+//!   therefore never applied twice, whichever log entries carry it.
+//! - The applied index ends at the last entry's index.
+
+use tracing::debug;
+
+use crate::error::Error;
+use crate::storage::Session;
+use crate::wire::client::WriteResult;
+use crate::wire::message::{Entry, LogIndex, Membership, Operation};
+
+/// The mutable state an engine hands to [`apply_entries`]. Writes through it must become visible
+/// together (one transaction, or one critical section).
+pub trait ApplyTarget {
+    /// The engine's error; a sled transaction needs its own so that conflicts are retried.
+    type Error: From<Error>;
+
+    /// The session record of `client_id`, if any.
+    fn session(&mut self, client_id: u64) -> Result<Option<Session>, Self::Error>;
+
+    /// Replaces the session record of `client_id`.
+    fn set_session(&mut self, client_id: u64, session: Session) -> Result<(), Self::Error>;
+
+    /// Sets `key` to `value`; returns whether the key existed before.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool, Self::Error>;
+
+    /// Removes `key`; returns whether it existed.
+    fn delete(&mut self, key: &[u8]) -> Result<bool, Self::Error>;
+
+        /// Records the new applied index.
+    fn set_applied_index(&mut self, index: LogIndex) -> Result<(), Self::Error>;
+
+    /// Records the membership of an applied membership entry, so that a restarted node knows the
+    /// membership in force at its applied index.
+    fn set_membership(&mut self, membership: &Membership) -> Result<(), Self::Error>;
+}
+
+/// Applies `entries` on top of a state whose applied index is `applied_index`, returning one
+/// result per entry, in order. A `Noop` or `Membership` entry's result is `{ index, existed:
+/// false }`; a duplicate request's result is the one stored in its session.
+pub fn apply_entries<T: ApplyTarget>(
+    target: &mut T,
+    applied_index: LogIndex,
+    entries: &[Entry],
+) -> Result<Vec<WriteResult>, T::Error> {
+    check_contiguous(applied_index, entries)?;
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        results.push(apply_entry(target, entry)?);
+    }
+    if let Some(last) = entries.last() {
+        target.set_applied_index(last.index)?;
+    }
+    Ok(results)
+}
+
+/// Refuses entries that do not continue the applied prefix, before anything changes.
+fn check_contiguous(applied_index: LogIndex, entries: &[Entry]) -> Result<(), Error> {
+    let mut expected = applied_index + 1;
+    for entry in entries {
+        if entry.index != expected {
+            return Err(Error::Storage(format!(
+                "cannot apply entry {} when the next entry to apply is {expected} (applied index {applied_index})",
+                entry.index
+            )));
+        }
+        expected += 1;
+    }
+    Ok(())
+}
+
+fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteResult, T::Error> {
+        let request_id = match &entry.operation {
+        Operation::Membership(membership) => {
+            target.set_membership(membership)?;
+            return Ok(WriteResult {
+                index: entry.index,
+                existed: false,
+            });
+        }
+        Operation::Noop => {
+            return Ok(WriteResult {
+                index: entry.index,
+                existed: false,
+            })
+        }
+        Operation::Put { .. } | Operation::Delete { .. } => entry.request_id,
+    };
+
+    if let Some(request_id) = request_id {
+        if let Some(session) = target.session(request_id.client_id)? {
+            if session.last_sequence >= request_id.sequence {
+                if session.last_sequence > request_id.sequence {
+                    debug!(
+                        client_id = request_id.client_id,
+                        sequence = request_id.sequence,
+                        latest = session.last_sequence,
+                        index = entry.index,
+                        "skipping an older retried request; answering with the session's latest result"
+                    );
+                }
+                return Ok(session.result);
+            }
+        }
+    }
+
+    let existed = match &entry.operation {
+        Operation::Put { key, value } => target.put(key, value)?,
+        Operation::Delete { key } => target.delete(key)?,
+        Operation::Noop | Operation::Membership(_) => false,
+    };
+    let result = WriteResult {
+        index: entry.index,
+        existed,
+    };
+    if let Some(request_id) = request_id {
+        target.set_session(
+            request_id.client_id,
+            Session {
+                last_sequence: request_id.sequence,
+                result,
+            },
+        )?;
+    }
+    Ok(result)
+}

@@ -1,1 +1,385 @@
-//! Being written.
+//! The in-memory engine, for the simulator: the same contract as sled, with honest durability.
+//!
+//! The engine keeps two copies of its contents: `live`, which every read sees, and `durable`, what
+//! a disk would hold. Every write method changes `live` and records the write in a redo journal;
+//! [`Storage::flush`] replays the journal onto `durable`, so a flush costs what was written since
+//! the last one, not the size of the store. [`MemoryStorage::crash`] throws `live` away and
+//! restarts from `durable`: everything not flushed is lost. [`MemoryStorage::crash_keeping`] keeps
+//! a prefix of the unflushed writes instead, as a disk that wrote some of its queue would; it never
+//! keeps a later write without the earlier ones.
+//!
+//! Invariant: replaying the journal onto `durable` yields `live`. It holds because every write is
+//! deterministic and is journaled only when it succeeded on `live`.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::storage::apply::{apply_entries, ApplyTarget};
+use crate::storage::{
+    check_append, encoded_len, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
+};
+use crate::wire::client::WriteResult;
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+
+/// A [`Storage`] held in memory. Share it as `Arc<MemoryStorage>`: after [`MemoryStorage::crash`]
+/// the simulator reopens a node on the same value.
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    live: Contents,
+    durable: Contents,
+    /// Writes applied to `live` but not yet to `durable`, oldest first.
+    unflushed: Vec<Write>,
+}
+
+/// One successful write, as journaled for replay onto the durable copy.
+enum Write {
+    Append(Vec<Entry>),
+    TruncateSuffix { from: LogIndex, epoch: Epoch },
+    EpochAndVote(Epoch, Option<NodeId>),
+    CommitIndex(LogIndex),
+    Membership(Membership),
+    Apply(Vec<Entry>),
+}
+
+/// Everything a node stores, as the sled trees hold it.
+#[derive(Clone, Debug)]
+struct Contents {
+    /// Entries `meta.log_start ..`, contiguous, so entry `i` is at `i - meta.log_start`.
+    log: Vec<Entry>,
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    rollback: Vec<RolledBack>,
+    meta: Meta,
+}
+
+impl MemoryStorage {
+    /// An empty store, as a new node's.
+    pub fn new() -> MemoryStorage {
+        MemoryStorage {
+            inner: Mutex::new(Inner {
+                live: Contents::new(),
+                durable: Contents::new(),
+                unflushed: Vec::new(),
+            }),
+        }
+    }
+
+    /// Simulates a crash: every write since the last flush is lost.
+    pub fn crash(&self) {
+        self.crash_keeping(0);
+    }
+
+    /// Simulates a crash in which the disk had written the oldest `writes` unflushed writes (all
+    /// of them if there are fewer) and lost the rest.
+    pub fn crash_keeping(&self, writes: usize) {
+        let mut inner = self.lock();
+        let kept = writes.min(inner.unflushed.len());
+        let lost = inner.unflushed.split_off(kept);
+        drop(lost);
+        // Replaying a journaled write cannot fail (it succeeded on `live`), so this only reports.
+        if let Err(err) = inner.persist_unflushed() {
+            tracing::error!(%err, "memory storage: replaying journaled writes failed");
+        }
+        inner.live = inner.durable.clone();
+    }
+
+    /// How many writes a crash would lose now.
+    pub fn unflushed_writes(&self) -> usize {
+        self.lock().unflushed.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent contents: every method validates before
+        // it changes anything.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `write` on the live contents and journals it if it succeeded.
+    fn write<T>(&self, write: Write, run: impl FnOnce(&mut Contents) -> Result<T>) -> Result<T> {
+        let mut inner = self.lock();
+        let output = run(&mut inner.live)?;
+        inner.unflushed.push(write);
+        Ok(output)
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        MemoryStorage::new()
+    }
+}
+
+impl Inner {
+    fn persist_unflushed(&mut self) -> Result<()> {
+        for write in std::mem::take(&mut self.unflushed) {
+            self.durable.replay(write).map_err(|err| {
+                Error::Internal(format!(
+                    "memory storage: a journaled write failed on replay: {err}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Contents {
+    fn new() -> Contents {
+        Contents {
+            log: Vec::new(),
+            state: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            rollback: Vec::new(),
+            meta: Meta {
+                log_start: FIRST_INDEX,
+                ..Meta::default()
+            },
+        }
+    }
+
+    fn replay(&mut self, write: Write) -> Result<()> {
+        match write {
+            Write::Append(entries) => {
+                check_append(self.last(), &entries)?;
+                self.log.extend(entries);
+            }
+            Write::TruncateSuffix { from, epoch } => {
+                self.truncate_suffix(from, epoch)?;
+            }
+            Write::EpochAndVote(epoch, vote) => {
+                self.meta.epoch = epoch;
+                self.meta.vote = vote;
+            }
+            Write::CommitIndex(index) => self.meta.commit_index = index,
+            Write::Membership(membership) => self.meta.membership = Some(membership),
+            Write::Apply(entries) => {
+                self.apply(&entries)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn last(&self) -> (Epoch, LogIndex) {
+        match self.log.last() {
+            Some(entry) => (entry.epoch, entry.index),
+            None => (
+                self.meta.snapshot_epoch,
+                self.meta.log_start.saturating_sub(1),
+            ),
+        }
+    }
+
+    /// Position of `index` in `log`, which may be `log.len()` (one past the end).
+    fn position(&self, index: LogIndex) -> usize {
+        let offset = index.saturating_sub(self.meta.log_start);
+        usize::try_from(offset).map_or(self.log.len(), |offset| offset.min(self.log.len()))
+    }
+
+    fn apply(&mut self, entries: &[Entry]) -> Result<Vec<WriteResult>> {
+        let applied_index = self.meta.applied_index;
+        apply_entries(&mut StateTarget(self), applied_index, entries)
+    }
+
+    fn truncate_suffix(&mut self, from: LogIndex, epoch: Epoch) -> Result<Vec<Entry>> {
+        if from < self.meta.log_start {
+            return Err(truncate_before_start(from, self.meta.log_start));
+        }
+        // Removing applied entries means the state reflects entries no longer in the log.
+        let rebuild = from <= self.meta.applied_index && from <= self.last().1;
+        if rebuild && self.meta.log_start != FIRST_INDEX {
+            return Err(rebuild_after_compaction(
+                from,
+                self.meta.applied_index,
+                self.meta.log_start,
+            ));
+        }
+        let removed = self.log.split_off(self.position(from));
+        self.rollback.extend(removed.iter().map(|entry| RolledBack {
+            rolled_back_in_epoch: epoch,
+            entry: entry.clone(),
+        }));
+        if rebuild {
+            self.state.clear();
+            self.sessions.clear();
+            self.meta.applied_index = self.meta.log_start - 1;
+            let log = std::mem::take(&mut self.log);
+            let reapplied = self.apply(&log);
+            self.log = log;
+            reapplied?;
+        }
+        Ok(removed)
+    }
+}
+
+/// The memory engine's side of [`apply_entries`].
+struct StateTarget<'a>(&'a mut Contents);
+
+impl ApplyTarget for StateTarget<'_> {
+    type Error = Error;
+
+    fn session(&mut self, client_id: u64) -> Result<Option<Session>> {
+        Ok(self.0.sessions.get(&client_id).copied())
+    }
+
+    fn set_session(&mut self, client_id: u64, session: Session) -> Result<()> {
+        self.0.sessions.insert(client_id, session);
+        Ok(())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        Ok(self.0.state.insert(key.to_vec(), value.to_vec()).is_some())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.0.state.remove(key).is_some())
+    }
+
+        fn set_applied_index(&mut self, index: LogIndex) -> Result<()> {
+        self.0.meta.applied_index = index;
+        Ok(())
+    }
+
+    fn set_membership(&mut self, membership: &Membership) -> Result<()> {
+        self.0.meta.membership = Some(membership.clone());
+        Ok(())
+    }
+}
+
+/// The error for truncating entries that were compacted away (or index 0).
+pub(crate) fn truncate_before_start(from: LogIndex, log_start: LogIndex) -> Error {
+    Error::Storage(format!(
+        "cannot truncate the log from entry {from}: the log starts at entry {log_start}"
+    ))
+}
+
+/// The error for rolling back applied entries when the log no longer holds what produced the
+/// state before them.
+pub(crate) fn rebuild_after_compaction(
+    from: LogIndex,
+    applied_index: LogIndex,
+    log_start: LogIndex,
+) -> Error {
+    Error::Storage(format!(
+        "cannot roll back entries {from}..={applied_index}: they were applied and the log before \
+         entry {log_start} was compacted, so the state cannot be rebuilt; resync this node from a snapshot"
+    ))
+}
+
+impl Storage for MemoryStorage {
+    fn append(&self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write(Write::Append(entries.to_vec()), |contents| {
+            check_append(contents.last(), entries)?;
+            contents.log.extend_from_slice(entries);
+            Ok(())
+        })
+    }
+
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>> {
+        let inner = self.lock();
+        let contents = &inner.live;
+        if index < contents.meta.log_start {
+            return Ok(None);
+        }
+        Ok(contents.log.get(contents.position(index)).cloned())
+    }
+
+    fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: usize) -> Result<Vec<Entry>> {
+        let inner = self.lock();
+        let contents = &inner.live;
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let start = contents.position(from);
+        let end = contents.position(to.saturating_add(1));
+        let mut collected = Vec::new();
+        let mut total_bytes = 0usize;
+        for entry in &contents.log[start..end] {
+            let size = encoded_len(entry)?;
+            if !fits(collected.len(), total_bytes, size, max_bytes) {
+                break;
+            }
+            total_bytes += size;
+            collected.push(entry.clone());
+        }
+        Ok(collected)
+    }
+
+    fn last(&self) -> Result<(Epoch, LogIndex)> {
+        Ok(self.lock().live.last())
+    }
+
+    fn truncate_suffix(&self, from: LogIndex, epoch: Epoch) -> Result<Vec<Entry>> {
+        self.write(Write::TruncateSuffix { from, epoch }, |contents| {
+            contents.truncate_suffix(from, epoch)
+        })
+    }
+
+    fn rolled_back(&self) -> Result<Vec<RolledBack>> {
+        Ok(self.lock().live.rollback.clone())
+    }
+
+    fn meta(&self) -> Result<Meta> {
+        Ok(self.lock().live.meta.clone())
+    }
+
+    fn set_epoch_and_vote(&self, epoch: Epoch, vote: Option<NodeId>) -> Result<()> {
+        self.write(Write::EpochAndVote(epoch, vote), |contents| {
+            contents.meta.epoch = epoch;
+            contents.meta.vote = vote;
+            Ok(())
+        })
+    }
+
+    fn set_commit_index(&self, index: LogIndex) -> Result<()> {
+        self.write(Write::CommitIndex(index), |contents| {
+            contents.meta.commit_index = index;
+            Ok(())
+        })
+    }
+
+    fn set_membership(&self, membership: &Membership) -> Result<()> {
+        self.write(Write::Membership(membership.clone()), |contents| {
+            contents.meta.membership = Some(membership.clone());
+            Ok(())
+        })
+    }
+
+    fn apply(&self, entries: &[Entry]) -> Result<Vec<WriteResult>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(Write::Apply(entries.to_vec()), |contents| {
+            contents.apply(entries)
+        })
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().live.state.get(key).cloned())
+    }
+
+    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let inner = self.lock();
+        Ok(inner
+            .live
+            .state
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>> {
+        Ok(self.lock().live.sessions.get(&client_id).copied())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.lock().persist_unflushed()
+    }
+}

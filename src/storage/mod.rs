@@ -21,7 +21,7 @@ pub mod sled_engine;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wire::client::WriteResult;
 use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
 
@@ -120,4 +120,49 @@ pub trait Storage: Send + Sync {
 
     /// Makes every earlier write durable (fsync).
     fn flush(&self) -> Result<()>;
+}
+
+pub use memory::MemoryStorage;
+pub use sled_engine::SledStorage;
+
+#[cfg(test)]
+mod suite;
+
+/// The first log index of a node that has never compacted its log.
+pub(crate) const FIRST_INDEX: LogIndex = 1;
+
+/// Checks that `entries` may follow a log whose last entry is `last`: indexes contiguous from
+/// `last.1 + 1` and epochs never decreasing. Both engines call this, so they refuse the same
+/// appends with the same message.
+pub(crate) fn check_append(last: (Epoch, LogIndex), entries: &[Entry]) -> Result<()> {
+    let (mut previous_epoch, mut previous_index) = last;
+    for entry in entries {
+        if entry.index != previous_index + 1 {
+            return Err(Error::Storage(format!(
+                "cannot append entry {} after entry {previous_index}: the log must stay contiguous",
+                entry.index
+            )));
+        }
+        if entry.epoch < previous_epoch {
+            return Err(Error::Storage(format!(
+                "cannot append entry {} of epoch {} after epoch {previous_epoch}: epochs in a log never decrease",
+                entry.index, entry.epoch
+            )));
+        }
+        previous_epoch = entry.epoch;
+        previous_index = entry.index;
+    }
+    Ok(())
+}
+
+/// The encoded size of `entry`, which is what `max_bytes` in [`Storage::entries`] counts.
+pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
+    postcard::experimental::serialized_size(entry)
+        .map_err(|err| Error::Storage(format!("cannot size entry {}: {err}", entry.index)))
+}
+
+/// Whether `entries` may take one more entry of `size` bytes: the first entry always fits, later
+/// ones only while the total stays within `max_bytes`.
+pub(crate) fn fits(collected: usize, total_bytes: usize, size: usize, max_bytes: usize) -> bool {
+    collected == 0 || total_bytes.saturating_add(size) <= max_bytes
 }

@@ -1,1 +1,515 @@
-//! Being written.
+//! The sled engine: what a real node keeps on disk (DESIGN §3).
+//!
+//! | tree | key | value (postcard) |
+//! |---|---|---|
+//! | `log` | index, u64 big-endian | [`Entry`] |
+//! | `state` | user key | user value (raw bytes) |
+//! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch |
+//! | `sessions` | client id, u64 big-endian | [`Session`] |
+//! | `rollback` | sequence number, u64 big-endian | [`RolledBack`] |
+//!
+//! Big-endian keys make sled's byte order the numeric order, so range scans walk the log in order.
+//! Rollback records are keyed by a counter rather than by `(epoch, index)`: the counter is unique
+//! even if the same position is rolled back twice, and its order is exactly "oldest first".
+//!
+//! Invariants:
+//! - `log` holds the contiguous entries `log_start ..= last`. `tail` caches `last`, so
+//!   [`Storage::last`] does not touch the tree; appends and truncations hold the `tail` lock while
+//!   they write, so the cache and the tree never disagree.
+//! - An append is one sled batch. An apply is one transaction over `state`, `sessions` and `meta`,
+//!   so the applied index never moves without its state changes. A truncation is one transaction
+//!   over all five trees.
+//! - Bytes read from disk are decoded as untrusted: corruption is an [`Error::Storage`] naming the
+//!   tree and key, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Batch, IVec, Transactional, Tree};
+
+use crate::error::{Error, Result};
+use crate::storage::apply::{apply_entries, ApplyTarget};
+use crate::storage::memory::{rebuild_after_compaction, truncate_before_start};
+use crate::storage::{check_append, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX};
+use crate::wire::client::WriteResult;
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+
+const META_EPOCH_AND_VOTE: &[u8] = b"epoch_and_vote";
+const META_COMMIT_INDEX: &[u8] = b"commit_index";
+const META_APPLIED_INDEX: &[u8] = b"applied_index";
+const META_MEMBERSHIP: &[u8] = b"membership";
+const META_LOG_START: &[u8] = b"log_start";
+const META_SNAPSHOT_EPOCH: &[u8] = b"snapshot_epoch";
+
+/// Large enough for any postcard-encoded `u64` or [`Session`] (at most 21 bytes), so the hot
+/// path encodes them without allocating; values this small are stored inline by sled's `IVec`.
+const SMALL_VALUE_BYTES: usize = 32;
+
+/// How many log entries a state rebuild decodes at a time.
+const REBUILD_CHUNK: usize = 1024;
+
+/// A [`Storage`] on a sled database.
+pub struct SledStorage {
+    db: sled::Db,
+    log: Tree,
+    state: Tree,
+    meta: Tree,
+    sessions: Tree,
+    rollback: Tree,
+    path: PathBuf,
+    tail: Mutex<Tail>,
+}
+
+/// The end of the log, cached; the lock around it serializes appends and truncations.
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    /// `(epoch, index)` of the last entry, or of the snapshot point if the log is empty.
+    last: (Epoch, LogIndex),
+    log_start: LogIndex,
+    snapshot_epoch: Epoch,
+    /// Key of the next rollback record.
+    next_rollback: u64,
+}
+
+impl SledStorage {
+    /// Opens (or creates) the store in the directory `path` and recovers the end of its log.
+    pub fn open(path: &Path) -> Result<SledStorage> {
+        let cannot_open = |err: sled::Error| {
+            Error::Storage(format!("cannot open storage at {}: {err}", path.display()))
+        };
+        let db = sled::Config::new().path(path).open().map_err(cannot_open)?;
+        let open_tree = |name: &str| db.open_tree(name).map_err(cannot_open);
+        let log = open_tree("log")?;
+        let state = open_tree("state")?;
+        let meta = open_tree("meta")?;
+        let sessions = open_tree("sessions")?;
+        let rollback = open_tree("rollback")?;
+
+        let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
+        let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
+        let last = match log.last()? {
+            Some((key, value)) => {
+                let entry = decode_entry(&key, &value)?;
+                (entry.epoch, entry.index)
+            }
+            None => (snapshot_epoch, log_start.saturating_sub(1)),
+        };
+        let next_rollback = match rollback.last()? {
+            Some((key, _)) => decode_key(&key, "rollback")?.saturating_add(1),
+            None => 0,
+        };
+        Ok(SledStorage {
+            db,
+            log,
+            state,
+            meta,
+            sessions,
+            rollback,
+            path: path.to_path_buf(),
+            tail: Mutex::new(Tail {
+                last,
+                log_start,
+                snapshot_epoch,
+                next_rollback,
+            }),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, Tail> {
+        // The tail is only assigned after its write succeeded, so it is valid even after a panic.
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Storage for SledStorage {
+    fn append(&self, entries: &[Entry]) -> Result<()> {
+        let Some(last_entry) = entries.last() else {
+            return Ok(());
+        };
+        let mut tail = self.lock_tail();
+        check_append(tail.last, entries)?;
+        let mut batch = Batch::default();
+        let mut buffer = Vec::new();
+        for entry in entries {
+            buffer.clear();
+            buffer = postcard::to_extend(entry, buffer).map_err(|err| {
+                Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
+            })?;
+            batch.insert(&entry.index.to_be_bytes()[..], buffer.as_slice());
+        }
+        self.log.apply_batch(batch)?;
+        tail.last = (last_entry.epoch, last_entry.index);
+        Ok(())
+    }
+
+    fn entry(&self, index: LogIndex) -> Result<Option<Entry>> {
+        let key = index.to_be_bytes();
+        match self.log.get(key)? {
+            Some(value) => Ok(Some(decode_entry(&key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: usize) -> Result<Vec<Entry>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let mut collected = Vec::new();
+        let mut total_bytes = 0usize;
+        for item in self.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
+            let (key, value) = item?;
+            if !fits(collected.len(), total_bytes, value.len(), max_bytes) {
+                break;
+            }
+            total_bytes += value.len();
+            collected.push(decode_entry(&key, &value)?);
+        }
+        Ok(collected)
+    }
+
+    fn last(&self) -> Result<(Epoch, LogIndex)> {
+        Ok(self.lock_tail().last)
+    }
+
+    fn truncate_suffix(&self, from: LogIndex, epoch: Epoch) -> Result<Vec<Entry>> {
+        let mut tail = self.lock_tail();
+        if from < tail.log_start {
+            return Err(truncate_before_start(from, tail.log_start));
+        }
+        if from > tail.last.1 {
+            return Ok(Vec::new());
+        }
+
+        // Read and encode outside the transaction, which sled may run more than once.
+        let mut removed = Vec::new();
+        let mut moves = Vec::new();
+        for item in self.log.range(from.to_be_bytes()..) {
+            let (key, value) = item?;
+            let entry = decode_entry(&key, &value)?;
+            let record = RolledBack {
+                rolled_back_in_epoch: epoch,
+                entry,
+            };
+            let rollback_key = (tail.next_rollback + moves.len() as u64).to_be_bytes();
+            let encoded = encode(&record, || {
+                format!("rollback record of entry {}", record.entry.index)
+            })?;
+            moves.push((key, IVec::from(&rollback_key[..]), IVec::from(encoded)));
+            removed.push(record.entry);
+        }
+        let new_last = if from == tail.log_start {
+            (tail.snapshot_epoch, tail.log_start - 1)
+        } else {
+            match self.entry(from - 1)? {
+                Some(entry) => (entry.epoch, entry.index),
+                None => {
+                    return Err(Error::Storage(format!(
+                        "log entry {} is missing although the log runs from {} to {}",
+                        from - 1,
+                        tail.log_start,
+                        tail.last.1
+                    )))
+                }
+            }
+        };
+
+        let log_start = tail.log_start;
+        let outcome = (
+            &self.log,
+            &self.rollback,
+            &self.state,
+            &self.sessions,
+            &self.meta,
+        )
+            .transaction(|(log, rollback, state, sessions, meta)| {
+                for (log_key, rollback_key, record) in &moves {
+                    log.remove(log_key)?;
+                    rollback.insert(rollback_key, record)?;
+                }
+                let applied_index = read_applied_index(meta)?;
+                if from <= applied_index {
+                    // The state reflects entries that are leaving the log: rebuild it from what
+                    // remains, in this same transaction.
+                    if log_start != FIRST_INDEX {
+                        return Err(ConflictableTransactionError::Abort(
+                            rebuild_after_compaction(from, applied_index, log_start),
+                        ));
+                    }
+                    self.rebuild_state(state, sessions, meta, log_start, from)?;
+                }
+                Ok(())
+            });
+        outcome.map_err(from_transaction_error)?;
+        tail.next_rollback += moves.len() as u64;
+        tail.last = new_last;
+        Ok(removed)
+    }
+
+    fn rolled_back(&self) -> Result<Vec<RolledBack>> {
+        self.rollback
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                decode(&value, || format!("rollback record {key:?}"))
+            })
+            .collect()
+    }
+
+    fn meta(&self) -> Result<Meta> {
+        let (epoch, vote) = read_value(&self.meta, META_EPOCH_AND_VOTE)?.unwrap_or_default();
+        Ok(Meta {
+            epoch,
+            vote,
+            commit_index: read_value(&self.meta, META_COMMIT_INDEX)?.unwrap_or_default(),
+            applied_index: read_value(&self.meta, META_APPLIED_INDEX)?.unwrap_or_default(),
+            membership: read_value(&self.meta, META_MEMBERSHIP)?,
+            log_start: read_value(&self.meta, META_LOG_START)?.unwrap_or(FIRST_INDEX),
+            snapshot_epoch: read_value(&self.meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default(),
+        })
+    }
+
+    fn set_epoch_and_vote(&self, epoch: Epoch, vote: Option<NodeId>) -> Result<()> {
+        let value = encode(&(epoch, vote), || "epoch and vote".to_string())?;
+        self.meta.insert(META_EPOCH_AND_VOTE, value)?;
+        Ok(())
+    }
+
+    fn set_commit_index(&self, index: LogIndex) -> Result<()> {
+        let mut buffer = [0u8; SMALL_VALUE_BYTES];
+        let value = encode_small(&index, &mut buffer)?;
+        self.meta.insert(META_COMMIT_INDEX, value)?;
+        Ok(())
+    }
+
+    fn set_membership(&self, membership: &Membership) -> Result<()> {
+        let value = encode(membership, || "membership".to_string())?;
+        self.meta.insert(META_MEMBERSHIP, value)?;
+        Ok(())
+    }
+
+    fn apply(&self, entries: &[Entry]) -> Result<Vec<WriteResult>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        (&self.state, &self.sessions, &self.meta)
+            .transaction(|(state, sessions, meta)| {
+                let applied_index = read_applied_index(meta)?;
+                let mut target = TransactionTarget {
+                    state,
+                    sessions,
+                    meta,
+                };
+                apply_entries(&mut target, applied_index, entries)
+            })
+            .map_err(from_transaction_error)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.get(key)?.map(|value| value.to_vec()))
+    }
+
+    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.state
+            .scan_prefix(prefix)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>> {
+        let key = client_id.to_be_bytes();
+        match self.sessions.get(key)? {
+            Some(value) => Ok(Some(decode(&value, || {
+                format!("session of client {client_id}")
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl SledStorage {
+    /// Inside a truncation's transaction: empties `state` and `sessions` and re-applies the log
+    /// entries `log_start .. from`, which stay in the log.
+    fn rebuild_state(
+        &self,
+        state: &TransactionalTree,
+        sessions: &TransactionalTree,
+        meta: &TransactionalTree,
+        log_start: LogIndex,
+        from: LogIndex,
+    ) -> std::result::Result<(), ConflictableTransactionError<Error>> {
+        for key in self.state.iter().keys() {
+            state.remove(key?)?;
+        }
+        for key in self.sessions.iter().keys() {
+            sessions.remove(key?)?;
+        }
+        let mut target = TransactionTarget {
+            state,
+            sessions,
+            meta,
+        };
+        let mut applied_index = log_start - 1;
+        target.set_applied_index(applied_index)?;
+        let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
+        let mut remaining = self.log.range(..from.to_be_bytes()).peekable();
+        while remaining.peek().is_some() {
+            chunk.clear();
+            for item in remaining.by_ref().take(REBUILD_CHUNK) {
+                let (key, value) = item?;
+                chunk.push(decode_entry(&key, &value)?);
+            }
+            apply_entries(&mut target, applied_index, &chunk)?;
+            if let Some(last) = chunk.last() {
+                applied_index = last.index;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sled engine's side of [`apply_entries`]: the views of one transaction.
+struct TransactionTarget<'a> {
+    state: &'a TransactionalTree,
+    sessions: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+}
+
+impl ApplyTarget for TransactionTarget<'_> {
+    type Error = ConflictableTransactionError<Error>;
+
+    fn session(&mut self, client_id: u64) -> std::result::Result<Option<Session>, Self::Error> {
+        match self.sessions.get(client_id.to_be_bytes())? {
+            Some(value) => Ok(Some(decode(&value, || {
+                format!("session of client {client_id}")
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_session(
+        &mut self,
+        client_id: u64,
+        session: Session,
+    ) -> std::result::Result<(), Self::Error> {
+        let mut buffer = [0u8; SMALL_VALUE_BYTES];
+        let value = encode_small(&session, &mut buffer)?;
+        self.sessions.insert(&client_id.to_be_bytes()[..], value)?;
+        Ok(())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<bool, Self::Error> {
+        Ok(self.state.insert(key, value)?.is_some())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> std::result::Result<bool, Self::Error> {
+        Ok(self.state.remove(key)?.is_some())
+    }
+
+    fn set_applied_index(&mut self, index: LogIndex) -> std::result::Result<(), Self::Error> {
+        let mut buffer = [0u8; SMALL_VALUE_BYTES];
+        let value = encode_small(&index, &mut buffer)?;
+                self.meta.insert(META_APPLIED_INDEX, value)?;
+        Ok(())
+    }
+
+    fn set_membership(&mut self, membership: &Membership) -> std::result::Result<(), Self::Error> {
+        let value = encode(membership, || "membership".to_string())?;
+        self.meta.insert(META_MEMBERSHIP, value)?;
+        Ok(())
+    }
+}
+
+/// Our errors abort a transaction; sled's own (conflicts, I/O) keep their meaning.
+impl From<Error> for ConflictableTransactionError<Error> {
+    fn from(err: Error) -> Self {
+        ConflictableTransactionError::Abort(err)
+    }
+}
+
+fn from_transaction_error(err: TransactionError<Error>) -> Error {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => Error::from(err),
+    }
+}
+
+/// The applied index as seen inside a transaction.
+fn read_applied_index(
+    meta: &TransactionalTree,
+) -> std::result::Result<LogIndex, ConflictableTransactionError<Error>> {
+    match meta.get(META_APPLIED_INDEX)? {
+        Some(bytes) => Ok(decode(&bytes, || "applied index".to_string())?),
+        None => Ok(0),
+    }
+}
+
+/// A postcard-encoded value of the `meta` tree, if present.
+fn read_value<T: DeserializeOwned>(meta: &Tree, name: &[u8]) -> Result<Option<T>> {
+    match meta.get(name)? {
+        Some(bytes) => decode(&bytes, || {
+            format!("meta value {:?}", String::from_utf8_lossy(name))
+        })
+        .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes a log entry and checks that it is stored under its own index.
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry> {
+    let index = decode_key(key, "log")?;
+    let entry: Entry = decode(value, || format!("log entry {index}"))?;
+    if entry.index != index {
+        return Err(Error::Storage(format!(
+            "corrupt log: the entry stored under index {index} says it is entry {}",
+            entry.index
+        )));
+    }
+    Ok(entry)
+}
+
+/// A big-endian `u64` key.
+fn decode_key(key: &[u8], tree: &str) -> Result<u64> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        Error::Storage(format!(
+            "corrupt {tree} tree: a key is {} bytes long instead of 8",
+            key.len()
+        ))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|err| Error::Storage(format!("corrupt {} on disk: {err}", what())))
+}
+
+fn encode<T: Serialize>(value: &T, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value)
+        .map_err(|err| Error::Storage(format!("cannot encode {}: {err}", what())))
+}
+
+fn encode_small<'b, T: Serialize>(value: &T, buffer: &'b mut [u8]) -> Result<&'b [u8]> {
+    match postcard::to_slice(value, buffer) {
+        Ok(encoded) => Ok(encoded),
+        Err(err) => Err(Error::Storage(format!(
+            "cannot encode a small value: {err}"
+        ))),
+    }
+}

@@ -113,6 +113,12 @@ pub enum Request {
     },
     /// This node's view of the cluster.
     Status,
+    /// Adds a member as a non-voting learner; the primary makes it a voter once it has caught up.
+    /// Allowed to `admin` certificates, and to a node's own certificate for itself (`--join`).
+    AddMember { member: Member },
+    /// Removes a member. Allowed to `admin` certificates only. Removing the primary makes it step
+    /// down once the change is committed.
+    RemoveMember { id: NodeId },
 }
 
 /// The write part of [`Request::Write`].

@@ -1,0 +1,303 @@
+//! The client port: one request path from bytes to answer.
+//!
+//! A client connection may carry many sessions, one per bidirectional stream. A session reads a
+//! [`Request`] frame, checks that the certificate's role allows it, hands it to the event loop
+//! with a oneshot for the answer, and writes the [`Response`] frame; then the next request.
+//! Besides the sessions, each connection gets [`Topology`] frames pushed on server-initiated
+//! unidirectional streams whenever the node learns of a new primary.
+//!
+//! Invariants:
+//! - The role comes from the verified certificate, once per connection. `node` certificates are
+//!   not clients and are refused; a `readonly` certificate's writes are refused per request, with
+//!   a message saying which role is needed.
+//! - Client bytes are untrusted: a frame that is too large or does not decode is answered with a
+//!   protocol error and closes that stream only; the node keeps serving everyone else.
+//! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
+//!   only `ShuttingDown`).
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::error::{Error, Result};
+use crate::net::event_loop::ClientRequest;
+use crate::net::shutdown::Shutdown;
+use crate::net::tls::{self, CertRole};
+use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
+use crate::wire::client::{Request, Response, Topology};
+use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES};
+
+/// Accepts client connections until shutdown.
+pub(crate) async fn accept_clients(
+    endpoint: Endpoint,
+    client_inbox: mpsc::Sender<ClientRequest>,
+    topology: watch::Receiver<Option<Topology>>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.requested() => return,
+        };
+        let Some(incoming) = incoming else {
+            return; // the endpoint was closed
+        };
+        let client = ClientConnection {
+            client_inbox: client_inbox.clone(),
+            topology: topology.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(
+            async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => client.serve(connection).await,
+                    // Wrong CA, no certificate, wrong ALPN: the TLS alert already told the client.
+                    Err(err) => info!(%remote, %err, "client handshake failed"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// What every task of one client connection needs.
+#[derive(Clone)]
+struct ClientConnection {
+    client_inbox: mpsc::Sender<ClientRequest>,
+    topology: watch::Receiver<Option<Topology>>,
+    shutdown: Shutdown,
+}
+
+impl ClientConnection {
+    async fn serve(mut self, connection: Connection) {
+        let remote = connection.remote_address();
+        let role = match client_role(&connection) {
+            Ok(role) => role,
+            Err(err) => {
+                warn!(%remote, %err, "refusing a client connection");
+                connection.close(CLOSE_REFUSED, err.to_string().as_bytes());
+                return;
+            }
+        };
+        debug!(%remote, %role, "client connected");
+        tokio::spawn(
+            self.clone()
+                .push_topology(connection.clone())
+                .in_current_span(),
+        );
+        loop {
+            let stream = tokio::select! {
+                stream = connection.accept_bi() => stream,
+                _ = self.shutdown.requested() => return,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let session = self.clone().serve_session(send, recv, role);
+                    tokio::spawn(session.in_current_span());
+                }
+                Err(err) => {
+                    debug!(%remote, %err, "client connection closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One session: requests and responses in turn until the client finishes the stream.
+    async fn serve_session(mut self, mut send: SendStream, mut recv: RecvStream, role: CertRole) {
+        loop {
+            let frame = tokio::select! {
+                frame = frame::read_frame::<Request, _>(&mut recv, MAX_CLIENT_FRAME_BYTES) => frame,
+                _ = self.shutdown.requested() => break,
+            };
+            let request = match frame {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(err @ Error::Protocol(_)) => {
+                    warn!(%err, "closing a client stream that sent a bad frame");
+                    let _ = write_response(&mut send, &Response::Error(err)).await;
+                    let _ = recv.stop(CLOSE_PROTOCOL_ERROR);
+                    break;
+                }
+                Err(err) => {
+                    debug!(%err, "client stream ended");
+                    return;
+                }
+            };
+            let response = match authorize(role, &request) {
+                Ok(()) => self.ask_node(request).await,
+                Err(err) => Response::Error(err),
+            };
+            if let Err(err) = write_response(&mut send, &response).await {
+                debug!(%err, "cannot answer the client; closing its stream");
+                return;
+            }
+        }
+        let _ = send.finish();
+    }
+
+    /// Hands the request to the event loop and waits for its answer.
+    async fn ask_node(&self, request: Request) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .client_inbox
+            .send(ClientRequest { request, reply })
+            .await
+            .is_err()
+        {
+            return Response::Error(Error::ShuttingDown);
+        }
+        answer.await.unwrap_or(Response::Error(Error::ShuttingDown))
+    }
+
+    /// Pushes every new topology to the client, best effort, until the connection closes.
+    async fn push_topology(mut self, connection: Connection) {
+        // Only changes from now on: a client that just connected asks for status if it needs it.
+        self.topology.mark_unchanged();
+        loop {
+            tokio::select! {
+                changed = self.topology.changed() => if changed.is_err() { return },
+                _ = connection.closed() => return,
+                _ = self.shutdown.requested() => return,
+            }
+            let Some(topology) = self.topology.borrow_and_update().clone() else {
+                continue;
+            };
+            let pushed = tokio::select! {
+                pushed = send_topology(&connection, &topology) => pushed,
+                _ = self.shutdown.requested() => return,
+            };
+            if let Err(err) = pushed {
+                debug!(%err, "cannot push the topology to a client");
+                return;
+            }
+        }
+    }
+}
+
+/// The connection's client role; node certificates are refused here.
+fn client_role(connection: &Connection) -> Result<CertRole> {
+    match tls::peer_role(connection)? {
+        CertRole::Node(id) => Err(Error::Refused(format!(
+            "the certificate of node {id} is not a client certificate: use an admin, readwrite or readonly certificate on the client port"
+        ))),
+        role => Ok(role),
+    }
+}
+
+/// Whether `role` may make `request`. Exhaustive on purpose: a new kind of request must decide
+/// here who may make it.
+fn authorize(role: CertRole, request: &Request) -> Result<()> {
+    let (allowed, action, needed) = match request {
+        Request::Get { .. } | Request::Scan { .. } | Request::Status => (
+            role.can_read(),
+            "read",
+            "a readonly, readwrite or admin certificate",
+        ),
+        Request::Write { .. } => (
+            role.can_write(),
+            "write",
+            "a readwrite or admin certificate",
+        ),
+        Request::AddMember { .. } | Request::RemoveMember { .. } => (
+            role.can_change_membership(),
+            "change membership",
+            "an admin certificate",
+        ),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "certificate role {role} may not {action}: use {needed}"
+        )))
+    }
+}
+
+/// Writes one response frame. A response too large for a frame becomes an error response, so the
+/// client always gets an answer.
+async fn write_response(send: &mut SendStream, response: &Response) -> Result<()> {
+    let bytes = match frame::encode(response, MAX_CLIENT_FRAME_BYTES) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let too_large = Response::Error(Error::InvalidRequest(format!(
+                "the answer is too large to send ({err}): ask for less, for example a smaller scan limit"
+            )));
+            frame::encode(&too_large, MAX_CLIENT_FRAME_BYTES)?
+        }
+    };
+    send.write_all(&bytes)
+        .await
+        .map_err(|err| Error::Network(err.to_string()))
+}
+
+async fn send_topology(connection: &Connection, topology: &Topology) -> Result<()> {
+    let network = |err: &dyn std::fmt::Display| Error::Network(err.to_string());
+    let mut stream = connection.open_uni().await.map_err(|err| network(&err))?;
+    frame::write_frame(&mut stream, topology, MAX_CLIENT_FRAME_BYTES).await?;
+    stream.finish().map_err(|err| network(&err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client::{ReadConsistency, Write, WriteConcern};
+    use crate::wire::message::RequestId;
+
+    fn put() -> Request {
+        Request::Write {
+            request_id: RequestId {
+                client_id: 1,
+                sequence: 1,
+            },
+            write: Write::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            },
+            write_concern: WriteConcern::Majority,
+            timeout_ms: 1000,
+        }
+    }
+
+    fn get() -> Request {
+        Request::Get {
+            key: b"a".to_vec(),
+            consistency: ReadConsistency::Linearizable,
+        }
+    }
+
+    #[test]
+    fn readonly_may_read_but_not_write() {
+        assert!(authorize(CertRole::ReadOnly, &get()).is_ok());
+        assert!(authorize(CertRole::ReadOnly, &Request::Status).is_ok());
+        match authorize(CertRole::ReadOnly, &put()) {
+            Err(Error::Refused(message)) => assert!(message.contains("readonly"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readwrite_and_admin_may_write() {
+        assert!(authorize(CertRole::ReadWrite, &put()).is_ok());
+        assert!(authorize(CertRole::Admin, &put()).is_ok());
+    }
+
+    #[test]
+    fn only_admin_may_change_membership() {
+        let remove = Request::RemoveMember { id: 3 };
+        assert!(authorize(CertRole::Admin, &remove).is_ok());
+        for role in [CertRole::ReadWrite, CertRole::ReadOnly] {
+            match authorize(role, &remove) {
+                Err(Error::Refused(message)) => assert!(message.contains("admin"), "{message}"),
+                other => panic!("expected a refusal for {role}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn node_certificates_may_not_act_as_clients() {
+        assert!(authorize(CertRole::Node(1), &get()).is_err());
+        assert!(authorize(CertRole::Node(1), &put()).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! The one task that owns [`Node`]: it turns network events, timer ticks and flush completions
+//! into calls on the state machine, and the state machine's outputs into I/O.
+//!
+//! One pass of the loop: wait for *one* wakeup (an event, a tick, a finished flush, shutdown),
+//! then drain whatever else is already queued without waiting, so a burst of requests or acks is
+//! handled as one batch; then start a flush if the node needs one and none is running, and
+//! dispatch the outputs. Batching is what makes group commit work: every write appended during a
+//! flush is covered by the next one, so there is one fsync per batch, not per write.
+//!
+//! Invariants:
+//! - Only this task calls the `Node`, so the protocol needs no locks.
+//! - At most one flush runs at a time, on the blocking pool; the node learns of it only once it
+//!   has finished, so nothing that promises durability is sent before the fsync that covers it.
+//! - A storage error is fatal (fail-stop): the loop stops and the node exits non-zero rather than
+//!   keep serving from a store it can no longer trust.
+//! - Every client request gets exactly one answer: the node's reply, or `ShuttingDown` when the
+//!   loop stops first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{MAX_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
+use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
+use crate::error::{Error, Result};
+use crate::net::peer::PeerRouter;
+use crate::net::shutdown::Shutdown;
+use crate::wire::client::{Request, Response, Topology};
+use crate::wire::message::{Membership, Message};
+
+/// How often replies whose client went away are forgotten, in ticks.
+const PRUNE_EVERY_TICKS: u64 = 100;
+
+/// A client request the session is allowed to make, and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct ClientRequest {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<Response>,
+}
+
+/// The loop's two inboxes. Peer messages (already authenticated: `from` matches the certificate)
+/// have their own, so heartbeats and votes never queue behind a flood of client requests.
+pub(crate) struct Inboxes {
+    pub(crate) peers: mpsc::Receiver<Message>,
+    pub(crate) clients: mpsc::Receiver<ClientRequest>,
+}
+
+/// The driver's monotonic clock: milliseconds since the node started.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Channels through which the loop publishes what the network tasks need to know.
+pub(crate) struct Published {
+    /// The membership, for the peer port's admission check.
+    pub(crate) membership: watch::Sender<Membership>,
+    /// The latest topology, pushed to connected clients.
+    pub(crate) topology: watch::Sender<Option<Topology>>,
+}
+
+/// A flush running on the blocking pool.
+struct InflightFlush {
+    ticket: FlushTicket,
+    task: JoinHandle<Result<()>>,
+}
+
+pub(crate) struct EventLoop {
+    node: Node,
+    clock: Clock,
+    inboxes: Inboxes,
+    peers: PeerRouter,
+    published: Published,
+    /// Replies owed to clients, by the token the node was given.
+    pending: HashMap<ClientToken, oneshot::Sender<Response>>,
+    next_token: ClientToken,
+    flush: Option<InflightFlush>,
+    ticks: u64,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        node: Node,
+        clock: Clock,
+        inboxes: Inboxes,
+        mut peers: PeerRouter,
+        published: Published,
+    ) -> Self {
+        peers.sync(node.membership());
+        published.membership.send_replace(node.membership().clone());
+        EventLoop {
+            node,
+            clock,
+            inboxes,
+            peers,
+            published,
+            pending: HashMap::new(),
+            next_token: 1,
+            flush: None,
+            ticks: 0,
+        }
+    }
+
+    /// Runs until shutdown or a fatal storage error, then flushes and answers what is pending.
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) -> Result<()> {
+        let served = self.serve(&mut shutdown).await;
+        let closed = self.close().await;
+        served.and(closed)
+    }
+
+    async fn serve(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+        let mut ticker = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => return Ok(()),
+                (ticket, outcome) = flush_finished(&mut self.flush) => {
+                    self.on_flushed(ticket, outcome)?;
+                }
+                // `None` (every sender gone) disables the branch; shutdown ends the loop.
+                Some(message) = self.inboxes.peers.recv() => self.on_peer_message(message)?,
+                Some(request) = self.inboxes.clients.recv() => self.on_request(request)?,
+                _ = ticker.tick() => self.on_tick()?,
+            }
+            // Batch: take everything that queued up meanwhile before producing outputs.
+            for _ in 0..MAX_EVENTS_PER_BATCH {
+                match self.inboxes.peers.try_recv() {
+                    Ok(message) => self.on_peer_message(message)?,
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..MAX_EVENTS_PER_BATCH {
+                match self.inboxes.clients.try_recv() {
+                    Ok(request) => self.on_request(request)?,
+                    Err(_) => break,
+                }
+            }
+            self.start_flush();
+            self.dispatch_outputs();
+        }
+    }
+
+    fn on_peer_message(&mut self, message: Message) -> Result<()> {
+        let now = self.clock.now();
+        fail_stop(self.node.step(now, message), "handling a peer message")
+    }
+
+    fn on_request(&mut self, ClientRequest { request, reply }: ClientRequest) -> Result<()> {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, reply);
+        match self.node.request(self.clock.now(), token, request) {
+            Ok(()) => Ok(()),
+            Err(err @ Error::Storage(_)) => fail_stop(Err(err), "handling a client request"),
+            Err(err) => {
+                // Not a storage failure: the request itself was at fault; tell the client.
+                if let Some(reply) = self.pending.remove(&token) {
+                    let _ = reply.send(Response::Error(err));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<()> {
+        self.ticks += 1;
+        if self.ticks % PRUNE_EVERY_TICKS == 0 {
+            // A session that gave up (client gone) no longer needs its reply slot.
+            self.pending.retain(|_, reply| !reply.is_closed());
+        }
+        fail_stop(self.node.tick(self.clock.now()), "ticking")
+    }
+
+    fn on_flushed(&mut self, ticket: FlushTicket, outcome: Result<()>) -> Result<()> {
+        fail_stop(outcome, "flushing storage")?;
+        let now = self.clock.now();
+        fail_stop(self.node.flushed(now, ticket), "recording a flush")
+    }
+
+    /// Group commit: one flush covers every write made before it starts.
+    fn start_flush(&mut self) {
+        if self.flush.is_some() {
+            return;
+        }
+        let Some(ticket) = self.node.flush_needed() else {
+            return;
+        };
+        let storage = Arc::clone(self.node.storage());
+        let task = tokio::task::spawn_blocking(move || storage.flush());
+        self.flush = Some(InflightFlush { ticket, task });
+    }
+
+    fn dispatch_outputs(&mut self) {
+        for output in self.node.take_outputs() {
+            match output {
+                Output::Send(message) => self.peers.send(message),
+                Output::Reply { token, response } => match self.pending.remove(&token) {
+                    // The session may have gone away meanwhile; then nobody is waiting.
+                    Some(reply) => {
+                        let _ = reply.send(response);
+                    }
+                    None => debug!(token, "reply for a request nobody waits for"),
+                },
+                Output::Topology {
+                    epoch,
+                    primary,
+                    membership,
+                } => {
+                    info!(epoch, primary = ?primary, "topology changed; telling connected clients");
+                    self.published.topology.send_replace(Some(Topology {
+                        epoch,
+                        primary,
+                        members: membership.members,
+                    }));
+                }
+            }
+        }
+        // Membership can change through the log without a new primary; keep links and the peer
+        // port's admission check in step with it.
+        let membership = self.node.membership();
+        if *self.published.membership.borrow() != *membership {
+            info!(
+                members = ?membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+                "membership changed"
+            );
+            self.peers.sync(membership);
+            self.published.membership.send_replace(membership.clone());
+        }
+    }
+
+    /// Shutdown: finish the running flush, flush whatever is still buffered, send the replies that
+    /// made durable, and answer every other pending request with `ShuttingDown`.
+    async fn close(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if self.flush.is_some() {
+            let (ticket, outcome) = flush_finished(&mut self.flush).await;
+            result = self.on_flushed(ticket, outcome);
+        }
+        if result.is_ok() {
+            let ticket = self.node.flush_needed();
+            let storage = Arc::clone(self.node.storage());
+            let outcome = join_flush(tokio::task::spawn_blocking(move || storage.flush())).await;
+            result = match (outcome, ticket) {
+                (Ok(()), Some(ticket)) => self.on_flushed(ticket, Ok(())),
+                (outcome, _) => fail_stop(outcome, "flushing storage at shutdown"),
+            };
+        }
+        self.dispatch_outputs();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Response::Error(Error::ShuttingDown));
+        }
+        if result.is_ok() {
+            info!("storage flushed; event loop stopped");
+        }
+        result
+    }
+}
+
+/// Resolves when the running flush finishes (never, if none runs). Cancel-safe: the flush stays
+/// in `flush` until it has been reported.
+async fn flush_finished(flush: &mut Option<InflightFlush>) -> (FlushTicket, Result<()>) {
+    let Some(inflight) = flush.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = join_flush(&mut inflight.task).await;
+    let ticket = inflight.ticket;
+    *flush = None;
+    (ticket, outcome)
+}
+
+async fn join_flush(
+    task: impl std::future::Future<Output = std::result::Result<Result<()>, tokio::task::JoinError>>,
+) -> Result<()> {
+    task.await
+        .unwrap_or_else(|err| Err(Error::Storage(format!("the flush task failed: {err}"))))
+}
+
+/// A storage error stops the node (fail-stop); anything else is the input's fault, logged.
+fn fail_stop(result: Result<()>, doing: &str) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err @ Error::Storage(_)) => {
+            error!(%err, "storage failed while {doing}; stopping the node");
+            Err(err)
+        }
+        Err(err) => {
+            warn!(%err, "error while {doing}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Connections between nodes: one outbound link per member, and the inbound side of the peer
+//! port.
+//!
+//! Each direction of a pair of nodes is its own QUIC connection: node A dials B to send A→B
+//! messages, B dials A for B→A. A link opens one long-lived unidirectional stream per
+//! [`StreamKind`], so heartbeats and election messages never queue behind a large replication
+//! transfer (QUIC streams are independent; only the connection's congestion window is shared).
+//!
+//! Invariants:
+//! - The event loop never waits on the network: it hands messages to bounded per-stream queues
+//!   with `try_send`, and a full queue drops the message. The protocol tolerates loss (heartbeats
+//!   repeat, appends are retransmitted), so dropping is safer than letting one slow peer stall the
+//!   node.
+//! - A link that fails drops what is queued (it was addressed to a dead connection and is stale by
+//!   the time a new one is up) and redials with capped exponential backoff.
+//! - Inbound, only a `node` certificate of a current member may connect, and every message must
+//!   claim to be `from` the id in that certificate: a node cannot speak for another.
+//! - Bytes from a peer are untrusted: a frame that is too large or does not decode closes that
+//!   stream only, and is logged; it never panics the node.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{
+    PEER_CONNECT_TIMEOUT_MS, PEER_HEARTBEAT_QUEUE_CAPACITY, PEER_REPLICATION_QUEUE_CAPACITY,
+    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
+};
+use crate::error::{Error, Result};
+use crate::net::shutdown::Shutdown;
+use crate::net::{tls, CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED, CLOSE_SHUTTING_DOWN};
+use crate::wire::frame::{self, MAX_PEER_FRAME_BYTES};
+use crate::wire::message::{Member, Membership, Message, NodeId, StreamKind};
+
+/// The event loop's handle on the outbound links: routes each message to its peer's queue for
+/// the message's stream, and starts or stops links as the membership changes.
+pub(crate) struct PeerRouter {
+    own_id: NodeId,
+    endpoint: Endpoint,
+    shutdown: Shutdown,
+    links: HashMap<NodeId, LinkQueues>,
+    /// Messages dropped because a queue was full or the peer unknown, over the node's lifetime.
+    dropped: u64,
+}
+
+/// The sending side of one link's queues. Dropping it closes the queues, which stops the task.
+struct LinkQueues {
+    peer_addr: String,
+    heartbeat: mpsc::Sender<Message>,
+    replication: mpsc::Sender<Message>,
+}
+
+impl PeerRouter {
+    /// A router with no links yet; call [`PeerRouter::sync`] with the membership. `endpoint` is
+    /// the peer endpoint (its default client config dials peers), so outbound connections come
+    /// from this node's peer address.
+    pub(crate) fn new(own_id: NodeId, endpoint: Endpoint, shutdown: Shutdown) -> Self {
+        PeerRouter {
+            own_id,
+            endpoint,
+            shutdown,
+            links: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Starts a link to every other member that has none, and stops links to nodes that left or
+    /// moved to another address.
+    pub(crate) fn sync(&mut self, membership: &Membership) {
+        self.links.retain(|id, link| {
+            let keep = membership
+                .get(*id)
+                .is_some_and(|member| member.peer_addr == link.peer_addr);
+            if !keep {
+                info!(peer = id, "stopping the link to a node that left or moved");
+            }
+            keep
+        });
+        for member in &membership.members {
+            if member.id != self.own_id && !self.links.contains_key(&member.id) {
+                let link = self.start_link(member.clone());
+                self.links.insert(member.id, link);
+            }
+        }
+    }
+
+    fn start_link(&self, peer: Member) -> LinkQueues {
+        let (heartbeat, heartbeat_queue) = mpsc::channel(PEER_HEARTBEAT_QUEUE_CAPACITY);
+        let (replication, replication_queue) = mpsc::channel(PEER_REPLICATION_QUEUE_CAPACITY);
+        let peer_addr = peer.peer_addr.clone();
+        let link = Link {
+            peer,
+            endpoint: self.endpoint.clone(),
+            heartbeat_queue,
+            replication_queue,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(link.run().in_current_span());
+        LinkQueues {
+            peer_addr,
+            heartbeat,
+            replication,
+        }
+    }
+
+    /// Queues `message` for its peer without waiting; drops it if the queue is full.
+    pub(crate) fn send(&mut self, message: Message) {
+        let peer = message.to;
+        let Some(link) = self.links.get(&peer) else {
+            self.count_drop(peer, "no link to this node");
+            return;
+        };
+        let queue = match message.body.stream() {
+            StreamKind::Heartbeat => &link.heartbeat,
+            StreamKind::Replication => &link.replication,
+        };
+        if queue.try_send(message).is_err() {
+            self.count_drop(peer, "its outbound queue is full");
+        }
+    }
+
+    fn count_drop(&mut self, peer: NodeId, reason: &str) {
+        self.dropped += 1;
+        // Logged at powers of two so a long outage does not flood the log.
+        if self.dropped.is_power_of_two() {
+            warn!(
+                peer,
+                dropped_total = self.dropped,
+                "dropping a message: {reason}"
+            );
+        } else {
+            debug!(
+                peer,
+                dropped_total = self.dropped,
+                "dropping a message: {reason}"
+            );
+        }
+    }
+}
+
+/// One outbound link: dials the peer, keeps one stream per kind, and writes queued messages.
+struct Link {
+    peer: Member,
+    endpoint: Endpoint,
+    heartbeat_queue: mpsc::Receiver<Message>,
+    replication_queue: mpsc::Receiver<Message>,
+    shutdown: Shutdown,
+}
+
+/// Why a connected link stopped.
+enum LinkEnd {
+    /// The router dropped the queues (the peer left) or the node is shutting down.
+    Stopped,
+    /// The peer shut down or restarted; redial. Expected, so not a warning.
+    PeerWentAway(&'static str),
+    /// The connection failed; redial.
+    Failed(Error),
+}
+
+impl Link {
+    async fn run(mut self) {
+        let peer = self.peer.id;
+        let min_backoff = Duration::from_millis(RECONNECT_BACKOFF_MIN_MS);
+        let max_backoff = Duration::from_millis(RECONNECT_BACKOFF_MAX_MS);
+        let mut backoff = min_backoff;
+        // Whether the last attempt worked, so a peer that stays down is logged once, not per dial.
+        let mut reachable = true;
+        loop {
+            let dialled = tokio::select! {
+                dialled = dial(&self.endpoint, &self.peer) => dialled,
+                _ = self.shutdown.requested() => return,
+            };
+            match dialled {
+                Ok(connection) => {
+                    info!(peer, addr = %self.peer.peer_addr, "connected to peer");
+                    reachable = true;
+                    backoff = min_backoff;
+                    match self.pump(&connection).await {
+                        LinkEnd::Stopped => {
+                            connection.close(CLOSE_SHUTTING_DOWN, b"link closed");
+                            return;
+                        }
+                        LinkEnd::PeerWentAway(why) => {
+                            info!(peer, "peer {why}; redialling");
+                            self.discard_queued();
+                        }
+                        LinkEnd::Failed(err) => {
+                            warn!(peer, %err, "peer link failed; dropping its queued messages and redialling");
+                            connection.close(CLOSE_SHUTTING_DOWN, b"link failed");
+                            self.discard_queued();
+                            // Already reported: the redials that follow are logged at debug.
+                            reachable = false;
+                        }
+                    }
+                }
+                Err(err) if reachable => {
+                    warn!(peer, addr = %self.peer.peer_addr, %err, "cannot reach peer; will keep trying");
+                    reachable = false;
+                }
+                Err(err) => debug!(peer, %err, "peer still unreachable"),
+            }
+            if !self.back_off(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    /// Opens the two streams and forwards both queues until the connection fails or the link is
+    /// stopped.
+    async fn pump(&mut self, connection: &Connection) -> LinkEnd {
+        let network =
+            |err: &dyn std::fmt::Display| LinkEnd::Failed(Error::Network(format!("{err}")));
+        let (heartbeat_stream, replication_stream) =
+            match tokio::try_join!(connection.open_uni(), connection.open_uni()) {
+                Ok(streams) => streams,
+                Err(err) => return network(&err),
+            };
+        let peer = self.peer.id;
+        tokio::select! {
+            end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer) => end,
+            end = forward(replication_stream, &mut self.replication_queue, peer) => end,
+            lost = connection.closed() => connection_lost(lost),
+            _ = self.shutdown.requested() => LinkEnd::Stopped,
+        }
+    }
+
+    /// Waits `delay` before the next dial, discarding messages meanwhile: the peer is known to be
+    /// unreachable, so they would be stale by the time it is back. Returns false if the link
+    /// should stop.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        let wake_at = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = sleep_until(wake_at) => return true,
+                message = self.heartbeat_queue.recv() => if message.is_none() { return false },
+                message = self.replication_queue.recv() => if message.is_none() { return false },
+                _ = self.shutdown.requested() => return false,
+            }
+        }
+    }
+
+    fn discard_queued(&mut self) {
+        while self.heartbeat_queue.try_recv().is_ok() {}
+        while self.replication_queue.try_recv().is_ok() {}
+    }
+}
+
+/// Why the connection ended, as a [`LinkEnd`].
+fn connection_lost(lost: quinn::ConnectionError) -> LinkEnd {
+    match lost {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == CLOSE_SHUTTING_DOWN =>
+        {
+            LinkEnd::PeerWentAway("is shutting down")
+        }
+        // A stateless reset: a new process answers for the old one (see `net::endpoint`).
+        quinn::ConnectionError::Reset => LinkEnd::PeerWentAway("restarted"),
+        other => LinkEnd::Failed(Error::Network(other.to_string())),
+    }
+}
+
+/// Dials the peer and checks that the certificate on the other end is that node's.
+async fn dial(endpoint: &Endpoint, peer: &Member) -> Result<Connection> {
+    let network = |err: &dyn std::fmt::Display| Error::Network(format!("{err}"));
+    let addr = tokio::net::lookup_host(&peer.peer_addr)
+        .await
+        .map_err(|err| network(&err))?
+        .next()
+        .ok_or_else(|| Error::Network(format!("{} has no address", peer.peer_addr)))?;
+    let server_name = tls::server_name(&peer.peer_addr)?;
+    let connecting = endpoint
+        .connect(addr, &server_name)
+        .map_err(|err| network(&err))?;
+    let connection = timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
+        .await
+        .map_err(|_| Error::Network("handshake timed out".into()))?
+        .map_err(|err| network(&err))?;
+    match tls::peer_role(&connection)? {
+        tls::CertRole::Node(id) if id == peer.id => Ok(connection),
+        other => {
+            connection.close(CLOSE_REFUSED, b"unexpected certificate");
+            Err(Error::Refused(format!(
+                "{} presented a certificate of {other}, expected node {}",
+                peer.peer_addr, peer.id
+            )))
+        }
+    }
+}
+
+/// Writes every message of `queue` to `stream` as a frame, until the queue closes (the link is
+/// stopped) or a write fails (the connection is gone).
+async fn forward(
+    mut stream: SendStream,
+    queue: &mut mpsc::Receiver<Message>,
+    peer: NodeId,
+) -> LinkEnd {
+    while let Some(message) = queue.recv().await {
+        let bytes = match frame::encode(&message, MAX_PEER_FRAME_BYTES) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // A message the node built but cannot frame: a bug, but not this link's fault.
+                warn!(peer, %err, "cannot frame an outbound message; dropping it");
+                continue;
+            }
+        };
+        match stream.write_all(&bytes).await {
+            Ok(()) => {}
+            Err(quinn::WriteError::ConnectionLost(lost)) => return connection_lost(lost),
+            Err(err) => return LinkEnd::Failed(Error::Network(err.to_string())),
+        }
+    }
+    let _ = stream.finish();
+    LinkEnd::Stopped
+}
+
+/// Accepts connections on the peer port until shutdown.
+pub(crate) async fn accept_peers(
+    endpoint: Endpoint,
+    own_id: NodeId,
+    membership: watch::Receiver<Membership>,
+    peer_inbox: mpsc::Sender<Message>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.requested() => return,
+        };
+        let Some(incoming) = incoming else {
+            return; // the endpoint was closed
+        };
+        let inbound = Inbound {
+            own_id,
+            membership: membership.clone(),
+            peer_inbox: peer_inbox.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(
+            async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => inbound.serve(connection).await,
+                    // Also seen when a starting peer abandons a slow dial; a bad certificate shows
+                    // up as a warning on the dialling side.
+                    Err(err) => info!(%remote, %err, "peer handshake failed"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// One inbound peer connection.
+#[derive(Clone)]
+struct Inbound {
+    own_id: NodeId,
+    membership: watch::Receiver<Membership>,
+    peer_inbox: mpsc::Sender<Message>,
+    shutdown: Shutdown,
+}
+
+impl Inbound {
+    async fn serve(mut self, connection: Connection) {
+        let remote = connection.remote_address();
+        let peer = match self.authenticate(&connection) {
+            Ok(peer) => peer,
+            Err(err) => {
+                warn!(%remote, %err, "refusing a peer connection");
+                connection.close(CLOSE_REFUSED, err.to_string().as_bytes());
+                return;
+            }
+        };
+        debug!(peer, %remote, "peer connected");
+        loop {
+            let stream = tokio::select! {
+                stream = connection.accept_uni() => stream,
+                _ = self.shutdown.requested() => return,
+            };
+            match stream {
+                Ok(stream) => {
+                    let reader = self.clone();
+                    tokio::spawn(reader.read_stream(stream, peer).in_current_span());
+                }
+                Err(err) => {
+                    debug!(peer, %err, "peer connection closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The peer's node id, if its certificate is a current member's node certificate.
+    fn authenticate(&self, connection: &Connection) -> Result<NodeId> {
+        match tls::peer_role(connection)? {
+            tls::CertRole::Node(id) if id == self.own_id => Err(Error::Refused(format!(
+                "the certificate is this node's own (node {id})"
+            ))),
+            tls::CertRole::Node(id) if self.membership.borrow().get(id).is_some() => Ok(id),
+            tls::CertRole::Node(id) => Err(Error::Refused(format!(
+                "node {id} is not a member of this cluster"
+            ))),
+            role => Err(Error::Refused(format!(
+                "certificate role {role} may not use the peer port: only node certificates may"
+            ))),
+        }
+    }
+
+    /// Reads messages from one stream into the event loop until the stream ends or breaks.
+    async fn read_stream(mut self, mut stream: RecvStream, peer: NodeId) {
+        loop {
+            let frame = tokio::select! {
+                frame = frame::read_frame::<Message, _>(&mut stream, MAX_PEER_FRAME_BYTES) => frame,
+                _ = self.shutdown.requested() => return,
+            };
+            let message = match frame {
+                Ok(Some(message)) => message,
+                Ok(None) => return,
+                Err(err @ Error::Protocol(_)) => {
+                    warn!(peer, %err, "closing a peer stream that sent a bad frame");
+                    let _ = stream.stop(CLOSE_PROTOCOL_ERROR);
+                    return;
+                }
+                Err(err) => {
+                    debug!(peer, %err, "peer stream ended");
+                    return;
+                }
+            };
+            if message.from != peer {
+                warn!(
+                    peer,
+                    claimed = message.from,
+                    "dropping a message whose sender is not the certificate's node"
+                );
+                continue;
+            }
+            if message.to != self.own_id {
+                debug!(
+                    peer,
+                    to = message.to,
+                    "dropping a message addressed to another node"
+                );
+                continue;
+            }
+            if self.peer_inbox.send(message).await.is_err() {
+                return; // the event loop has stopped
+            }
+        }
+    }
+}

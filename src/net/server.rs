@@ -1,0 +1,358 @@
+//! Running a node: open storage, build the [`Node`], bind the client and peer ports, start the
+//! event loop and the network tasks, and shut all of it down cleanly.
+//!
+//! Shutdown order (on the caller's signal, or when the event loop stops on a storage error):
+//! 1. every task is told to stop: acceptors stop accepting, sessions stop reading, links close;
+//! 2. the event loop finishes its flush, flushes whatever is still buffered, and answers pending
+//!    requests (durable ones with their result, the rest with `ShuttingDown`);
+//! 3. both endpoints close their connections (the close frames go out at once) and wait briefly
+//!    for them to drain;
+//! 4. the remaining tasks are awaited, bounded.
+//!
+//! A storage error is fail-stop: [`run_node`] returns it and the binary exits non-zero.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::{
+    NodeConfig, CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS,
+};
+use crate::core::Node;
+use crate::error::{Error, Result};
+use crate::net::endpoint::RestartIdentity;
+use crate::net::event_loop::{Clock, EventLoop, Inboxes, Published};
+use crate::net::peer::{accept_peers, PeerRouter};
+use crate::net::shutdown::ShutdownController;
+use crate::net::tls;
+use crate::net::{client_port, CLOSE_SHUTTING_DOWN};
+use crate::storage::sled_engine::SledStorage;
+use crate::storage::Storage;
+use crate::wire::message::Membership;
+use crate::wire::{CLIENT_ALPN, PEER_ALPN};
+
+/// Runs the node described by `config` until `shutdown` resolves (or storage fails), then shuts
+/// down cleanly. Returns the storage error that stopped the node, if one did.
+pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let span = tracing::info_span!("node", id = config.id);
+    serve(config, shutdown).instrument(span).await
+}
+
+async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let client_addr = parse_addr(&config.client_addr)?;
+    let peer_addr = parse_addr(&config.peer_addr)?;
+    let files = config.tls_files();
+    let client_tls = tls::server_config(&files, CLIENT_ALPN)?;
+    let peer_tls = tls::server_config(&files, PEER_ALPN)?;
+    let dial_tls = tls::client_config(&files, PEER_ALPN)?;
+
+    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir)?);
+    let clock = Clock::start();
+    let node = Node::new(
+        config.id,
+        Membership::new(config.members.clone()),
+        storage,
+        config.core_options(),
+        rand::random(),
+        clock.now(),
+    )?;
+
+    let restart_identity = RestartIdentity::derive(&files)?;
+    let client_endpoint = restart_identity.bind(client_tls, client_addr, "client")?;
+    let mut peer_endpoint = restart_identity.bind(peer_tls, peer_addr, "peer")?;
+    // Peers are dialled from the peer endpoint, so they see this node's own peer address as the
+    // source (what a firewall rule or a partition test between node addresses expects).
+    peer_endpoint.set_default_client_config(dial_tls);
+
+    let mut controller = ShutdownController::new();
+    let (peer_inbox, peer_messages) = mpsc::channel(PEER_INBOX_CAPACITY);
+    let (client_inbox, client_requests) = mpsc::channel(CLIENT_INBOX_CAPACITY);
+    let (membership_tx, membership_rx) = watch::channel(node.membership().clone());
+    let (topology_tx, topology_rx) = watch::channel(None);
+    let peers = PeerRouter::new(config.id, peer_endpoint.clone(), controller.handle());
+    let event_loop = EventLoop::new(
+        node,
+        clock,
+        Inboxes {
+            peers: peer_messages,
+            clients: client_requests,
+        },
+        peers,
+        Published {
+            membership: membership_tx,
+            topology: topology_tx,
+        },
+    );
+    let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
+    tokio::spawn(
+        client_port::accept_clients(
+            client_endpoint.clone(),
+            client_inbox,
+            topology_rx,
+            controller.handle(),
+        )
+        .in_current_span(),
+    );
+    tokio::spawn(
+        accept_peers(
+            peer_endpoint.clone(),
+            config.id,
+            membership_rx,
+            peer_inbox,
+            controller.handle(),
+        )
+        .in_current_span(),
+    );
+    info!(
+        client_addr = %client_addr,
+        peer_addr = %peer_addr,
+        data_dir = %config.data_dir.display(),
+        members = config.members.len(),
+        "node serving"
+    );
+
+    let stopped_early = tokio::select! {
+        _ = shutdown => {
+            info!("shutdown requested");
+            None
+        }
+        result = &mut event_loop => Some(result),
+    };
+    controller.trigger();
+    let joined = match stopped_early {
+        Some(joined) => joined,
+        None => event_loop.await,
+    };
+    let result =
+        joined.unwrap_or_else(|err| Err(Error::Internal(format!("event loop failed: {err}"))));
+
+    client_endpoint.close(CLOSE_SHUTTING_DOWN, b"node shutting down");
+    peer_endpoint.close(CLOSE_SHUTTING_DOWN, b"node shutting down");
+    let idle = async { tokio::join!(client_endpoint.wait_idle(), peer_endpoint.wait_idle()) };
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), idle)
+        .await
+        .is_err()
+    {
+        debug!("some connections are still draining; their peers were sent the close");
+    }
+    if !controller
+        .wait_for_tasks(Duration::from_millis(SHUTDOWN_GRACE_MS))
+        .await
+    {
+        warn!("some tasks did not stop within the grace period");
+    }
+    match &result {
+        Ok(()) => info!("node stopped"),
+        Err(err) => error!(%err, "node stopped on an error"),
+    }
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere than Unix).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(err) => warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the node"),
+        }
+    }
+    if let Err(err) = tokio::signal::ctrl_c().await {
+        // Without any signal handler the node could never stop cleanly; stop now instead.
+        error!(%err, "cannot listen for Ctrl-C");
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr> {
+    text.parse()
+        .map_err(|_| Error::Config(format!("{text:?} is not an ip:port address")))
+}
+
+#[cfg(test)]
+mod tests {
+    //! One real node in-process (sled in a temp dir, real certificates, real QUIC), poked at
+    //! through its client port with well-behaved and hostile clients.
+
+    use std::path::Path;
+
+    use quinn::Endpoint;
+
+    use super::*;
+    use crate::config::{DevCluster, DEV_CLIENT_NAME};
+    use crate::net::tls::{CertRole, CertsInit, TlsFiles};
+    use crate::wire::client::{Request, Response, Write, WriteConcern};
+    use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
+    use crate::wire::message::RequestId;
+
+    fn free_port(ip: &str) -> u16 {
+        let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        socket.local_addr().unwrap().port()
+    }
+
+    /// A one-node cluster on 127.0.0.1 with certificates for an admin, a reader and the node.
+    fn single_node(dir: &Path) -> NodeConfig {
+        let mut cluster = DevCluster::plan(dir, 1, 7379).unwrap();
+        let mut config = cluster.nodes.remove(0);
+        config.client_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        config.peer_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        config.members[0].client_addr = config.client_addr.clone();
+        config.members[0].peer_addr = config.peer_addr.clone();
+        tls::init_certs(&CertsInit {
+            dir: config.certs_dir.clone(),
+            // Node 9 is not a member: its certificate is valid but it has no business here.
+            nodes: vec![(config.id, vec![]), (9, vec![])],
+            clients: vec![
+                (DEV_CLIENT_NAME.into(), CertRole::Admin),
+                ("reader".into(), CertRole::ReadOnly),
+            ],
+            force: false,
+        })
+        .unwrap();
+        config
+    }
+
+    async fn dial(addr: &str, files: &TlsFiles, alpn: &[u8]) -> quinn::Connection {
+        let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(tls::client_config(files, alpn).unwrap());
+        let addr = addr.parse().unwrap();
+        endpoint.connect(addr, "127.0.0.1").unwrap().await.unwrap()
+    }
+
+    async fn connect(config: &NodeConfig, files: &TlsFiles) -> quinn::Connection {
+        dial(&config.client_addr, files, CLIENT_ALPN).await
+    }
+
+    /// Waits for the node to close `connection` and returns the reason it gave.
+    async fn refusal_reason(connection: quinn::Connection) -> String {
+        match connection.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, crate::net::CLOSE_REFUSED);
+                String::from_utf8_lossy(&close.reason).to_string()
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    async fn ask(connection: &quinn::Connection, request: &Request) -> Response {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        write_frame(&mut send, request, MAX_CLIENT_FRAME_BYTES)
+            .await
+            .unwrap();
+        read_frame(&mut recv, MAX_CLIENT_FRAME_BYTES)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn put() -> Request {
+        Request::Write {
+            request_id: RequestId {
+                client_id: 7,
+                sequence: 1,
+            },
+            write: Write::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+            write_concern: WriteConcern::One,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_port_survives_hostile_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = single_node(dir.path());
+        let certs = config.certs_dir.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(run_node(config.clone(), async {
+            let _ = stopped.await;
+        }));
+        // The first dial may race the node's bind; QUIC retransmits, and a few dials cover it.
+        let admin_files = TlsFiles::for_client(&certs, DEV_CLIENT_NAME);
+        let mut attempts = 0;
+        let admin = loop {
+            let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            endpoint
+                .set_default_client_config(tls::client_config(&admin_files, CLIENT_ALPN).unwrap());
+            let addr = config.client_addr.parse().unwrap();
+            match endpoint.connect(addr, "127.0.0.1").unwrap().await {
+                Ok(connection) => break connection,
+                Err(_) if attempts < 5 && !node.is_finished() => attempts += 1,
+                Err(err) => panic!("cannot reach the node: {err}"),
+            }
+        };
+
+        // Garbage: an undecodable body is answered with a protocol error, and the stream ends.
+        let (mut send, mut recv) = admin.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        match read_frame::<Response, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
+            Ok(Some(Response::Error(Error::Protocol(_)))) => {}
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<Response, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await,
+            Ok(None) | Err(_)
+        ));
+
+        // A length far above the limit is refused before anything is allocated.
+        let (mut send, mut recv) = admin.open_bi().await.unwrap();
+        send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        match read_frame::<Response, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
+            Ok(Some(Response::Error(Error::Protocol(message)))) => {
+                assert!(message.contains("exceeds"), "{message}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+
+        // The same connection still gets answers on a fresh stream.
+        match ask(&admin, &Request::Status).await {
+            Response::Status(status) => assert_eq!(status.node_id, config.id),
+            other => panic!("expected the status, got {other:?}"),
+        }
+
+        // A readonly certificate may read but not write.
+        let reader = connect(&config, &TlsFiles::for_client(&certs, "reader")).await;
+        assert!(matches!(
+            ask(&reader, &Request::Status).await,
+            Response::Status(_)
+        ));
+        match ask(&reader, &put()).await {
+            Response::Error(Error::Refused(message)) => {
+                assert!(message.contains("readonly"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+
+        // A node certificate is not a client: the connection is closed with a reason.
+        let as_node = connect(&config, &TlsFiles::for_node(&certs, config.id)).await;
+        let reason = refusal_reason(as_node).await;
+        assert!(reason.contains("not a client certificate"), "{reason}");
+
+        // The peer port takes only node certificates, and only of members.
+        let as_client = dial(&config.peer_addr, &admin_files, PEER_ALPN).await;
+        let reason = refusal_reason(as_client).await;
+        assert!(reason.contains("only node certificates"), "{reason}");
+        let stranger = TlsFiles::for_node(&certs, 9);
+        let as_stranger = dial(&config.peer_addr, &stranger, PEER_ALPN).await;
+        let reason = refusal_reason(as_stranger).await;
+        assert!(reason.contains("not a member"), "{reason}");
+
+        let _ = stop.send(());
+        node.await.unwrap().unwrap();
+    }
+}

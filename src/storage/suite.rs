@@ -1,0 +1,858 @@
+//! The storage test suite, run against both engines.
+//!
+//! Every function taking `&dyn Storage` is one contract test; `engine_suite!` turns the list into
+//! `#[test]`s for each engine, so both engines answer to exactly the same checks. Durability is
+//! engine-specific (a simulated crash for memory, drop and reopen for sled) and tested below the
+//! shared list, and a property test runs random operation sequences on both engines and requires
+//! identical answers.
+
+use std::collections::BTreeSet;
+
+use super::{Meta, RolledBack, Session, Storage};
+use crate::error::Error;
+use crate::wire::client::WriteResult;
+use crate::wire::message::{Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId};
+
+// --- entry builders ---
+
+fn put(epoch: Epoch, index: LogIndex, key: &str, value: &str) -> Entry {
+    Entry {
+        epoch,
+        index,
+        operation: Operation::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+        request_id: None,
+    }
+}
+
+fn delete(epoch: Epoch, index: LogIndex, key: &str) -> Entry {
+    Entry {
+        epoch,
+        index,
+        operation: Operation::Delete {
+            key: key.as_bytes().to_vec(),
+        },
+        request_id: None,
+    }
+}
+
+fn noop(epoch: Epoch, index: LogIndex) -> Entry {
+    Entry {
+        epoch,
+        index,
+        operation: Operation::Noop,
+        request_id: None,
+    }
+}
+
+fn with_request(mut entry: Entry, client_id: u64, sequence: u64) -> Entry {
+    entry.request_id = Some(RequestId {
+        client_id,
+        sequence,
+    });
+    entry
+}
+
+fn membership(ids: &[u64]) -> Membership {
+    Membership::new(
+        ids.iter()
+            .map(|&id| Member {
+                id,
+                client_addr: format!("127.0.0.{id}:7000"),
+                peer_addr: format!("127.0.0.{id}:7001"),
+                voter: true,
+            })
+            .collect(),
+    )
+}
+
+fn result(index: LogIndex, existed: bool) -> WriteResult {
+    WriteResult { index, existed }
+}
+
+fn bytes(text: &str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+fn is_storage_error<T: std::fmt::Debug>(outcome: crate::Result<T>) -> bool {
+    matches!(outcome, Err(Error::Storage(_)))
+}
+
+/// Appends `entries` and applies them, as a primary does.
+fn append_and_apply(storage: &dyn Storage, entries: &[Entry]) -> Vec<WriteResult> {
+    storage.append(entries).expect("append");
+    storage.apply(entries).expect("apply")
+}
+
+// --- the shared contract ---
+
+fn new_store_is_empty(storage: &dyn Storage) {
+    assert_eq!(storage.last().unwrap(), (0, 0));
+    assert_eq!(storage.entry(1).unwrap(), None);
+    assert_eq!(storage.entries(1, 10, usize::MAX).unwrap(), vec![]);
+    assert_eq!(
+        storage.meta().unwrap(),
+        Meta {
+            log_start: 1,
+            ..Meta::default()
+        }
+    );
+    assert_eq!(storage.rolled_back().unwrap(), vec![]);
+    assert_eq!(storage.get(b"k").unwrap(), None);
+    assert_eq!(storage.session(1).unwrap(), None);
+}
+
+fn append_then_read(storage: &dyn Storage) {
+    let log = vec![noop(1, 1), put(1, 2, "a", "1"), put(2, 3, "b", "2")];
+    storage.append(&log[..1]).unwrap();
+    storage.append(&log[1..]).unwrap();
+    storage.append(&[]).unwrap();
+
+    assert_eq!(storage.last().unwrap(), (2, 3));
+    assert_eq!(storage.entry(0).unwrap(), None);
+    assert_eq!(storage.entry(2).unwrap(), Some(log[1].clone()));
+    assert_eq!(storage.entry(4).unwrap(), None);
+    assert_eq!(storage.entries(1, 3, usize::MAX).unwrap(), log);
+    assert_eq!(storage.entries(2, 99, usize::MAX).unwrap(), log[1..]);
+    assert_eq!(storage.entries(0, 1, usize::MAX).unwrap(), log[..1]);
+    assert_eq!(storage.entries(3, 2, usize::MAX).unwrap(), vec![]);
+    assert_eq!(storage.entries(4, 9, usize::MAX).unwrap(), vec![]);
+}
+
+fn append_refuses_what_does_not_continue_the_log(storage: &dyn Storage) {
+    assert!(
+        is_storage_error(storage.append(&[noop(1, 2)])),
+        "gap after an empty log"
+    );
+    assert!(
+        is_storage_error(storage.append(&[noop(1, 1), noop(1, 3)])),
+        "gap inside a batch"
+    );
+    assert_eq!(
+        storage.last().unwrap(),
+        (0, 0),
+        "a refused batch writes nothing"
+    );
+
+    storage.append(&[noop(2, 1)]).unwrap();
+    assert!(is_storage_error(storage.append(&[noop(2, 1)])), "overlap");
+    assert!(
+        is_storage_error(storage.append(&[noop(1, 2)])),
+        "epoch going back"
+    );
+    assert_eq!(storage.last().unwrap(), (2, 1));
+}
+
+fn entries_stop_at_max_bytes(storage: &dyn Storage) {
+    let log: Vec<Entry> = (1..=4)
+        .map(|index| put(1, index, "key", &"v".repeat(100)))
+        .collect();
+    storage.append(&log).unwrap();
+    let size = postcard::to_stdvec(&log[0]).unwrap().len();
+
+    assert_eq!(storage.entries(1, 4, 2 * size).unwrap(), log[..2]);
+    assert_eq!(
+        storage.entries(1, 4, 2 * size + size - 1).unwrap(),
+        log[..2]
+    );
+    assert_eq!(storage.entries(2, 4, 4 * size).unwrap(), log[1..]);
+    assert_eq!(
+        storage.entries(3, 4, 0).unwrap(),
+        log[2..3],
+        "one entry even if it alone is over the limit"
+    );
+}
+
+fn truncate_suffix_moves_entries_to_rollback(storage: &dyn Storage) {
+    let log: Vec<Entry> = (1..=5u64)
+        .map(|index| put(index.div_ceil(2), index, "k", "v"))
+        .collect();
+    storage.append(&log).unwrap();
+
+    assert_eq!(storage.truncate_suffix(4, 7).unwrap(), log[3..]);
+    assert_eq!(storage.last().unwrap(), (2, 3));
+    assert_eq!(storage.entry(4).unwrap(), None);
+    assert_eq!(storage.entries(1, 9, usize::MAX).unwrap(), log[..3]);
+
+    // The log continues from the truncation point, in a newer epoch.
+    let replacement = noop(5, 4);
+    storage.append(std::slice::from_ref(&replacement)).unwrap();
+    assert_eq!(storage.entry(4).unwrap(), Some(replacement.clone()));
+
+    // Truncating past the end changes nothing; truncating before the log is refused.
+    assert_eq!(storage.truncate_suffix(6, 8).unwrap(), vec![]);
+    assert!(is_storage_error(storage.truncate_suffix(0, 8)));
+    assert_eq!(storage.last().unwrap(), (5, 4));
+
+    // Truncating everything leaves an empty log at (0, 0).
+    assert_eq!(storage.truncate_suffix(1, 8).unwrap().len(), 4);
+    assert_eq!(storage.last().unwrap(), (0, 0));
+
+    let mut expected: Vec<RolledBack> = log[3..]
+        .iter()
+        .map(|entry| RolledBack {
+            rolled_back_in_epoch: 7,
+            entry: entry.clone(),
+        })
+        .collect();
+    expected.extend(
+        log[..3]
+            .iter()
+            .chain([&replacement])
+            .map(|entry| RolledBack {
+                rolled_back_in_epoch: 8,
+                entry: entry.clone(),
+            }),
+    );
+    assert_eq!(storage.rolled_back().unwrap(), expected, "oldest first");
+}
+
+fn meta_round_trips(storage: &dyn Storage) {
+    storage.set_epoch_and_vote(3, Some(2)).unwrap();
+    storage.set_commit_index(17).unwrap();
+    storage.set_membership(&membership(&[1, 2, 3])).unwrap();
+    assert_eq!(
+        storage.meta().unwrap(),
+        Meta {
+            epoch: 3,
+            vote: Some(2),
+            commit_index: 17,
+            applied_index: 0,
+            membership: Some(membership(&[1, 2, 3])),
+            log_start: 1,
+            snapshot_epoch: 0,
+        }
+    );
+
+    storage.set_epoch_and_vote(4, None).unwrap();
+    storage.set_membership(&membership(&[1, 2])).unwrap();
+    let meta = storage.meta().unwrap();
+    assert_eq!((meta.epoch, meta.vote), (4, None));
+    assert_eq!(meta.membership, Some(membership(&[1, 2])));
+}
+
+fn apply_changes_state_and_reports_results(storage: &dyn Storage) {
+    let log = vec![
+        noop(1, 1),
+        put(1, 2, "a", "1"),
+        put(1, 3, "b", "2"),
+        put(1, 4, "a", "3"),
+        delete(1, 5, "b"),
+        delete(1, 6, "missing"),
+        Entry {
+            epoch: 1,
+            index: 7,
+            operation: Operation::Membership(membership(&[1])),
+            request_id: None,
+        },
+    ];
+    storage.append(&log).unwrap();
+    let mut results = storage.apply(&log[..3]).unwrap();
+    results.extend(storage.apply(&log[3..]).unwrap());
+
+    assert_eq!(
+        results,
+        vec![
+            result(1, false),
+            result(2, false),
+            result(3, false),
+            result(4, true),
+            result(5, true),
+            result(6, false),
+            result(7, false),
+        ]
+    );
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("3")));
+    assert_eq!(storage.get(b"b").unwrap(), None);
+    assert_eq!(storage.meta().unwrap().applied_index, 7);
+    assert_eq!(storage.apply(&[]).unwrap(), vec![]);
+    assert_eq!(storage.meta().unwrap().applied_index, 7);
+}
+
+fn apply_refuses_gaps_without_changing_anything(storage: &dyn Storage) {
+    let log = vec![
+        put(1, 1, "a", "1"),
+        put(1, 2, "b", "2"),
+        put(1, 3, "c", "3"),
+    ];
+    storage.append(&log).unwrap();
+
+    assert!(
+        is_storage_error(storage.apply(&log[1..2])),
+        "starts after a gap"
+    );
+    assert!(
+        is_storage_error(storage.apply(&[log[0].clone(), log[2].clone()])),
+        "gap inside the batch"
+    );
+    assert_eq!(
+        storage.get(b"a").unwrap(),
+        None,
+        "a refused batch applies nothing"
+    );
+    assert_eq!(storage.meta().unwrap().applied_index, 0);
+
+    storage.apply(&log[..1]).unwrap();
+    assert!(is_storage_error(storage.apply(&log[..1])), "applying twice");
+    assert_eq!(storage.meta().unwrap().applied_index, 1);
+}
+
+fn retried_request_is_applied_once(storage: &dyn Storage) {
+    let first = with_request(put(1, 1, "k", "first"), 7, 1);
+    let retry = with_request(put(1, 2, "k", "retry"), 7, 1);
+    let results = append_and_apply(storage, &[first, retry]);
+    assert_eq!(results, vec![result(1, false), result(1, false)]);
+    assert_eq!(storage.get(b"k").unwrap(), Some(bytes("first")));
+    assert_eq!(
+        storage.session(7).unwrap(),
+        Some(Session {
+            last_sequence: 1,
+            result: result(1, false),
+        })
+    );
+
+    // A retry in a later batch, and after a newer request, is still never applied.
+    let retry_later = with_request(put(1, 3, "k", "again"), 7, 1);
+    assert_eq!(
+        append_and_apply(storage, &[retry_later]),
+        vec![result(1, false)]
+    );
+    let newer = with_request(delete(1, 4, "k"), 7, 2);
+    assert_eq!(append_and_apply(storage, &[newer]), vec![result(4, true)]);
+    let stale = with_request(put(1, 5, "k", "stale"), 7, 1);
+    assert_eq!(
+        append_and_apply(storage, &[stale]),
+        vec![result(4, true)],
+        "an older sequence gets the session's latest result"
+    );
+    assert_eq!(storage.get(b"k").unwrap(), None);
+
+    // Sessions are per client, and writes without a request id always apply.
+    let other_client = with_request(put(1, 6, "k", "other"), 8, 1);
+    let anonymous = put(1, 7, "k", "anonymous");
+    assert_eq!(
+        append_and_apply(storage, &[other_client, anonymous]),
+        vec![result(6, false), result(7, true)]
+    );
+    assert_eq!(storage.get(b"k").unwrap(), Some(bytes("anonymous")));
+    assert_eq!(
+        storage.session(7).unwrap().map(|s| s.last_sequence),
+        Some(2)
+    );
+    assert_eq!(
+        storage.session(8).unwrap().map(|s| s.last_sequence),
+        Some(1)
+    );
+    assert_eq!(storage.session(9).unwrap(), None);
+    assert_eq!(storage.meta().unwrap().applied_index, 7);
+}
+
+fn scan_by_prefix_with_limit(storage: &dyn Storage) {
+    let keys = ["a", "user:3", "user:1", "user:2", "userx", "v"];
+    let log: Vec<Entry> = keys
+        .iter()
+        .zip(1..)
+        .map(|(key, index)| put(1, index, key, &format!("value of {key}")))
+        .collect();
+    append_and_apply(storage, &log);
+
+    let pairs = storage.scan(b"user:", 10).unwrap();
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = ["user:1", "user:2", "user:3"]
+        .iter()
+        .map(|key| (bytes(key), bytes(&format!("value of {key}"))))
+        .collect();
+    assert_eq!(pairs, expected);
+    assert_eq!(storage.scan(b"user:", 2).unwrap(), expected[..2]);
+    assert_eq!(storage.scan(b"user:", 0).unwrap(), vec![]);
+    assert_eq!(storage.scan(b"", 100).unwrap().len(), keys.len());
+    assert_eq!(storage.scan(b"zzz", 100).unwrap(), vec![]);
+}
+
+fn truncating_applied_entries_rebuilds_the_state(storage: &dyn Storage) {
+    let log = vec![
+        with_request(put(1, 1, "a", "1"), 7, 1),
+        with_request(put(1, 2, "b", "2"), 7, 2),
+        with_request(put(1, 3, "a", "3"), 7, 3),
+        with_request(delete(1, 4, "b"), 8, 1),
+    ];
+    append_and_apply(storage, &log);
+
+    storage.truncate_suffix(3, 2).unwrap();
+    assert_eq!(storage.meta().unwrap().applied_index, 2);
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("1")));
+    assert_eq!(storage.get(b"b").unwrap(), Some(bytes("2")));
+    assert_eq!(
+        storage.session(7).unwrap(),
+        Some(Session {
+            last_sequence: 2,
+            result: result(2, false),
+        })
+    );
+    assert_eq!(storage.session(8).unwrap(), None);
+
+    // The rolled-back request of client 7 can now be applied from the new primary's log.
+    let replacement = with_request(put(2, 3, "a", "new"), 7, 3);
+    assert_eq!(
+        append_and_apply(storage, &[replacement]),
+        vec![result(3, true)]
+    );
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("new")));
+
+    // Rolling back every entry leaves the state of an empty log.
+    storage.truncate_suffix(1, 3).unwrap();
+    assert_eq!(storage.meta().unwrap().applied_index, 0);
+    assert_eq!(storage.scan(b"", 10).unwrap(), vec![]);
+    assert_eq!(storage.session(7).unwrap(), None);
+}
+
+fn truncating_unapplied_entries_keeps_the_state(storage: &dyn Storage) {
+    let log = vec![
+        put(1, 1, "a", "1"),
+        put(1, 2, "a", "2"),
+        put(1, 3, "a", "3"),
+    ];
+    storage.append(&log).unwrap();
+    storage.apply(&log[..2]).unwrap();
+
+    storage.truncate_suffix(3, 2).unwrap();
+    assert_eq!(storage.meta().unwrap().applied_index, 2);
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("2")));
+}
+
+/// Instantiates every shared contract test for one engine; `$open` makes a fresh store and
+/// returns something that dereferences to it.
+macro_rules! engine_suite {
+    ($open:path) => {
+        engine_suite!(@tests $open;
+            new_store_is_empty,
+            append_then_read,
+            append_refuses_what_does_not_continue_the_log,
+            entries_stop_at_max_bytes,
+            truncate_suffix_moves_entries_to_rollback,
+            meta_round_trips,
+            apply_changes_state_and_reports_results,
+            apply_refuses_gaps_without_changing_anything,
+            retried_request_is_applied_once,
+            scan_by_prefix_with_limit,
+            truncating_applied_entries_rebuilds_the_state,
+            truncating_unapplied_entries_keeps_the_state,
+        );
+    };
+    (@tests $open:path; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                let storage = $open();
+                super::$test(&*storage);
+            }
+        )*
+    };
+}
+
+/// Writes a little of everything: log, state, sessions, meta, rollback. Returns the log.
+fn write_everything(storage: &dyn Storage, first_index: LogIndex, epoch: Epoch) -> Vec<Entry> {
+    let log: Vec<Entry> = (first_index..first_index + 4)
+        .map(|index| with_request(put(epoch, index, &format!("key{index}"), "v"), 7, index))
+        .collect();
+    append_and_apply(storage, &log);
+    storage.set_epoch_and_vote(epoch, Some(epoch + 1)).unwrap();
+    storage.set_commit_index(first_index + 1).unwrap();
+    storage.set_membership(&membership(&[1, epoch])).unwrap();
+    log
+}
+
+/// Everything a store answers, for comparing two stores (or one store before and after).
+#[derive(Debug, PartialEq)]
+struct Dump {
+    last: (Epoch, LogIndex),
+    log: Vec<Entry>,
+    state: Vec<(Vec<u8>, Vec<u8>)>,
+    sessions: Vec<Option<Session>>,
+    meta: Meta,
+    rolled_back: Vec<RolledBack>,
+}
+
+fn dump(storage: &dyn Storage) -> Dump {
+    Dump {
+        last: storage.last().unwrap(),
+        log: storage.entries(0, LogIndex::MAX, usize::MAX).unwrap(),
+        state: storage.scan(b"", usize::MAX).unwrap(),
+        sessions: (0..10)
+            .map(|client| storage.session(client).unwrap())
+            .collect(),
+        meta: storage.meta().unwrap(),
+        rolled_back: storage.rolled_back().unwrap(),
+    }
+}
+
+mod memory_engine {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn open() -> Box<MemoryStorage> {
+        Box::new(MemoryStorage::new())
+    }
+
+    engine_suite!(open);
+
+    #[test]
+    fn crash_keeps_exactly_what_was_flushed() {
+        let storage = MemoryStorage::new();
+        write_everything(&storage, 1, 1);
+        storage.flush().unwrap();
+        let flushed = dump(&storage);
+
+        write_everything(&storage, 5, 2);
+        storage.truncate_suffix(3, 3).unwrap();
+        assert_ne!(dump(&storage), flushed);
+        assert!(storage.unflushed_writes() > 0);
+
+        storage.crash();
+        assert_eq!(dump(&storage), flushed);
+        assert_eq!(storage.unflushed_writes(), 0);
+        assert_eq!(storage.last().unwrap(), (1, 4));
+        assert_eq!(storage.meta().unwrap().applied_index, 4);
+        assert_eq!(storage.get(b"key5").unwrap(), None);
+    }
+
+    #[test]
+    fn crash_keeping_a_prefix_of_unflushed_writes() {
+        let storage = MemoryStorage::new();
+        storage.append(&[put(1, 1, "a", "1")]).unwrap();
+        storage.apply(&[put(1, 1, "a", "1")]).unwrap();
+        storage.set_epoch_and_vote(5, Some(1)).unwrap();
+        assert_eq!(storage.unflushed_writes(), 3);
+
+        storage.crash_keeping(2);
+        assert_eq!(storage.get(b"a").unwrap(), Some(bytes("1")));
+        assert_eq!(storage.meta().unwrap().applied_index, 1);
+        assert_eq!(storage.meta().unwrap().epoch, 0, "the third write was lost");
+    }
+
+    #[test]
+    fn refused_writes_are_not_journaled() {
+        let storage = MemoryStorage::new();
+        assert!(storage.append(&[noop(1, 5)]).is_err());
+        assert!(storage.apply(&[noop(1, 5)]).is_err());
+        assert_eq!(storage.unflushed_writes(), 0);
+    }
+
+    #[test]
+    fn flushed_writes_survive_repeated_crashes() {
+        let storage = MemoryStorage::new();
+        write_everything(&storage, 1, 1);
+        storage.flush().unwrap();
+        storage.crash();
+        write_everything(&storage, 5, 2);
+        storage.flush().unwrap();
+        let flushed = dump(&storage);
+        storage.crash();
+        storage.crash();
+        assert_eq!(dump(&storage), flushed);
+        assert_eq!(storage.last().unwrap(), (2, 8));
+    }
+}
+
+mod sled_engine {
+    use std::ops::Deref;
+
+    use super::*;
+    use crate::storage::SledStorage;
+
+    /// A sled store in a temporary directory that lives as long as the store.
+    pub(super) struct TempSled {
+        storage: SledStorage,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Deref for TempSled {
+        type Target = SledStorage;
+        fn deref(&self) -> &SledStorage {
+            &self.storage
+        }
+    }
+
+    pub(super) fn open() -> TempSled {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SledStorage::open(dir.path()).unwrap();
+        TempSled { storage, _dir: dir }
+    }
+
+    engine_suite!(open);
+
+    #[test]
+    fn reopen_finds_everything_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let storage = SledStorage::open(dir.path()).unwrap();
+            write_everything(&storage, 1, 1);
+            storage.truncate_suffix(3, 2).unwrap();
+            write_everything(&storage, 3, 2);
+            storage.flush().unwrap();
+            dump(&storage)
+        };
+        let reopened = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(dump(&reopened), before);
+        assert_eq!(reopened.last().unwrap(), (2, 6));
+
+        // The reopened store carries on: contiguity and rollback numbering survive.
+        assert!(reopened.append(&[noop(2, 8)]).is_err());
+        reopened.append(&[noop(3, 7)]).unwrap();
+        reopened.truncate_suffix(7, 4).unwrap();
+        let rolled_back = reopened.rolled_back().unwrap();
+        assert_eq!(rolled_back.len(), 3);
+        assert_eq!(rolled_back[2].entry, noop(3, 7));
+    }
+
+    #[test]
+    fn open_names_a_path_it_cannot_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let path = file.join("db");
+        match SledStorage::open(&path) {
+            Err(Error::Storage(message)) => {
+                assert!(message.contains(&path.display().to_string()), "{message}")
+            }
+            other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// Writes raw bytes into one of the store's trees, as corruption on disk would.
+    fn corrupt(dir: &std::path::Path, tree: &str, key: &[u8], value: &[u8]) {
+        let db = sled::open(dir).unwrap();
+        db.open_tree(tree).unwrap().insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn corrupt_last_log_entry_fails_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        corrupt(dir.path(), "log", &1u64.to_be_bytes(), &[0xff; 3]);
+        assert!(is_storage_error(SledStorage::open(dir.path()).map(|_| ())));
+    }
+
+    #[test]
+    fn corrupt_values_are_storage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = SledStorage::open(dir.path()).unwrap();
+            storage.append(&[noop(1, 1), noop(1, 2)]).unwrap();
+            storage.flush().unwrap();
+        }
+        corrupt(dir.path(), "log", &1u64.to_be_bytes(), &[0xff; 3]);
+        corrupt(dir.path(), "sessions", &7u64.to_be_bytes(), &[0xff; 40]);
+        corrupt(dir.path(), "meta", b"applied_index", &[0xff; 11]);
+        corrupt(dir.path(), "log", b"short", b"");
+
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert!(is_storage_error(storage.entry(1)));
+        assert!(is_storage_error(storage.entries(1, 2, usize::MAX)));
+        assert!(is_storage_error(storage.session(7)));
+        assert!(is_storage_error(storage.meta()));
+        assert!(is_storage_error(storage.apply(&[noop(1, 1)])));
+        assert_eq!(storage.entry(2).unwrap(), Some(noop(1, 2)));
+    }
+
+    #[test]
+    fn entry_stored_under_the_wrong_index_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        let misplaced = postcard::to_stdvec(&noop(1, 9)).unwrap();
+        corrupt(dir.path(), "log", &1u64.to_be_bytes(), &misplaced);
+        assert!(is_storage_error(SledStorage::open(dir.path()).map(|_| ())));
+    }
+}
+
+/// Random operation sequences on both engines must get identical answers.
+mod equivalence {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Appends entries after the last one; `gap` breaks contiguity on purpose.
+        Append {
+            writes: Vec<(bool, Write)>,
+            gap: bool,
+        },
+        /// Applies up to `count` entries from the log, after the applied index plus `skip`.
+        Apply {
+            count: usize,
+            skip: u64,
+        },
+        /// Truncates from `last + 1 - back`.
+        Truncate {
+            back: u64,
+            epoch: Epoch,
+        },
+        EpochAndVote(Epoch, Option<u64>),
+        CommitIndex(LogIndex),
+        Membership(Vec<u64>),
+        Entries {
+            from: LogIndex,
+            to: LogIndex,
+            max_bytes: usize,
+        },
+        Get(u8),
+        Scan(u8, usize),
+        Flush,
+    }
+
+    /// An entry's content before its position is known; `bool` in `Op::Append` bumps the epoch.
+    #[derive(Clone, Debug)]
+    enum Write {
+        Put(u8, u8, Option<(u64, u64)>),
+        Delete(u8, Option<(u64, u64)>),
+        Noop,
+    }
+
+    fn key(id: u8) -> Vec<u8> {
+        vec![b'a' + id % 4, b'0' + id / 4 % 3]
+    }
+
+    fn write_strategy() -> impl Strategy<Value = Write> {
+        let request = proptest::option::of((0u64..3, 1u64..5));
+        prop_oneof![
+            4 => (any::<u8>(), any::<u8>(), request.clone())
+                .prop_map(|(k, v, r)| Write::Put(k, v, r)),
+            2 => (any::<u8>(), request).prop_map(|(k, r)| Write::Delete(k, r)),
+            1 => Just(Write::Noop),
+        ]
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (
+                proptest::collection::vec((proptest::bool::weighted(0.1), write_strategy()), 0..6),
+                proptest::bool::weighted(0.05)
+            )
+                .prop_map(|(writes, gap)| Op::Append { writes, gap }),
+            4 => (0usize..6, prop_oneof![9 => Just(0u64), 1 => 1u64..3])
+                .prop_map(|(count, skip)| Op::Apply { count, skip }),
+            1 => (0u64..6, 0u64..10).prop_map(|(back, epoch)| Op::Truncate { back, epoch }),
+            1 => (0u64..10, proptest::option::of(0u64..5))
+                .prop_map(|(epoch, vote)| Op::EpochAndVote(epoch, vote)),
+            1 => (0u64..30).prop_map(Op::CommitIndex),
+            1 => proptest::collection::vec(1u64..6, 0..4).prop_map(Op::Membership),
+            2 => (0u64..30, 0u64..30, 0usize..200)
+                .prop_map(|(from, to, max_bytes)| Op::Entries { from, to, max_bytes }),
+            2 => any::<u8>().prop_map(Op::Get),
+            1 => (0u8..5, 0usize..6).prop_map(|(prefix, limit)| Op::Scan(prefix, limit)),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    fn entry_for(write: &Write, epoch: Epoch, index: LogIndex) -> Entry {
+        let (operation, request) = match write {
+            Write::Put(k, v, request) => (
+                Operation::Put {
+                    key: key(*k),
+                    value: vec![*v],
+                },
+                request,
+            ),
+            Write::Delete(k, request) => (Operation::Delete { key: key(*k) }, request),
+            Write::Noop => (Operation::Noop, &None),
+        };
+        Entry {
+            epoch,
+            index,
+            operation,
+            request_id: request.map(|(client_id, sequence)| RequestId {
+                client_id,
+                sequence,
+            }),
+        }
+    }
+
+    /// Runs `op` and describes everything it answered.
+    fn run(storage: &dyn Storage, op: &Op) -> String {
+        match op {
+            Op::Append { writes, gap } => {
+                let (mut epoch, last) = storage.last().unwrap();
+                let first = last + 1 + u64::from(*gap);
+                let entries: Vec<Entry> = writes
+                    .iter()
+                    .zip(first..)
+                    .map(|((bump, write), index)| {
+                        epoch += u64::from(*bump);
+                        entry_for(write, epoch, index)
+                    })
+                    .collect();
+                format!("{:?}", storage.append(&entries))
+            }
+            Op::Apply { count, skip } => {
+                let from = storage.meta().unwrap().applied_index + 1 + skip;
+                let entries = storage
+                    .entries(from, from + *count as u64 - 1, usize::MAX)
+                    .unwrap_or_default();
+                format!("{:?}", storage.apply(&entries))
+            }
+            Op::Truncate { back, epoch } => {
+                let from = (storage.last().unwrap().1 + 1).saturating_sub(*back);
+                format!("{:?}", storage.truncate_suffix(from, *epoch))
+            }
+            Op::EpochAndVote(epoch, vote) => {
+                format!("{:?}", storage.set_epoch_and_vote(*epoch, *vote))
+            }
+            Op::CommitIndex(index) => format!("{:?}", storage.set_commit_index(*index)),
+            Op::Membership(ids) => format!("{:?}", storage.set_membership(&membership(ids))),
+            Op::Entries {
+                from,
+                to,
+                max_bytes,
+            } => format!("{:?}", storage.entries(*from, *to, *max_bytes)),
+            Op::Get(id) => format!("{:?}", storage.get(&key(*id))),
+            Op::Scan(prefix, limit) => {
+                format!("{:?}", storage.scan(&[b'a' + prefix], *limit))
+            }
+            Op::Flush => format!("{:?}", storage.flush()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn engines_answer_identically(ops in proptest::collection::vec(op_strategy(), 1..60)) {
+            let memory = MemoryStorage::new();
+            let sled = super::sled_engine::open();
+            for (step, op) in ops.iter().enumerate() {
+                let memory_answer = run(&memory, op);
+                let sled_answer = run(&*sled, op);
+                prop_assert_eq!(memory_answer, sled_answer, "step {}: {:?}", step, op);
+                prop_assert_eq!(memory.last().unwrap(), sled.last().unwrap());
+            }
+            prop_assert_eq!(dump(&memory), dump(&*sled));
+            let clients: BTreeSet<u64> = (0..3).collect();
+            for client in clients {
+                prop_assert_eq!(memory.session(client).unwrap(), sled.session(client).unwrap());
+            }
+        }
+
+        /// After a crash the memory engine answers like a store that only saw the writes up to
+        /// the last flush.
+        #[test]
+        fn memory_crash_equals_the_flushed_history(
+            ops in proptest::collection::vec(op_strategy(), 1..60)
+        ) {
+            let crashed = MemoryStorage::new();
+            let flushed_only = MemoryStorage::new();
+            let last_flush = ops.iter().rposition(|op| matches!(op, Op::Flush));
+            for op in &ops {
+                run(&crashed, op);
+            }
+            for op in ops.iter().take(last_flush.map_or(0, |position| position + 1)) {
+                run(&flushed_only, op);
+            }
+            crashed.crash();
+            prop_assert_eq!(dump(&crashed), dump(&flushed_only));
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Process-level tests: real `kvnode` processes on loopback, with real certificates, driven
+//! through the client library and the `kvctl` binary.
+//!
+//! Every test has its own address block and ports (see each test's `ClusterSpec`), so they run in
+//! parallel. Blocks used here: 127.0.0.21-79, ports 24021-24072; other test files must pick
+//! others. Waits are conditions with generous deadlines, never timing assertions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use common::{eventually, Cluster, ClusterSpec, CLIENT_TIMEOUT, READONLY_CLIENT, READWRITE_CLIENT};
+use replikv::client::{Client, ClientOptions};
+use replikv::net::tls::{self, TlsFiles};
+use replikv::wire::client::{Request, Response};
+use replikv::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
+use replikv::wire::CLIENT_ALPN;
+use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
+
+/// Reads `key` with a linearizable read through `client`, panicking on failure.
+async fn read(client: &Client, key: &str) -> Option<Vec<u8>> {
+    match client.get(key, ReadConsistency::Linearizable).await {
+        Ok((value, _)) => value,
+        Err(error) => panic!("linearizable read of {key:?} failed: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_keeps_acknowledged_writes_across_kill_9() {
+    let mut cluster = Cluster::start(ClusterSpec::new(1, 21, 24021));
+    cluster.wait_for_primary().await;
+    let client = cluster.client(READWRITE_CLIENT);
+
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("key-{i:03}"), format!("value-{i}"));
+        client
+            .put(&key, &value, WriteConcern::Majority, CLIENT_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| panic!("put {key} on a healthy node failed: {error}"));
+        acknowledged.insert(key, value);
+    }
+    drop(client);
+
+    cluster.kill(1);
+    cluster.restart(1);
+    cluster.wait_for_primary().await;
+
+    let client = cluster.client(READWRITE_CLIENT);
+    for (key, value) in &acknowledged {
+        let read_back = read(&client, key).await;
+        assert_eq!(
+            read_back.as_deref(),
+            Some(value.as_bytes()),
+            "acknowledged {key} lost or changed by kill -9 and restart"
+        );
+    }
+}
+
+/// A quinn client configuration that trusts the cluster CA but presents no certificate.
+fn config_without_client_certificate(ca_cert: &std::path::Path) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca_cert).expect("open the CA file") {
+        roots
+            .add(certificate.expect("parse the CA certificate"))
+            .expect("add the CA to the roots");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![CLIENT_ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS config");
+    quinn::ClientConfig::new(Arc::new(quic))
+}
+
+/// Options for clients expected to be refused: the refusal is immediate, so a short deadline
+/// only bounds a broken test.
+fn refused_client_options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(10),
+        default_write_concern: WriteConcern::Majority,
+    }
+}
+
+async fn assert_put_refused(client: &Client, key: &str, who: &str) {
+    let outcome = client
+        .put(key, "x", WriteConcern::Majority, Duration::from_secs(10))
+        .await;
+    match outcome {
+        Err(Error::Refused(message)) => assert!(!message.is_empty()),
+        other => panic!("{who}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_decide_who_may_connect_and_write() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 31, 24031));
+    cluster.wait_for_primary().await;
+    let addrs = cluster.client_addrs();
+    let writer = cluster.client(READWRITE_CLIENT);
+
+    // No certificate at all.
+    let anonymous = Client::with_quic_config(
+        addrs.clone(),
+        config_without_client_certificate(&cluster.client_files(READWRITE_CLIENT).ca_cert),
+        refused_client_options(),
+    )
+    .expect("build the anonymous client");
+    assert_put_refused(&anonymous, "from-anonymous", "client without a certificate").await;
+
+    // Everything from another CA: this client does not trust the nodes either.
+    let other_dir = tempfile::tempdir().expect("temporary directory");
+    common::make_certs(other_dir.path(), &cluster.spec);
+    let stranger_files = TlsFiles::for_client(other_dir.path(), READWRITE_CLIENT);
+    let stranger = Client::with_tls(addrs.clone(), &stranger_files, refused_client_options())
+        .expect("build the other CA's client");
+    assert_put_refused(&stranger, "from-stranger", "client of another CA").await;
+
+    // Trusts the right CA but presents a certificate signed by another one.
+    let impostor_files = TlsFiles {
+        ca_cert: cluster.client_files(READWRITE_CLIENT).ca_cert,
+        ..stranger_files
+    };
+    let impostor = Client::with_tls(addrs.clone(), &impostor_files, refused_client_options())
+        .expect("build the impostor client");
+    assert_put_refused(&impostor, "from-impostor", "certificate from another CA").await;
+
+    // A readonly certificate may read but not write.
+    let reader = cluster.client(READONLY_CLIENT);
+    assert_put_refused(&reader, "from-readonly", "readonly client").await;
+    writer
+        .put("shared", "visible", WriteConcern::Majority, CLIENT_TIMEOUT)
+        .await
+        .expect("readwrite put");
+    let (value, _) = reader
+        .get("shared", ReadConsistency::Linearizable)
+        .await
+        .expect("readonly get");
+    assert_eq!(value.as_deref(), Some(&b"visible"[..]));
+
+    // None of the refused writes took effect.
+    for key in [
+        "from-anonymous",
+        "from-stranger",
+        "from-impostor",
+        "from-readonly",
+    ] {
+        assert_eq!(
+            read(&writer, key).await,
+            None,
+            "refused write of {key} applied"
+        );
+    }
+}
+
+/// What a node did with a malformed frame: answered an error, or closed the stream. Anything
+/// else (a normal answer) fails the test; so does silence past the deadline.
+async fn expect_error_or_close(recv: &mut quinn::RecvStream, case: &str) {
+    let answer = tokio::time::timeout(
+        common::PATIENCE,
+        read_frame::<Response, _>(recv, MAX_CLIENT_FRAME_BYTES),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{case}: the node neither answered nor closed the stream"));
+    match answer {
+        Ok(Some(Response::Error(_))) | Ok(None) | Err(_) => {}
+        Ok(Some(other)) => panic!("{case}: the node accepted a malformed frame: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_fail_only_their_stream() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 41, 24041));
+    cluster.wait_for_primary().await;
+    let addr = cluster.node(1).client_addr.clone();
+
+    let config = tls::client_config(&cluster.client_files(READWRITE_CLIENT), CLIENT_ALPN)
+        .expect("client TLS config");
+    let mut endpoint =
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(
+            addr.parse().expect("address"),
+            &tls::server_name(&addr).expect("name"),
+        )
+        .expect("connect")
+        .await
+        .expect("handshake with a valid certificate");
+
+    let cases: [(&str, Vec<u8>); 3] = [
+        // A 2-byte body that is no request (enum tag 0x7f does not exist).
+        ("undecodable body", vec![0, 0, 0, 2, 0x7f, 0x7f]),
+        // A length far above the limit, followed by a little data.
+        ("oversized length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]),
+        // A body shorter than its length, then the end of the stream.
+        ("truncated frame", vec![0, 0, 0, 100, 1, 2, 3]),
+    ];
+    for (case, bytes) in cases {
+        let (mut send, mut recv) = connection.open_bi().await.expect("open a stream");
+        send.write_all(&bytes)
+            .await
+            .expect("send the malformed frame");
+        if case == "truncated frame" {
+            send.finish().expect("finish the stream");
+        }
+        expect_error_or_close(&mut recv, case).await;
+    }
+
+    // The same connection still serves a well-formed stream.
+    let (mut send, mut recv) = connection.open_bi().await.expect("open a stream");
+    write_frame(&mut send, &Request::Status, MAX_CLIENT_FRAME_BYTES)
+        .await
+        .expect("send a status request");
+    let answer = read_frame::<Response, _>(&mut recv, MAX_CLIENT_FRAME_BYTES)
+        .await
+        .expect("read the status answer");
+    assert!(
+        matches!(answer, Some(Response::Status(_))),
+        "status after malformed frames: {answer:?}"
+    );
+
+    // And so does a fresh client.
+    let client = cluster.client(READWRITE_CLIENT);
+    client
+        .put(
+            "after-garbage",
+            "fine",
+            WriteConcern::Majority,
+            CLIENT_TIMEOUT,
+        )
+        .await
+        .expect("put after malformed frames");
+    assert_eq!(
+        read(&client, "after-garbage").await.as_deref(),
+        Some(&b"fine"[..])
+    );
+}
+
+/// Runs `kvctl` with `args`, returning (exit code, stdout, stderr).
+async fn kvctl(args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .env_remove("REPLIKV_CONFIG")
+        .output()
+        .await
+        .expect("run kvctl");
+    let code = output.status.code().expect("kvctl exited (not killed)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (code, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_end_to_end() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 51, 24051));
+    cluster.wait_for_primary().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "put", "greeting", "hello"]).await;
+    assert_eq!(code, 0, "put failed: {stderr}");
+    assert_eq!(stdout, "", "put prints nothing on success");
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "get", "greeting"]).await;
+    assert_eq!(code, 0, "get failed: {stderr}");
+    assert_eq!(stdout, "hello\n");
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "--json", "get", "greeting"]).await;
+    assert_eq!(code, 0, "get --json failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("get --json prints JSON");
+    assert_eq!(json["value"], "hello");
+    assert_eq!(json["meta"]["node_id"], 1);
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "get", "no-such-key"]).await;
+    assert_eq!(
+        code, 3,
+        "get of a missing key: stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(stderr.contains("not found"), "{stderr}");
+
+    let (code, _, stderr) = kvctl(&["--config", config, "put", "a", "1", "--w", "most"]).await;
+    assert_eq!(code, 2, "bad --w: {stderr}");
+    assert!(stderr.contains("write concern"), "{stderr}");
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "status"]).await;
+    assert_eq!(code, 0, "status failed: {stderr}");
+    assert!(stdout.contains("primary"), "{stdout}");
+    assert!(stdout.contains(&cluster.node(1).client_addr), "{stdout}");
+
+    // A cluster that is not there: unavailable, with advice.
+    let nowhere = cluster.dir.path().join("nowhere.toml");
+    let nowhere_config = replikv::config::ClientConfig {
+        nodes: vec!["127.0.0.59:24059".to_string()],
+        certs_dir: cluster.certs_dir.clone(),
+        client_name: READWRITE_CLIENT.to_string(),
+        default_write_concern: WriteConcern::Majority,
+        timeout_ms: 2000,
+    };
+    std::fs::write(&nowhere, nowhere_config.to_toml().expect("TOML")).expect("write config");
+    let nowhere = nowhere.to_str().expect("UTF-8 temporary path");
+    let (code, _, stderr) = kvctl(&["--config", nowhere, "get", "greeting"]).await;
+    assert_eq!(code, 5, "no cluster: {stderr}");
+    assert!(stderr.contains("kvnode dev"), "{stderr}");
+}
+
+/// Reads `key` from node `id` alone with a stale read until it holds `value`.
+async fn wait_until_node_has(
+    cluster: &Cluster,
+    client: &Client,
+    id: NodeId,
+    key: &str,
+    value: &str,
+) {
+    let node = client.pinned_to(&cluster.node(id).client_addr);
+    let what = format!("node {id} serving {key}={value} to a stale read");
+    eventually(&what, || async {
+        match node.get(key, ReadConsistency::Stale).await {
+            Ok((Some(found), meta)) if found == value.as_bytes() => {
+                assert_eq!(
+                    meta.node_id, id,
+                    "a pinned stale read was served by another node"
+                );
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_node_and_a_restarted_backup_catches_up() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 61, 24061));
+    let (primary, _) = cluster.wait_for_primary().await;
+    let client = cluster.client(READWRITE_CLIENT);
+
+    for i in 0..20 {
+        client
+            .put(
+                format!("all-{i}"),
+                format!("v{i}"),
+                WriteConcern::All,
+                CLIENT_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|error| panic!("w=all put on a healthy cluster failed: {error}"));
+    }
+    for id in 1..=3 {
+        for i in 0..20 {
+            wait_until_node_has(&cluster, &client, id, &format!("all-{i}"), &format!("v{i}")).await;
+        }
+    }
+
+    // Kill a backup; the two others still form a majority.
+    let backup = (1..=3).find(|id| *id != primary).expect("a backup");
+    cluster.kill(backup);
+    for i in 0..20 {
+        client
+            .put(
+                format!("later-{i}"),
+                format!("w{i}"),
+                WriteConcern::Majority,
+                CLIENT_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|error| panic!("majority put with one backup down failed: {error}"));
+    }
+    cluster.restart(backup);
+    for i in 0..20 {
+        wait_until_node_has(
+            &cluster,
+            &client,
+            backup,
+            &format!("later-{i}"),
+            &format!("w{i}"),
+        )
+        .await;
+    }
+}
+
+/// Writes unique keys at w=majority until `stop`, recording each acknowledged one.
+async fn write_load(
+    session: Client,
+    worker: usize,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<BTreeMap<String, String>>>,
+) {
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("load-{worker}-{sequence}");
+        let value = format!("value-{worker}-{sequence}");
+        sequence += 1;
+        // Failures during the failover are expected; their outcome is unknown and unchecked.
+        if session
+            .put(&key, &value, WriteConcern::Majority, CLIENT_TIMEOUT)
+            .await
+            .is_ok()
+        {
+            acknowledged
+                .lock()
+                .expect("acknowledged map")
+                .insert(key, value);
+        }
+    }
+}
+
+fn acknowledged_count(acknowledged: &Mutex<BTreeMap<String, String>>) -> usize {
+    acknowledged.lock().expect("acknowledged map").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 71, 24071));
+    let (old_primary, old_status) = cluster.wait_for_primary().await;
+    let client = cluster.client(READWRITE_CLIENT);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            tokio::spawn(write_load(
+                client.session(),
+                worker,
+                stop.clone(),
+                acknowledged.clone(),
+            ))
+        })
+        .collect();
+
+    eventually("50 writes acknowledged before the kill", || async {
+        (acknowledged_count(&acknowledged) >= 50).then_some(())
+    })
+    .await;
+    cluster.kill(old_primary);
+    let at_kill = acknowledged_count(&acknowledged);
+    eventually("30 more writes acknowledged by a new primary", || async {
+        (acknowledged_count(&acknowledged) >= at_kill + 30).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("writer task");
+    }
+
+    let (new_primary, new_status) = cluster.wait_for_primary().await;
+    assert_ne!(
+        new_primary, old_primary,
+        "the killed node cannot be primary"
+    );
+    assert!(
+        new_status.epoch > old_status.epoch,
+        "a new primary has a new epoch"
+    );
+
+    let acknowledged = acknowledged.lock().expect("acknowledged map").clone();
+    for (key, value) in &acknowledged {
+        assert_eq!(
+            read(&client, key).await.as_deref(),
+            Some(value.as_bytes()),
+            "acknowledged write {key} lost in the failover"
+        );
+    }
+
+    // The old primary comes back as a backup and catches up with what it missed.
+    cluster.restart(old_primary);
+    client
+        .put(
+            "after-return",
+            "caught-up",
+            WriteConcern::Majority,
+            CLIENT_TIMEOUT,
+        )
+        .await
+        .expect("put after the old primary returned");
+    wait_until_node_has(&cluster, &client, old_primary, "after-return", "caught-up").await;
+}
