@@ -429,6 +429,34 @@ impl Client {
         self.write(write, write_concern, timeout).await
     }
 
+    /// Asks the primary to add `member` as a non-voting learner; the primary streams it the log
+    /// and makes it a voter once it has caught up. Needs an admin certificate, or the node
+    /// certificate of `member` itself (how `kvnode --join` registers). Succeeds at once, with
+    /// `existed` set, if `member` is already a member with the same addresses, so a retry after an
+    /// unknown outcome is safe. Redirects to the primary are followed until the session's deadline.
+    pub async fn add_member(&self, member: Member) -> Result<(WriteResult, ResponseMeta)> {
+        let request = Request::AddMember { member };
+        self.change_membership(request).await
+    }
+
+    /// Asks the primary to remove member `id` (admin certificates only). Removing the primary
+    /// makes it step down once the change is committed; the others elect a new one.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(WriteResult, ResponseMeta)> {
+        self.change_membership(Request::RemoveMember { id }).await
+    }
+
+    async fn change_membership(&self, request: Request) -> Result<(WriteResult, ResponseMeta)> {
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => Target::Primary,
+        };
+        let deadline = Instant::now() + self.timeout;
+        match self.call(target, deadline, |_| request.clone()).await? {
+            Response::Written { result, meta } => Ok((result, meta)),
+            other => Err(unexpected("a membership change acknowledgement", &other)),
+        }
+    }
+
     /// The cluster's status from any reachable node, preferring the primary's view (it alone
     /// knows each member's lag and health).
     pub async fn status(&self) -> Result<ClusterStatus> {

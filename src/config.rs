@@ -53,6 +53,13 @@ pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
 /// Most entries in flight to one member before the primary waits for acks.
 pub const DEFAULT_MAX_INFLIGHT_ENTRIES: u64 = 8192;
 
+/// How many bytes of log a node keeps before it compacts the applied prefix into its state
+/// (DESIGN §6, compaction: the state is the snapshot). A member that returns after the entries it
+/// needs were compacted is sent a snapshot of the state first, then the log from there. Larger
+/// keeps more history for members that were away a while (a log catch-up is cheaper than a
+/// snapshot); smaller bounds the disk the log takes.
+pub const DEFAULT_LOG_RETENTION_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Largest allowed `max_append_bytes`: an append may exceed it by one entry (at most a client
 /// frame), and the whole message must still fit in a peer frame.
 pub const MAX_APPEND_BYTES_LIMIT: usize = MAX_PEER_FRAME_BYTES - MAX_CLIENT_FRAME_BYTES - 64 * 1024;
@@ -82,6 +89,21 @@ pub const PEER_HEARTBEAT_QUEUE_CAPACITY: usize = 64;
 /// Capacity of each peer's replication queue, in messages (each at most `max_append_bytes`).
 pub const PEER_REPLICATION_QUEUE_CAPACITY: usize = 256;
 
+/// Capacity of each peer's resync queue, in messages: catch-up appends read from storage and
+/// snapshot chunks (each at most about `max_append_bytes`). A resync has its own queue and
+/// stream, so a large transfer never delays heartbeats or live replication; the primary's flow
+/// control keeps only a few of these in flight, and a full queue drops (they are resent).
+pub const PEER_RESYNC_QUEUE_CAPACITY: usize = 32;
+
+/// Capacity of the event loop's inbox of resync messages from peers. Separate from
+/// [`PEER_INBOX_CAPACITY`], so a member being caught up still handles heartbeats and live appends
+/// at once; when full, the resync stream's reader waits, which pushes back through QUIC.
+pub const PEER_RESYNC_INBOX_CAPACITY: usize = 64;
+
+/// Most resync messages the event loop takes in one batch: each may carry a megabyte to write,
+/// so a few per pass keep ticks, heartbeats and flushes on time while a transfer runs.
+pub const MAX_RESYNC_EVENTS_PER_BATCH: usize = 8;
+
 /// First delay before redialling a peer after a failure; doubled up to the maximum.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 50;
 
@@ -100,6 +122,16 @@ pub const SHUTDOWN_GRACE_MS: u64 = 2000;
 /// How long shutdown waits for closed connections to drain. The close frames go out at once;
 /// this only gives them a chance to be delivered (QUIC's full draining period can be seconds).
 pub const SHUTDOWN_DRAIN_MS: u64 = 500;
+
+/// First pause before a joining node (`kvnode --join`) retries its registration; doubled up to
+/// [`JOIN_RETRY_MAX_MS`].
+pub const JOIN_RETRY_MIN_MS: u64 = 200;
+
+/// Longest pause between two registration attempts of a joining node.
+pub const JOIN_RETRY_MAX_MS: u64 = 5000;
+
+/// Deadline of one registration attempt, redirects and the commit of the change included.
+pub const JOIN_ATTEMPT_TIMEOUT_MS: u64 = 10_000;
 
 /// Default log filter when neither `RUST_LOG` nor the config sets one.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -142,6 +174,7 @@ impl Default for Options {
             replica_lag_timeout_ms: DEFAULT_REPLICA_LAG_TIMEOUT_MS,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             max_inflight_entries: DEFAULT_MAX_INFLIGHT_ENTRIES,
+            log_retention_bytes: DEFAULT_LOG_RETENTION_BYTES,
         }
     }
 }
@@ -150,7 +183,7 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id; must be one of `members` and match its certificate.
+    /// This node's id; must match its certificate (and be one of `members`, if they are given).
     pub id: NodeId,
     /// Address the client port binds (`ip:port`).
     pub client_addr: String,
@@ -161,8 +194,14 @@ pub struct NodeConfig {
     /// Directory of the certificates made by `kvctl certs init` or `kvnode dev`.
     pub certs_dir: PathBuf,
     /// The initial cluster. The membership in the node's log, once it has one, wins over this.
-    #[serde(deserialize_with = "deserialize_members")]
+    /// May be left out with `join`: the node then starts knowing only itself, as a learner.
+    #[serde(default, deserialize_with = "deserialize_members")]
     pub members: Vec<Member>,
+    /// Client addresses of existing members (any one is enough): at start, the node asks the
+    /// cluster to add it as a learner, through whichever member answers (`kvnode --join`). Safe
+    /// to keep on restarts: a node that is already a member does not register again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<String>,
     /// Overrides [`DEFAULT_HEARTBEAT_INTERVAL_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_ms: Option<u64>,
@@ -182,6 +221,9 @@ pub struct NodeConfig {
     /// Overrides [`DEFAULT_MAX_INFLIGHT_ENTRIES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inflight_entries: Option<u64>,
+    /// Overrides [`DEFAULT_LOG_RETENTION_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_retention_bytes: Option<u64>,
     /// A `tracing` filter such as `info` or `replikv=debug`; `RUST_LOG` wins over it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -232,12 +274,15 @@ pub struct NodeOverrides {
     pub certs_dir: Option<PathBuf>,
     /// When not empty, replaces the file's members entirely.
     pub members: Vec<Member>,
+    /// When not empty, replaces the file's `join` addresses.
+    pub join: Vec<String>,
     pub heartbeat_interval_ms: Option<u64>,
     pub failure_timeout_ms: Option<u64>,
     pub failure_jitter_ms: Option<u64>,
     pub replica_lag_timeout_ms: Option<u64>,
     pub max_append_bytes: Option<usize>,
     pub max_inflight_entries: Option<u64>,
+    pub log_retention_bytes: Option<u64>,
     pub log_level: Option<String>,
 }
 
@@ -283,9 +328,10 @@ impl NodeConfig {
                 ))
             })
         }
-        if overrides.members.is_empty() {
+        if overrides.members.is_empty() && overrides.join.is_empty() {
             return Err(Error::Config(
-                "missing --member ID=CLIENT_ADDR,PEER_ADDR (one per member, this node included), or pass --config FILE"
+                "missing --member ID=CLIENT_ADDR,PEER_ADDR (one per member, this node included), \
+                 or --join ADDR to join a running cluster, or pass --config FILE"
                     .into(),
             ));
         }
@@ -296,12 +342,14 @@ impl NodeConfig {
             data_dir: required(overrides.data_dir, "--data-dir")?,
             certs_dir: required(overrides.certs_dir, "--certs-dir")?,
             members: overrides.members,
+            join: overrides.join,
             heartbeat_interval_ms: overrides.heartbeat_interval_ms,
             failure_timeout_ms: overrides.failure_timeout_ms,
             failure_jitter_ms: overrides.failure_jitter_ms,
             replica_lag_timeout_ms: overrides.replica_lag_timeout_ms,
             max_append_bytes: overrides.max_append_bytes,
             max_inflight_entries: overrides.max_inflight_entries,
+            log_retention_bytes: overrides.log_retention_bytes,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
         })
     }
@@ -326,6 +374,9 @@ impl NodeConfig {
         if !overrides.members.is_empty() {
             self.members = overrides.members;
         }
+        if !overrides.join.is_empty() {
+            self.join = overrides.join;
+        }
         set_optional(
             &mut self.heartbeat_interval_ms,
             overrides.heartbeat_interval_ms,
@@ -341,6 +392,7 @@ impl NodeConfig {
             &mut self.max_inflight_entries,
             overrides.max_inflight_entries,
         );
+        set_optional(&mut self.log_retention_bytes, overrides.log_retention_bytes);
         set(&mut self.log_level, overrides.log_level);
         self
     }
@@ -354,14 +406,25 @@ impl NodeConfig {
                 "client_addr and peer_addr are both {client_addr}: the client and peer ports must differ"
             )));
         }
-        if self.members.is_empty() {
+        if self.members.is_empty() && self.join.is_empty() {
             return Err(Error::Config(
-                "members is empty: list every member of the cluster, this node included".into(),
+                "members is empty: list every member of the cluster, this node included, \
+                 or give join (kvnode --join ADDR) to join a running cluster"
+                    .into(),
             ));
         }
+        for addr in &self.join {
+            if !is_host_port(addr) {
+                return Err(Error::Config(format!(
+                    "join address {addr:?} is not host:port: give the client address of any \
+                     member (for example 127.0.0.11:7379)"
+                )));
+            }
+        }
+        let members = self.initial_members();
         let mut seen_ids = std::collections::BTreeSet::new();
         let mut seen_addrs = std::collections::BTreeSet::new();
-        for member in &self.members {
+        for member in &members {
             if !seen_ids.insert(member.id) {
                 return Err(Error::Config(format!(
                     "members lists node {} twice: member ids must be unique",
@@ -379,12 +442,15 @@ impl NodeConfig {
                 }
             }
         }
-        if !self.members.iter().any(|member| member.voter) {
+        // A node that knows only itself as a learner waits to be added by a primary (after
+        // `--join`, or `kvctl member add`); any other membership needs a voter to ever elect one.
+        let lone_learner = matches!(members.as_slice(), [only] if only.id == self.id);
+        if !lone_learner && !members.iter().any(|member| member.voter) {
             return Err(Error::Config(
                 "members has no voter: at least one member must have voter = true".into(),
             ));
         }
-        let Some(own) = self.members.iter().find(|member| member.id == self.id) else {
+        let Some(own) = members.iter().find(|member| member.id == self.id) else {
             return Err(Error::Config(format!(
                 "id {} is not in members: add this node to the member list",
                 self.id
@@ -447,7 +513,34 @@ impl NodeConfig {
             max_inflight_entries: self
                 .max_inflight_entries
                 .unwrap_or(defaults.max_inflight_entries),
+            log_retention_bytes: self
+                .log_retention_bytes
+                .unwrap_or(defaults.log_retention_bytes),
         }
+    }
+
+    /// The membership the node starts with when its storage holds none: `members`, or, for a
+    /// joining node that lists none, only itself as a learner (it learns the rest from the
+    /// primary once it has been added).
+    pub fn initial_members(&self) -> Vec<Member> {
+        if self.members.is_empty() {
+            vec![Member {
+                id: self.id,
+                client_addr: self.client_addr.clone(),
+                peer_addr: self.peer_addr.clone(),
+                voter: false,
+            }]
+        } else {
+            self.members.clone()
+        }
+    }
+
+    /// This node's entry in [`NodeConfig::initial_members`]: what it asks to be added as when it
+    /// joins (the core adds every new member as a learner, whatever it asks).
+    pub fn own_member(&self) -> Option<Member> {
+        self.initial_members()
+            .into_iter()
+            .find(|member| member.id == self.id)
     }
 
     /// This node's certificate, key and CA.
@@ -559,10 +652,7 @@ impl ClientConfig {
             ));
         }
         for node in &self.nodes {
-            let has_port = node
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !has_port {
+            if !is_host_port(node) {
                 return Err(Error::Config(format!(
                     "nodes entry {node:?} is not host:port (for example 127.0.0.11:7379)"
                 )));
@@ -650,12 +740,14 @@ impl DevCluster {
                 data_dir: dir.join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
+                join: Vec::new(),
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
                 replica_lag_timeout_ms: None,
                 max_append_bytes: None,
                 max_inflight_entries: None,
+                log_retention_bytes: None,
                 log_level: default_log_level(),
             })
             .collect();
@@ -730,6 +822,12 @@ fn in_file(path: &Path, err: Error) -> Error {
         Error::Config(message) => Error::Config(format!("{}: {message}", path.display())),
         other => other,
     }
+}
+
+/// Whether `text` looks like `host:port`: a non-empty host and a port number.
+pub fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr> {
@@ -997,6 +1095,75 @@ voter = false
         assert!(parse_member("3=127.0.0.13:7379").is_err());
         assert!(parse_member("x=127.0.0.13:7379,127.0.0.13:7380").is_err());
         assert!(parse_member("3=nowhere,127.0.0.13:7380").is_err());
+    }
+
+    #[test]
+    fn a_joining_node_needs_no_members_and_starts_as_a_lone_learner() {
+        let overrides = NodeOverrides {
+            id: Some(4),
+            client_addr: Some("127.0.0.14:7379".into()),
+            peer_addr: Some("127.0.0.14:7380".into()),
+            data_dir: Some("data".into()),
+            certs_dir: Some("certs".into()),
+            join: vec!["127.0.0.11:7379".into()],
+            ..NodeOverrides::default()
+        };
+        let config = NodeConfig::resolve(None, overrides).unwrap();
+        assert!(config.members.is_empty());
+        let own = Member {
+            id: 4,
+            client_addr: "127.0.0.14:7379".into(),
+            peer_addr: "127.0.0.14:7380".into(),
+            voter: false,
+        };
+        assert_eq!(config.initial_members(), vec![own.clone()]);
+        assert_eq!(config.own_member(), Some(own));
+
+        // The same as a file: `members` may be left out, `join` round-trips.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), "joiner.toml", &config.to_toml().unwrap());
+        let loaded = NodeConfig::load(&path).unwrap();
+        assert_eq!(loaded.join, config.join);
+        assert!(loaded.members.is_empty());
+    }
+
+    #[test]
+    fn join_addresses_are_checked() {
+        let mut config = valid_config();
+        config.join = vec!["127.0.0.12".into()];
+        let message = config_error(config.validate());
+        assert!(
+            message.contains("join") && message.contains("host:port"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn only_a_lone_learner_may_have_no_voter() {
+        let mut config = valid_config();
+        config.members.truncate(1);
+        config.members[0].voter = false;
+        config.validate().unwrap();
+        config.members = valid_config().members;
+        for member in &mut config.members {
+            member.voter = false;
+        }
+        let message = config_error(config.validate());
+        assert!(message.contains("no voter"), "{message}");
+    }
+
+    #[test]
+    fn log_retention_defaults_and_overrides() {
+        let mut config = valid_config();
+        assert_eq!(
+            config.core_options().log_retention_bytes,
+            DEFAULT_LOG_RETENTION_BYTES
+        );
+        config = config.apply(NodeOverrides {
+            log_retention_bytes: Some(65536),
+            ..NodeOverrides::default()
+        });
+        assert_eq!(config.core_options().log_retention_bytes, 65536);
     }
 
     #[test]

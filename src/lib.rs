@@ -20,6 +20,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and `docs/PROTOCOL.md` for the messages.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;

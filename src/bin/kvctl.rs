@@ -7,7 +7,7 @@
 //! its own exit code, listed in [`EXIT_CODES_HELP`].
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,10 +15,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use replikv::bench::{self, BenchOptions, StopAfter};
 use replikv::client::Client;
 use replikv::config::ClientConfig;
 use replikv::net::tls::{self, CertRole, CertsInit};
 use replikv::wire::client::{ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role};
+use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
 
 /// Printed at the end of `kvctl --help`.
@@ -127,12 +129,62 @@ enum Command {
     /// Certificates for nodes and clients.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Load the cluster with concurrent sessions; report throughput and latency percentiles.
+    Bench(BenchArgs),
+}
+
+/// The flags of `kvctl bench` (see `replikv::bench` for what a run does).
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Concurrent sessions, each with one operation in flight.
+    #[arg(long, default_value_t = bench::DEFAULT_CLIENTS)]
+    clients: usize,
+    /// Stop after this many operations in all.
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Stop after this long, e.g. 10s, 1m (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Bytes per value written.
+    #[arg(long, value_name = "BYTES", default_value_t = bench::DEFAULT_VALUE_SIZE)]
+    value_size: usize,
+    /// Keys are drawn uniformly from this many.
+    #[arg(long, value_name = "N", default_value_t = bench::DEFAULT_KEY_SPACE)]
+    key_space: u64,
+    /// Write concern of the puts: 1, N, majority or all. Default from the config.
+    #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
+    write_concern: Option<WriteConcern>,
+    /// Consistency of the gets: linearizable, local or stale.
+    #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+    consistency: ReadConsistency,
+    /// Fraction of operations that are gets: 0.0 only puts, 1.0 only gets.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    read_ratio: f64,
 }
 
 #[derive(Subcommand, Debug)]
 enum MemberCommand {
     /// List the members as the cluster knows them.
     List,
+    /// Add node ID as a learner (admin certificate). The primary streams it the log once a node
+    /// with that id runs at PEER_ADDR, and makes it a voter when it has caught up. Start the node
+    /// with `kvnode --config FILE` listing itself (as a learner), or use `kvnode --join ADDR`
+    /// instead of this command.
+    Add {
+        id: NodeId,
+        /// The node's client address, host:port.
+        #[arg(value_parser = parse_host_port)]
+        client_addr: String,
+        /// The node's peer address, host:port.
+        #[arg(value_parser = parse_host_port)]
+        peer_addr: String,
+        /// Wait until the node has caught up and is a voter, showing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove node ID (admin certificate). Removing the primary makes it step down once the
+    /// change is committed; the others elect a new primary.
+    Remove { id: NodeId },
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,9 +410,140 @@ async fn run_with_client(client: &Client, command: Command, json: bool) -> Resul
             }
             Ok(EXIT_OK)
         }
+        Command::Bench(args) => {
+            let options = BenchOptions {
+                clients: args.clients,
+                stop: match (args.requests, args.duration) {
+                    (Some(requests), _) => StopAfter::Requests(requests),
+                    (None, Some(duration)) => StopAfter::Duration(duration),
+                    (None, None) => StopAfter::Duration(bench::DEFAULT_DURATION),
+                },
+                value_size: args.value_size,
+                key_space: args.key_space,
+                write_concern: args.write_concern.unwrap_or(default_write_concern),
+                consistency: args.consistency,
+                read_ratio: args.read_ratio,
+                timeout,
+            };
+            // Checked before anything is sent, so a bad flag is a usage error (exit 2).
+            options.validate()?;
+            let show_progress = !json && std::io::stderr().is_terminal();
+            let interrupt = async {
+                // Without a Ctrl-C handler the run simply cannot be interrupted early.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let report = bench::run(client, &options, show_progress, interrupt).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_text(&bench::render_report(&report))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Member(MemberCommand::Add {
+            id,
+            client_addr,
+            peer_addr,
+            wait,
+        }) => {
+            let member = Member {
+                id,
+                client_addr,
+                peer_addr,
+                voter: false,
+            };
+            let (result, meta) = client.add_member(member).await?;
+            if json && !wait {
+                print_json(&json!({
+                    "id": id,
+                    "index": result.index,
+                    "already_member": result.existed,
+                    "meta": meta_json(&meta),
+                }))?;
+            } else if !json {
+                let text = if result.existed {
+                    format!("node {id} is already a member with these addresses\n")
+                } else {
+                    format!(
+                        "node {id} added as a learner (log index {}, epoch {}); the primary streams \
+                         it the log and makes it a voter once it has caught up\n",
+                        result.index, meta.epoch
+                    )
+                };
+                print_text(&text)?;
+            }
+            if wait {
+                let status = wait_until_voter(client, id, json).await?;
+                if json {
+                    print_json(&status)?;
+                } else {
+                    print_text(&format!("node {id} has caught up and is a voter\n"))?;
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Member(MemberCommand::Remove { id }) => {
+            let (result, meta) = client.remove_member(id).await?;
+            if json {
+                print_json(&json!({
+                    "id": id,
+                    "index": result.index,
+                    "meta": meta_json(&meta),
+                }))?;
+            } else {
+                print_text(&format!(
+                    "node {id} removed (log index {}, epoch {})\n",
+                    result.index, meta.epoch
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Certs(_) => Err(Error::Internal(
             "certs commands do not need a client".into(),
         )),
+    }
+}
+
+/// Polls the primary's status until member `id` is a voter, showing how far behind it is on
+/// stderr (when it is a terminal). Returns the status that shows it a voter.
+async fn wait_until_voter(client: &Client, id: NodeId, json: bool) -> Result<ClusterStatus, Error> {
+    const POLL: Duration = Duration::from_millis(500);
+    let bar = if json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    loop {
+        let status = client.status().await?;
+        let Some(row) = status.members.iter().find(|row| row.member.id == id) else {
+            bar.finish_and_clear();
+            return Err(Error::InvalidRequest(format!(
+                "node {id} is no longer a member (removed meanwhile?)"
+            )));
+        };
+        if row.member.voter {
+            bar.finish_and_clear();
+            return Ok(status);
+        }
+        bar.set_message(format!("node {id}: {}", progress_text(&status, row)));
+        bar.tick();
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How a member stands: its health, and for one that is behind, how far (entries, and the share
+/// of the primary's log it holds).
+fn progress_text(status: &ClusterStatus, row: &MemberStatus) -> String {
+    match (row.health, row.lag, row.durable_index) {
+        (MemberHealth::CatchingUp | MemberHealth::Lagging, Some(lag), Some(durable))
+            if lag > 0 && status.last_index > 0 =>
+        {
+            let share = durable as f64 * 100.0 / status.last_index as f64;
+            format!("{} ({lag} behind, {share:.0}%)", row.health)
+        }
+        (health, _, _) => health.to_string(),
     }
 }
 
@@ -517,7 +700,7 @@ fn status_row(status: &ClusterStatus, row: &MemberStatus) -> Vec<String> {
         opt(row.last_index),
         opt(row.durable_index),
         opt(row.lag),
-        row.health.to_string(),
+        progress_text(status, row),
         row.last_heartbeat_ms.map_or_else(dash, format_age),
     ]
 }
@@ -620,6 +803,14 @@ fn print_text(text: &str) -> Result<(), Error> {
 
 fn stdout_error(err: std::io::Error) -> Error {
     Error::Internal(format!("cannot write to stdout: {err}"))
+}
+
+fn parse_host_port(text: &str) -> Result<String, String> {
+    if replikv::config::is_host_port(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} is not host:port (e.g. 127.0.0.14:7379)"))
+    }
 }
 
 fn parse_write_concern(text: &str) -> Result<WriteConcern, String> {
@@ -729,6 +920,29 @@ mod tests {
     }
 
     #[test]
+    fn bench_flags_are_checked() {
+        let parsed = Cli::try_parse_from(["kvctl", "bench", "--w", "all", "--read-ratio", "0.5"])
+            .expect("valid bench flags");
+        match parsed.command {
+            Command::Bench(args) => {
+                assert_eq!(args.clients, bench::DEFAULT_CLIENTS);
+                assert_eq!(args.write_concern, Some(WriteConcern::All));
+                assert_eq!(args.read_ratio, 0.5);
+            }
+            other => panic!("expected bench, got {other:?}"),
+        }
+        for bad in [
+            vec!["kvctl", "bench", "--requests", "10", "--duration", "5s"],
+            vec!["kvctl", "bench", "--clients", "many"],
+            vec!["kvctl", "bench", "--duration", "5 parsecs"],
+            vec!["kvctl", "bench", "--consistency", "strong"],
+        ] {
+            let error = Cli::try_parse_from(&bad).unwrap_err();
+            assert_eq!(error.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn node_hosts_default_and_override() {
         let nodes = node_certificates(3, &[(2, "10.0.0.2".into()), (2, "db-2".into())]).unwrap();
         assert_eq!(
@@ -780,6 +994,80 @@ mod tests {
     fn non_utf8_values_print_as_hex() {
         assert_eq!(printable(b"hello"), ("hello".to_string(), "utf8"));
         assert_eq!(printable(&[0xff, 0x00]), ("0xff00".to_string(), "hex"));
+    }
+
+    #[test]
+    fn member_commands_parse_and_check_addresses() {
+        let parsed = Cli::try_parse_from([
+            "kvctl",
+            "member",
+            "add",
+            "4",
+            "127.0.0.14:7379",
+            "127.0.0.14:7380",
+        ])
+        .expect("valid member add");
+        match parsed.command {
+            Command::Member(MemberCommand::Add {
+                id,
+                client_addr,
+                peer_addr,
+                wait,
+            }) => {
+                assert_eq!((id, wait), (4, false));
+                assert_eq!(client_addr, "127.0.0.14:7379");
+                assert_eq!(peer_addr, "127.0.0.14:7380");
+            }
+            other => panic!("expected member add, got {other:?}"),
+        }
+        let bad = Cli::try_parse_from(["kvctl", "member", "add", "4", "nowhere", "127.0.0.14:1"]);
+        assert_eq!(bad.unwrap_err().exit_code(), i32::from(EXIT_USAGE));
+        let remove = Cli::try_parse_from(["kvctl", "member", "remove", "3"]).expect("remove");
+        assert!(matches!(
+            remove.command,
+            Command::Member(MemberCommand::Remove { id: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_member_behind_shows_its_progress() {
+        let member = Member {
+            id: 4,
+            client_addr: "127.0.0.14:7379".into(),
+            peer_addr: "127.0.0.14:7380".into(),
+            voter: false,
+        };
+        let row = MemberStatus {
+            member,
+            role: Some(Role::Learner),
+            last_index: Some(250),
+            durable_index: Some(250),
+            lag: Some(750),
+            health: MemberHealth::CatchingUp,
+            last_heartbeat_ms: Some(40),
+        };
+        let status = ClusterStatus {
+            node_id: 1,
+            role: Role::Primary,
+            epoch: 2,
+            primary: Some(1),
+            last_index: 1000,
+            durable_index: 1000,
+            commit_index: 1000,
+            applied_index: 1000,
+            rolled_back_entries: 0,
+            members: vec![row.clone()],
+        };
+        assert_eq!(
+            progress_text(&status, &row),
+            "catching-up (750 behind, 25%)"
+        );
+        let healthy = MemberStatus {
+            lag: Some(0),
+            health: MemberHealth::Healthy,
+            ..row
+        };
+        assert_eq!(progress_text(&status, &healthy), "healthy");
     }
 
     #[test]

@@ -30,7 +30,10 @@ use replikv::{Error, Result};
     version,
     about = "The replikv node daemon",
     long_about = "The replikv node daemon.\n\nRun a node with `kvnode --config node.toml` (flags override the file), \
-                  or a whole local cluster with `kvnode dev`.",
+                  or a whole local cluster with `kvnode dev`. A new node joins a running cluster with \
+                  `kvnode --id 4 --client-addr .. --peer-addr .. --data-dir .. --certs-dir .. --join ADDR`, \
+                  ADDR being the client address of any member; it needs a node certificate of the cluster CA \
+                  (`kvctl certs init --dir CERTS --nodes 4` issues the missing ones).",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -87,12 +90,18 @@ struct NodeArgs {
     /// Most entries in flight to one member.
     #[arg(long, value_name = "N")]
     max_inflight_entries: Option<u64>,
+    /// Log bytes kept before the applied prefix is compacted (default 64 MiB); a member that
+    /// falls further behind is brought back with a snapshot.
+    #[arg(long, value_name = "BYTES")]
+    log_retention_bytes: Option<u64>,
     /// Log filter, e.g. info or replikv=debug (RUST_LOG wins).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
-    /// Join an existing cluster through any of its nodes (not supported yet).
+    /// Join a running cluster: ask the member at this client address (any member; repeat the flag
+    /// to give several) to add this node. The node starts knowing only itself, as a learner,
+    /// catches up, and becomes a voter. Harmless on restarts.
     #[arg(long, value_name = "ADDR")]
-    join: Option<String>,
+    join: Vec<String>,
 }
 
 #[derive(Args)]
@@ -134,11 +143,6 @@ fn main() -> ExitCode {
 }
 
 fn run_one_node(args: NodeArgs) -> Result<()> {
-    if let Some(addr) = &args.join {
-        return Err(Error::Config(format!(
-            "--join {addr} is not supported yet: list every member with --member ID=CLIENT_ADDR,PEER_ADDR or in the config file"
-        )));
-    }
     let config_file = args.config.clone();
     let config = NodeConfig::resolve(config_file.as_deref(), args.into_overrides())?;
     init_logging(&config.log_level);
@@ -154,12 +158,14 @@ impl NodeArgs {
             data_dir: self.data_dir,
             certs_dir: self.certs_dir,
             members: self.members,
+            join: self.join,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             failure_timeout_ms: self.failure_timeout_ms,
             failure_jitter_ms: self.failure_jitter_ms,
             replica_lag_timeout_ms: self.replica_lag_timeout_ms,
             max_append_bytes: self.max_append_bytes,
             max_inflight_entries: self.max_inflight_entries,
+            log_retention_bytes: self.log_retention_bytes,
             log_level: self.log_level,
         }
     }

@@ -33,8 +33,8 @@ use crate::wire::client::{
     Role, Write, WriteConcern, WriteResult,
 };
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
-    RequestId,
+        Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
+    RequestId, SnapshotFinish,
 };
 
 use super::progress::{self, Progress};
@@ -58,8 +58,10 @@ pub struct Options {
     pub replica_lag_timeout_ms: u64,
     /// Largest encoded size of one append message's entries.
     pub max_append_bytes: usize,
-    /// Most entries in flight to one member before the primary waits for acks (flow control).
+        /// Most entries in flight to one member before the primary waits for acks (flow control).
     pub max_inflight_entries: u64,
+    /// Log bytes kept before the applied prefix is compacted into the state.
+    pub log_retention_bytes: u64,
 }
 
 /// Something the node wants its driver to do.
@@ -134,8 +136,42 @@ struct PrimaryState {
     /// Writes waiting for their write concern, by log index.
     writes: BTreeMap<LogIndex, Vec<PendingWrite>>,
     /// Log index of each write request in the uncommitted suffix, so a retry joins it.
-    requests: HashMap<RequestId, LogIndex>,
+        requests: HashMap<RequestId, LogIndex>,
     reads: Vec<PendingRead>,
+    /// Snapshots being streamed to members whose next entry was compacted away.
+    transfers: BTreeMap<NodeId, SnapshotTransfer>,
+    next_transfer: u64,
+}
+
+/// A snapshot of the primary's state on its way to one member.
+///
+/// The state is read in chunks while the primary keeps applying writes, so the chunks alone are
+/// fuzzy. Every key applied after the transfer began is recorded in `dirty`, and the last chunk
+/// carries the current value of each (or its deletion), with the sessions, at the applied index of
+/// that moment. So the member ends with exactly the state at that index.
+#[derive(Debug)]
+struct SnapshotTransfer {
+    id: u64,
+    /// The last key sent; the next chunk starts after it.
+    cursor: Option<Vec<u8>>,
+    scan_done: bool,
+    /// The final chunk was sent; the transfer ends when the member acknowledges the index.
+    finished: bool,
+    dirty: BTreeSet<Vec<u8>>,
+    next_sequence: u64,
+    acked_sequence: Option<u64>,
+    last_activity: Timestamp,
+}
+
+/// Snapshot chunks in flight to one member before the primary waits for acks.
+const SNAPSHOT_WINDOW: u64 = 4;
+
+/// A snapshot this backup is receiving.
+#[derive(Debug)]
+struct IncomingSnapshot {
+    from: NodeId,
+    transfer: u64,
+    next_sequence: u64,
 }
 
 #[derive(Debug)]
@@ -185,7 +221,10 @@ pub struct Node {
     last_heard_primary: Timestamp,
     election_deadline: Timestamp,
     /// Recent entries `[cache first index ..= last_index]`, for replication and speculation.
-    cache: VecDeque<Entry>,
+        cache: VecDeque<Entry>,
+    /// The first index in the log; entries before it were compacted into the state.
+    log_start: LogIndex,
+    incoming_snapshot: Option<IncomingSnapshot>,
     rolled_back_entries: u64,
     now: Timestamp,
     outputs: Vec<Output>,
@@ -232,7 +271,9 @@ impl Node {
             acked_index: 0,
             last_heard_primary: now,
             election_deadline: now,
-            cache: VecDeque::new(),
+                        cache: VecDeque::new(),
+            log_start: meta.log_start,
+            incoming_snapshot: None,
             rolled_back_entries,
             now,
             outputs: Vec::new(),
@@ -348,8 +389,9 @@ impl Node {
     }
 
     /// Advances timers: heartbeats, elections, step-down, request deadlines, retransmission.
-    pub fn tick(&mut self, now: Timestamp) -> Result<()> {
+        pub fn tick(&mut self, now: Timestamp) -> Result<()> {
         self.now = now;
+        self.compact_log()?;
         if self.commit_index > self.persisted_commit_index {
             self.storage.set_commit_index(self.commit_index)?;
             self.persisted_commit_index = self.commit_index;
@@ -470,11 +512,12 @@ impl Node {
                 self.on_heartbeat_ack(message.from, round, durable_index, last_index)?;
                 self.probe_if_unverified(message.from, verified_index)?;
             }
-            MessageBody::Append {
+                        MessageBody::Append {
                 base_index,
                 base_epoch,
                 entries,
                 commit_index,
+                catch_up: _,
             } => {
                 self.follow(message.from)?;
                 self.on_append(message.from, base_index, base_epoch, entries, commit_index)?;
@@ -506,6 +549,18 @@ impl Node {
                 }
             }
             MessageBody::Coordinator => self.follow(message.from)?,
+                        MessageBody::SnapshotChunk {
+                transfer,
+                sequence,
+                pairs,
+                finish,
+            } => {
+                self.follow(message.from)?;
+                self.on_snapshot_chunk(message.from, transfer, sequence, pairs, finish)?;
+            }
+            MessageBody::SnapshotAck { transfer, sequence } => {
+                self.on_snapshot_ack(message.from, transfer, sequence)?
+            }
             // The epoch was adopted above; a pre-vote from a higher epoch only carried it.
             MessageBody::StaleEpoch
             | MessageBody::PreElection { .. }
@@ -864,8 +919,10 @@ impl Node {
             elected_at: now,
             noop_index: self.last_index + 1,
             writes: BTreeMap::new(),
-            requests,
+                        requests,
             reads: Vec::new(),
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
         }));
         self.set_primary(Some(self.id));
         for member in self.other_members() {
@@ -902,7 +959,8 @@ impl Node {
         if now >= state.next_heartbeat {
             self.send_heartbeats();
         }
-        self.retransmit()?;
+                self.retransmit()?;
+        self.continue_snapshots()?;
         self.promote_caught_up_learner()?;
         self.expire_requests();
         self.answer_reads()?;
@@ -1033,10 +1091,11 @@ impl Node {
         self.send(
             member,
             MessageBody::Append {
-                base_index: match_index,
+                                base_index: match_index,
                 base_epoch,
                 entries: Vec::new(),
                 commit_index,
+                catch_up: false,
             },
         );
         Ok(())
@@ -1121,9 +1180,13 @@ impl Node {
             let Some((next, limit)) = self.send_window(member) else {
                 return Ok(());
             };
-            let cache_first = self.cache_first_index();
+                        let cache_first = self.cache_first_index();
             if next >= cache_first {
                 break;
+            }
+            if next < self.log_start {
+                // The entries this member needs were compacted away: send the state instead.
+                return self.send_snapshot(member);
             }
             let entries = self.storage.entries(
                 next,
@@ -1133,8 +1196,8 @@ impl Node {
             if entries.is_empty() {
                 return Err(Error::Storage(format!("log entry {next} is missing")));
             }
-            let base_epoch = self.epoch_at(next - 1)?;
-            self.send_append(member, next - 1, base_epoch, entries);
+                        let base_epoch = self.epoch_at(next - 1)?;
+            self.send_append(member, next - 1, base_epoch, entries, true);
         }
         self.replicate_member_from_cache(member);
         Ok(())
@@ -1145,6 +1208,9 @@ impl Node {
         let RoleState::Primary(state) = &self.role else {
             return None;
         };
+                if state.transfers.contains_key(&member) {
+            return None; // appends resume once the snapshot is installed
+        }
         let progress = state.progress.get(&member)?;
         let limit = progress
             .send_limit(self.options.max_inflight_entries)
@@ -1152,12 +1218,13 @@ impl Node {
         (progress.next_index <= limit).then_some((progress.next_index, limit))
     }
 
-    fn send_append(
+        fn send_append(
         &mut self,
         member: NodeId,
         base_index: LogIndex,
         base_epoch: Epoch,
         entries: Vec<Entry>,
+        catch_up: bool,
     ) {
         let Some(last) = entries.last().map(|entry| entry.index) else {
             return;
@@ -1178,6 +1245,7 @@ impl Node {
                 base_epoch,
                 entries,
                 commit_index,
+                catch_up,
             },
         );
     }
@@ -1222,7 +1290,7 @@ impl Node {
                     break;
                 }
             }
-            self.send_append(member, next - 1, base_epoch, entries);
+                        self.send_append(member, next - 1, base_epoch, entries, false);
         }
     }
 
@@ -1468,11 +1536,12 @@ impl Node {
             let results = self.storage.apply(&entries)?;
             let last = entries.last().map_or(from, |e| e.index);
             self.applied_index = last;
-            for entry in &entries {
+                        for entry in &entries {
                 if let Operation::Membership(membership) = &entry.operation {
                     self.applied_membership = membership.clone();
                 }
             }
+            self.record_dirty_keys(&entries);
             if let Some(state) = self.primary_state() {
                 for (entry, result) in entries.iter().zip(results) {
                     if let Some(request_id) = entry.request_id {
@@ -1500,6 +1569,263 @@ impl Node {
             self.answer_writes();
             self.become_backup(self.epoch, None)?;
         }
+        Ok(())
+    }
+
+        // --- compaction and snapshots ---
+
+    /// Compacts the applied prefix of the log once it holds more than `log_retention_bytes`,
+    /// down to about three quarters of that, in bounded steps.
+    fn compact_log(&mut self) -> Result<()> {
+        const MAX_ENTRIES_PER_STEP: u64 = 10_000;
+        let retention = self.options.log_retention_bytes;
+        let log_bytes = self.storage.log_bytes()?;
+        if log_bytes <= retention || self.last_index < self.log_start {
+            return Ok(());
+        }
+        let entries = self.last_index - self.log_start + 1;
+        let average = (log_bytes / entries).max(1);
+        let excess = (log_bytes - retention * 3 / 4) / average + 1;
+        let through = (self.log_start - 1 + excess.min(MAX_ENTRIES_PER_STEP)).min(self.applied_index);
+        if through < self.log_start {
+            return Ok(());
+        }
+        self.storage.compact(through)?;
+        self.log_start = through + 1;
+        debug!(node = self.id, through, "compacted the log");
+        Ok(())
+    }
+
+    /// Starts (or continues) a snapshot transfer to `member`.
+    fn send_snapshot(&mut self, member: NodeId) -> Result<()> {
+        let now = self.now;
+        let Some(state) = self.primary_state() else {
+            return Ok(());
+        };
+        if !state.transfers.contains_key(&member) {
+            state.next_transfer += 1;
+            let id = state.next_transfer;
+            state.transfers.insert(
+                member,
+                SnapshotTransfer {
+                    id,
+                    cursor: None,
+                    scan_done: false,
+                    finished: false,
+                    dirty: BTreeSet::new(),
+                    next_sequence: 0,
+                    acked_sequence: None,
+                    last_activity: now,
+                },
+            );
+            info!(node = self.id, epoch = self.epoch, member, transfer = id, "member is behind the compacted log; streaming a snapshot");
+        }
+        self.send_snapshot_chunks(member)
+    }
+
+    /// Sends chunks of `member`'s transfer while the window allows.
+    fn send_snapshot_chunks(&mut self, member: NodeId) -> Result<()> {
+        let max_bytes = self.options.max_append_bytes;
+        loop {
+            let Some(transfer) = self
+                .primary_state()
+                .and_then(|state| state.transfers.get(&member))
+            else {
+                return Ok(());
+            };
+            let in_flight = transfer.next_sequence - transfer.acked_sequence.map_or(0, |s| s + 1);
+            if transfer.finished || in_flight >= SNAPSHOT_WINDOW {
+                return Ok(());
+            }
+            let (id, sequence) = (transfer.id, transfer.next_sequence);
+            let (pairs, finish) = if transfer.scan_done {
+                // Every key that changed since the transfer began, as it is now.
+                let dirty: Vec<Vec<u8>> = transfer.dirty.iter().cloned().collect();
+                let mut pairs = Vec::with_capacity(dirty.len());
+                for key in dirty {
+                    let value = self.storage.get(&key)?;
+                    pairs.push((key, value));
+                }
+                let finish = SnapshotFinish {
+                    index: self.applied_index,
+                    epoch: self.epoch_at(self.applied_index)?,
+                    sessions: self.storage.sessions()?,
+                    membership: self.applied_membership.clone(),
+                };
+                (pairs, Some(finish))
+            } else {
+                let cursor = transfer.cursor.clone();
+                let chunk = self.storage.state_chunk(cursor.as_deref(), max_bytes)?;
+                let pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                    chunk.into_iter().map(|(key, value)| (key, Some(value))).collect();
+                (pairs, None)
+            };
+            let now = self.now;
+            let Some(transfer) = self
+                .primary_state()
+                .and_then(|state| state.transfers.get_mut(&member))
+            else {
+                return Ok(());
+            };
+            transfer.next_sequence += 1;
+            transfer.last_activity = now;
+            if let Some(finish) = &finish {
+                transfer.finished = true;
+                let index = finish.index;
+                // Appends resume after the snapshot's index once the member acknowledges it.
+                if let Some(progress) = self
+                    .primary_state()
+                    .and_then(|state| state.progress.get_mut(&member))
+                {
+                    progress.reset_to(index + 1, now);
+                }
+            } else if pairs.is_empty() {
+                transfer.scan_done = true;
+                transfer.next_sequence -= 1;
+                continue;
+            } else {
+                transfer.cursor = pairs.last().map(|(key, _)| key.clone());
+            }
+            self.send(
+                member,
+                MessageBody::SnapshotChunk {
+                    transfer: id,
+                    sequence,
+                    pairs,
+                    finish,
+                },
+            );
+        }
+    }
+
+    fn on_snapshot_ack(&mut self, member: NodeId, transfer_id: u64, sequence: u64) -> Result<()> {
+        let now = self.now;
+        let Some(transfer) = self
+            .primary_state()
+            .and_then(|state| state.transfers.get_mut(&member))
+        else {
+            return Ok(());
+        };
+        if transfer.id != transfer_id {
+            return Ok(());
+        }
+        transfer.acked_sequence = Some(transfer.acked_sequence.map_or(sequence, |s| s.max(sequence)));
+        transfer.last_activity = now;
+        if let Some(progress) = self
+            .primary_state()
+            .and_then(|state| state.progress.get_mut(&member))
+        {
+            progress.last_contact = Some(now);
+        }
+        self.send_snapshot_chunks(member)
+    }
+
+    /// Ends transfers that are installed (the member acknowledged the snapshot's index) or
+    /// stalled (restarted from scratch on the next retransmission), and keeps the rest moving.
+    fn continue_snapshots(&mut self) -> Result<()> {
+        let now = self.now;
+        let stall = 2 * self.options.failure_timeout_ms;
+        let Some(state) = self.primary_state() else {
+            return Ok(());
+        };
+        let progress = &state.progress;
+        state.transfers.retain(|member, transfer| {
+            let installed = transfer.finished
+                && progress
+                    .get(member)
+                    .is_some_and(|p| p.match_index + 1 >= p.next_index);
+            let stalled = now.saturating_sub(transfer.last_activity) > stall;
+            !(installed || stalled)
+        });
+        let members: Vec<NodeId> = state.transfers.keys().copied().collect();
+        for member in members {
+            self.send_snapshot_chunks(member)?;
+        }
+        Ok(())
+    }
+
+    /// Keys written by `entries` are dirty for every snapshot being streamed.
+    fn record_dirty_keys(&mut self, entries: &[Entry]) {
+        let Some(state) = self.primary_state() else {
+            return;
+        };
+        for transfer in state.transfers.values_mut().filter(|t| !t.finished) {
+            for entry in entries {
+                match &entry.operation {
+                    Operation::Put { key, .. } | Operation::Delete { key } => {
+                        transfer.dirty.insert(key.clone());
+                    }
+                    Operation::Noop | Operation::Membership(_) => {}
+                }
+            }
+        }
+    }
+
+    /// A backup stages snapshot chunks and installs the snapshot with its last chunk.
+    fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        transfer: u64,
+        sequence: u64,
+        pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        finish: Option<SnapshotFinish>,
+    ) -> Result<()> {
+        if sequence == 0 {
+            self.storage.begin_snapshot()?;
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                from,
+                transfer,
+                next_sequence: 0,
+            });
+        }
+        let expected = self
+            .incoming_snapshot
+            .as_ref()
+            .is_some_and(|s| s.from == from && s.transfer == transfer && s.next_sequence == sequence);
+        if !expected {
+            return Ok(()); // a chunk of an abandoned transfer, or one out of order: it restarts
+        }
+        self.storage.stage_snapshot(&pairs)?;
+        if let Some(incoming) = self.incoming_snapshot.as_mut() {
+            incoming.next_sequence += 1;
+        }
+        if let Some(finish) = finish {
+            self.install_snapshot(finish)?;
+        }
+        self.send(from, MessageBody::SnapshotAck { transfer, sequence });
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, finish: SnapshotFinish) -> Result<()> {
+        self.incoming_snapshot = None;
+        if finish.index <= self.commit_index {
+            return Ok(()); // this node already has everything the snapshot holds
+        }
+        let removed = self
+            .storage
+            .install_snapshot(&finish, self.commit_index, self.epoch)?;
+        info!(
+            node = self.id,
+            epoch = self.epoch,
+            index = finish.index,
+            rolled_back = removed.len(),
+            "installed a snapshot"
+        );
+        self.rolled_back_entries += removed.len() as u64;
+        self.last_index = finish.index;
+        self.last_epoch = finish.epoch;
+        self.log_start = finish.index + 1;
+        self.commit_index = finish.index;
+        self.persisted_commit_index = finish.index;
+        self.applied_index = finish.index;
+        self.verified_index = finish.index;
+        // The snapshot was flushed as it was installed.
+        self.durable_index = finish.index;
+        self.generation += 1;
+        self.cache.clear();
+        self.applied_membership = finish.membership;
+        self.recompute_membership()?;
+        self.ack_append(true);
         Ok(())
     }
 
@@ -1862,11 +2188,25 @@ impl Node {
     fn on_append(
         &mut self,
         from: NodeId,
-        base_index: LogIndex,
-        base_epoch: Epoch,
-        entries: Vec<Entry>,
+                mut base_index: LogIndex,
+        mut base_epoch: Epoch,
+        mut entries: Vec<Entry>,
         commit_index: LogIndex,
     ) -> Result<()> {
+        // Entries at or below this node's snapshot point are committed and applied here already.
+        let snapshot_index = self.log_start - 1;
+        if base_index < snapshot_index {
+            let covered = entries.last().map_or(base_index, |e| e.index);
+            entries.retain(|entry| entry.index > snapshot_index);
+            base_index = snapshot_index;
+            base_epoch = self.epoch_at(snapshot_index)?;
+            if entries.is_empty() {
+                self.verified_index = self.verified_index.max(covered.min(snapshot_index));
+                self.advance_backup_commit(commit_index)?;
+                self.ack_append(true);
+                return Ok(());
+            }
+        }
         if base_index > self.last_index {
             self.send(
                 from,
@@ -1928,8 +2268,8 @@ impl Node {
 
     /// Where a diverging log may still match: just before the first entry of the conflicting epoch.
     fn conflict_hint(&self, index: LogIndex, conflicting_epoch: Epoch) -> Result<LogIndex> {
-        let mut hint = index.saturating_sub(1);
-        let floor = self.commit_index;
+                let mut hint = index.saturating_sub(1);
+        let floor = self.commit_index.max(self.log_start - 1);
         while hint > floor {
             if self.epoch_at(hint)? != conflicting_epoch {
                 break;

@@ -7,9 +7,12 @@
 //! unidirectional streams whenever the node learns of a new primary.
 //!
 //! Invariants:
-//! - The role comes from the verified certificate, once per connection. `node` certificates are
-//!   not clients and are refused; a `readonly` certificate's writes are refused per request, with
-//!   a message saying which role is needed.
+//! - The role comes from the verified certificate, once per connection, and [`authorize`] decides
+//!   per request, with a message saying which role is needed: reads need `readonly` or more,
+//!   writes `readwrite` or `admin`, membership changes `admin`. A `node` certificate is no client:
+//!   the one thing it may ask is to add *that node itself* as a member, which is how
+//!   `kvnode --join` registers a new node.
+//! - Membership requests are checked for well-formed addresses here, before they reach the log.
 //! - Client bytes are untrusted: a frame that is too large or does not decode is answered with a
 //!   protocol error and closes that stream only; the node keeps serving everyone else.
 //! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
@@ -19,6 +22,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::config::is_host_port;
 use crate::error::{Error, Result};
 use crate::net::event_loop::ClientRequest;
 use crate::net::shutdown::Shutdown;
@@ -72,7 +76,7 @@ struct ClientConnection {
 impl ClientConnection {
     async fn serve(mut self, connection: Connection) {
         let remote = connection.remote_address();
-        let role = match client_role(&connection) {
+        let role = match tls::peer_role(&connection) {
             Ok(role) => role,
             Err(err) => {
                 warn!(%remote, %err, "refusing a client connection");
@@ -125,7 +129,7 @@ impl ClientConnection {
                     return;
                 }
             };
-            let response = match authorize(role, &request) {
+            let response = match authorize(role, &request).and_then(|()| check_request(&request)) {
                 Ok(()) => self.ask_node(request).await,
                 Err(err) => Response::Error(err),
             };
@@ -176,19 +180,24 @@ impl ClientConnection {
     }
 }
 
-/// The connection's client role; node certificates are refused here.
-fn client_role(connection: &Connection) -> Result<CertRole> {
-    match tls::peer_role(connection)? {
-        CertRole::Node(id) => Err(Error::Refused(format!(
-            "the certificate of node {id} is not a client certificate: use an admin, readwrite or readonly certificate on the client port"
-        ))),
-        role => Ok(role),
-    }
-}
-
 /// Whether `role` may make `request`. Exhaustive on purpose: a new kind of request must decide
 /// here who may make it.
 fn authorize(role: CertRole, request: &Request) -> Result<()> {
+    if let CertRole::Node(id) = role {
+        // A node certificate is not a client; it may only register its own node (`--join`).
+        return match request {
+            Request::AddMember { member } if member.id == id => Ok(()),
+            Request::AddMember { member } => Err(Error::Refused(format!(
+                "the certificate of node {id} may only add node {id} itself, not node {}: \
+                 use an admin certificate",
+                member.id
+            ))),
+            _ => Err(Error::Refused(format!(
+                "the certificate of node {id} is not a client certificate: use an admin, \
+                 readwrite or readonly certificate on the client port"
+            ))),
+        };
+    }
     let (allowed, action, needed) = match request {
         Request::Get { .. } | Request::Scan { .. } | Request::Status => (
             role.can_read(),
@@ -213,6 +222,32 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             "certificate role {role} may not {action}: use {needed}"
         )))
     }
+}
+
+/// Checks what the role check does not: a new member's addresses must be usable, or every node
+/// would keep dialling nowhere.
+fn check_request(request: &Request) -> Result<()> {
+    let Request::AddMember { member } = request else {
+        return Ok(());
+    };
+    for (field, addr) in [
+        ("client address", &member.client_addr),
+        ("peer address", &member.peer_addr),
+    ] {
+        if !is_host_port(addr) {
+            return Err(Error::InvalidRequest(format!(
+                "the {field} {addr:?} of node {} is not host:port (for example 127.0.0.14:7379)",
+                member.id
+            )));
+        }
+    }
+    if member.client_addr == member.peer_addr {
+        return Err(Error::InvalidRequest(format!(
+            "node {} has the same client and peer address {}: the two ports must differ",
+            member.id, member.client_addr
+        )));
+    }
+    Ok(())
 }
 
 /// Writes one response frame. A response too large for a frame becomes an error response, so the
@@ -243,7 +278,7 @@ async fn send_topology(connection: &Connection, topology: &Topology) -> Result<(
 mod tests {
     use super::*;
     use crate::wire::client::{ReadConsistency, Write, WriteConcern};
-    use crate::wire::message::RequestId;
+    use crate::wire::message::{Member, RequestId};
 
     fn put() -> Request {
         Request::Write {
@@ -295,9 +330,64 @@ mod tests {
         }
     }
 
+    fn add(id: u64) -> Request {
+        Request::AddMember {
+            member: Member {
+                id,
+                client_addr: format!("127.0.0.{}:7379", 10 + id),
+                peer_addr: format!("127.0.0.{}:7380", 10 + id),
+                voter: false,
+            },
+        }
+    }
+
     #[test]
     fn node_certificates_may_not_act_as_clients() {
-        assert!(authorize(CertRole::Node(1), &get()).is_err());
-        assert!(authorize(CertRole::Node(1), &put()).is_err());
+        for request in [
+            get(),
+            put(),
+            Request::Status,
+            Request::RemoveMember { id: 1 },
+        ] {
+            match authorize(CertRole::Node(1), &request) {
+                Err(Error::Refused(message)) => {
+                    assert!(message.contains("not a client certificate"), "{message}")
+                }
+                other => panic!("node certificate making {request:?}: got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_may_add_only_itself() {
+        assert!(authorize(CertRole::Node(4), &add(4)).is_ok());
+        match authorize(CertRole::Node(4), &add(5)) {
+            Err(Error::Refused(message)) => {
+                assert!(message.contains("only add node 4"), "{message}")
+            }
+            other => panic!("node 4 adding node 5: got {other:?}"),
+        }
+        assert!(authorize(CertRole::Admin, &add(5)).is_ok());
+        for role in [CertRole::ReadWrite, CertRole::ReadOnly] {
+            assert!(matches!(authorize(role, &add(5)), Err(Error::Refused(_))));
+        }
+    }
+
+    #[test]
+    fn new_members_need_usable_addresses() {
+        assert!(check_request(&add(4)).is_ok());
+        let mut bad = add(4);
+        if let Request::AddMember { member } = &mut bad {
+            member.peer_addr = "nowhere".into();
+        }
+        match check_request(&bad) {
+            Err(Error::InvalidRequest(message)) => assert!(message.contains("peer address")),
+            other => panic!("bad peer address: got {other:?}"),
+        }
+        if let Request::AddMember { member } = &mut bad {
+            member.peer_addr = member.client_addr.clone();
+        }
+        assert!(matches!(check_request(&bad), Err(Error::InvalidRequest(_))));
+        assert!(check_request(&get()).is_ok());
     }
 }

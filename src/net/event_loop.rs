@@ -15,6 +15,12 @@
 //!   keep serving from a store it can no longer trust.
 //! - Every client request gets exactly one answer: the node's reply, or `ShuttingDown` when the
 //!   loop stops first.
+//! - Peer links follow the membership: a membership that adds a member starts its link before
+//!   any message to it is dispatched (a joiner's first ack goes to a primary it did not know a
+//!   moment before), and one that removes a member stops its link.
+//! - Resync messages (catch-up appends, snapshot chunks) come through an inbox of their own and
+//!   only a few are taken per pass, so heartbeats and live appends are never handled late
+//!   because a transfer is queued before them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{MAX_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
+use crate::config::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
 use crate::error::{Error, Result};
 use crate::net::peer::PeerRouter;
@@ -43,10 +49,12 @@ pub(crate) struct ClientRequest {
     pub(crate) reply: oneshot::Sender<Response>,
 }
 
-/// The loop's two inboxes. Peer messages (already authenticated: `from` matches the certificate)
-/// have their own, so heartbeats and votes never queue behind a flood of client requests.
+/// The loop's inboxes. Peer messages (already authenticated: `from` matches the certificate)
+/// have their own, so heartbeats and votes never queue behind a flood of client requests; resync
+/// transfers from peers have a third, so they never delay either.
 pub(crate) struct Inboxes {
     pub(crate) peers: mpsc::Receiver<Message>,
+    pub(crate) resync: mpsc::Receiver<Message>,
     pub(crate) clients: mpsc::Receiver<ClientRequest>,
 }
 
@@ -70,7 +78,7 @@ impl Clock {
 
 /// Channels through which the loop publishes what the network tasks need to know.
 pub(crate) struct Published {
-    /// The membership, for the peer port's admission check.
+    /// The membership, so the peer port can say in its log when a non-member connects.
     pub(crate) membership: watch::Sender<Membership>,
     /// The latest topology, pushed to connected clients.
     pub(crate) topology: watch::Sender<Option<Topology>>,
@@ -136,12 +144,19 @@ impl EventLoop {
                 }
                 // `None` (every sender gone) disables the branch; shutdown ends the loop.
                 Some(message) = self.inboxes.peers.recv() => self.on_peer_message(message)?,
+                Some(message) = self.inboxes.resync.recv() => self.on_peer_message(message)?,
                 Some(request) = self.inboxes.clients.recv() => self.on_request(request)?,
                 _ = ticker.tick() => self.on_tick()?,
             }
             // Batch: take everything that queued up meanwhile before producing outputs.
             for _ in 0..MAX_EVENTS_PER_BATCH {
                 match self.inboxes.peers.try_recv() {
+                    Ok(message) => self.on_peer_message(message)?,
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..MAX_RESYNC_EVENTS_PER_BATCH {
+                match self.inboxes.resync.try_recv() {
                     Ok(message) => self.on_peer_message(message)?,
                     Err(_) => break,
                 }
@@ -224,6 +239,8 @@ impl EventLoop {
                     membership,
                 } => {
                     info!(epoch, primary = ?primary, "topology changed; telling connected clients");
+                    // Before the sends that follow: they may be addressed to a new member.
+                    self.follow_membership(&membership);
                     self.published.topology.send_replace(Some(Topology {
                         epoch,
                         primary,
@@ -232,17 +249,24 @@ impl EventLoop {
                 }
             }
         }
-        // Membership can change through the log without a new primary; keep links and the peer
-        // port's admission check in step with it.
-        let membership = self.node.membership();
-        if *self.published.membership.borrow() != *membership {
-            info!(
-                members = ?membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-                "membership changed"
-            );
-            self.peers.sync(membership);
-            self.published.membership.send_replace(membership.clone());
+        // Every membership change comes with a topology output; this only guards against one
+        // that did not, so links never stay out of step with the node.
+        let membership = self.node.membership().clone();
+        self.follow_membership(&membership);
+    }
+
+    /// Starts links to new members and stops those to members that left, and publishes the
+    /// membership (for the peer port's logs).
+    fn follow_membership(&mut self, membership: &Membership) {
+        if *self.published.membership.borrow() == *membership {
+            return;
         }
+        info!(
+            members = ?membership.members.iter().map(|m| (m.id, m.voter)).collect::<Vec<_>>(),
+            "membership changed; updating peer links"
+        );
+        self.peers.sync(membership);
+        self.published.membership.send_replace(membership.clone());
     }
 
     /// Shutdown: finish the running flush, flush whatever is still buffered, send the replies that

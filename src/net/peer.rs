@@ -3,8 +3,19 @@
 //!
 //! Each direction of a pair of nodes is its own QUIC connection: node A dials B to send A→B
 //! messages, B dials A for B→A. A link opens one long-lived unidirectional stream per
-//! [`StreamKind`], so heartbeats and election messages never queue behind a large replication
-//! transfer (QUIC streams are independent; only the connection's congestion window is shared).
+//! [`StreamKind`], each fed by its own bounded queue:
+//!
+//! - heartbeat: heartbeats, their acks and election messages (highest send priority);
+//! - replication: live appends and their acks;
+//! - resync: catch-up appends read from storage and snapshot chunks (lowest priority).
+//!
+//! So heartbeats and live replication never queue behind a resync transfer: not in the sender's
+//! queues, not in QUIC (streams are independent, and quinn sends higher-priority streams first;
+//! only the congestion window is shared), and not in the receiver's event loop, where resync
+//! messages have an inbox of their own ([`PeerInboxes`]).
+//!
+//! Links follow the membership ([`PeerRouter::sync`]): the event loop starts a link to a member as
+//! soon as the membership that adds it is known, and stops the links to members that left.
 //!
 //! Invariants:
 //! - The event loop never waits on the network: it hands messages to bounded per-stream queues
@@ -13,8 +24,11 @@
 //!   node.
 //! - A link that fails drops what is queued (it was addressed to a dead connection and is stale by
 //!   the time a new one is up) and redials with capped exponential backoff.
-//! - Inbound, only a `node` certificate of a current member may connect, and every message must
-//!   claim to be `from` the id in that certificate: a node cannot speak for another.
+//! - Inbound, any `node` certificate of the cluster CA may connect, member or not: a joining
+//!   node, or one that missed membership changes, must hear the primary that now counts it in.
+//!   What to do with a message from a non-member is the core's decision (it only follows a
+//!   primary's heartbeats and appends). Every message must claim to be `from` the id in the
+//!   certificate: a node cannot speak for another.
 //! - Bytes from a peer are untrusted: a frame that is too large or does not decode closes that
 //!   stream only, and is logged; it never panics the node.
 
@@ -28,7 +42,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{
     PEER_CONNECT_TIMEOUT_MS, PEER_HEARTBEAT_QUEUE_CAPACITY, PEER_REPLICATION_QUEUE_CAPACITY,
-    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
+    PEER_RESYNC_QUEUE_CAPACITY, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::error::{Error, Result};
 use crate::net::shutdown::Shutdown;
@@ -52,6 +66,7 @@ struct LinkQueues {
     peer_addr: String,
     heartbeat: mpsc::Sender<Message>,
     replication: mpsc::Sender<Message>,
+    resync: mpsc::Sender<Message>,
 }
 
 impl PeerRouter {
@@ -89,14 +104,17 @@ impl PeerRouter {
     }
 
     fn start_link(&self, peer: Member) -> LinkQueues {
+        info!(peer = peer.id, addr = %peer.peer_addr, voter = peer.voter, "starting a link to a member");
         let (heartbeat, heartbeat_queue) = mpsc::channel(PEER_HEARTBEAT_QUEUE_CAPACITY);
         let (replication, replication_queue) = mpsc::channel(PEER_REPLICATION_QUEUE_CAPACITY);
+        let (resync, resync_queue) = mpsc::channel(PEER_RESYNC_QUEUE_CAPACITY);
         let peer_addr = peer.peer_addr.clone();
         let link = Link {
             peer,
             endpoint: self.endpoint.clone(),
             heartbeat_queue,
             replication_queue,
+            resync_queue,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(link.run().in_current_span());
@@ -104,6 +122,7 @@ impl PeerRouter {
             peer_addr,
             heartbeat,
             replication,
+            resync,
         }
     }
 
@@ -117,6 +136,7 @@ impl PeerRouter {
         let queue = match message.body.stream() {
             StreamKind::Heartbeat => &link.heartbeat,
             StreamKind::Replication => &link.replication,
+            StreamKind::Resync => &link.resync,
         };
         if queue.try_send(message).is_err() {
             self.count_drop(peer, "its outbound queue is full");
@@ -148,8 +168,15 @@ struct Link {
     endpoint: Endpoint,
     heartbeat_queue: mpsc::Receiver<Message>,
     replication_queue: mpsc::Receiver<Message>,
+    resync_queue: mpsc::Receiver<Message>,
     shutdown: Shutdown,
 }
+
+/// Send priorities of the link's streams (quinn sends data of higher-priority streams first):
+/// liveness before live replication before catch-up.
+const HEARTBEAT_PRIORITY: i32 = 2;
+const REPLICATION_PRIORITY: i32 = 1;
+const RESYNC_PRIORITY: i32 = 0;
 
 /// Why a connected link stopped.
 enum LinkEnd {
@@ -210,20 +237,34 @@ impl Link {
         }
     }
 
-    /// Opens the two streams and forwards both queues until the connection fails or the link is
-    /// stopped.
+    /// Opens the three streams and forwards each queue to its stream until the connection fails
+    /// or the link is stopped.
     async fn pump(&mut self, connection: &Connection) -> LinkEnd {
         let network =
             |err: &dyn std::fmt::Display| LinkEnd::Failed(Error::Network(format!("{err}")));
-        let (heartbeat_stream, replication_stream) =
-            match tokio::try_join!(connection.open_uni(), connection.open_uni()) {
-                Ok(streams) => streams,
-                Err(err) => return network(&err),
-            };
+        let streams = tokio::try_join!(
+            connection.open_uni(),
+            connection.open_uni(),
+            connection.open_uni()
+        );
+        let (heartbeat_stream, replication_stream, resync_stream) = match streams {
+            Ok(streams) => streams,
+            Err(err) => return network(&err),
+        };
+        for (stream, priority) in [
+            (&heartbeat_stream, HEARTBEAT_PRIORITY),
+            (&replication_stream, REPLICATION_PRIORITY),
+            (&resync_stream, RESYNC_PRIORITY),
+        ] {
+            if let Err(err) = stream.set_priority(priority) {
+                return network(&err);
+            }
+        }
         let peer = self.peer.id;
         tokio::select! {
             end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer) => end,
             end = forward(replication_stream, &mut self.replication_queue, peer) => end,
+            end = forward(resync_stream, &mut self.resync_queue, peer) => end,
             lost = connection.closed() => connection_lost(lost),
             _ = self.shutdown.requested() => LinkEnd::Stopped,
         }
@@ -239,6 +280,7 @@ impl Link {
                 _ = sleep_until(wake_at) => return true,
                 message = self.heartbeat_queue.recv() => if message.is_none() { return false },
                 message = self.replication_queue.recv() => if message.is_none() { return false },
+                message = self.resync_queue.recv() => if message.is_none() { return false },
                 _ = self.shutdown.requested() => return false,
             }
         }
@@ -247,6 +289,7 @@ impl Link {
     fn discard_queued(&mut self) {
         while self.heartbeat_queue.try_recv().is_ok() {}
         while self.replication_queue.try_recv().is_ok() {}
+        while self.resync_queue.try_recv().is_ok() {}
     }
 }
 
@@ -318,12 +361,33 @@ async fn forward(
     LinkEnd::Stopped
 }
 
-/// Accepts connections on the peer port until shutdown.
+/// Where inbound peer messages go: the event loop's inbox for live traffic (heartbeats,
+/// elections, live replication), or its inbox for resync transfers, so that a member being
+/// caught up never handles a heartbeat late because megabytes of catch-up are queued before it.
+#[derive(Clone)]
+pub(crate) struct PeerInboxes {
+    pub(crate) live: mpsc::Sender<Message>,
+    pub(crate) resync: mpsc::Sender<Message>,
+}
+
+impl PeerInboxes {
+    /// The inbox for `message`. Every message of one stream has the same kind, so the order of
+    /// each stream is kept.
+    fn for_message(&self, message: &Message) -> &mpsc::Sender<Message> {
+        match message.body.stream() {
+            StreamKind::Heartbeat | StreamKind::Replication => &self.live,
+            StreamKind::Resync => &self.resync,
+        }
+    }
+}
+
+/// Accepts connections on the peer port until shutdown. `membership` is only used to say, in the
+/// log, that a connecting node is not a member (yet).
 pub(crate) async fn accept_peers(
     endpoint: Endpoint,
     own_id: NodeId,
     membership: watch::Receiver<Membership>,
-    peer_inbox: mpsc::Sender<Message>,
+    peer_inboxes: PeerInboxes,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -337,7 +401,7 @@ pub(crate) async fn accept_peers(
         let inbound = Inbound {
             own_id,
             membership: membership.clone(),
-            peer_inbox: peer_inbox.clone(),
+            peer_inboxes: peer_inboxes.clone(),
             shutdown: shutdown.clone(),
         };
         tokio::spawn(
@@ -360,7 +424,7 @@ pub(crate) async fn accept_peers(
 struct Inbound {
     own_id: NodeId,
     membership: watch::Receiver<Membership>,
-    peer_inbox: mpsc::Sender<Message>,
+    peer_inboxes: PeerInboxes,
     shutdown: Shutdown,
 }
 
@@ -375,7 +439,13 @@ impl Inbound {
                 return;
             }
         };
-        debug!(peer, %remote, "peer connected");
+        if self.membership.borrow().get(peer).is_some() {
+            debug!(peer, %remote, "peer connected");
+        } else {
+            // Expected while a node joins, or when this node missed membership changes; the core
+            // decides whether to follow what it says.
+            info!(peer, %remote, "a node that is not a member (as this node knows) connected");
+        }
         loop {
             let stream = tokio::select! {
                 stream = connection.accept_uni() => stream,
@@ -394,20 +464,10 @@ impl Inbound {
         }
     }
 
-    /// The peer's node id, if its certificate is a current member's node certificate.
+    /// The peer's node id, if it presented a node certificate (the handshake already checked it
+    /// is signed by the cluster CA) other than this node's own.
     fn authenticate(&self, connection: &Connection) -> Result<NodeId> {
-        match tls::peer_role(connection)? {
-            tls::CertRole::Node(id) if id == self.own_id => Err(Error::Refused(format!(
-                "the certificate is this node's own (node {id})"
-            ))),
-            tls::CertRole::Node(id) if self.membership.borrow().get(id).is_some() => Ok(id),
-            tls::CertRole::Node(id) => Err(Error::Refused(format!(
-                "node {id} is not a member of this cluster"
-            ))),
-            role => Err(Error::Refused(format!(
-                "certificate role {role} may not use the peer port: only node certificates may"
-            ))),
-        }
+        authenticate_peer(tls::peer_role(connection)?, self.own_id)
     }
 
     /// Reads messages from one stream into the event loop until the stream ends or breaks.
@@ -446,9 +506,91 @@ impl Inbound {
                 );
                 continue;
             }
-            if self.peer_inbox.send(message).await.is_err() {
+            if self
+                .peer_inboxes
+                .for_message(&message)
+                .send(message)
+                .await
+                .is_err()
+            {
                 return; // the event loop has stopped
             }
         }
+    }
+}
+
+/// Who may use the peer port: any node of the cluster CA but this one. Membership is not checked
+/// here, on purpose (see the module docs).
+fn authenticate_peer(role: tls::CertRole, own_id: NodeId) -> Result<NodeId> {
+    match role {
+        tls::CertRole::Node(id) if id == own_id => Err(Error::Refused(format!(
+            "the certificate is this node's own (node {id})"
+        ))),
+        tls::CertRole::Node(id) => Ok(id),
+        role => Err(Error::Refused(format!(
+            "certificate role {role} may not use the peer port: only node certificates may"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::MessageBody;
+
+    #[test]
+    fn any_other_node_may_connect_but_no_client() {
+        assert_eq!(authenticate_peer(tls::CertRole::Node(9), 1), Ok(9));
+        assert!(matches!(
+            authenticate_peer(tls::CertRole::Node(1), 1),
+            Err(Error::Refused(_))
+        ));
+        for role in [
+            tls::CertRole::Admin,
+            tls::CertRole::ReadWrite,
+            tls::CertRole::ReadOnly,
+        ] {
+            match authenticate_peer(role, 1) {
+                Err(Error::Refused(message)) => {
+                    assert!(message.contains("only node certificates"), "{message}")
+                }
+                other => panic!("{role} on the peer port: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resync_traffic_has_an_inbox_of_its_own() {
+        let (live, mut live_inbox) = mpsc::channel(4);
+        let (resync, mut resync_inbox) = mpsc::channel(4);
+        let inboxes = PeerInboxes { live, resync };
+        let message = |body| Message {
+            from: 1,
+            to: 2,
+            epoch: 1,
+            body,
+        };
+        let catch_up = message(MessageBody::Append {
+            base_index: 0,
+            base_epoch: 0,
+            entries: Vec::new(),
+            commit_index: 0,
+            catch_up: true,
+        });
+        let live_append = message(MessageBody::Append {
+            base_index: 0,
+            base_epoch: 0,
+            entries: Vec::new(),
+            commit_index: 0,
+            catch_up: false,
+        });
+        let heartbeat = message(MessageBody::Coordinator);
+        for sent in [&catch_up, &live_append, &heartbeat] {
+            inboxes.for_message(sent).send(sent.clone()).await.unwrap();
+        }
+        assert_eq!(resync_inbox.try_recv().ok(), Some(catch_up));
+        assert!(resync_inbox.try_recv().is_err());
+        assert_eq!(live_inbox.try_recv().ok(), Some(live_append));
+        assert_eq!(live_inbox.try_recv().ok(), Some(heartbeat));
     }
 }

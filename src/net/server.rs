@@ -10,6 +10,17 @@
 //! 4. the remaining tasks are awaited, bounded.
 //!
 //! A storage error is fail-stop: [`run_node`] returns it and the binary exits non-zero.
+//!
+//! Joining (`join` in the configuration, `kvnode --join ADDR`): the node starts knowing only
+//! itself, as a learner, and serves both ports at once. Meanwhile [`register`] asks the cluster
+//! to add it, with the client library and the node's own certificate (the client port lets a
+//! node certificate add that node itself, and nothing else). Any member may be contacted: one
+//! that is not the primary "forwards" the request by answering `NotPrimary` with the primary's
+//! address, and the client follows the redirect. Attempts are retried with backoff until one
+//! succeeds (no primary yet, or another membership change being committed, only delay it). The
+//! primary then adds the node as a learner, dials it and streams it the log (or a snapshot, where
+//! the log has been compacted), and makes it a voter once it has caught up. A refusal (wrong
+//! certificate, the id already taken with other addresses) stops the node with the reason.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,22 +28,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::client::{Client, ClientOptions};
 use crate::config::{
-    NodeConfig, CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS,
+    NodeConfig, CLIENT_INBOX_CAPACITY, JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS,
+    JOIN_RETRY_MIN_MS, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
+    SHUTDOWN_GRACE_MS,
 };
 use crate::core::Node;
 use crate::error::{Error, Result};
 use crate::net::endpoint::RestartIdentity;
 use crate::net::event_loop::{Clock, EventLoop, Inboxes, Published};
-use crate::net::peer::{accept_peers, PeerRouter};
-use crate::net::shutdown::ShutdownController;
+use crate::net::peer::{accept_peers, PeerInboxes, PeerRouter};
+use crate::net::shutdown::{Shutdown, ShutdownController};
 use crate::net::tls;
 use crate::net::{client_port, CLOSE_SHUTTING_DOWN};
 use crate::storage::sled_engine::SledStorage;
 use crate::storage::Storage;
-use crate::wire::message::Membership;
+use crate::wire::message::{Member, Membership};
 use crate::wire::{CLIENT_ALPN, PEER_ALPN};
 
 /// Runs the node described by `config` until `shutdown` resolves (or storage fails), then shuts
@@ -55,7 +70,7 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
     let clock = Clock::start();
     let node = Node::new(
         config.id,
-        Membership::new(config.members.clone()),
+        Membership::new(config.initial_members()),
         storage,
         config.core_options(),
         rand::random(),
@@ -71,15 +86,24 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
 
     let mut controller = ShutdownController::new();
     let (peer_inbox, peer_messages) = mpsc::channel(PEER_INBOX_CAPACITY);
+    let (resync_inbox, resync_messages) = mpsc::channel(PEER_RESYNC_INBOX_CAPACITY);
     let (client_inbox, client_requests) = mpsc::channel(CLIENT_INBOX_CAPACITY);
     let (membership_tx, membership_rx) = watch::channel(node.membership().clone());
     let (topology_tx, topology_rx) = watch::channel(None);
     let peers = PeerRouter::new(config.id, peer_endpoint.clone(), controller.handle());
+    let must_register = match config.own_member() {
+        Some(own) if !config.join.is_empty() => needs_registration(node.membership(), &own),
+        _ => false,
+    };
+    if !config.join.is_empty() && !must_register {
+        info!("already a member according to its log; not registering again");
+    }
     let event_loop = EventLoop::new(
         node,
         clock,
         Inboxes {
             peers: peer_messages,
+            resync: resync_messages,
             clients: client_requests,
         },
         peers,
@@ -103,7 +127,10 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
             peer_endpoint.clone(),
             config.id,
             membership_rx,
-            peer_inbox,
+            PeerInboxes {
+                live: peer_inbox,
+                resync: resync_inbox,
+            },
             controller.handle(),
         )
         .in_current_span(),
@@ -112,24 +139,53 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
         client_addr = %client_addr,
         peer_addr = %peer_addr,
         data_dir = %config.data_dir.display(),
-        members = config.members.len(),
+        members = config.initial_members().len(),
         "node serving"
     );
+    let registration: Option<JoinHandle<Result<()>>> = match config.own_member() {
+        Some(own) if must_register => {
+            let task = register(
+                config.join.clone(),
+                config.tls_files(),
+                own,
+                controller.handle(),
+            );
+            Some(tokio::spawn(task.in_current_span()))
+        }
+        _ => None,
+    };
+    let registration_refused = async move {
+        match registration {
+            Some(task) => match task.await {
+                Ok(Err(err)) => err,
+                // Registered (or stopped by shutdown): nothing more to wait for.
+                Ok(Ok(())) | Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
 
+    let mut refused = None;
     let stopped_early = tokio::select! {
         _ = shutdown => {
             info!("shutdown requested");
             None
         }
         result = &mut event_loop => Some(result),
+        err = registration_refused => {
+            error!(%err, "the cluster refused to add this node; stopping");
+            refused = Some(err);
+            None
+        }
     };
     controller.trigger();
     let joined = match stopped_early {
         Some(joined) => joined,
         None => event_loop.await,
     };
-    let result =
-        joined.unwrap_or_else(|err| Err(Error::Internal(format!("event loop failed: {err}"))));
+    let result = joined
+        .unwrap_or_else(|err| Err(Error::Internal(format!("event loop failed: {err}"))))
+        .and(refused.map_or(Ok(()), Err));
 
     client_endpoint.close(CLOSE_SHUTTING_DOWN, b"node shutting down");
     peer_endpoint.close(CLOSE_SHUTTING_DOWN, b"node shutting down");
@@ -151,6 +207,75 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
         Err(err) => error!(%err, "node stopped on an error"),
     }
     result
+}
+
+/// Whether a node started with `join` still has to ask to be added: not if the membership it
+/// recovered from its log already counts it, with the same addresses, among other members (a
+/// restart after a successful join). Asking again would be harmless (the primary answers a
+/// repeated join as a success) but would make a restart wait for a primary for nothing. A node
+/// that was removed meanwhile does not count itself any more, and registers again.
+fn needs_registration(membership: &Membership, own: &Member) -> bool {
+    let counted = membership.get(own.id).is_some_and(|known| {
+        known.client_addr == own.client_addr && known.peer_addr == own.peer_addr
+    });
+    !(counted && membership.members.len() > 1)
+}
+
+/// Registers this node with the cluster through the client addresses in `join` (see the module
+/// docs), retrying with capped exponential backoff until it is a member or the node shuts down.
+/// Fails only when the cluster refuses: no retry would change that answer.
+async fn register(
+    join: Vec<String>,
+    files: tls::TlsFiles,
+    own: Member,
+    mut shutdown: Shutdown,
+) -> Result<()> {
+    let options = ClientOptions {
+        timeout: Duration::from_millis(JOIN_ATTEMPT_TIMEOUT_MS),
+        ..ClientOptions::default()
+    };
+    let client = Client::with_tls(join.clone(), &files, options)?;
+    let through = join.join(", ");
+    info!(%through, "asking the cluster to add this node as a learner");
+    let mut pause = Duration::from_millis(JOIN_RETRY_MIN_MS);
+    let mut attempt = 1u64;
+    let outcome = loop {
+        let answer = tokio::select! {
+            answer = client.add_member(own.clone()) => answer,
+            _ = shutdown.requested() => break Ok(()),
+        };
+        match answer {
+            Ok((result, meta)) => {
+                info!(
+                    primary = meta.node_id,
+                    epoch = meta.epoch,
+                    index = result.index,
+                    already_member = result.existed,
+                    "registered with the cluster: the primary streams this node the log and makes it a voter once it has caught up"
+                );
+                break Ok(());
+            }
+            Err(err @ (Error::Refused(_) | Error::InvalidRequest(_))) => {
+                break Err(Error::Refused(format!(
+                    "cannot join through {through}: {err}"
+                )));
+            }
+            Err(err) => info!(
+                attempt,
+                %err,
+                retry_in_ms = pause.as_millis() as u64,
+                "not registered yet (no primary reachable, or another membership change is being committed); retrying"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.requested() => break Ok(()),
+        }
+        pause = (pause * 2).min(Duration::from_millis(JOIN_RETRY_MAX_MS));
+        attempt += 1;
+    };
+    client.close().await;
+    outcome
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere than Unix).
@@ -211,7 +336,7 @@ mod tests {
         config.members[0].peer_addr = config.peer_addr.clone();
         tls::init_certs(&CertsInit {
             dir: config.certs_dir.clone(),
-            // Node 9 is not a member: its certificate is valid but it has no business here.
+            // Node 9 is not a member: its certificate is valid but it may only ask to join.
             nodes: vec![(config.id, vec![]), (9, vec![])],
             clients: vec![
                 (DEV_CLIENT_NAME.into(), CertRole::Admin),
@@ -338,21 +463,82 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
 
-        // A node certificate is not a client: the connection is closed with a reason.
-        let as_node = connect(&config, &TlsFiles::for_node(&certs, config.id)).await;
-        let reason = refusal_reason(as_node).await;
-        assert!(reason.contains("not a client certificate"), "{reason}");
+        // A node certificate is not a client: it may only ask to add its own node.
+        let as_node = connect(&config, &TlsFiles::for_node(&certs, 9)).await;
+        for request in [
+            put(),
+            Request::Status,
+            Request::RemoveMember { id: config.id },
+        ] {
+            match ask(&as_node, &request).await {
+                Response::Error(Error::Refused(message)) => {
+                    assert!(message.contains("not a client certificate"), "{message}")
+                }
+                other => panic!("a node certificate making {request:?}: got {other:?}"),
+            }
+        }
+        let other_node = Request::AddMember {
+            member: crate::wire::message::Member {
+                id: 8,
+                client_addr: "127.0.0.1:1".into(),
+                peer_addr: "127.0.0.1:2".into(),
+                voter: false,
+            },
+        };
+        match ask(&as_node, &other_node).await {
+            Response::Error(Error::Refused(message)) => {
+                assert!(message.contains("only add node 9"), "{message}")
+            }
+            other => panic!("node 9 adding node 8: got {other:?}"),
+        }
 
-        // The peer port takes only node certificates, and only of members.
+        // The peer port takes only node certificates (of any node: see `peer`).
         let as_client = dial(&config.peer_addr, &admin_files, PEER_ALPN).await;
         let reason = refusal_reason(as_client).await;
         assert!(reason.contains("only node certificates"), "{reason}");
-        let stranger = TlsFiles::for_node(&certs, 9);
-        let as_stranger = dial(&config.peer_addr, &stranger, PEER_ALPN).await;
-        let reason = refusal_reason(as_stranger).await;
-        assert!(reason.contains("not a member"), "{reason}");
 
         let _ = stop.send(());
         node.await.unwrap().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::*;
+
+    fn member(id: u64, voter: bool) -> Member {
+        Member {
+            id,
+            client_addr: format!("127.0.0.{}:7379", 10 + id),
+            peer_addr: format!("127.0.0.{}:7380", 10 + id),
+            voter,
+        }
+    }
+
+    #[test]
+    fn a_fresh_joiner_registers() {
+        let own = member(4, false);
+        assert!(needs_registration(
+            &Membership::new(vec![own.clone()]),
+            &own
+        ));
+    }
+
+    #[test]
+    fn a_member_restarted_with_join_does_not_register_again() {
+        let own = member(4, false);
+        let cluster = Membership::new(vec![member(1, true), member(2, true), member(4, true)]);
+        assert!(!needs_registration(&cluster, &own));
+    }
+
+    #[test]
+    fn a_removed_or_moved_node_registers_again() {
+        let own = member(4, false);
+        let without = Membership::new(vec![member(1, true), member(2, true)]);
+        assert!(needs_registration(&without, &own));
+        let mut moved = member(4, true);
+        moved.peer_addr = "127.0.0.99:7380".into();
+        let elsewhere = Membership::new(vec![member(1, true), moved]);
+        assert!(needs_registration(&elsewhere, &own));
     }
 }

@@ -40,7 +40,7 @@ pub trait ApplyTarget {
     /// Removes `key`; returns whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool, Self::Error>;
 
-        /// Records the new applied index.
+    /// Records the new applied index.
     fn set_applied_index(&mut self, index: LogIndex) -> Result<(), Self::Error>;
 
     /// Records the membership of an applied membership entry, so that a restarted node knows the
@@ -69,21 +69,19 @@ pub fn apply_entries<T: ApplyTarget>(
 
 /// Refuses entries that do not continue the applied prefix, before anything changes.
 fn check_contiguous(applied_index: LogIndex, entries: &[Entry]) -> Result<(), Error> {
-    let mut expected = applied_index + 1;
-    for entry in entries {
+    for (expected, entry) in (applied_index + 1..).zip(entries) {
         if entry.index != expected {
             return Err(Error::Storage(format!(
                 "cannot apply entry {} when the next entry to apply is {expected} (applied index {applied_index})",
                 entry.index
             )));
         }
-        expected += 1;
     }
     Ok(())
 }
 
 fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteResult, T::Error> {
-        let request_id = match &entry.operation {
+    let request_id = match &entry.operation {
         Operation::Membership(membership) => {
             target.set_membership(membership)?;
             return Ok(WriteResult {

@@ -20,7 +20,7 @@ use crate::storage::{
     check_append, encoded_len, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
 };
 use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
 
 /// A [`Storage`] held in memory. Share it as `Arc<MemoryStorage>`: after [`MemoryStorage::crash`]
 /// the simulator reopens a node on the same value.
@@ -41,8 +41,16 @@ enum Write {
     TruncateSuffix { from: LogIndex, epoch: Epoch },
     EpochAndVote(Epoch, Option<NodeId>),
     CommitIndex(LogIndex),
-    Membership(Membership),
+        Membership(Membership),
     Apply(Vec<Entry>),
+    Compact(LogIndex),
+    BeginSnapshot,
+    StageSnapshot(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    InstallSnapshot {
+        finish: SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    },
 }
 
 /// Everything a node stores, as the sled trees hold it.
@@ -52,8 +60,10 @@ struct Contents {
     log: Vec<Entry>,
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
-    rollback: Vec<RolledBack>,
+        rollback: Vec<RolledBack>,
     meta: Meta,
+    /// A snapshot being received, beside the live state.
+    staged: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl MemoryStorage {
@@ -132,11 +142,12 @@ impl Contents {
             log: Vec::new(),
             state: BTreeMap::new(),
             sessions: BTreeMap::new(),
-            rollback: Vec::new(),
+                        rollback: Vec::new(),
             meta: Meta {
                 log_start: FIRST_INDEX,
                 ..Meta::default()
             },
+            staged: BTreeMap::new(),
         }
     }
 
@@ -155,11 +166,64 @@ impl Contents {
             }
             Write::CommitIndex(index) => self.meta.commit_index = index,
             Write::Membership(membership) => self.meta.membership = Some(membership),
-            Write::Apply(entries) => {
+                        Write::Apply(entries) => {
                 self.apply(&entries)?;
+            }
+            Write::Compact(through) => self.compact(through)?,
+            Write::BeginSnapshot => self.staged.clear(),
+            Write::StageSnapshot(pairs) => self.stage(&pairs),
+            Write::InstallSnapshot {
+                finish,
+                commit_index,
+                epoch,
+            } => {
+                self.install_snapshot(&finish, commit_index, epoch);
             }
         }
         Ok(())
+    }
+
+    fn compact(&mut self, through: LogIndex) -> Result<()> {
+        check_compact(through, self.meta.log_start, self.last().1, self.meta.applied_index)?;
+        if through < self.meta.log_start {
+            return Ok(());
+        }
+        let epoch = self.log[self.position(through)].epoch;
+        self.log.drain(..=self.position(through));
+        self.meta.log_start = through + 1;
+        self.meta.snapshot_epoch = epoch;
+        Ok(())
+    }
+
+    fn stage(&mut self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        for (key, value) in pairs {
+            match value {
+                Some(value) => self.staged.insert(key.clone(), value.clone()),
+                None => self.staged.remove(key),
+            };
+        }
+    }
+
+    fn install_snapshot(
+        &mut self,
+        finish: &SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    ) -> Vec<Entry> {
+        let log = std::mem::take(&mut self.log);
+        let removed: Vec<Entry> = log.into_iter().filter(|e| e.index > commit_index).collect();
+        self.rollback.extend(removed.iter().map(|entry| RolledBack {
+            rolled_back_in_epoch: epoch,
+            entry: entry.clone(),
+        }));
+        self.state = std::mem::take(&mut self.staged);
+        self.sessions = finish.sessions.iter().copied().collect();
+        self.meta.applied_index = finish.index;
+        self.meta.commit_index = self.meta.commit_index.max(finish.index);
+        self.meta.log_start = finish.index + 1;
+        self.meta.snapshot_epoch = finish.epoch;
+        self.meta.membership = Some(finish.membership.clone());
+        removed
     }
 
     fn last(&self) -> (Epoch, LogIndex) {
@@ -237,7 +301,7 @@ impl ApplyTarget for StateTarget<'_> {
         Ok(self.0.state.remove(key).is_some())
     }
 
-        fn set_applied_index(&mut self, index: LogIndex) -> Result<()> {
+    fn set_applied_index(&mut self, index: LogIndex) -> Result<()> {
         self.0.meta.applied_index = index;
         Ok(())
     }
@@ -253,6 +317,23 @@ pub(crate) fn truncate_before_start(from: LogIndex, log_start: LogIndex) -> Erro
     Error::Storage(format!(
         "cannot truncate the log from entry {from}: the log starts at entry {log_start}"
     ))
+}
+
+/// Refuses a compaction past the applied index or the end of the log.
+pub(crate) fn check_compact(
+    through: LogIndex,
+    log_start: LogIndex,
+    last: LogIndex,
+    applied_index: LogIndex,
+) -> Result<()> {
+    if through > applied_index || through > last {
+        return Err(Error::Storage(format!(
+            "cannot compact the log through entry {through}: only entries up to {} are applied \
+             (log {log_start}..={last})",
+            applied_index.min(last)
+        )));
+    }
+    Ok(())
 }
 
 /// The error for rolling back applied entries when the log no longer holds what produced the
@@ -377,6 +458,88 @@ impl Storage for MemoryStorage {
 
     fn session(&self, client_id: u64) -> Result<Option<Session>> {
         Ok(self.lock().live.sessions.get(&client_id).copied())
+    }
+
+        fn log_bytes(&self) -> Result<u64> {
+        let inner = self.lock();
+        let mut total = 0u64;
+        for entry in &inner.live.log {
+            total += encoded_len(entry)? as u64;
+        }
+        Ok(total)
+    }
+
+    fn compact(&self, through: LogIndex) -> Result<()> {
+        self.write(Write::Compact(through), |contents| contents.compact(through))
+    }
+
+    fn state_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner
+                .live
+                .state
+                .range::<[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => inner.live.state.range::<[u8], _>(..),
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        for (key, value) in range {
+            let size = key.len() + value.len();
+            if !fits(chunk.len(), bytes, size, max_bytes) {
+                break;
+            }
+            bytes += size;
+            chunk.push((key.clone(), value.clone()));
+        }
+        Ok(chunk)
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        Ok(self
+            .lock()
+            .live
+            .sessions
+            .iter()
+            .map(|(id, session)| (*id, *session))
+            .collect())
+    }
+
+    fn begin_snapshot(&self) -> Result<()> {
+        self.write(Write::BeginSnapshot, |contents| {
+            contents.staged.clear();
+            Ok(())
+        })
+    }
+
+    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        self.write(Write::StageSnapshot(pairs.to_vec()), |contents| {
+            contents.stage(pairs);
+            Ok(())
+        })
+    }
+
+    fn install_snapshot(
+        &self,
+        finish: &SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    ) -> Result<Vec<Entry>> {
+        let write = Write::InstallSnapshot {
+            finish: finish.clone(),
+            commit_index,
+            epoch,
+        };
+                let removed = self.write(write, |contents| {
+            Ok(contents.install_snapshot(finish, commit_index, epoch))
+        })?;
+        // The sled engine flushes as it installs; so does this model.
+        self.flush()?;
+        Ok(removed)
     }
 
     fn flush(&self) -> Result<()> {

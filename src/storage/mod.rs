@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
 
 /// Metadata a node persists besides its log (the `meta` tree).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +115,40 @@ pub trait Storage: Send + Sync {
 
     /// The session record of `client_id`, if any.
     fn session(&self, client_id: u64) -> Result<Option<Session>>;
+
+        // --- compaction and snapshots ---
+
+    /// Encoded bytes of the entries in the log, for the retention bound.
+    fn log_bytes(&self) -> Result<u64>;
+
+    /// Removes the entries up to and including `through`, which must be applied. The log then
+    /// starts at `through + 1` and remembers the epoch of `through` as the snapshot epoch.
+    fn compact(&self, through: LogIndex) -> Result<()>;
+
+    /// Up to `max_bytes` of state pairs whose keys come strictly after `after`, in key order (at
+    /// least one pair if any is left). Empty when the scan is done.
+    fn state_chunk(&self, after: Option<&[u8]>, max_bytes: usize)
+        -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Every session record, by client id.
+    fn sessions(&self) -> Result<Vec<(u64, Session)>>;
+
+    /// Discards any staged snapshot and starts staging a new one, beside the live state.
+    fn begin_snapshot(&self) -> Result<()>;
+
+    /// Stages snapshot pairs; `None` removes a staged key.
+    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()>;
+
+    /// Replaces state and sessions with the staged snapshot and `finish`, as one step that a crash
+    /// either completes (on reopening) or never started: applied index, commit index and the log
+    /// start move to `finish.index`, the membership to `finish.membership`. The old log is dropped;
+    /// its entries above `commit_index` are moved to `rollback`, tagged `epoch`, and returned.
+    fn install_snapshot(
+        &self,
+        finish: &SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    ) -> Result<Vec<Entry>>;
 
     // --- durability ---
 

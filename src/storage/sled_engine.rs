@@ -18,7 +18,10 @@
 //!   they write, so the cache and the tree never disagree.
 //! - An append is one sled batch. An apply is one transaction over `state`, `sessions` and `meta`,
 //!   so the applied index never moves without its state changes. A truncation is one transaction
-//!   over all five trees.
+//!   over all five trees; if it removes applied entries it also rebuilds the state from the entries
+//!   that remain, so the state is always what the log `log_start ..= applied_index` produces.
+//! - sled's concurrency control is one process-wide lock that transactions and batches take for
+//!   writing, so nothing reads a plain tree inside a transaction (that would deadlock).
 //! - Bytes read from disk are decoded as untrusted: corruption is an [`Error::Storage`] naming the
 //!   tree and key, never a panic.
 
@@ -32,10 +35,10 @@ use sled::{Batch, IVec, Transactional, Tree};
 
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
-use crate::storage::memory::{rebuild_after_compaction, truncate_before_start};
+use crate::storage::memory::{check_compact, rebuild_after_compaction, truncate_before_start};
 use crate::storage::{check_append, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX};
 use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId};
+use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
 
 const META_EPOCH_AND_VOTE: &[u8] = b"epoch_and_vote";
 const META_COMMIT_INDEX: &[u8] = b"commit_index";
@@ -43,13 +46,12 @@ const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_MEMBERSHIP: &[u8] = b"membership";
 const META_LOG_START: &[u8] = b"log_start";
 const META_SNAPSHOT_EPOCH: &[u8] = b"snapshot_epoch";
+/// Present while a snapshot is being installed: what to finish after a crash.
+const META_INSTALLING: &[u8] = b"installing_snapshot";
 
 /// Large enough for any postcard-encoded `u64` or [`Session`] (at most 21 bytes), so the hot
 /// path encodes them without allocating; values this small are stored inline by sled's `IVec`.
 const SMALL_VALUE_BYTES: usize = 32;
-
-/// How many log entries a state rebuild decodes at a time.
-const REBUILD_CHUNK: usize = 1024;
 
 /// A [`Storage`] on a sled database.
 pub struct SledStorage {
@@ -57,10 +59,14 @@ pub struct SledStorage {
     log: Tree,
     state: Tree,
     meta: Tree,
-    sessions: Tree,
+        sessions: Tree,
     rollback: Tree,
+    /// A snapshot being received, staged beside `state` until it is installed.
+    snapshot: Tree,
     path: PathBuf,
     tail: Mutex<Tail>,
+    /// Held by `apply` and `truncate_suffix`, so a truncation sees a stable applied index.
+    applying: Mutex<()>,
 }
 
 /// The end of the log, cached; the lock around it serializes appends and truncations.
@@ -70,8 +76,10 @@ struct Tail {
     last: (Epoch, LogIndex),
     log_start: LogIndex,
     snapshot_epoch: Epoch,
-    /// Key of the next rollback record.
+        /// Key of the next rollback record.
     next_rollback: u64,
+    /// Encoded bytes of the entries in `log`.
+    log_bytes: u64,
 }
 
 impl SledStorage {
@@ -86,7 +94,9 @@ impl SledStorage {
         let state = open_tree("state")?;
         let meta = open_tree("meta")?;
         let sessions = open_tree("sessions")?;
-        let rollback = open_tree("rollback")?;
+                let rollback = open_tree("rollback")?;
+        let snapshot = open_tree("snapshot")?;
+
 
         let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
         let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
@@ -97,25 +107,40 @@ impl SledStorage {
             }
             None => (snapshot_epoch, log_start.saturating_sub(1)),
         };
-        let next_rollback = match rollback.last()? {
+                let next_rollback = match rollback.last()? {
             Some((key, _)) => decode_key(&key, "rollback")?.saturating_add(1),
             None => 0,
         };
-        Ok(SledStorage {
+        let mut log_bytes = 0u64;
+        for item in log.iter() {
+            let (_, value) = item?;
+            log_bytes += value.len() as u64;
+        }
+        let storage = SledStorage {
             db,
             log,
             state,
             meta,
             sessions,
             rollback,
+            snapshot,
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
                 last,
                 log_start,
                 snapshot_epoch,
                 next_rollback,
+                log_bytes,
             }),
-        })
+            applying: Mutex::new(()),
+        };
+        // A crash in the middle of installing a snapshot: finish the job (it is idempotent).
+        let installing: Option<(SnapshotFinish, LogIndex, Epoch)> =
+            read_value(&storage.meta, META_INSTALLING)?;
+        if let Some((finish, commit_index, epoch)) = installing {
+            storage.finish_install(&finish, commit_index, epoch)?;
+        }
+        Ok(storage)
     }
 
     /// The directory the store lives in.
@@ -136,17 +161,20 @@ impl Storage for SledStorage {
         };
         let mut tail = self.lock_tail();
         check_append(tail.last, entries)?;
-        let mut batch = Batch::default();
+                let mut batch = Batch::default();
         let mut buffer = Vec::new();
+        let mut bytes = 0u64;
         for entry in entries {
             buffer.clear();
             buffer = postcard::to_extend(entry, buffer).map_err(|err| {
                 Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
             })?;
+            bytes += buffer.len() as u64;
             batch.insert(&entry.index.to_be_bytes()[..], buffer.as_slice());
         }
         self.log.apply_batch(batch)?;
         tail.last = (last_entry.epoch, last_entry.index);
+        tail.log_bytes += bytes;
         Ok(())
     }
 
@@ -180,6 +208,7 @@ impl Storage for SledStorage {
     }
 
     fn truncate_suffix(&self, from: LogIndex, epoch: Epoch) -> Result<Vec<Entry>> {
+        let _applying = self.lock_apply();
         let mut tail = self.lock_tail();
         if from < tail.log_start {
             return Err(truncate_before_start(from, tail.log_start));
@@ -188,11 +217,15 @@ impl Storage for SledStorage {
             return Ok(Vec::new());
         }
 
-        // Read and encode outside the transaction, which sled may run more than once.
-        let mut removed = Vec::new();
+        // Everything is read and encoded before the transaction: sled's concurrency control is
+        // one process-wide lock that a transaction holds for writing, so reading a plain tree
+        // inside it would deadlock. The locks held above keep these reads current.
+                let mut removed = Vec::new();
         let mut moves = Vec::new();
+        let mut removed_bytes = 0u64;
         for item in self.log.range(from.to_be_bytes()..) {
             let (key, value) = item?;
+            removed_bytes += value.len() as u64;
             let entry = decode_entry(&key, &value)?;
             let record = RolledBack {
                 rolled_back_in_epoch: epoch,
@@ -220,8 +253,22 @@ impl Storage for SledStorage {
                 }
             }
         };
+        let applied_index = read_value(&self.meta, META_APPLIED_INDEX)?.unwrap_or(0);
+        let rebuild = if from <= applied_index {
+            // The state reflects entries that are leaving the log: rebuild it from what remains,
+            // in the same transaction.
+            if tail.log_start != FIRST_INDEX {
+                return Err(rebuild_after_compaction(
+                    from,
+                    applied_index,
+                    tail.log_start,
+                ));
+            }
+            Some(self.read_rebuild(tail.log_start, from)?)
+        } else {
+            None
+        };
 
-        let log_start = tail.log_start;
         let outcome = (
             &self.log,
             &self.rollback,
@@ -234,22 +281,27 @@ impl Storage for SledStorage {
                     log.remove(log_key)?;
                     rollback.insert(rollback_key, record)?;
                 }
-                let applied_index = read_applied_index(meta)?;
-                if from <= applied_index {
-                    // The state reflects entries that are leaving the log: rebuild it from what
-                    // remains, in this same transaction.
-                    if log_start != FIRST_INDEX {
-                        return Err(ConflictableTransactionError::Abort(
-                            rebuild_after_compaction(from, applied_index, log_start),
-                        ));
+                if let Some(rebuild) = &rebuild {
+                    for key in &rebuild.state_keys {
+                        state.remove(key)?;
                     }
-                    self.rebuild_state(state, sessions, meta, log_start, from)?;
+                    for key in &rebuild.session_keys {
+                        sessions.remove(key)?;
+                    }
+                    let mut target = TransactionTarget {
+                        state,
+                        sessions,
+                        meta,
+                    };
+                    target.set_applied_index(rebuild.applied_index)?;
+                    apply_entries(&mut target, rebuild.applied_index, &rebuild.entries)?;
                 }
                 Ok(())
             });
         outcome.map_err(from_transaction_error)?;
-        tail.next_rollback += moves.len() as u64;
+                tail.next_rollback += moves.len() as u64;
         tail.last = new_last;
+        tail.log_bytes = tail.log_bytes.saturating_sub(removed_bytes);
         Ok(removed)
     }
 
@@ -299,6 +351,7 @@ impl Storage for SledStorage {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let _applying = self.lock_apply();
         (&self.state, &self.sessions, &self.meta)
             .transaction(|(state, sessions, meta)| {
                 let applied_index = read_applied_index(meta)?;
@@ -337,6 +390,116 @@ impl Storage for SledStorage {
         }
     }
 
+        fn log_bytes(&self) -> Result<u64> {
+        Ok(self.lock_tail().log_bytes)
+    }
+
+    fn compact(&self, through: LogIndex) -> Result<()> {
+        let mut tail = self.lock_tail();
+        let applied_index = read_value(&self.meta, META_APPLIED_INDEX)?.unwrap_or(0);
+        check_compact(through, tail.log_start, tail.last.1, applied_index)?;
+        if through < tail.log_start {
+            return Ok(());
+        }
+        let epoch = match self.entry(through)? {
+            Some(entry) => entry.epoch,
+            None => return Err(Error::Storage(format!("log entry {through} is missing"))),
+        };
+        let mut keys = Vec::new();
+        let mut removed_bytes = 0u64;
+        for item in self.log.range(..=through.to_be_bytes()) {
+            let (key, value) = item?;
+            removed_bytes += value.len() as u64;
+            keys.push(key);
+        }
+        let log_start = encode(&(through + 1), || "log start".to_string())?;
+        let snapshot_epoch = encode(&epoch, || "snapshot epoch".to_string())?;
+        // One transaction, so the log never starts before `log_start` or after it.
+        (&self.log, &self.meta)
+            .transaction(|(log, meta)| {
+                for key in &keys {
+                    log.remove(key)?;
+                }
+                meta.insert(META_LOG_START, log_start.as_slice())?;
+                meta.insert(META_SNAPSHOT_EPOCH, snapshot_epoch.as_slice())?;
+                Ok(())
+            })
+            .map_err(from_transaction_error)?;
+        tail.log_start = through + 1;
+        tail.snapshot_epoch = epoch;
+        tail.log_bytes = tail.log_bytes.saturating_sub(removed_bytes);
+        Ok(())
+    }
+
+    fn state_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let range = match after {
+            Some(after) => self.state.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.state.iter(),
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        for item in range {
+            let (key, value) = item?;
+            let size = key.len() + value.len();
+            if !fits(chunk.len(), bytes, size, max_bytes) {
+                break;
+            }
+            bytes += size;
+            chunk.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(chunk)
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        self.sessions
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let client_id = decode_key(&key, "sessions")?;
+                let session = decode(&value, || format!("session of client {client_id}"))?;
+                Ok((client_id, session))
+            })
+            .collect()
+    }
+
+    fn begin_snapshot(&self) -> Result<()> {
+        self.snapshot.clear()?;
+        Ok(())
+    }
+
+    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let mut batch = Batch::default();
+        for (key, value) in pairs {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        self.snapshot.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn install_snapshot(
+        &self,
+        finish: &SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    ) -> Result<Vec<Entry>> {
+        // The staged pairs must be durable before the marker that says "install them".
+        self.db.flush()?;
+        let marker = encode(&(finish, commit_index, epoch), || "snapshot marker".to_string())?;
+        self.meta.insert(META_INSTALLING, marker)?;
+        self.db.flush()?;
+        self.finish_install(finish, commit_index, epoch)
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
@@ -344,43 +507,105 @@ impl Storage for SledStorage {
 }
 
 impl SledStorage {
-    /// Inside a truncation's transaction: empties `state` and `sessions` and re-applies the log
-    /// entries `log_start .. from`, which stay in the log.
-    fn rebuild_state(
+    /// Copies the staged snapshot into `state`, replaces the sessions and the log, then removes
+    /// the marker. Idempotent, so a crash part way through is finished on reopening.
+    fn finish_install(
         &self,
-        state: &TransactionalTree,
-        sessions: &TransactionalTree,
-        meta: &TransactionalTree,
-        log_start: LogIndex,
-        from: LogIndex,
-    ) -> std::result::Result<(), ConflictableTransactionError<Error>> {
-        for key in self.state.iter().keys() {
-            state.remove(key?)?;
+        finish: &SnapshotFinish,
+        commit_index: LogIndex,
+        epoch: Epoch,
+    ) -> Result<Vec<Entry>> {
+        let _applying = self.lock_apply();
+        let mut tail = self.lock_tail();
+        self.state.clear()?;
+        let mut batch = Batch::default();
+        let mut staged = 0usize;
+        for item in self.snapshot.iter() {
+            let (key, value) = item?;
+            batch.insert(key, value);
+            staged += 1;
+            if staged % 4096 == 0 {
+                self.state.apply_batch(std::mem::take(&mut batch))?;
+            }
         }
-        for key in self.sessions.iter().keys() {
-            sessions.remove(key?)?;
+        self.state.apply_batch(batch)?;
+        self.sessions.clear()?;
+        let mut batch = Batch::default();
+        for (client_id, session) in &finish.sessions {
+            let value = encode(session, || format!("session of client {client_id}"))?;
+            batch.insert(&client_id.to_be_bytes()[..], value);
         }
-        let mut target = TransactionTarget {
-            state,
-            sessions,
-            meta,
-        };
-        let mut applied_index = log_start - 1;
-        target.set_applied_index(applied_index)?;
-        let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
-        let mut remaining = self.log.range(..from.to_be_bytes()).peekable();
-        while remaining.peek().is_some() {
-            chunk.clear();
-            for item in remaining.by_ref().take(REBUILD_CHUNK) {
+        self.sessions.apply_batch(batch)?;
+
+        // Entries above the commit index may never have been committed: keep them for the
+        // operator, as any rolled-back entry.
+        let mut removed = Vec::new();
+        for item in self.log.range((commit_index + 1).to_be_bytes()..) {
+            let (key, value) = item?;
+            let entry = decode_entry(&key, &value)?;
+            let record = RolledBack {
+                rolled_back_in_epoch: epoch,
+                entry,
+            };
+            let rollback_key = tail.next_rollback.to_be_bytes();
+            tail.next_rollback += 1;
+            let encoded = encode(&record, || "rollback record".to_string())?;
+            self.rollback.insert(&rollback_key[..], encoded)?;
+            removed.push(record.entry);
+        }
+        self.log.clear()?;
+
+        let mut batch = Batch::default();
+        let commit = commit_index.max(finish.index);
+        batch.insert(META_APPLIED_INDEX, encode(&finish.index, || "applied index".into())?);
+        batch.insert(META_COMMIT_INDEX, encode(&commit, || "commit index".into())?);
+        batch.insert(META_LOG_START, encode(&(finish.index + 1), || "log start".into())?);
+        batch.insert(META_SNAPSHOT_EPOCH, encode(&finish.epoch, || "snapshot epoch".into())?);
+        batch.insert(META_MEMBERSHIP, encode(&finish.membership, || "membership".into())?);
+        batch.remove(META_INSTALLING);
+        self.meta.apply_batch(batch)?;
+        self.snapshot.clear()?;
+        self.db.flush()?;
+        tail.last = (finish.epoch, finish.index);
+        tail.log_start = finish.index + 1;
+        tail.snapshot_epoch = finish.epoch;
+        tail.log_bytes = 0;
+        Ok(removed)
+    }
+}
+
+/// What a truncation needs to rebuild the state from the log entries that remain.
+struct Rebuild {
+    state_keys: Vec<IVec>,
+    session_keys: Vec<IVec>,
+    /// The applied index of the empty state.
+    applied_index: LogIndex,
+    /// The entries that remain, to re-apply.
+    entries: Vec<Entry>,
+}
+
+impl SledStorage {
+    fn read_rebuild(&self, log_start: LogIndex, from: LogIndex) -> Result<Rebuild> {
+        let state_keys = self.state.iter().keys().collect::<sled::Result<_>>()?;
+        let session_keys = self.sessions.iter().keys().collect::<sled::Result<_>>()?;
+        let entries = self
+            .log
+            .range(..from.to_be_bytes())
+            .map(|item| {
                 let (key, value) = item?;
-                chunk.push(decode_entry(&key, &value)?);
-            }
-            apply_entries(&mut target, applied_index, &chunk)?;
-            if let Some(last) = chunk.last() {
-                applied_index = last.index;
-            }
-        }
-        Ok(())
+                decode_entry(&key, &value)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Rebuild {
+            state_keys,
+            session_keys,
+            applied_index: log_start - 1,
+            entries,
+        })
+    }
+
+    fn lock_apply(&self) -> MutexGuard<'_, ()> {
+        self.applying.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -425,7 +650,7 @@ impl ApplyTarget for TransactionTarget<'_> {
     fn set_applied_index(&mut self, index: LogIndex) -> std::result::Result<(), Self::Error> {
         let mut buffer = [0u8; SMALL_VALUE_BYTES];
         let value = encode_small(&index, &mut buffer)?;
-                self.meta.insert(META_APPLIED_INDEX, value)?;
+        self.meta.insert(META_APPLIED_INDEX, value)?;
         Ok(())
     }
 

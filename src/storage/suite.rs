@@ -646,7 +646,6 @@ mod sled_engine {
         corrupt(dir.path(), "log", &1u64.to_be_bytes(), &[0xff; 3]);
         corrupt(dir.path(), "sessions", &7u64.to_be_bytes(), &[0xff; 40]);
         corrupt(dir.path(), "meta", b"applied_index", &[0xff; 11]);
-        corrupt(dir.path(), "log", b"short", b"");
 
         let storage = SledStorage::open(dir.path()).unwrap();
         assert!(is_storage_error(storage.entry(1)));
@@ -655,6 +654,14 @@ mod sled_engine {
         assert!(is_storage_error(storage.meta()));
         assert!(is_storage_error(storage.apply(&[noop(1, 1)])));
         assert_eq!(storage.entry(2).unwrap(), Some(noop(1, 2)));
+    }
+
+    #[test]
+    fn malformed_log_key_fails_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        corrupt(dir.path(), "log", b"short", b"");
+        assert!(is_storage_error(SledStorage::open(dir.path()).map(|_| ())));
     }
 
     #[test]

@@ -136,11 +136,14 @@ pub enum MessageBody {
     },
     /// Primary → member, on the replication stream: `entries` follow the entry at
     /// `(base_epoch, base_index)`. Many appends may be in flight (pipelining).
-    Append {
+        Append {
         base_index: LogIndex,
         base_epoch: Epoch,
         entries: Vec<Entry>,
         commit_index: LogIndex,
+        /// Read back from storage for a member that is behind (resync); such appends travel on
+        /// the resync stream so that live replication never waits behind them.
+        catch_up: bool,
     },
     /// Member → primary: the member's log matches the primary's up to `match_index`, and that
     /// prefix is durable (flushed) on the member.
@@ -166,15 +169,42 @@ pub enum MessageBody {
     Vote { granted: bool },
     /// New primary → members: "I am the primary of this epoch".
     Coordinator,
-    /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
+        /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
     StaleEpoch,
+    /// Primary → member whose next entry was compacted away, on the resync stream: one chunk of a
+    /// snapshot of the primary's state. Chunks of one `transfer` are numbered from 0 and staged by
+    /// the member; the chunk carrying `finish` installs the whole snapshot atomically.
+    SnapshotChunk {
+        transfer: u64,
+        sequence: u64,
+        /// Keys and values; `None` deletes a key staged by an earlier chunk.
+        pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        finish: Option<SnapshotFinish>,
+    },
+    /// Member → primary: chunk `sequence` of `transfer` is staged (flow control).
+    SnapshotAck { transfer: u64, sequence: u64 },
+}
+
+/// The end of a snapshot: the log position it reflects and what the state alone does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFinish {
+    /// The snapshot reflects every entry up to and including `(epoch, index)`.
+    pub index: LogIndex,
+    pub epoch: Epoch,
+    /// The `sessions` table at `index`: client id → (last sequence, its result).
+    pub sessions: Vec<(u64, crate::storage::Session)>,
+    /// The membership in force at `index`.
+    pub membership: Membership,
 }
 
 impl MessageBody {
     /// The stream a message travels on. Heartbeats and elections must never wait behind a large
     /// replication transfer, so they have a stream of their own.
-    pub fn stream(&self) -> StreamKind {
+        pub fn stream(&self) -> StreamKind {
         match self {
+            MessageBody::Append { catch_up: true, .. }
+            | MessageBody::SnapshotChunk { .. }
+            | MessageBody::SnapshotAck { .. } => StreamKind::Resync,
             MessageBody::Append { .. }
             | MessageBody::AppendAck { .. }
             | MessageBody::AppendRejected { .. } => StreamKind::Replication,
@@ -188,6 +218,8 @@ impl MessageBody {
 pub enum StreamKind {
     /// Heartbeats, their acks, and election messages.
     Heartbeat,
-    /// Log appends and their acks.
+        /// Live log appends and their acks.
     Replication,
+    /// Catch-up appends read from storage and snapshot chunks, for members that are behind.
+    Resync,
 }

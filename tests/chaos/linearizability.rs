@@ -133,7 +133,7 @@ impl Events {
         for (i, entry) in entries.iter().enumerate() {
             timeline.push((entry.call, 0, Event::Call(i)));
             if let Some(ret) = entry.ret {
-                timeline.push((ret.max(entry.call) + 1000, 1, Event::Return(i)));
+                timeline.push((ret.max(entry.call), 1, Event::Return(i)));
             }
         }
         timeline.sort_by_key(|(time, order, event)| {

@@ -8,7 +8,7 @@
 //! writes, primaries per epoch, divergence. The report is printed and written as JSON; any
 //! violation fails the test. Node logs and the history are kept under `target/chaos-<seed>/`.
 //!
-//! - `REPLIKV_CHAOS_SECONDS=600`: length of the faulty phase (default 90) for a soak.
+//! - `REPLIKV_CHAOS_SECONDS=600`: length of the faulty phase (default 100) for a soak.
 //! - `REPLIKV_CHAOS_SEED=<n>`: replays a fault schedule (timing still varies between runs).
 //! - `REPLIKV_CHAOS_NODES=5`: cluster size (default 3; five adds the ring of majorities).
 //! - `REPLIKV_CHAOS_REPORT=<path>`: where the JSON report goes.
@@ -41,7 +41,7 @@ use tokio::task::{block_in_place, JoinSet};
 
 use checks::Dump;
 use common::{Cluster, ClusterSpec, READWRITE_CLIENT};
-use history::History;
+use history::{History, Nanos, Op, Outcome, Record};
 use nemesis::{FaultRecord, Firewall, Nemesis};
 use report::ChaosReport;
 use workload::{Workload, WorkloadConfig};
@@ -50,7 +50,7 @@ use workload::{Workload, WorkloadConfig};
 const FIRST_IP: u8 = 141;
 const CLIENT_PORT: u16 = 24141;
 
-const DEFAULT_FAULT_SECONDS: u64 = 90;
+const DEFAULT_FAULT_SECONDS: u64 = 100;
 const DEFAULT_NODES: u64 = 3;
 
 /// How long the cluster gets to elect a primary and converge once every fault is healed. It bounds
@@ -195,7 +195,7 @@ async fn nemesis_against_a_process_cluster_finds_no_violation() {
         fault_phase_seconds: settings.fault_phase.as_secs_f64(),
         ..ChaosReport::default()
     };
-    let final_state = read_final_state(&cluster, &client, &mut report.problems).await;
+    let final_state = read_final_state(&cluster, &client, &history, &mut report.problems).await;
     block_in_place(|| nemesis.heal(&mut cluster))
         .unwrap_or_else(|error| panic!("the nemesis could not check the nodes: {error}"));
     report
@@ -204,6 +204,9 @@ async fn nemesis_against_a_process_cluster_finds_no_violation() {
     report.total_seconds = checks::seconds(history.now());
 
     // --- artifacts and checks ---
+    if let Some(state) = &final_state {
+        record_final_register_reads(&history, state);
+    }
     let records = history.records();
     let artifacts = target_dir().join(format!("chaos-{}", settings.seed));
     save_artifacts(&cluster, &records, &artifacts);
@@ -364,8 +367,9 @@ async fn agreed_primary(
 /// What the cluster holds once healed and quiet.
 struct FinalState {
     primary: NodeId,
-    /// The primary's state read with linearizable scans.
+    /// The primary's state read with linearizable scans, and when that read began and ended.
     linearizable: Dump,
+    linearizable_window: (Nanos, Nanos),
     /// Every node's state read with stale scans, and the log index it reflects.
     nodes: BTreeMap<NodeId, (u64, Dump)>,
     rolled_back: BTreeMap<NodeId, u64>,
@@ -377,6 +381,7 @@ struct FinalState {
 async fn read_final_state(
     cluster: &Cluster,
     client: &Client,
+    history: &History,
     problems: &mut Vec<String>,
 ) -> Option<FinalState> {
     let primary = match agreed_primary(cluster, client, RECOVERY_PATIENCE).await {
@@ -417,6 +422,7 @@ async fn read_final_state(
             Err(error) => problems.push(format!("stale read of node {} failed: {error}", node.id)),
         }
     }
+    let invoked_at = history.now();
     let linearizable = match read_all(client, ReadConsistency::Linearizable).await {
         Ok((_, dump)) => dump,
         Err(error) => {
@@ -428,12 +434,39 @@ async fn read_final_state(
         .iter()
         .map(|status| (status.node_id, status.rolled_back_entries))
         .collect();
+    let linearizable_window = (invoked_at, history.now());
     Some(FinalState {
         primary,
         linearizable,
+        linearizable_window,
         nodes,
         rolled_back,
     })
+}
+
+/// Adds the final linearizable read of every register key to the history, as one more read per
+/// key: the registers' final values must then fit their histories too.
+fn record_final_register_reads(history: &History, state: &FinalState) {
+    let keys: std::collections::BTreeSet<String> = history
+        .records()
+        .into_iter()
+        .map(|record| record.op.key().to_string())
+        .filter(|key| key.starts_with(workload::REGISTER_PREFIX))
+        .collect();
+    let (invoked_at, completed_at) = state.linearizable_window;
+    let process = history.new_process();
+    for key in keys {
+        history.record(Record {
+            process,
+            outcome: Outcome::ReadOk {
+                value: state.linearizable.get(&key).cloned(),
+            },
+            op: Op::Read { key },
+            invoked_at,
+            completed_at,
+            served: None,
+        });
+    }
 }
 
 /// A `w=all` write after heal: once acknowledged, the primary has committed everything before it

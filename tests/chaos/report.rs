@@ -13,7 +13,7 @@ use replikv::NodeId;
 use serde::Serialize;
 
 use crate::checks::{seconds, DivergenceReport, LostWriteReport, PrimaryReport};
-use crate::history::{Nanos, Op, Outcome, Record};
+use crate::history::{Nanos, Op, Outcome, OutcomeClass, Record};
 use crate::linearizability::LinearizabilityReport;
 use crate::nemesis::{FaultKind, FaultRecord};
 use crate::workload::REGISTER_PREFIX;
@@ -42,7 +42,8 @@ pub struct ChaosReport {
     /// Length of the faulty phase, and of the whole run.
     pub fault_phase_seconds: f64,
     pub total_seconds: f64,
-    /// Workload (`register-read`, `register-write`, `write-once`) to outcome to count.
+    /// Workload (`register-read`, `register-write`, `write-once`, and `register-final-read` for
+    /// the reads after heal) to outcome to count.
     pub operations: BTreeMap<String, BTreeMap<String, usize>>,
     pub faults_by_kind: BTreeMap<String, FaultTotals>,
     pub faults: Vec<FaultRecord>,
@@ -66,6 +67,12 @@ impl ChaosReport {
     pub fn count_operations(&mut self, records: &[Record]) {
         for record in records {
             let workload = match &record.op {
+                // The final reads of the registers are added without a serving node.
+                Op::Read { .. }
+                    if record.served.is_none() && record.outcome.class() == OutcomeClass::Ok =>
+                {
+                    "register-final-read"
+                }
                 Op::Read { .. } => "register-read",
                 Op::Write { key, .. } if key.starts_with(REGISTER_PREFIX) => "register-write",
                 Op::Write { .. } => "write-once",
@@ -95,56 +102,77 @@ impl ChaosReport {
     /// Every reason this run fails; empty when it passes.
     pub fn violations(&self) -> Vec<String> {
         let mut violations = Vec::new();
-        for lost in &self.lost_writes.lost {
-            violations.push(format!(
+        let lost = &self.lost_writes;
+        capped(
+            &mut violations,
+            "lost acknowledged writes",
+            &lost.lost,
+            |w| {
+                format!(
                 "lost acknowledged write: {} = {} (w={}, acknowledged at {:.3}s by {:?}); final read found {:?}",
-                lost.key, lost.value, lost.concern, lost.completed_at_s, lost.served, lost.found
-            ));
-        }
-        for (node, missing) in &self.lost_writes.missing_on_nodes {
-            violations.push(format!(
-                "node {node} lacks acknowledged write {} = {} (w={}); it has {:?}",
-                missing.key, missing.value, missing.concern, missing.found
-            ));
-        }
-        for applied in &self.lost_writes.failed_but_applied {
-            violations.push(format!(
-                "a write that failed took effect: {} = {}",
-                applied.key, applied.value
-            ));
-        }
-        for unexpected in &self.lost_writes.unexpected {
-            let place = match unexpected.node {
-                Some(node) => format!("node {node}"),
-                None => "the final linearizable read".to_string(),
-            };
-            violations.push(format!(
-                "unexpected value in {place}: {} = {} was never written",
-                unexpected.key, unexpected.value
-            ));
-        }
-        for violation in &self.linearizability.violations {
-            let mut text = format!(
-                "linearizability violation on {} ({} ops): {}",
-                violation.key, violation.operations, violation.explanation
-            );
-            for line in &violation.context {
-                let _ = write!(text, "\n      {line}");
-            }
-            violations.push(text);
-        }
+                w.key, w.value, w.concern, w.completed_at_s, w.served, w.found
+            )
+            },
+        );
+        capped(
+            &mut violations,
+            "acknowledged writes missing on a node",
+            &lost.missing_on_nodes,
+            |(node, w)| {
+                format!(
+                    "node {node} lacks acknowledged write {} = {} (w={}); it has {:?}",
+                    w.key, w.value, w.concern, w.found
+                )
+            },
+        );
+        capped(
+            &mut violations,
+            "failed writes that took effect",
+            &lost.failed_but_applied,
+            |w| format!("a write that failed took effect: {} = {}", w.key, w.value),
+        );
+        capped(
+            &mut violations,
+            "unexpected values",
+            &lost.unexpected,
+            |u| {
+                let place = match u.node {
+                    Some(node) => format!("node {node}"),
+                    None => "the final linearizable read".to_string(),
+                };
+                format!(
+                    "unexpected value in {place}: {} = {} was never written",
+                    u.key, u.value
+                )
+            },
+        );
+        capped(
+            &mut violations,
+            "linearizability violations",
+            &self.linearizability.violations,
+            |violation| {
+                let mut text = format!(
+                    "linearizability violation on {} ({} ops): {}",
+                    violation.key, violation.operations, violation.explanation
+                );
+                for line in &violation.context {
+                    let _ = write!(text, "\n      {line}");
+                }
+                text
+            },
+        );
         for conflict in &self.primaries.conflicts {
             violations.push(format!(
                 "epoch {} had more than one primary: elected {:?}, served operations {:?}",
                 conflict.epoch, conflict.elected, conflict.served
             ));
         }
-        let acknowledged_writes = self
+        let successes = self
             .operations
             .values()
             .filter_map(|outcomes| outcomes.get("ok"))
             .sum::<usize>();
-        if self.primaries.elections == 0 && acknowledged_writes > 0 {
+        if self.primaries.elections == 0 && successes > 0 {
             violations.push(
                 "no `elected primary` line found in any node log although operations succeeded: \
                  the log format changed or logging is filtered, so the primaries-per-epoch check \
@@ -254,7 +282,7 @@ impl ChaosReport {
         if violations.is_empty() {
             let _ = writeln!(out, "RESULT: no violations");
         } else {
-            let _ = writeln!(out, "RESULT: {} violations", violations.len());
+            let _ = writeln!(out, "RESULT: FAILED");
             for violation in violations {
                 let _ = writeln!(out, "  - {violation}");
             }
@@ -270,6 +298,20 @@ impl ChaosReport {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, json)
+    }
+}
+
+/// Violations shown per category; the rest are counted.
+const SHOWN_PER_CATEGORY: usize = 20;
+
+/// Renders up to [`SHOWN_PER_CATEGORY`] of `items` into `out`, then counts the rest.
+fn capped<T>(out: &mut Vec<String>, category: &str, items: &[T], render: impl Fn(&T) -> String) {
+    out.extend(items.iter().take(SHOWN_PER_CATEGORY).map(render));
+    if items.len() > SHOWN_PER_CATEGORY {
+        out.push(format!(
+            "... and {} more {category} (all of them are in the JSON report)",
+            items.len() - SHOWN_PER_CATEGORY
+        ));
     }
 }
 
@@ -344,7 +386,16 @@ mod tests {
         let violations = report.violations();
         assert_eq!(violations.len(), 1);
         assert!(violations[0].contains("lost acknowledged write"));
-        assert!(report.summary().contains("RESULT: 1 violations"));
+        assert!(report.summary().contains("RESULT: FAILED"));
+    }
+
+    #[test]
+    fn long_lists_are_capped_but_counted() {
+        let mut out = Vec::new();
+        let items: Vec<u32> = (0..25).collect();
+        capped(&mut out, "things", &items, |i| format!("thing {i}"));
+        assert_eq!(out.len(), SHOWN_PER_CATEGORY + 1);
+        assert!(out.last().unwrap().contains("5 more things"));
     }
 
     #[test]

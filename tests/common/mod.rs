@@ -131,12 +131,14 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
+                join: Vec::new(),
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
                 replica_lag_timeout_ms: None,
                 max_append_bytes: None,
                 max_inflight_entries: None,
+                log_retention_bytes: None,
                 log_level: "info".to_string(),
             };
             let config_path = dir.path().join(format!("node-{}.toml", member.id));
