@@ -410,30 +410,27 @@ impl Node {
     /// Handles a message from a peer.
     pub fn step(&mut self, now: Timestamp, message: Message) -> Result<()> {
         self.now = now;
-                // A node whose membership is behind (a joiner, or a node that missed changes) accepts a
-        // primary's messages from a sender it does not know yet, and learns the membership from
-        // them; the epoch fences them like any other. Everything else needs a known sender.
-        let from_primary = matches!(
-            message.body,
-            MessageBody::Heartbeat { .. } | MessageBody::Append { .. } | MessageBody::Coordinator
-        );
-        let known = self.membership.get(message.from).is_some();
-        if message.to != self.id || !(known || from_primary) {
+                        // Messages from nodes outside this node's membership are handled too (the shell admits
+        // only authenticated cluster nodes): a node whose membership is behind (a joiner, or one
+        // that missed a change) must follow a primary it does not know yet and answer elections
+        // of the membership in force, as in Raft. Epochs fence these messages like any other, and
+        // votes, acks and progress count only for members of the receiver's membership.
+        if message.to != self.id {
             debug!(
                 node = self.id,
                 ?message,
-                "dropping a message not for this node or from a non-member"
+                "dropping a message for another node"
             );
             return Ok(());
         }
         // Pre-votes change no state and are answered whatever the epochs say.
         match message.body {
             MessageBody::PreElection { rank } => {
-                                let granted = message.epoch > self.epoch
-                    && rank > self.rank()
-                    && self.membership.is_voter(self.id)
-                    && self.membership.is_voter(message.from)
-                    && !self.hears_live_primary();
+                                                // As in Raft, a node answers whatever its own membership says: the candidate counts
+                // only the voters of its membership, and a node whose membership is behind (or
+                // that a pending change removes) must still be able to help elect a primary.
+                let granted =
+                    message.epoch > self.epoch && rank > self.rank() && !self.hears_live_primary();
                 self.send(message.from, MessageBody::PreVote { granted });
                 if !granted
                     && self.rank() > rank
@@ -839,13 +836,17 @@ impl Node {
         Ok(())
     }
 
-    fn on_election(&mut self, candidate: NodeId, rank: Rank) -> Result<()> {
-        if !self.membership.is_voter(self.id) || !self.membership.is_voter(candidate) {
-            return Ok(());
-        }
+        fn on_election(&mut self, candidate: NodeId, rank: Rank) -> Result<()> {
         let own = self.rank();
-        if own > rank {
-            // The bully's answer: I outrank you, and I will run myself unless a primary is live.
+                if own > rank {
+            // Never vote for a less fresh log (that is what keeps committed entries). A voter
+            // answers as the bully: I outrank you, and I will run myself unless a primary is live.
+            // A non-voter just declines: telling the candidate to stand down for a node that will
+            // not run would stall the election.
+            if !self.membership.is_voter(self.id) {
+                self.send(candidate, MessageBody::Vote { granted: false });
+                return Ok(());
+            }
             self.send(candidate, MessageBody::Alive { rank: own });
             if matches!(self.role, RoleState::Backup) && !self.hears_live_primary() {
                 self.start_pre_election()?;
