@@ -100,9 +100,10 @@ pub const PEER_RESYNC_QUEUE_CAPACITY: usize = 32;
 /// at once; when full, the resync stream's reader waits, which pushes back through QUIC.
 pub const PEER_RESYNC_INBOX_CAPACITY: usize = 64;
 
-/// Most resync messages the event loop takes in one batch: each may carry a megabyte to write,
-/// so a few per pass keep ticks, heartbeats and flushes on time while a transfer runs.
-pub const MAX_RESYNC_EVENTS_PER_BATCH: usize = 8;
+/// Most resync messages the event loop takes in one batch, after everything live. Each may carry
+/// a megabyte of entries to append and apply (a good part of a heartbeat interval on a small
+/// machine), so one per pass keeps heartbeats, acks and flushes on time while a transfer runs.
+pub const MAX_RESYNC_EVENTS_PER_BATCH: usize = 1;
 
 /// First delay before redialling a peer after a failure; doubled up to the maximum.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 50;

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::net::peer::PeerRouter;
 use crate::net::shutdown::Shutdown;
 use crate::wire::client::{Request, Response, Topology};
-use crate::wire::message::{Membership, Message};
+use crate::wire::message::{Membership, Message, NodeId};
 
 /// How often replies whose client went away are forgotten, in ticks.
 const PRUNE_EVERY_TICKS: u64 = 100;
@@ -101,6 +101,8 @@ pub(crate) struct EventLoop {
     next_token: ClientToken,
     flush: Option<InflightFlush>,
     ticks: u64,
+    /// The primary the links were last synced for (see [`PeerRouter::sync`]).
+    synced_primary: Option<NodeId>,
 }
 
 impl EventLoop {
@@ -111,7 +113,8 @@ impl EventLoop {
         mut peers: PeerRouter,
         published: Published,
     ) -> Self {
-        peers.sync(node.membership());
+        let node_primary = node.primary();
+        peers.sync(node.membership(), node_primary);
         published.membership.send_replace(node.membership().clone());
         EventLoop {
             node,
@@ -123,6 +126,7 @@ impl EventLoop {
             next_token: 1,
             flush: None,
             ticks: 0,
+            synced_primary: node_primary,
         }
     }
 
@@ -240,7 +244,7 @@ impl EventLoop {
                 } => {
                     info!(epoch, primary = ?primary, "topology changed; telling connected clients");
                     // Before the sends that follow: they may be addressed to a new member.
-                    self.follow_membership(&membership);
+                    self.follow_membership(&membership, primary);
                     self.published.topology.send_replace(Some(Topology {
                         epoch,
                         primary,
@@ -252,21 +256,25 @@ impl EventLoop {
         // Every membership change comes with a topology output; this only guards against one
         // that did not, so links never stay out of step with the node.
         let membership = self.node.membership().clone();
-        self.follow_membership(&membership);
+        self.follow_membership(&membership, self.node.primary());
     }
 
-    /// Starts links to new members and stops those to members that left, and publishes the
-    /// membership (for the peer port's logs).
-    fn follow_membership(&mut self, membership: &Membership) {
-        if *self.published.membership.borrow() == *membership {
+    /// Starts links to new members and stops those to members that left (keeping the one to the
+    /// primary), and publishes the membership (for the peer port's logs).
+    fn follow_membership(&mut self, membership: &Membership, primary: Option<NodeId>) {
+        let changed = *self.published.membership.borrow() != *membership;
+        if !changed && self.synced_primary == primary {
             return;
         }
-        info!(
-            members = ?membership.members.iter().map(|m| (m.id, m.voter)).collect::<Vec<_>>(),
-            "membership changed; updating peer links"
-        );
-        self.peers.sync(membership);
-        self.published.membership.send_replace(membership.clone());
+        if changed {
+            info!(
+                members = ?membership.members.iter().map(|m| (m.id, m.voter)).collect::<Vec<_>>(),
+                "membership changed; updating peer links"
+            );
+            self.published.membership.send_replace(membership.clone());
+        }
+        self.peers.sync(membership, primary);
+        self.synced_primary = primary;
     }
 
     /// Shutdown: finish the running flush, flush whatever is still buffered, send the replies that

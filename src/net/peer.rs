@@ -15,7 +15,9 @@
 //! messages have an inbox of their own ([`PeerInboxes`]).
 //!
 //! Links follow the membership ([`PeerRouter::sync`]): the event loop starts a link to a member as
-//! soon as the membership that adds it is known, and stops the links to members that left.
+//! soon as the membership that adds it is known, and stops the links to members that left. The
+//! link to the primary this node follows is kept even when the membership no longer counts it: a
+//! primary that removed itself needs acks until that change is committed.
 //!
 //! Invariants:
 //! - The event loop never waits on the network: it hands messages to bounded per-stream queues
@@ -84,12 +86,15 @@ impl PeerRouter {
     }
 
     /// Starts a link to every other member that has none, and stops links to nodes that left or
-    /// moved to another address.
-    pub(crate) fn sync(&mut self, membership: &Membership) {
+    /// moved to another address, except the link to `primary`: a primary that removed itself
+    /// (or one this node's membership does not count yet) still needs this node's acks until it
+    /// has stepped down, or the change that removes it could never commit.
+    pub(crate) fn sync(&mut self, membership: &Membership, primary: Option<NodeId>) {
         self.links.retain(|id, link| {
-            let keep = membership
+            let member = membership
                 .get(*id)
                 .is_some_and(|member| member.peer_addr == link.peer_addr);
+            let keep = member || (Some(*id) == primary && membership.get(*id).is_none());
             if !keep {
                 info!(peer = id, "stopping the link to a node that left or moved");
             }

@@ -91,6 +91,7 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
     let (membership_tx, membership_rx) = watch::channel(node.membership().clone());
     let (topology_tx, topology_rx) = watch::channel(None);
     let peers = PeerRouter::new(config.id, peer_endpoint.clone(), controller.handle());
+    let known_members = node.membership().members.len();
     let must_register = match config.own_member() {
         Some(own) if !config.join.is_empty() => needs_registration(node.membership(), &own),
         _ => false,
@@ -139,7 +140,7 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
         client_addr = %client_addr,
         peer_addr = %peer_addr,
         data_dir = %config.data_dir.display(),
-        members = config.initial_members().len(),
+        members = known_members,
         "node serving"
     );
     let registration: Option<JoinHandle<Result<()>>> = match config.own_member() {

@@ -43,6 +43,8 @@ const PROBE_TO: &str = "127.0.0.139";
 /// A handle on the chaos chain. Dropping it removes the chain and every rule in it.
 pub struct Firewall {
     program: PathBuf,
+    /// The chain holding every rule: [`CHAIN`], or another name for the firewall's own tests.
+    chain: String,
     /// Rules match UDP from this port to this port: the nodes' peer port.
     port: u16,
 }
@@ -54,11 +56,12 @@ impl Firewall {
     /// Both the legacy and the nft backends may be installed with only one of them effective, and
     /// `iptables -L` succeeding proves nothing, so each candidate is probed: a datagram must be
     /// dropped with a rule in place and delivered without.
-    pub fn install(port: u16) -> Result<Firewall, String> {
+    pub fn install(chain: &str, port: u16) -> Result<Firewall, String> {
         let mut reasons = Vec::new();
         for program in candidates() {
             let firewall = Firewall {
                 program: program.clone(),
+                chain: chain.to_string(),
                 port,
             };
             match firewall.setup().and_then(|()| firewall.probe()) {
@@ -98,23 +101,34 @@ impl Firewall {
 
     fn setup(&self) -> Result<(), String> {
         self.teardown();
-        self.run(&["-N", CHAIN])?;
-        self.run(&["-I", "INPUT", "1", "-j", CHAIN])
+        self.run(&["-N", &self.chain])?;
+        self.run(&["-I", "INPUT", "1", "-j", &self.chain])
     }
 
     /// Removes the chain and the jump to it; tolerant of either being absent.
     fn teardown(&self) {
         // Several jumps may be left over from runs killed outright: remove them all.
-        while self.run(&["-D", "INPUT", "-j", CHAIN]).is_ok() {}
-        let _ = self.run(&["-F", CHAIN]);
-        let _ = self.run(&["-X", CHAIN]);
+        while self.run(&["-D", "INPUT", "-j", &self.chain]).is_ok() {}
+        let _ = self.run(&["-F", &self.chain]);
+        let _ = self.run(&["-X", &self.chain]);
     }
 
     /// Drops UDP on the peer port from `from` to `to`, always or with `probability`.
     pub fn drop_link(&self, from: &str, to: &str, probability: Option<f64>) -> Result<(), String> {
         let port = self.port.to_string();
         let mut args = vec![
-            "-A", CHAIN, "-p", "udp", "-s", from, "-d", to, "--sport", &port, "--dport", &port,
+            "-A",
+            &self.chain,
+            "-p",
+            "udp",
+            "-s",
+            from,
+            "-d",
+            to,
+            "--sport",
+            &port,
+            "--dport",
+            &port,
         ];
         let probability = probability.map(|p| format!("{p:.4}"));
         if let Some(p) = &probability {
@@ -126,7 +140,13 @@ impl Firewall {
 
     /// Removes every rule (the chain and its jump stay).
     pub fn heal(&self) -> Result<(), String> {
-        self.run(&["-F", CHAIN])
+        self.run(&["-F", &self.chain])
+    }
+
+    /// Whether the chain exists (for tests of the cleanup).
+    #[cfg(test)]
+    fn chain_exists(&self) -> bool {
+        self.run(&["-S", &self.chain]).is_ok()
     }
 
     fn probe(&self) -> Result<(), String> {
@@ -389,6 +409,9 @@ pub struct FaultRecord {
     pub primary: Option<NodeId>,
     pub started_at: Nanos,
     pub ended_at: Nanos,
+    /// Seconds from the heal until every node agreed on one primary again; `None` if that did
+    /// not happen before the next fault began.
+    pub recovered_after_s: Option<f64>,
 }
 
 /// Applies faults to a cluster and undoes them.
@@ -630,6 +653,65 @@ mod tests {
                 other => panic!("expected a kill, got {other:?}"),
             }
         }
+    }
+
+    /// Whether a datagram from `from` to `to` (both on `port`) arrives.
+    fn delivered(from: &str, to: &str, port: u16) -> bool {
+        let receiver = UdpSocket::bind((to, port)).expect("bind the receiver");
+        let sender = UdpSocket::bind((from, port)).expect("bind the sender");
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("set a read timeout");
+        if sender.send_to(b"ping", (to, port)).is_err() {
+            return false;
+        }
+        let mut buffer = [0u8; 8];
+        receiver.recv_from(&mut buffer).is_ok()
+    }
+
+    /// Needs root and iptables, like the chaos run; uses its own chain, port and addresses so
+    /// that it can run beside it.
+    #[test]
+    fn one_way_cuts_drop_one_direction_and_the_chain_goes_away_on_panic() {
+        const SELF_TEST_CHAIN: &str = "REPLIKV-CHAOS-SELFTEST";
+        const PORT: u16 = 24199;
+        let (a, b) = ("127.0.0.151", "127.0.0.152");
+        let firewall = match Firewall::install(SELF_TEST_CHAIN, PORT) {
+            Ok(firewall) => firewall,
+            Err(why) => {
+                let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+                assert!(
+                    !ci,
+                    "CI=true, so the firewall test may not be skipped: {why}"
+                );
+                eprintln!("SKIPPED firewall test (needs root and iptables): {why}");
+                return;
+            }
+        };
+        let program = firewall.program().to_path_buf();
+        assert!(delivered(a, b, PORT) && delivered(b, a, PORT));
+        firewall.drop_link(a, b, None).expect("add a one-way cut");
+        assert!(!delivered(a, b, PORT), "the cut direction still delivers");
+        assert!(delivered(b, a, PORT), "the other direction was cut too");
+        firewall
+            .drop_link(b, a, Some(0.5))
+            .expect("a packet-loss rule is accepted");
+        firewall.heal().expect("flush the rules");
+        assert!(delivered(a, b, PORT), "healing left a rule behind");
+
+        firewall.drop_link(a, b, None).expect("add a cut again");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _owned = firewall;
+            panic!("a test fails with a cut in place");
+        }));
+        assert!(panicked.is_err());
+        let inspector = Firewall {
+            program,
+            chain: SELF_TEST_CHAIN.to_string(),
+            port: PORT,
+        };
+        assert!(!inspector.chain_exists(), "the chain survived the panic");
+        assert!(delivered(a, b, PORT), "a cut survived the panic");
     }
 
     #[test]

@@ -216,6 +216,19 @@ impl ChaosReport {
                 totals.count, totals.seconds
             );
         }
+        let recoveries: Vec<f64> = self
+            .faults
+            .iter()
+            .filter_map(|fault| fault.recovered_after_s)
+            .collect();
+        let slowest = recoveries.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "recovery after heal (all nodes agree on a primary): slowest {slowest:.2}s; {} of {} \
+             faults not recovered before the next one",
+            self.faults.len() - recoveries.len(),
+            self.faults.len()
+        );
         let _ = writeln!(
             out,
             "primary changes (elections won): {} over {} epochs",
