@@ -63,6 +63,9 @@ const DOWN_PENALTY: Duration = Duration::from_secs(1);
 /// "write concern not met" answer arrives instead of a client-side timeout.
 const WRITE_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
+/// Longest wait for one node's answer to a read before the read is tried elsewhere.
+const READ_ATTEMPT_LIMIT: Duration = Duration::from_secs(1);
+
 /// Settings of a [`Client`] that do not come from TLS.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -591,9 +594,12 @@ impl Client {
             attempt_number += 1;
             let remaining = deadline - now;
             let request = build(remaining);
+                        // A write may legitimately take the whole timeout (the node answers when its write
+            // concern is met or not); a read is answered at once or not at all, so a node that
+            // died or froze mid-read is given up on quickly and the read goes elsewhere.
             let wait = match request {
                 Request::Write { .. } => remaining + WRITE_ANSWER_GRACE,
-                _ => remaining,
+                _ => remaining.min(READ_ATTEMPT_LIMIT),
             };
             let error = match self.attempt(&mut session, &addr, &request, wait).await {
                 Ok(response) => {

@@ -227,7 +227,7 @@ async fn play_schedule(
     let phase_start = Instant::now();
     for (i, planned) in plan.iter().enumerate() {
         tokio::time::sleep_until((phase_start + planned.start).into()).await;
-        let primary = if Nemesis::needs_primary(planned.kind) {
+        let primary = if planned.kind.targets_primary() {
             current_primary(cluster, client).await
         } else {
             None

@@ -263,7 +263,8 @@ impl FaultKind {
         }
     }
 
-    fn targets_primary(self) -> bool {
+    /// Whether the fault is aimed at the primary, which the nemesis must then look up.
+    pub fn targets_primary(self) -> bool {
         matches!(
             self,
             FaultKind::KillPrimary
@@ -499,14 +500,10 @@ impl Nemesis {
         }
         Ok(())
     }
-
-    /// Whether fault `kind` needs to know the primary.
-    pub fn needs_primary(kind: FaultKind) -> bool {
-        kind.targets_primary()
-    }
 }
 
-/// Whether process `pid` has ended (it is gone, or a zombie waiting to be reaped).
+/// Whether process `pid` has ended (it is gone, or a zombie waiting to be reaped). Reads Linux's
+/// `/proc`, like the rest of the nemesis assumes Linux (iptables).
 fn has_exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name: `pid (comm) S ...`.
