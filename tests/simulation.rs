@@ -72,6 +72,9 @@ struct CompletedRead {
     linearizable: bool,
 }
 
+/// A node's whole state, in key order.
+type StatePairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The fault schedule's knobs for one history.
 #[derive(Clone, Debug)]
 struct Faults {
@@ -852,7 +855,7 @@ impl Simulation {
 
     /// Invariant 4: nodes at the same applied index have the same state.
     fn check_states_match(&self) {
-        let mut by_index: BTreeMap<LogIndex, (NodeId, Vec<(Vec<u8>, Vec<u8>)>)> = BTreeMap::new();
+        let mut by_index: BTreeMap<LogIndex, (NodeId, StatePairs)> = BTreeMap::new();
         for (id, node, storage) in self.live_nodes() {
             let state = storage.scan(b"", usize::MAX).unwrap_or_default();
             match by_index.get(&node.applied_index()) {

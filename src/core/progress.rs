@@ -226,8 +226,11 @@ mod tests {
     fn in_sync_set_drops_voters_that_lag_too_long() {
         let members = membership(&[1, 2, 3]);
         let mut progress = progress_with(&[(2, 0), (3, 0)]);
-        progress.get_mut(&2).map(|p| p.caught_up_at = Some(900));
-        progress.get_mut(&3).map(|p| p.caught_up_at = Some(100));
+        for (id, at) in [(2, 900), (3, 100)] {
+            if let Some(p) = progress.get_mut(&id) {
+                p.caught_up_at = Some(at);
+            }
+        }
         assert_eq!(
             in_sync_voters(&members, 1, &progress, 1000, 500),
             vec![1, 2]
