@@ -2,7 +2,7 @@
 //! through the client library and the `kvctl` binary.
 //!
 //! Every test has its own address block and ports (see each test's `ClusterSpec`), so they run in
-//! parallel. Blocks used here: 127.0.0.21-79, ports 24021-24072; other test files must pick
+//! parallel. Blocks used here: 127.0.0.21-79 and 91-93, ports 24021-24072 and 24091; other test files must pick
 //! others. Waits are conditions with generous deadlines, never timing assertions.
 
 mod common;
@@ -483,4 +483,93 @@ async fn killing_the_primary_under_load_loses_no_acknowledged_write() {
         .await
         .expect("put after the old primary returned");
     wait_until_node_has(&cluster, &client, old_primary, "after-return", "caught-up").await;
+}
+
+/// A primary cut off from its backups acknowledges `w=1` writes that never reach them; after it
+/// dies and a new primary is elected, the old primary returns, moves those entries to its
+/// `rollback` tree (counted in its status) and takes the new primary's log. `majority` writes
+/// are never affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_primary_rolls_back_its_unreplicated_writes() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 91, 24091));
+    let (old_primary, _) = cluster.wait_for_primary().await;
+    let client = cluster.client(READWRITE_CLIENT);
+    client
+        .put(
+            "before",
+            "committed",
+            WriteConcern::Majority,
+            CLIENT_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("majority put on a healthy cluster failed: {error}"));
+
+    // Kill both backups (a pause would keep the primary's packets queued in their sockets): the
+    // primary still acknowledges w=1 writes (its own flush) until it notices it lost its
+    // majority and steps down.
+    let backups: Vec<NodeId> = (1..=3).filter(|id| *id != old_primary).collect();
+    for &backup in &backups {
+        cluster.kill(backup);
+    }
+    let pinned = client.pinned_to(&cluster.spec.client_addr(old_primary));
+    let mut unreplicated = Vec::new();
+    for i in 0..200 {
+        let key = format!("w1-{i}");
+        match pinned
+            .put(&key, "lost", WriteConcern::One, Duration::from_millis(200))
+            .await
+        {
+            Ok(_) => unreplicated.push(key),
+            Err(_) => break, // stepped down: it refuses writes without a majority
+        }
+    }
+    assert!(
+        !unreplicated.is_empty(),
+        "the isolated primary acknowledged no w=1 write before stepping down"
+    );
+
+    cluster.kill(old_primary);
+    for &backup in &backups {
+        cluster.restart(backup);
+    }
+    let (new_primary, _) = cluster.wait_for_primary().await;
+    assert_ne!(new_primary, old_primary);
+    client
+        .put("after", "committed", WriteConcern::Majority, CLIENT_TIMEOUT)
+        .await
+        .unwrap_or_else(|error| panic!("majority put after the failover failed: {error}"));
+
+    cluster.restart(old_primary);
+    let old_addr = cluster.spec.client_addr(old_primary);
+    let rolled_back = eventually("the old primary rolls back its divergent entries", || {
+        let client = &client;
+        let old_addr = old_addr.clone();
+        let expected = unreplicated.len() as u64;
+        async move {
+            let status = client.status_of(&old_addr).await.ok()?;
+            (status.rolled_back_entries >= expected).then_some(status.rolled_back_entries)
+        }
+    })
+    .await;
+    assert!(rolled_back >= unreplicated.len() as u64);
+
+    // The rolled-back writes are not in the data, on any node; the majority writes are.
+    for key in &unreplicated {
+        let (value, _) = client
+            .get(key, ReadConsistency::Linearizable)
+            .await
+            .unwrap_or_else(|error| panic!("linearizable get failed: {error}"));
+        assert_eq!(value, None, "rolled-back write {key} is visible");
+    }
+    let stale_on_old = client.pinned_to(&old_addr);
+    for key in ["before", "after"] {
+        eventually("the old primary has every majority write", || {
+            let stale_on_old = &stale_on_old;
+            async move {
+                let (value, _) = stale_on_old.get(key, ReadConsistency::Stale).await.ok()?;
+                (value.as_deref() == Some(&b"committed"[..])).then_some(())
+            }
+        })
+        .await;
+    }
 }
