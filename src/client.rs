@@ -594,7 +594,7 @@ impl Client {
             attempt_number += 1;
             let remaining = deadline - now;
             let request = build(remaining);
-                        // A write may legitimately take the whole timeout (the node answers when its write
+            // A write may legitimately take the whole timeout (the node answers when its write
             // concern is met or not); a read is answered at once or not at all, so a node that
             // died or froze mid-read is given up on quickly and the read goes elsewhere.
             let wait = match request {

@@ -87,7 +87,7 @@ struct Simulation {
     seed: u64,
     rng: StdRng,
     now: Timestamp,
-        options: Options,
+    options: Options,
     nodes: BTreeMap<NodeId, SimNode>,
     /// Messages in flight: (delivery time, sequence) → message.
     network: BTreeMap<(Timestamp, u64), Message>,
@@ -182,7 +182,7 @@ impl Simulation {
             seed,
             rng,
             now: 0,
-                        options,
+            options,
             nodes,
             network: BTreeMap::new(),
             sequence: 0,
@@ -749,7 +749,7 @@ impl Simulation {
                     self.primaries.insert(epoch, id);
                     // 2. A new primary's log holds every committed entry.
                     let storage = self.nodes[&id].storage.clone();
-                                        let log_start = storage.meta().map_or(1, |meta| meta.log_start);
+                    let log_start = storage.meta().map_or(1, |meta| meta.log_start);
                     for (index, committed) in self.committed.range(log_start..) {
                         let entry = storage.entry(*index).ok().flatten();
                         if entry.as_ref() != Some(committed) {
@@ -773,7 +773,7 @@ impl Simulation {
             if commit <= sim.checked_commit {
                 continue;
             }
-                        // Entries compacted away were checked before, or arrived in a snapshot.
+            // Entries compacted away were checked before, or arrived in a snapshot.
             let log_start = sim.storage.meta().map_or(1, |meta| meta.log_start);
             let from = (sim.checked_commit + 1).max(log_start);
             if from > commit {
@@ -823,13 +823,13 @@ impl Simulation {
                 )
             })
             .collect();
-                // Logs may start at different indexes (compaction): compare where both hold entries.
+        // Logs may start at different indexes (compaction): compare where both hold entries.
         for (i, (a, log_a)) in logs.iter().enumerate() {
             for (b, log_b) in logs.iter().skip(i + 1) {
                 let (Some(first_a), Some(first_b)) = (log_a.first(), log_b.first()) else {
                     continue;
                 };
-                                let start = first_a.index.max(first_b.index);
+                let start = first_a.index.max(first_b.index);
                 let (skip_a, skip_b) = (start - first_a.index, start - first_b.index);
                 if skip_a >= log_a.len() as u64 || skip_b >= log_b.len() as u64 {
                     continue; // no index held by both

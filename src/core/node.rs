@@ -33,7 +33,7 @@ use crate::wire::client::{
     Role, Write, WriteConcern, WriteResult,
 };
 use crate::wire::message::{
-        Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
+    Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
     RequestId, SnapshotFinish,
 };
 
@@ -58,7 +58,7 @@ pub struct Options {
     pub replica_lag_timeout_ms: u64,
     /// Largest encoded size of one append message's entries.
     pub max_append_bytes: usize,
-        /// Most entries in flight to one member before the primary waits for acks (flow control).
+    /// Most entries in flight to one member before the primary waits for acks (flow control).
     pub max_inflight_entries: u64,
     /// Log bytes kept before the applied prefix is compacted into the state.
     pub log_retention_bytes: u64,
@@ -136,7 +136,7 @@ struct PrimaryState {
     /// Writes waiting for their write concern, by log index.
     writes: BTreeMap<LogIndex, Vec<PendingWrite>>,
     /// Log index of each write request in the uncommitted suffix, so a retry joins it.
-        requests: HashMap<RequestId, LogIndex>,
+    requests: HashMap<RequestId, LogIndex>,
     reads: Vec<PendingRead>,
     /// Snapshots being streamed to members whose next entry was compacted away.
     transfers: BTreeMap<NodeId, SnapshotTransfer>,
@@ -221,7 +221,7 @@ pub struct Node {
     last_heard_primary: Timestamp,
     election_deadline: Timestamp,
     /// Recent entries `[cache first index ..= last_index]`, for replication and speculation.
-        cache: VecDeque<Entry>,
+    cache: VecDeque<Entry>,
     /// The first index in the log; entries before it were compacted into the state.
     log_start: LogIndex,
     incoming_snapshot: Option<IncomingSnapshot>,
@@ -243,7 +243,7 @@ impl Node {
     ) -> Result<Node> {
         let meta = storage.meta()?;
         let (last_epoch, last_index) = storage.last()?;
-                // The applied membership wins over the configured one. A node outside it (a joiner part
+        // The applied membership wins over the configured one. A node outside it (a joiner part
         // way through the history, or a removed node) neither votes nor runs; it follows
         // whichever primary contacts it and learns the membership from it.
         let membership = meta.membership.clone().unwrap_or(membership);
@@ -271,7 +271,7 @@ impl Node {
             acked_index: 0,
             last_heard_primary: now,
             election_deadline: now,
-                        cache: VecDeque::new(),
+            cache: VecDeque::new(),
             log_start: meta.log_start,
             incoming_snapshot: None,
             rolled_back_entries,
@@ -279,10 +279,13 @@ impl Node {
             outputs: Vec::new(),
         };
         node.reset_election_timer();
-                node.recompute_membership()?;
+        node.recompute_membership()?;
         node.apply_committed()?;
         if node.membership.get(id).is_none() {
-            warn!(node = id, "this node is not in the membership it knows; waiting to hear from a primary");
+            warn!(
+                node = id,
+                "this node is not in the membership it knows; waiting to hear from a primary"
+            );
         }
         info!(
             node = id,
@@ -389,7 +392,7 @@ impl Node {
     }
 
     /// Advances timers: heartbeats, elections, step-down, request deadlines, retransmission.
-        pub fn tick(&mut self, now: Timestamp) -> Result<()> {
+    pub fn tick(&mut self, now: Timestamp) -> Result<()> {
         self.now = now;
         self.compact_log()?;
         if self.commit_index > self.persisted_commit_index {
@@ -410,7 +413,7 @@ impl Node {
     /// Handles a message from a peer.
     pub fn step(&mut self, now: Timestamp, message: Message) -> Result<()> {
         self.now = now;
-                        // Messages from nodes outside this node's membership are handled too (the shell admits
+        // Messages from nodes outside this node's membership are handled too (the shell admits
         // only authenticated cluster nodes): a node whose membership is behind (a joiner, or one
         // that missed a change) must follow a primary it does not know yet and answer elections
         // of the membership in force, as in Raft. Epochs fence these messages like any other, and
@@ -426,7 +429,7 @@ impl Node {
         // Pre-votes change no state and are answered whatever the epochs say.
         match message.body {
             MessageBody::PreElection { rank } => {
-                                                // As in Raft, a node answers whatever its own membership says: the candidate counts
+                // As in Raft, a node answers whatever its own membership says: the candidate counts
                 // only the voters of its membership, and a node whose membership is behind (or
                 // that a pending change removes) must still be able to help elect a primary.
                 let granted =
@@ -509,7 +512,7 @@ impl Node {
                 self.on_heartbeat_ack(message.from, round, durable_index, last_index)?;
                 self.probe_if_unverified(message.from, verified_index)?;
             }
-                        MessageBody::Append {
+            MessageBody::Append {
                 base_index,
                 base_epoch,
                 entries,
@@ -546,7 +549,7 @@ impl Node {
                 }
             }
             MessageBody::Coordinator => self.follow(message.from)?,
-                        MessageBody::SnapshotChunk {
+            MessageBody::SnapshotChunk {
                 transfer,
                 sequence,
                 pairs,
@@ -836,9 +839,9 @@ impl Node {
         Ok(())
     }
 
-        fn on_election(&mut self, candidate: NodeId, rank: Rank) -> Result<()> {
+    fn on_election(&mut self, candidate: NodeId, rank: Rank) -> Result<()> {
         let own = self.rank();
-                if own > rank {
+        if own > rank {
             // Never vote for a less fresh log (that is what keeps committed entries). A voter
             // answers as the bully: I outrank you, and I will run myself unless a primary is live.
             // A non-voter just declines: telling the candidate to stand down for a node that will
@@ -920,7 +923,7 @@ impl Node {
             elected_at: now,
             noop_index: self.last_index + 1,
             writes: BTreeMap::new(),
-                        requests,
+            requests,
             reads: Vec::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
@@ -960,7 +963,7 @@ impl Node {
         if now >= state.next_heartbeat {
             self.send_heartbeats();
         }
-                self.retransmit()?;
+        self.retransmit()?;
         self.continue_snapshots()?;
         self.promote_caught_up_learner()?;
         self.expire_requests();
@@ -1092,7 +1095,7 @@ impl Node {
         self.send(
             member,
             MessageBody::Append {
-                                base_index: match_index,
+                base_index: match_index,
                 base_epoch,
                 entries: Vec::new(),
                 commit_index,
@@ -1181,7 +1184,7 @@ impl Node {
             let Some((next, limit)) = self.send_window(member) else {
                 return Ok(());
             };
-                        let cache_first = self.cache_first_index();
+            let cache_first = self.cache_first_index();
             if next >= cache_first {
                 break;
             }
@@ -1197,7 +1200,7 @@ impl Node {
             if entries.is_empty() {
                 return Err(Error::Storage(format!("log entry {next} is missing")));
             }
-                        let base_epoch = self.epoch_at(next - 1)?;
+            let base_epoch = self.epoch_at(next - 1)?;
             self.send_append(member, next - 1, base_epoch, entries, true);
         }
         self.replicate_member_from_cache(member);
@@ -1209,7 +1212,7 @@ impl Node {
         let RoleState::Primary(state) = &self.role else {
             return None;
         };
-                if state.transfers.contains_key(&member) {
+        if state.transfers.contains_key(&member) {
             return None; // appends resume once the snapshot is installed
         }
         let progress = state.progress.get(&member)?;
@@ -1219,7 +1222,7 @@ impl Node {
         (progress.next_index <= limit).then_some((progress.next_index, limit))
     }
 
-        fn send_append(
+    fn send_append(
         &mut self,
         member: NodeId,
         base_index: LogIndex,
@@ -1291,7 +1294,7 @@ impl Node {
                     break;
                 }
             }
-                        self.send_append(member, next - 1, base_epoch, entries, false);
+            self.send_append(member, next - 1, base_epoch, entries, false);
         }
     }
 
@@ -1537,7 +1540,7 @@ impl Node {
             let results = self.storage.apply(&entries)?;
             let last = entries.last().map_or(from, |e| e.index);
             self.applied_index = last;
-                        for entry in &entries {
+            for entry in &entries {
                 if let Operation::Membership(membership) = &entry.operation {
                     self.applied_membership = membership.clone();
                 }
@@ -1573,7 +1576,7 @@ impl Node {
         Ok(())
     }
 
-        // --- compaction and snapshots ---
+    // --- compaction and snapshots ---
 
     /// Compacts the applied prefix of the log once it holds more than `log_retention_bytes`,
     /// down to about three quarters of that, in bounded steps.
@@ -1587,7 +1590,8 @@ impl Node {
         let entries = self.last_index - self.log_start + 1;
         let average = (log_bytes / entries).max(1);
         let excess = (log_bytes - retention * 3 / 4) / average + 1;
-        let through = (self.log_start - 1 + excess.min(MAX_ENTRIES_PER_STEP)).min(self.applied_index);
+        let through =
+            (self.log_start - 1 + excess.min(MAX_ENTRIES_PER_STEP)).min(self.applied_index);
         if through < self.log_start {
             return Ok(());
         }
@@ -1619,7 +1623,13 @@ impl Node {
                     last_activity: now,
                 },
             );
-            info!(node = self.id, epoch = self.epoch, member, transfer = id, "member is behind the compacted log; streaming a snapshot");
+            info!(
+                node = self.id,
+                epoch = self.epoch,
+                member,
+                transfer = id,
+                "member is behind the compacted log; streaming a snapshot"
+            );
         }
         self.send_snapshot_chunks(member)
     }
@@ -1657,8 +1667,10 @@ impl Node {
             } else {
                 let cursor = transfer.cursor.clone();
                 let chunk = self.storage.state_chunk(cursor.as_deref(), max_bytes)?;
-                let pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-                    chunk.into_iter().map(|(key, value)| (key, Some(value))).collect();
+                let pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
+                    .into_iter()
+                    .map(|(key, value)| (key, Some(value)))
+                    .collect();
                 (pairs, None)
             };
             let now = self.now;
@@ -1710,7 +1722,11 @@ impl Node {
         if transfer.id != transfer_id {
             return Ok(());
         }
-        transfer.acked_sequence = Some(transfer.acked_sequence.map_or(sequence, |s| s.max(sequence)));
+        transfer.acked_sequence = Some(
+            transfer
+                .acked_sequence
+                .map_or(sequence, |s| s.max(sequence)),
+        );
         transfer.last_activity = now;
         if let Some(progress) = self
             .primary_state()
@@ -1779,10 +1795,9 @@ impl Node {
                 next_sequence: 0,
             });
         }
-        let expected = self
-            .incoming_snapshot
-            .as_ref()
-            .is_some_and(|s| s.from == from && s.transfer == transfer && s.next_sequence == sequence);
+        let expected = self.incoming_snapshot.as_ref().is_some_and(|s| {
+            s.from == from && s.transfer == transfer && s.next_sequence == sequence
+        });
         if !expected {
             return Ok(()); // a chunk of an abandoned transfer, or one out of order: it restarts
         }
@@ -2189,7 +2204,7 @@ impl Node {
     fn on_append(
         &mut self,
         from: NodeId,
-                mut base_index: LogIndex,
+        mut base_index: LogIndex,
         mut base_epoch: Epoch,
         mut entries: Vec<Entry>,
         commit_index: LogIndex,
@@ -2269,7 +2284,7 @@ impl Node {
 
     /// Where a diverging log may still match: just before the first entry of the conflicting epoch.
     fn conflict_hint(&self, index: LogIndex, conflicting_epoch: Epoch) -> Result<LogIndex> {
-                let mut hint = index.saturating_sub(1);
+        let mut hint = index.saturating_sub(1);
         let floor = self.commit_index.max(self.log_start - 1);
         while hint > floor {
             if self.epoch_at(hint)? != conflicting_epoch {

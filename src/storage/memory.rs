@@ -38,10 +38,13 @@ struct Inner {
 /// One successful write, as journaled for replay onto the durable copy.
 enum Write {
     Append(Vec<Entry>),
-    TruncateSuffix { from: LogIndex, epoch: Epoch },
+    TruncateSuffix {
+        from: LogIndex,
+        epoch: Epoch,
+    },
     EpochAndVote(Epoch, Option<NodeId>),
     CommitIndex(LogIndex),
-        Membership(Membership),
+    Membership(Membership),
     Apply(Vec<Entry>),
     Compact(LogIndex),
     BeginSnapshot,
@@ -60,7 +63,7 @@ struct Contents {
     log: Vec<Entry>,
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
-        rollback: Vec<RolledBack>,
+    rollback: Vec<RolledBack>,
     meta: Meta,
     /// A snapshot being received, beside the live state.
     staged: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -142,7 +145,7 @@ impl Contents {
             log: Vec::new(),
             state: BTreeMap::new(),
             sessions: BTreeMap::new(),
-                        rollback: Vec::new(),
+            rollback: Vec::new(),
             meta: Meta {
                 log_start: FIRST_INDEX,
                 ..Meta::default()
@@ -166,7 +169,7 @@ impl Contents {
             }
             Write::CommitIndex(index) => self.meta.commit_index = index,
             Write::Membership(membership) => self.meta.membership = Some(membership),
-                        Write::Apply(entries) => {
+            Write::Apply(entries) => {
                 self.apply(&entries)?;
             }
             Write::Compact(through) => self.compact(through)?,
@@ -184,7 +187,12 @@ impl Contents {
     }
 
     fn compact(&mut self, through: LogIndex) -> Result<()> {
-        check_compact(through, self.meta.log_start, self.last().1, self.meta.applied_index)?;
+        check_compact(
+            through,
+            self.meta.log_start,
+            self.last().1,
+            self.meta.applied_index,
+        )?;
         if through < self.meta.log_start {
             return Ok(());
         }
@@ -460,7 +468,7 @@ impl Storage for MemoryStorage {
         Ok(self.lock().live.sessions.get(&client_id).copied())
     }
 
-        fn log_bytes(&self) -> Result<u64> {
+    fn log_bytes(&self) -> Result<u64> {
         let inner = self.lock();
         let mut total = 0u64;
         for entry in &inner.live.log {
@@ -470,7 +478,9 @@ impl Storage for MemoryStorage {
     }
 
     fn compact(&self, through: LogIndex) -> Result<()> {
-        self.write(Write::Compact(through), |contents| contents.compact(through))
+        self.write(Write::Compact(through), |contents| {
+            contents.compact(through)
+        })
     }
 
     fn state_chunk(
@@ -534,7 +544,7 @@ impl Storage for MemoryStorage {
             commit_index,
             epoch,
         };
-                let removed = self.write(write, |contents| {
+        let removed = self.write(write, |contents| {
             Ok(contents.install_snapshot(finish, commit_index, epoch))
         })?;
         // The sled engine flushes as it installs; so does this model.

@@ -116,7 +116,7 @@ pub trait Storage: Send + Sync {
     /// The session record of `client_id`, if any.
     fn session(&self, client_id: u64) -> Result<Option<Session>>;
 
-        // --- compaction and snapshots ---
+    // --- compaction and snapshots ---
 
     /// Encoded bytes of the entries in the log, for the retention bound.
     fn log_bytes(&self) -> Result<u64>;
@@ -127,8 +127,11 @@ pub trait Storage: Send + Sync {
 
     /// Up to `max_bytes` of state pairs whose keys come strictly after `after`, in key order (at
     /// least one pair if any is left). Empty when the scan is done.
-    fn state_chunk(&self, after: Option<&[u8]>, max_bytes: usize)
-        -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn state_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
     /// Every session record, by client id.
     fn sessions(&self) -> Result<Vec<(u64, Session)>>;

@@ -59,7 +59,7 @@ pub struct SledStorage {
     log: Tree,
     state: Tree,
     meta: Tree,
-        sessions: Tree,
+    sessions: Tree,
     rollback: Tree,
     /// A snapshot being received, staged beside `state` until it is installed.
     snapshot: Tree,
@@ -76,7 +76,7 @@ struct Tail {
     last: (Epoch, LogIndex),
     log_start: LogIndex,
     snapshot_epoch: Epoch,
-        /// Key of the next rollback record.
+    /// Key of the next rollback record.
     next_rollback: u64,
     /// Encoded bytes of the entries in `log`.
     log_bytes: u64,
@@ -94,9 +94,8 @@ impl SledStorage {
         let state = open_tree("state")?;
         let meta = open_tree("meta")?;
         let sessions = open_tree("sessions")?;
-                let rollback = open_tree("rollback")?;
+        let rollback = open_tree("rollback")?;
         let snapshot = open_tree("snapshot")?;
-
 
         let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
         let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
@@ -107,7 +106,7 @@ impl SledStorage {
             }
             None => (snapshot_epoch, log_start.saturating_sub(1)),
         };
-                let next_rollback = match rollback.last()? {
+        let next_rollback = match rollback.last()? {
             Some((key, _)) => decode_key(&key, "rollback")?.saturating_add(1),
             None => 0,
         };
@@ -161,7 +160,7 @@ impl Storage for SledStorage {
         };
         let mut tail = self.lock_tail();
         check_append(tail.last, entries)?;
-                let mut batch = Batch::default();
+        let mut batch = Batch::default();
         let mut buffer = Vec::new();
         let mut bytes = 0u64;
         for entry in entries {
@@ -220,7 +219,7 @@ impl Storage for SledStorage {
         // Everything is read and encoded before the transaction: sled's concurrency control is
         // one process-wide lock that a transaction holds for writing, so reading a plain tree
         // inside it would deadlock. The locks held above keep these reads current.
-                let mut removed = Vec::new();
+        let mut removed = Vec::new();
         let mut moves = Vec::new();
         let mut removed_bytes = 0u64;
         for item in self.log.range(from.to_be_bytes()..) {
@@ -299,7 +298,7 @@ impl Storage for SledStorage {
                 Ok(())
             });
         outcome.map_err(from_transaction_error)?;
-                tail.next_rollback += moves.len() as u64;
+        tail.next_rollback += moves.len() as u64;
         tail.last = new_last;
         tail.log_bytes = tail.log_bytes.saturating_sub(removed_bytes);
         Ok(removed)
@@ -390,7 +389,7 @@ impl Storage for SledStorage {
         }
     }
 
-        fn log_bytes(&self) -> Result<u64> {
+    fn log_bytes(&self) -> Result<u64> {
         Ok(self.lock_tail().log_bytes)
     }
 
@@ -437,10 +436,9 @@ impl Storage for SledStorage {
         max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let range = match after {
-            Some(after) => self.state.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => self
+                .state
+                .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.state.iter(),
         };
         let mut chunk = Vec::new();
@@ -494,7 +492,9 @@ impl Storage for SledStorage {
     ) -> Result<Vec<Entry>> {
         // The staged pairs must be durable before the marker that says "install them".
         self.db.flush()?;
-        let marker = encode(&(finish, commit_index, epoch), || "snapshot marker".to_string())?;
+        let marker = encode(&(finish, commit_index, epoch), || {
+            "snapshot marker".to_string()
+        })?;
         self.meta.insert(META_INSTALLING, marker)?;
         self.db.flush()?;
         self.finish_install(finish, commit_index, epoch)
@@ -557,11 +557,26 @@ impl SledStorage {
 
         let mut batch = Batch::default();
         let commit = commit_index.max(finish.index);
-        batch.insert(META_APPLIED_INDEX, encode(&finish.index, || "applied index".into())?);
-        batch.insert(META_COMMIT_INDEX, encode(&commit, || "commit index".into())?);
-        batch.insert(META_LOG_START, encode(&(finish.index + 1), || "log start".into())?);
-        batch.insert(META_SNAPSHOT_EPOCH, encode(&finish.epoch, || "snapshot epoch".into())?);
-        batch.insert(META_MEMBERSHIP, encode(&finish.membership, || "membership".into())?);
+        batch.insert(
+            META_APPLIED_INDEX,
+            encode(&finish.index, || "applied index".into())?,
+        );
+        batch.insert(
+            META_COMMIT_INDEX,
+            encode(&commit, || "commit index".into())?,
+        );
+        batch.insert(
+            META_LOG_START,
+            encode(&(finish.index + 1), || "log start".into())?,
+        );
+        batch.insert(
+            META_SNAPSHOT_EPOCH,
+            encode(&finish.epoch, || "snapshot epoch".into())?,
+        );
+        batch.insert(
+            META_MEMBERSHIP,
+            encode(&finish.membership, || "membership".into())?,
+        );
         batch.remove(META_INSTALLING);
         self.meta.apply_batch(batch)?;
         self.snapshot.clear()?;

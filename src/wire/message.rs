@@ -136,7 +136,7 @@ pub enum MessageBody {
     },
     /// Primary → member, on the replication stream: `entries` follow the entry at
     /// `(base_epoch, base_index)`. Many appends may be in flight (pipelining).
-        Append {
+    Append {
         base_index: LogIndex,
         base_epoch: Epoch,
         entries: Vec<Entry>,
@@ -169,7 +169,7 @@ pub enum MessageBody {
     Vote { granted: bool },
     /// New primary → members: "I am the primary of this epoch".
     Coordinator,
-        /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
+    /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
     StaleEpoch,
     /// Primary → member whose next entry was compacted away, on the resync stream: one chunk of a
     /// snapshot of the primary's state. Chunks of one `transfer` are numbered from 0 and staged by
@@ -200,7 +200,7 @@ pub struct SnapshotFinish {
 impl MessageBody {
     /// The stream a message travels on. Heartbeats and elections must never wait behind a large
     /// replication transfer, so they have a stream of their own.
-        pub fn stream(&self) -> StreamKind {
+    pub fn stream(&self) -> StreamKind {
         match self {
             MessageBody::Append { catch_up: true, .. }
             | MessageBody::SnapshotChunk { .. }
@@ -218,7 +218,7 @@ impl MessageBody {
 pub enum StreamKind {
     /// Heartbeats, their acks, and election messages.
     Heartbeat,
-        /// Live log appends and their acks.
+    /// Live log appends and their acks.
     Replication,
     /// Catch-up appends read from storage and snapshot chunks, for members that are behind.
     Resync,
