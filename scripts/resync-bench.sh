@@ -8,7 +8,7 @@
 #      times its catch-up with no other load: entries/s and MB/s of key+value payload;
 #   3. the same again, but with `kvctl bench` running for LOAD_SECS from the moment the backup
 #      restarts: the catch-up time under load, and the write throughput while the resync runs.
-# "Caught up" means the backup's durable index (as the primary reports it in `kvctl status`)
+# "Caught up" means the backup's durable index (as it reports it in `kvctl status --node`)
 # reached the primary's last index at the moment the backup restarted; the rate is taken from
 # the primary's first contact with the restarted backup (the time from the restart is shown too).
 #
@@ -71,8 +71,10 @@ start_node() {
     PIDS[$id]=$!
 }
 
+# Stops node $1 (SIGTERM: it flushes) after noting its own durable index in STOPPED_AT.
 stop_node() {
     local id=$1
+    STOPPED_AT=$(kvctl --json status --node "$(ip "$id"):$CLIENT_PORT" | jq .durable_index)
     kill -TERM "${PIDS[$id]}"
     wait "${PIDS[$id]}" 2>/dev/null || true
     unset "PIDS[$id]"
@@ -106,20 +108,22 @@ bench() { # extra kvctl bench flags...
 
 now() { date +%s.%N; }
 
-# Restarts node $1 and waits until its durable index reaches the primary's last index at the
-# restart. Sets CAUGHT_UP to "entries seconds-from-restart seconds-from-first-contact" (the
-# second leaves out the process start and the first heartbeat). Not run in a subshell: the node
-# it starts must be this shell's child.
+# Restarts node $1 (stopped by stop_node) and waits until its durable index reaches the
+# primary's last index at the restart. Sets CAUGHT_UP to "entries seconds-from-restart
+# seconds-from-first-contact" (the second leaves out the process start and the first heartbeat).
+# Not run in a subshell: the node it starts must be this shell's child.
 restart_and_time_catch_up() {
-    local id=$1 status from target started contact="" durable health
+    local id=$1 status from=$STOPPED_AT target started contact="" durable health
     status=$(primary_status)
-    from=$(member_field "$status" "$id" durable_index)
     target=$(jq -r .last_index <<<"$status")
     started=$(now)
     start_node "$id"
     while :; do
+        # The backup's own durable index (the primary's view of it restarts from 0 after an
+        # election); the primary's view of its health, for the progress line.
+        durable=$(kvctl --json --timeout 1s status --node "$(ip "$id"):$CLIENT_PORT" 2>/dev/null |
+            jq .durable_index) || durable=$from
         status=$(primary_status)
-        durable=$(member_field "$status" "$id" durable_index)
         health=$(member_field "$status" "$id" health)
         if [[ -z "$contact" && "$health" != Unreachable ]]; then contact=$(now); fi
         printf '\r   node %s: %-12s durable index %s of %s   ' "$id" "$health" "$durable" "$target" >&2

@@ -9,7 +9,8 @@
 //! once the workers stop, so the hot path shares nothing but two atomic counters.
 //!
 //! Before the clock starts every worker sends one untimed read, so connection and stream set-up
-//! is not measured. The run stops after `--requests` operations in all or after `--duration`; in
+//! is not measured; with `prefill`, the workers then write every key of the key space once (at
+//! `w=majority`, untimed), so that the gets of the run find values. The run stops after `--requests` operations in all or after `--duration`; in
 //! the latter case operations in flight at the deadline complete and are counted, and throughput
 //! is divided by the time until the last of them ended.
 //!
@@ -31,6 +32,7 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::net::tls::MAX_CONCURRENT_BIDI_STREAMS;
 use crate::wire::client::{ReadConsistency, WriteConcern};
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
 
@@ -46,8 +48,9 @@ pub const DEFAULT_VALUE_SIZE: usize = 100;
 /// Distinct keys when none is given.
 pub const DEFAULT_KEY_SPACE: u64 = 100_000;
 
-/// Most sessions one bench may open; far beyond what one client machine can drive usefully.
-pub const MAX_CLIENTS: usize = 10_000;
+/// Most sessions one bench may open: every session keeps a stream open on the connection to the
+/// primary, and a node allows this many per connection.
+pub const MAX_CLIENTS: usize = MAX_CONCURRENT_BIDI_STREAMS as usize;
 
 /// Largest value: a put must fit in one client frame with room for the key and the envelope.
 pub const MAX_VALUE_SIZE: usize = MAX_CLIENT_FRAME_BYTES - 64 * 1024;
@@ -88,6 +91,8 @@ pub struct BenchOptions {
     pub read_ratio: f64,
     /// Deadline of each operation, retries included.
     pub timeout: Duration,
+    /// Write every key once before the clock starts, so that gets find their keys.
+    pub prefill: bool,
 }
 
 impl Default for BenchOptions {
@@ -101,6 +106,7 @@ impl Default for BenchOptions {
             consistency: ReadConsistency::default(),
             read_ratio: 0.0,
             timeout: crate::client::DEFAULT_TIMEOUT,
+            prefill: false,
         }
     }
 }
@@ -160,6 +166,7 @@ pub struct BenchReport {
     pub write_concern: String,
     pub consistency: String,
     pub read_ratio: f64,
+    pub prefill: bool,
     /// Seconds from the start of the clock until the last operation ended.
     pub elapsed_secs: f64,
     /// Operations that succeeded (a read of a missing key succeeds).
@@ -362,6 +369,7 @@ impl Tally {
             write_concern: options.write_concern.to_string(),
             consistency: options.consistency.to_string(),
             read_ratio: options.read_ratio,
+            prefill: options.prefill,
             elapsed_secs: elapsed.as_secs_f64(),
             succeeded,
             failed,
@@ -387,32 +395,15 @@ pub async fn run(
 ) -> Result<BenchReport> {
     options.validate()?;
     let shared = Arc::new(Shared::default());
-
-    // Warm-up: every session opens its stream (and the first one the connection) untimed. A
-    // cluster that cannot answer one read per session is not worth measuring: stop here.
-    let mut warmups = tokio::task::JoinSet::new();
-    let consistency = warmup_consistency(options);
-    for number in 0..options.clients {
-        let session = client.session();
-        let key = key_name(number as u64 % options.key_space);
-        warmups.spawn(async move {
-            match session.get(&key, consistency).await {
-                Ok(_) => Ok(session),
-                Err(error) => Err(error),
-            }
-        });
-    }
-    let mut ready = Vec::with_capacity(options.clients);
-    while let Some(joined) = warmups.join_next().await {
-        let warmed =
-            joined.map_err(|err| Error::Internal(format!("a warm-up task failed: {err}")))?;
-        ready.push(warmed?);
+    let mut sessions = warm_up(client, options).await?;
+    if options.prefill {
+        sessions = prefill(sessions, options, show_progress).await?;
     }
 
     let progress = Progress::new(options, show_progress);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for session in ready {
+    for session in sessions {
         workers.spawn(worker(
             session,
             options.clone(),
@@ -453,6 +444,75 @@ pub async fn run(
         Some(error) => Err(error),
         None => Ok(tally.report(options, elapsed, interrupted)),
     }
+}
+
+/// Makes one session per client and has each send one untimed read, so stream (and connection)
+/// set-up is not measured. A cluster that cannot answer one read per session is not worth
+/// measuring: the first failure is returned.
+async fn warm_up(client: &Client, options: &BenchOptions) -> Result<Vec<Client>> {
+    let consistency = warmup_consistency(options);
+    let mut warmups = tokio::task::JoinSet::new();
+    for number in 0..options.clients {
+        let session = client.session();
+        let key = key_name(number as u64 % options.key_space);
+        warmups.spawn(async move {
+            match session.get(&key, consistency).await {
+                Ok(_) => Ok(session),
+                Err(error) => Err(error),
+            }
+        });
+    }
+    collect_sessions(warmups, "warm-up").await
+}
+
+/// Writes every key of the key space once at `w=majority`, spread over the sessions, so that the
+/// gets of the run find their keys. Untimed; any failure stops the run.
+async fn prefill(
+    sessions: Vec<Client>,
+    options: &BenchOptions,
+    show_progress: bool,
+) -> Result<Vec<Client>> {
+    let bar = progress_bar(
+        show_progress,
+        options.key_space,
+        "prefill {bar:40} {pos}/{len} keys",
+    );
+    let stride = sessions.len() as u64;
+    let mut writers = tokio::task::JoinSet::new();
+    for (first, session) in (0u64..).zip(sessions) {
+        let bar = bar.clone();
+        let (key_space, value_size, timeout) =
+            (options.key_space, options.value_size, options.timeout);
+        writers.spawn(async move {
+            let value = vec![b'p'; value_size];
+            let mut key = first;
+            while key < key_space {
+                session
+                    .put(key_name(key), &value, WriteConcern::Majority, timeout)
+                    .await?;
+                bar.inc(1);
+                key += stride;
+            }
+            Ok(session)
+        });
+    }
+    let sessions = collect_sessions(writers, "prefill").await;
+    bar.finish_and_clear();
+    sessions
+}
+
+/// Waits for every task of `tasks`; the sessions they hand back, or the first error.
+async fn collect_sessions(
+    mut tasks: tokio::task::JoinSet<Result<Client>>,
+    phase: &str,
+) -> Result<Vec<Client>> {
+    let mut sessions = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        let session =
+            joined.map_err(|err| Error::Internal(format!("a {phase} task failed: {err}")))?;
+        sessions.push(session?);
+    }
+    Ok(sessions)
 }
 
 /// One session's loop: claim an operation, run it, record it, until told to stop.
@@ -533,7 +593,21 @@ pub fn key_name(n: u64) -> String {
     format!("bench-{n:012}")
 }
 
-/// The progress bar on stderr (hidden when not wanted).
+/// A bar of `length` steps on stderr drawn with `template`, or a hidden one.
+fn progress_bar(visible: bool, length: u64, template: &str) -> ProgressBar {
+    let target = if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(length), target);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The progress bar of the run on stderr (hidden when not wanted).
 struct Progress {
     bar: ProgressBar,
     stop: StopAfter,
@@ -541,11 +615,6 @@ struct Progress {
 
 impl Progress {
     fn new(options: &BenchOptions, visible: bool) -> Progress {
-        let target = if visible {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
         let (length, template) = match options.stop {
             StopAfter::Requests(total) => (total, "{bar:40} {pos}/{len} ops  {msg}"),
             StopAfter::Duration(duration) => (
@@ -553,12 +622,8 @@ impl Progress {
                 "{bar:40} {elapsed}/{duration}  {msg}",
             ),
         };
-        let bar = ProgressBar::with_draw_target(Some(length), target);
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style);
-        }
         Progress {
-            bar,
+            bar: progress_bar(visible, length, template),
             stop: options.stop,
         }
     }
@@ -589,13 +654,14 @@ pub fn render_report(report: &BenchReport) -> String {
         StopAfter::Duration(duration) => format!("{:.1}s", duration.as_secs_f64()),
     };
     let mut text = format!(
-        "{} clients, {stop}, w={}, consistency={}, read ratio {}, {}-byte values, {} keys{}\n",
+        "{} clients, {stop}, w={}, consistency={}, read ratio {}, {}-byte values, {} keys{}{}\n",
         report.clients,
         report.write_concern,
         report.consistency,
         report.read_ratio,
         report.value_size,
         report.key_space,
+        if report.prefill { " (prefilled)" } else { "" },
         if report.interrupted {
             " (interrupted)"
         } else {

@@ -160,6 +160,9 @@ struct BenchArgs {
     /// Fraction of operations that are gets: 0.0 only puts, 1.0 only gets.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
     read_ratio: f64,
+    /// Write every key of the key space once before the clock starts (so gets find values).
+    #[arg(long)]
+    prefill: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,7 +181,8 @@ enum MemberCommand {
         /// The node's peer address, host:port.
         #[arg(value_parser = parse_host_port)]
         peer_addr: String,
-        /// Wait until the node has caught up and is a voter, showing its progress.
+        /// Wait until the node has caught up and is a voter, showing its progress (Ctrl-C stops
+        /// waiting, not the catch-up).
         #[arg(long)]
         wait: bool,
     },
@@ -424,6 +428,7 @@ async fn run_with_client(client: &Client, command: Command, json: bool) -> Resul
                 consistency: args.consistency,
                 read_ratio: args.read_ratio,
                 timeout,
+                prefill: args.prefill,
             };
             // Checked before anything is sent, so a bad flag is a usage error (exit 2).
             options.validate()?;

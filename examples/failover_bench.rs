@@ -1,0 +1,378 @@
+//! Failover time: SIGKILL the primary of a 3-node cluster, measure how long until a write
+//! succeeds on the new primary, restart the killed node, and repeat.
+//!
+//! The cluster is real `kvnode` processes (default settings: 100 ms heartbeats, failure timeout
+//! 3 heartbeats plus up to 150 ms jitter) on 127.0.0.84-86, with certificates and data in a
+//! temporary directory. Two clocks start at the kill:
+//!
+//! - **cluster**: probes write to each surviving node directly, every few milliseconds, without
+//!   following redirects; the first one that a node acknowledges at `w=majority` ends the clock.
+//!   This is the failover of the cluster itself: detection, election, the new primary's no-op
+//!   committed, a write committed.
+//! - **client**: one ordinary session that writes in a loop, as an application would, with the
+//!   client library's discovery, redirects and retries; its first acknowledged write after the
+//!   kill ends the clock. This adds what the client needs to notice the old primary is gone.
+//!
+//! Run it with `scripts/failover-bench.sh` (which builds `kvnode` first), or
+//! `cargo build --release && cargo run --release --example failover_bench -- --trials 10`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::sync::Mutex;
+
+use replikv::client::{Client, ClientOptions};
+use replikv::config::{DevCluster, DEV_CLIENT_NAME};
+use replikv::net::tls::{self, CertRole, CertsInit, TlsFiles};
+use replikv::wire::client::{MemberHealth, Role};
+use replikv::{NodeId, WriteConcern};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Measure failover time: SIGKILL the primary, time the first write on the new one"
+)]
+struct Args {
+    /// Number of kill-and-recover rounds.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// The kvnode binary (default: next to this example's target directory).
+    #[arg(long)]
+    kvnode: Option<PathBuf>,
+    /// Client port of every node; the peer port is the next one.
+    #[arg(long, default_value_t = 27679)]
+    port: u16,
+    /// Print the trials and the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Node `i` binds `127.0.0.{FIRST_OCTET + i - 1}`: a block no test or bench uses.
+const FIRST_OCTET: u64 = 84;
+const NODES: u64 = 3;
+/// How long to wait for a primary, a failover or a catch-up before giving up.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Pause between two probes of one node.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// Deadline of one probe (a write the node may hold while it waits for a majority).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Deadline of each write of the client loop, as an application might set it.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The node processes; dropping this kills every one still running.
+struct Processes {
+    kvnode: PathBuf,
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Processes {
+    fn start(&mut self, id: NodeId) -> std::io::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{id}.log")))?;
+        let child = Command::new(&self.kvnode)
+            .arg("--config")
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.children[slot(id)] = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no flush, no goodbye to the peers.
+    fn kill(&mut self, id: NodeId) -> std::io::Result<()> {
+        if let Some(mut child) = self.children[slot(id)].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn slot(id: NodeId) -> usize {
+    usize::try_from(id - 1).unwrap_or(usize::MAX)
+}
+
+/// One kill-and-recover round.
+#[derive(Debug, serde::Serialize)]
+struct Trial {
+    killed: NodeId,
+    new_primary: NodeId,
+    cluster_ms: f64,
+    client_ms: f64,
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Failure> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let kvnode = match args.kvnode.clone() {
+        Some(path) => path,
+        None => default_kvnode()?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("replikv-failover-")
+        .tempdir()?;
+    let addrs = plan_cluster(dir.path(), args.port)?;
+    let mut processes = Processes {
+        kvnode,
+        dir: dir.path().to_path_buf(),
+        children: (0..NODES).map(|_| None).collect(),
+    };
+    for id in 1..=NODES {
+        processes.start(id)?;
+    }
+    let client = Client::with_tls(
+        addrs.clone(),
+        &TlsFiles::for_client(&dir.path().join("certs"), DEV_CLIENT_NAME),
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            default_write_concern: WriteConcern::Majority,
+        },
+    )?;
+
+    let mut trials = Vec::new();
+    for number in 1..=args.trials {
+        let primary = wait_until_healthy(&client, &addrs).await?;
+        let trial = one_trial(&client, &addrs, &mut processes, primary).await?;
+        if !args.json {
+            println!(
+                "trial {number:>2}: killed node {}, node {} took over; cluster {:.0} ms, client {:.0} ms",
+                trial.killed, trial.new_primary, trial.cluster_ms, trial.client_ms
+            );
+        }
+        processes.start(trial.killed)?;
+        trials.push(trial);
+    }
+    client.close().await;
+
+    let cluster: Vec<f64> = trials.iter().map(|trial| trial.cluster_ms).collect();
+    let client_side: Vec<f64> = trials.iter().map(|trial| trial.client_ms).collect();
+    if args.json {
+        let summary = serde_json::json!({
+            "trials": trials,
+            "cluster_ms": { "median": median(&cluster), "max": max(&cluster), "min": min(&cluster) },
+            "client_ms": { "median": median(&client_side), "max": max(&client_side), "min": min(&client_side) },
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "cluster failover: median {:.0} ms, min {:.0} ms, max {:.0} ms over {} trials",
+            median(&cluster),
+            min(&cluster),
+            max(&cluster),
+            cluster.len()
+        );
+        println!(
+            "client failover:  median {:.0} ms, min {:.0} ms, max {:.0} ms",
+            median(&client_side),
+            min(&client_side),
+            max(&client_side)
+        );
+    }
+    Ok(())
+}
+
+/// `target/<profile>/kvnode`, next to `target/<profile>/examples/failover_bench`.
+fn default_kvnode() -> Result<PathBuf, Failure> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    let kvnode = profile_dir.join("kvnode");
+    if !kvnode.exists() {
+        return Err(format!(
+            "{} does not exist: run `cargo build --release` first, or pass --kvnode",
+            kvnode.display()
+        )
+        .into());
+    }
+    Ok(kvnode)
+}
+
+/// Writes certificates and node configurations into `dir`; returns the client addresses.
+fn plan_cluster(dir: &Path, port: u16) -> Result<Vec<String>, Failure> {
+    let mut plan = DevCluster::plan(dir, NODES, port)?;
+    let ip = |id: NodeId| format!("127.0.0.{}", FIRST_OCTET + id - 1);
+    for config in &mut plan.nodes {
+        config.client_addr = format!("{}:{port}", ip(config.id));
+        config.peer_addr = format!("{}:{}", ip(config.id), port + 1);
+    }
+    let members: Vec<_> = plan
+        .nodes
+        .iter()
+        .map(|config| {
+            let mut member = config.members[slot(config.id)].clone();
+            member.client_addr = config.client_addr.clone();
+            member.peer_addr = config.peer_addr.clone();
+            member
+        })
+        .collect();
+    for config in &mut plan.nodes {
+        config.members = members.clone();
+        config.log_level = "info".to_string();
+    }
+    tls::init_certs(&CertsInit {
+        dir: plan.certs_dir.clone(),
+        nodes: (1..=NODES).map(|id| (id, vec![ip(id)])).collect(),
+        clients: vec![(DEV_CLIENT_NAME.to_string(), CertRole::Admin)],
+        force: false,
+    })?;
+    for config in &plan.nodes {
+        std::fs::write(
+            dir.join(format!("node-{}.toml", config.id)),
+            config.to_toml()?,
+        )?;
+    }
+    Ok(members
+        .iter()
+        .map(|member| member.client_addr.clone())
+        .collect())
+}
+
+/// Waits until one node is primary and sees every member healthy; returns its id.
+async fn wait_until_healthy(client: &Client, addrs: &[String]) -> Result<NodeId, Failure> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for addr in addrs {
+            let Ok(status) = client.status_of(addr).await else {
+                continue;
+            };
+            let all_healthy = status.members.iter().all(|row| {
+                matches!(row.health, MemberHealth::Healthy | MemberHealth::Local)
+                    && row.lag == Some(0)
+            });
+            if status.role == Role::Primary && all_healthy {
+                return Ok(status.node_id);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("no healthy cluster within a minute: see the node logs".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn one_trial(
+    client: &Client,
+    addrs: &[String],
+    processes: &mut Processes,
+    primary: NodeId,
+) -> Result<Trial, Failure> {
+    // The application's session: warmed up on the current primary.
+    let writer = client.session();
+    writer
+        .put(
+            "failover",
+            "before",
+            WriteConcern::Majority,
+            CLIENT_WRITE_TIMEOUT,
+        )
+        .await?;
+
+    processes.kill(primary)?;
+    let killed_at = Instant::now();
+
+    // First acknowledged write of each kind, as (node, time since the kill).
+    let first_probe: Arc<Mutex<Option<(NodeId, Duration)>>> = Arc::default();
+    let mut probes = Vec::new();
+    for (id, addr) in (1..=NODES).zip(addrs) {
+        if id == primary {
+            continue;
+        }
+        let session = client.pinned_to(addr).with_timeout(PROBE_TIMEOUT);
+        let first_probe = Arc::clone(&first_probe);
+        probes.push(tokio::spawn(async move {
+            let deadline = killed_at + PATIENCE;
+            while first_probe.lock().await.is_none() && Instant::now() < deadline {
+                let probe = session
+                    .put("probe", "after", WriteConcern::Majority, PROBE_TIMEOUT)
+                    .await;
+                match probe {
+                    Ok((_, meta)) => {
+                        let mut first = first_probe.lock().await;
+                        first.get_or_insert((meta.node_id, killed_at.elapsed()));
+                    }
+                    Err(_) => tokio::time::sleep(PROBE_INTERVAL).await,
+                }
+            }
+        }));
+    }
+    let client_side = async {
+        let deadline = killed_at + PATIENCE;
+        loop {
+            let write = writer
+                .put(
+                    "failover",
+                    "after",
+                    WriteConcern::Majority,
+                    CLIENT_WRITE_TIMEOUT,
+                )
+                .await;
+            match write {
+                Ok((_, meta)) if meta.node_id != primary => return Ok(killed_at.elapsed()),
+                _ if Instant::now() > deadline => {
+                    return Err::<Duration, Failure>("the client never wrote again".into())
+                }
+                _ => {}
+            }
+        }
+    };
+    let client_elapsed = client_side.await?;
+    for probe in probes {
+        probe.await?;
+    }
+    let (new_primary, cluster_elapsed) = first_probe
+        .lock()
+        .await
+        .ok_or("no surviving node took writes within a minute")?;
+    Ok(Trial {
+        killed: primary,
+        new_primary,
+        cluster_ms: cluster_elapsed.as_secs_f64() * 1000.0,
+        client_ms: client_elapsed.as_secs_f64() * 1000.0,
+    })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => sorted[len / 2],
+        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
+    }
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::min)
+}
