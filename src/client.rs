@@ -15,7 +15,9 @@
 //!   nodes were tried and what they last answered.
 //!
 //! Nodes push [`Topology`] frames on unidirectional streams when they learn of a new primary; the
-//! client listens on every connection it opens and updates the primary it sends requests to.
+//! client listens on every connection it opens and updates the primary it sends requests to. A
+//! request waiting on another node is then abandoned and resent to the new primary at once, so a
+//! write in flight when its primary dies does not wait out its deadline.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -154,6 +156,9 @@ struct Shared {
     seeds: Vec<String>,
     options: ClientOptions,
     topology: Arc<StdMutex<KnownTopology>>,
+    /// Bumped whenever a node pushes a topology, so an attempt waiting on a former primary gives
+    /// up at once instead of at its deadline.
+    topology_pushes: tokio::sync::watch::Sender<u64>,
     /// One slot per address; the slot's lock is held while connecting so that concurrent sessions
     /// share one connection instead of opening one each.
     connections: StdMutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
@@ -297,6 +302,7 @@ impl Client {
             seeds: nodes,
             options,
             topology: Arc::default(),
+            topology_pushes: tokio::sync::watch::Sender::new(0),
             connections: StdMutex::default(),
             down_until: StdMutex::default(),
         });
@@ -601,7 +607,11 @@ impl Client {
                 Request::Write { .. } => remaining + WRITE_ANSWER_GRACE,
                 _ => remaining.min(READ_ATTEMPT_LIMIT),
             };
-            let error = match self.attempt(&mut session, &addr, &request, wait).await {
+            let follows_primary = matches!(target, Target::Primary);
+            let error = match self
+                .attempt(&mut session, &addr, &request, wait, follows_primary)
+                .await
+            {
                 Ok(response) => {
                     if matches!(target, Target::Primary) {
                         if let Some(meta) = response_meta(&response) {
@@ -727,8 +737,23 @@ impl Client {
         addr: &str,
         request: &Request,
         wait: Duration,
+        follows_primary: bool,
     ) -> Result<Response> {
         let give_up_at = Instant::now() + wait;
+        // A request meant for the primary is abandoned as soon as a node announces another one:
+        // the old primary may be dead, and the retry keeps the request id, so it applies once.
+        let mut pushes = self.shared.topology_pushes.subscribe();
+        let primary_moved = async {
+            loop {
+                if pushes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let primary = lock(&self.shared.topology).primary.clone();
+                if primary.is_some_and(|(_, primary_addr)| primary_addr != addr) {
+                    return;
+                }
+            }
+        };
         let exchange = async {
             let stream = self.session_stream(session, addr, give_up_at).await?;
             let connection = stream.connection.clone();
@@ -742,11 +767,16 @@ impl Client {
             .await;
             result.map_err(|error| refine_transport_error(addr, &connection, error))
         };
-        let outcome = match tokio::time::timeout_at(give_up_at.into(), exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::Unavailable(format!(
-                "{addr} did not answer within {} ms",
-                wait.as_millis()
+        let outcome = tokio::select! {
+            answered = tokio::time::timeout_at(give_up_at.into(), exchange) => match answered {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::Unavailable(format!(
+                    "{addr} did not answer within {} ms",
+                    wait.as_millis()
+                ))),
+            },
+            () = primary_moved, if follows_primary => Err(Error::Network(format!(
+                "{addr} is no longer the primary; resending to the new one"
             ))),
         };
         match outcome {
@@ -838,6 +868,7 @@ impl Client {
         tokio::spawn(listen_for_topology(
             connection.clone(),
             self.shared.topology.clone(),
+            self.shared.topology_pushes.clone(),
         ));
         *slot = Some(connection.clone());
         Ok(connection)
@@ -911,6 +942,7 @@ fn pick_candidate(
 async fn listen_for_topology(
     connection: quinn::Connection,
     topology: Arc<StdMutex<KnownTopology>>,
+    pushes: tokio::sync::watch::Sender<u64>,
 ) {
     while let Ok(mut stream) = connection.accept_uni().await {
         loop {
@@ -918,6 +950,7 @@ async fn listen_for_topology(
                 Ok(Some(pushed)) => {
                     tracing::debug!(epoch = pushed.epoch, primary = ?pushed.primary, "topology pushed");
                     lock(&topology).learn(pushed.epoch, pushed.primary, &pushed.members);
+                    pushes.send_modify(|count| *count += 1);
                 }
                 Ok(None) => break,
                 Err(error) => {

@@ -95,6 +95,9 @@ pub struct FlushTicket {
 /// Entries the primary keeps in memory so live replication never reads them back from storage.
 const MAX_CACHED_ENTRIES: usize = 100_000;
 
+/// ... and at most this many bytes of them (approximate encoded size).
+const MAX_CACHED_BYTES: usize = 64 * 1024 * 1024;
+
 /// A membership change asked for by a client.
 #[derive(Clone, Debug)]
 enum MembershipChange {
@@ -222,8 +225,12 @@ pub struct Node {
     election_deadline: Timestamp,
     /// Recent entries `[cache first index ..= last_index]`, for replication and speculation.
     cache: VecDeque<Entry>,
+    /// Approximate bytes of the entries in `cache`.
+    cache_bytes: usize,
     /// The first index in the log; entries before it were compacted into the state.
     log_start: LogIndex,
+    /// No compaction step before this time.
+    next_compaction: Timestamp,
     incoming_snapshot: Option<IncomingSnapshot>,
     rolled_back_entries: u64,
     now: Timestamp,
@@ -272,7 +279,9 @@ impl Node {
             last_heard_primary: now,
             election_deadline: now,
             cache: VecDeque::new(),
+            cache_bytes: 0,
             log_start: meta.log_start,
+            next_compaction: now,
             incoming_snapshot: None,
             rolled_back_entries,
             now,
@@ -1133,6 +1142,18 @@ impl Node {
             return Ok(());
         };
         progress.last_contact = Some(now);
+        if hint < progress.match_index {
+            // The member acknowledged entries it no longer has: its storage was wiped or
+            // replaced. Its earlier acks cannot be trusted; start again from what it has.
+            warn!(
+                node = id,
+                member = from,
+                hint,
+                match_index = progress.match_index,
+                "member lost acknowledged entries; resending from its log's end"
+            );
+            progress.forget_match(hint);
+        }
         let restart = (hint + 1).max(progress.match_index + 1);
         if restart < progress.next_index {
             debug!(
@@ -1434,30 +1455,39 @@ impl Node {
     fn push_cache(&mut self, entry: Entry) {
         if let Some(last) = self.cache.back() {
             if last.index + 1 != entry.index {
-                self.cache.clear();
+                self.clear_cache();
             }
         }
+        self.cache_bytes += entry_size(&entry);
         self.cache.push_back(entry);
         // Keep unapplied entries (speculation needs them); drop the oldest applied ones.
-        while self.cache.len() > MAX_CACHED_ENTRIES
+        while (self.cache.len() > MAX_CACHED_ENTRIES || self.cache_bytes > MAX_CACHED_BYTES)
             && self
                 .cache
                 .front()
                 .is_some_and(|e| e.index <= self.applied_index)
         {
-            self.cache.pop_front();
+            if let Some(dropped) = self.cache.pop_front() {
+                self.cache_bytes = self.cache_bytes.saturating_sub(entry_size(&dropped));
+            }
         }
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
     }
 
     /// Loads `[from ..= last_index]` into the cache from storage.
     fn fill_cache_from(&mut self, from: LogIndex) -> Result<()> {
-        self.cache.clear();
+        self.clear_cache();
         let mut next = from.max(1);
         while next <= self.last_index {
             let entries = self.storage.entries(next, self.last_index, 4 << 20)?;
             let Some(last) = entries.last().map(|e| e.index) else {
                 break;
             };
+            self.cache_bytes += entries.iter().map(entry_size).sum::<usize>();
             self.cache.extend(entries);
             next = last + 1;
         }
@@ -1581,7 +1611,14 @@ impl Node {
     /// Compacts the applied prefix of the log once it holds more than `log_retention_bytes`,
     /// down to about three quarters of that, in bounded steps.
     fn compact_log(&mut self) -> Result<()> {
-        const MAX_ENTRIES_PER_STEP: u64 = 10_000;
+        // Compaction runs inside the event loop, so it goes in small steps, at most one per
+        // heartbeat interval (about 20,000 entries a second): a large step would hold up
+        // heartbeats long enough for the primary to lose its majority.
+        const MAX_ENTRIES_PER_STEP: u64 = 2_000;
+        if self.now < self.next_compaction {
+            return Ok(());
+        }
+        self.next_compaction = self.now + self.options.heartbeat_interval_ms;
         let retention = self.options.log_retention_bytes;
         let log_bytes = self.storage.log_bytes()?;
         if log_bytes <= retention || self.last_index < self.log_start {
@@ -1604,9 +1641,18 @@ impl Node {
     /// Starts (or continues) a snapshot transfer to `member`.
     fn send_snapshot(&mut self, member: NodeId) -> Result<()> {
         let now = self.now;
+        let failure_timeout = self.options.failure_timeout_ms;
         let Some(state) = self.primary_state() else {
             return Ok(());
         };
+        let reachable = state
+            .progress
+            .get(&member)
+            .and_then(|progress| progress.last_contact)
+            .is_some_and(|at| now.saturating_sub(at) < failure_timeout);
+        if !state.transfers.contains_key(&member) && !reachable {
+            return Ok(()); // no point reading the whole state for a member that is down
+        }
         if !state.transfers.contains_key(&member) {
             state.next_transfer += 1;
             let id = state.next_transfer;
@@ -1838,7 +1884,7 @@ impl Node {
         // The snapshot was flushed as it was installed.
         self.durable_index = finish.index;
         self.generation += 1;
-        self.cache.clear();
+        self.clear_cache();
         self.applied_membership = finish.membership;
         self.recompute_membership()?;
         self.ack_append(true);
@@ -2320,7 +2366,9 @@ impl Node {
         self.durable_index = self.durable_index.min(last_index);
         self.generation += 1;
         while self.cache.back().is_some_and(|e| e.index >= index) {
-            self.cache.pop_back();
+            if let Some(dropped) = self.cache.pop_back() {
+                self.cache_bytes = self.cache_bytes.saturating_sub(entry_size(&dropped));
+            }
         }
         if self.membership_index >= index {
             self.recompute_membership()?;

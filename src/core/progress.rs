@@ -59,6 +59,13 @@ impl Progress {
         self.sends.push_back((last_sent, now));
     }
 
+    /// Forgets acknowledgements beyond `index`: the member no longer has those entries.
+    pub fn forget_match(&mut self, index: LogIndex) {
+        self.match_index = index;
+        self.window_start = index;
+        self.sends.clear();
+    }
+
     /// Restarts sending at `next_index` (a lost append, or a log that diverges).
     pub fn reset_to(&mut self, next_index: LogIndex, now: Timestamp) {
         self.next_index = next_index.max(self.match_index + 1);

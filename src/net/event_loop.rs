@@ -178,6 +178,7 @@ impl EventLoop {
 
     fn on_peer_message(&mut self, message: Message) -> Result<()> {
         let now = self.clock.now();
+        self.peers.heard_from(message.from);
         fail_stop(self.node.step(now, message), "handling a peer message")
     }
 

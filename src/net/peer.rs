@@ -35,11 +35,13 @@
 //!   stream only, and is logged; it never panics the node.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{
@@ -66,6 +68,7 @@ pub(crate) struct PeerRouter {
 /// The sending side of one link's queues. Dropping it closes the queues, which stops the task.
 struct LinkQueues {
     peer_addr: String,
+    activity: Arc<LinkActivity>,
     heartbeat: mpsc::Sender<Message>,
     replication: mpsc::Sender<Message>,
     resync: mpsc::Sender<Message>,
@@ -114,7 +117,9 @@ impl PeerRouter {
         let (replication, replication_queue) = mpsc::channel(PEER_REPLICATION_QUEUE_CAPACITY);
         let (resync, resync_queue) = mpsc::channel(PEER_RESYNC_QUEUE_CAPACITY);
         let peer_addr = peer.peer_addr.clone();
+        let activity = Arc::new(LinkActivity::default());
         let link = Link {
+            activity: activity.clone(),
             peer,
             endpoint: self.endpoint.clone(),
             heartbeat_queue,
@@ -125,6 +130,7 @@ impl PeerRouter {
         tokio::spawn(link.run().in_current_span());
         LinkQueues {
             peer_addr,
+            activity,
             heartbeat,
             replication,
             resync,
@@ -132,6 +138,13 @@ impl PeerRouter {
     }
 
     /// Queues `message` for its peer without waiting; drops it if the queue is full.
+    /// The event loop received a message from `peer` (over the peer's own link to this node).
+    pub(crate) fn heard_from(&self, peer: NodeId) {
+        if let Some(link) = self.links.get(&peer) {
+            link.activity.unanswered_since.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn send(&mut self, message: Message) {
         let peer = message.to;
         let Some(link) = self.links.get(&peer) else {
@@ -169,6 +182,7 @@ impl PeerRouter {
 
 /// One outbound link: dials the peer, keeps one stream per kind, and writes queued messages.
 struct Link {
+    activity: Arc<LinkActivity>,
     peer: Member,
     endpoint: Endpoint,
     heartbeat_queue: mpsc::Receiver<Message>,
@@ -266,10 +280,12 @@ impl Link {
             }
         }
         let peer = self.peer.id;
+        let activity = &self.activity;
         tokio::select! {
-            end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer) => end,
-            end = forward(replication_stream, &mut self.replication_queue, peer) => end,
-            end = forward(resync_stream, &mut self.resync_queue, peer) => end,
+            end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer, activity) => end,
+            end = forward(replication_stream, &mut self.replication_queue, peer, activity) => end,
+            end = forward(resync_stream, &mut self.resync_queue, peer, activity) => end,
+            end = watch_silence(activity) => end,
             lost = connection.closed() => connection_lost(lost),
             _ = self.shutdown.requested() => LinkEnd::Stopped,
         }
@@ -346,8 +362,16 @@ async fn forward(
     mut stream: SendStream,
     queue: &mut mpsc::Receiver<Message>,
     peer: NodeId,
+    activity: &LinkActivity,
 ) -> LinkEnd {
     while let Some(message) = queue.recv().await {
+        // Start the silence clock unless it already runs (an earlier send is unanswered).
+        let _ = activity.unanswered_since.compare_exchange(
+            0,
+            clock_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let bytes = match frame::encode(&message, MAX_PEER_FRAME_BYTES) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -365,6 +389,42 @@ async fn forward(
     let _ = stream.finish();
     LinkEnd::Stopped
 }
+
+/// Since when (milliseconds on [`clock_ms`]'s clock) this link has sent without hearing anything
+/// from its peer since; 0 when nothing is unanswered.
+#[derive(Default)]
+struct LinkActivity {
+    unanswered_since: AtomicU64,
+}
+
+/// Milliseconds since the first call, on a monotonic clock shared by every link.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Ends a connection that looks alive to QUIC but over which nothing gets through: this node
+/// keeps sending on it yet has heard nothing from the peer for [`LINK_SILENCE_MS`]. After a
+/// partition heals, QUIC's loss-recovery backoff can leave such a connection dead for tens of
+/// seconds; redialling restores the link at once. A quiet link (nothing sent) is left alone.
+async fn watch_silence(activity: &LinkActivity) -> LinkEnd {
+    // A new connection starts with a clean slate.
+    activity.unanswered_since.store(0, Ordering::Relaxed);
+    loop {
+        sleep(Duration::from_millis(LINK_SILENCE_MS / 4)).await;
+        let since = activity.unanswered_since.load(Ordering::Relaxed);
+        let silent_for = clock_ms().saturating_sub(since);
+        if since != 0 && silent_for > LINK_SILENCE_MS {
+            return LinkEnd::Failed(Error::Network(format!(
+                "sent to the peer but heard nothing back for {silent_for} ms"
+            )));
+        }
+    }
+}
+
+/// See [`watch_silence`].
+const LINK_SILENCE_MS: u64 = 2_000;
 
 /// Where inbound peer messages go: the event loop's inbox for live traffic (heartbeats,
 /// elections, live replication), or its inbox for resync transfers, so that a member being
