@@ -5,8 +5,9 @@
 //! 3 heartbeats plus up to 150 ms jitter) on 127.0.0.84-86, with certificates and data in a
 //! temporary directory. Two clocks start at the kill:
 //!
-//! - **cluster**: probes write to each surviving node directly, every few milliseconds, without
-//!   following redirects; the first one that a node acknowledges at `w=majority` ends the clock.
+//! - **cluster**: probes write to each surviving node directly, a new one every few milliseconds
+//!   without waiting for the earlier ones, and without following redirects; the first one that a
+//!   node acknowledges at `w=majority` ends the clock.
 //!   This is the failover of the cluster itself: detection, election, the new primary's no-op
 //!   committed, a write committed.
 //! - **client**: one ordinary session that writes in a loop, as an application would, with the
@@ -55,7 +56,7 @@ const FIRST_OCTET: u64 = 84;
 const NODES: u64 = 3;
 /// How long to wait for a primary, a failover or a catch-up before giving up.
 const PATIENCE: Duration = Duration::from_secs(60);
-/// Pause between two probes of one node.
+/// Pause between the launches of two probes of one node.
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// Deadline of one probe (a write the node may hold while it waits for a majority).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -298,29 +299,38 @@ async fn one_trial(
     processes.kill(primary)?;
     let killed_at = Instant::now();
 
-    // First acknowledged write of each kind, as (node, time since the kill).
+    // The first write a surviving node acknowledged, as (node, time since the kill). Probes are
+    // launched every few milliseconds without waiting for earlier ones, so one stuck on a
+    // candidate that loses its election does not delay the observation.
     let first_probe: Arc<Mutex<Option<(NodeId, Duration)>>> = Arc::default();
-    let mut probes = Vec::new();
+    let mut launchers = Vec::new();
     for (id, addr) in (1..=NODES).zip(addrs) {
         if id == primary {
             continue;
         }
-        let session = client.pinned_to(addr).with_timeout(PROBE_TIMEOUT);
+        let probe_client = client.pinned_to(addr).with_timeout(PROBE_TIMEOUT);
         let first_probe = Arc::clone(&first_probe);
-        probes.push(tokio::spawn(async move {
+        launchers.push(tokio::spawn(async move {
             let deadline = killed_at + PATIENCE;
+            let mut probes = tokio::task::JoinSet::new();
             while first_probe.lock().await.is_none() && Instant::now() < deadline {
-                let probe = session
-                    .put("probe", "after", WriteConcern::Majority, PROBE_TIMEOUT)
-                    .await;
-                match probe {
-                    Ok((_, meta)) => {
-                        let mut first = first_probe.lock().await;
-                        first.get_or_insert((meta.node_id, killed_at.elapsed()));
+                let session = probe_client.session();
+                let first_probe = Arc::clone(&first_probe);
+                probes.spawn(async move {
+                    let probe = session
+                        .put("probe", "after", WriteConcern::Majority, PROBE_TIMEOUT)
+                        .await;
+                    if let Ok((_, meta)) = probe {
+                        let elapsed = killed_at.elapsed();
+                        first_probe
+                            .lock()
+                            .await
+                            .get_or_insert((meta.node_id, elapsed));
                     }
-                    Err(_) => tokio::time::sleep(PROBE_INTERVAL).await,
-                }
+                });
+                tokio::time::sleep(PROBE_INTERVAL).await;
             }
+            probes.shutdown().await;
         }));
     }
     let client_side = async {
@@ -344,8 +354,8 @@ async fn one_trial(
         }
     };
     let client_elapsed = client_side.await?;
-    for probe in probes {
-        probe.await?;
+    for launcher in launchers {
+        launcher.await?;
     }
     let (new_primary, cluster_elapsed) = first_probe
         .lock()

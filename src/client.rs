@@ -604,8 +604,10 @@ impl Client {
             // concern is met or not); a read is answered at once or not at all, so a node that
             // died or froze mid-read is given up on quickly and the read goes elsewhere.
             let wait = match request {
-                Request::Write { .. } => remaining + WRITE_ANSWER_GRACE,
-                _ => remaining.min(READ_ATTEMPT_LIMIT),
+                Request::Get { .. } | Request::Scan { .. } | Request::Status => {
+                    remaining.min(READ_ATTEMPT_LIMIT)
+                }
+                _ => remaining + WRITE_ANSWER_GRACE,
             };
             let follows_primary = matches!(target, Target::Primary);
             let error = match self

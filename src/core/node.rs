@@ -1996,8 +1996,15 @@ impl Node {
             }
             MembershipChange::Remove(id) => {
                 if self.membership.get(id).is_none() {
-                    let error = Error::InvalidRequest(format!("node {id} is not a member"));
-                    self.reply(token, Response::Error(error));
+                    // Already gone (a retried removal, say): removal is idempotent, like a delete.
+                    let response = Response::Written {
+                        result: WriteResult {
+                            index: self.membership_index,
+                            existed: false,
+                        },
+                        meta: self.meta(),
+                    };
+                    self.reply(token, response);
                     return Ok(());
                 }
                 members.retain(|member| member.id != id);
@@ -2085,32 +2092,34 @@ impl Node {
             let committed = self.commit_index >= index;
             let primary_durable = self.durable_index >= index;
             waiters.retain(|waiter| {
-                // Every write concern includes the primary's own flush.
-                let met = primary_durable
-                    && match waiter.concern {
-                        WriteConcern::One | WriteConcern::Count(_) => {
-                            acknowledged
+                // `1` and `N` include the primary's own flush; `majority` and `all` need the
+                // entry committed (durable on a majority of the voters in force, which may not
+                // include a primary that is removing itself).
+                let met = match waiter.concern {
+                    WriteConcern::One | WriteConcern::Count(_) => {
+                        primary_durable
+                            && acknowledged
                                 >= progress::required_acknowledgements(
                                     waiter.concern,
                                     &self.membership,
                                     in_sync.len(),
                                 )
-                        }
-                        WriteConcern::Majority => committed,
-                        WriteConcern::All => {
-                            committed
-                                && in_sync.iter().all(|&id| {
-                                    if id == self.id {
-                                        self.durable_index >= index
-                                    } else {
-                                        state
-                                            .progress
-                                            .get(&id)
-                                            .is_some_and(|p| p.match_index >= index)
-                                    }
-                                })
-                        }
-                    };
+                    }
+                    WriteConcern::Majority => committed,
+                    WriteConcern::All => {
+                        committed
+                            && in_sync.iter().all(|&id| {
+                                if id == self.id {
+                                    self.durable_index >= index
+                                } else {
+                                    state
+                                        .progress
+                                        .get(&id)
+                                        .is_some_and(|p| p.match_index >= index)
+                                }
+                            })
+                    }
+                };
                 if met {
                     done.push((waiter.token, waiter.result));
                 }
