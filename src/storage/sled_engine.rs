@@ -158,7 +158,7 @@ impl Storage for SledStorage {
         let Some(last_entry) = entries.last() else {
             return Ok(());
         };
-                let mut tail = self.lock_tail();
+        let mut tail = self.lock_tail();
         check_append(tail.last, entries)?;
         if let [entry] = entries {
             // One entry (the primary's per-request append): a plain insert. In sled 0.34 every
