@@ -812,17 +812,26 @@ impl Node {
     }
 
     fn on_pre_vote(&mut self, voter: NodeId) -> Result<()> {
-        let majority = self.membership.majority();
-        let RoleState::PreCandidate { votes } = &mut self.role else {
-            return Ok(());
-        };
-        if self.membership.is_voter(voter) {
-            votes.insert(voter);
-        }
-        if votes.len() >= majority {
+        if matches!(self.role, RoleState::PreCandidate { .. }) && self.tally(voter) {
             self.start_election()?;
         }
         Ok(())
+    }
+
+    /// Counts a (pre-)vote from `voter` if it is a voter of this node's membership; returns
+    /// whether the (pre-)candidate now has a majority.
+    fn tally(&mut self, voter: NodeId) -> bool {
+        let majority = self.membership.majority();
+        let counts = self.membership.is_voter(voter);
+        match &mut self.role {
+            RoleState::PreCandidate { votes } | RoleState::Candidate { votes } => {
+                if counts {
+                    votes.insert(voter);
+                }
+                votes.len() >= majority
+            }
+            RoleState::Backup | RoleState::Primary(_) => false,
+        }
     }
 
     fn start_election(&mut self) -> Result<()> {
@@ -887,14 +896,7 @@ impl Node {
     }
 
     fn on_vote(&mut self, voter: NodeId) -> Result<()> {
-        let majority = self.membership.majority();
-        let RoleState::Candidate { votes } = &mut self.role else {
-            return Ok(());
-        };
-        if self.membership.is_voter(voter) {
-            votes.insert(voter);
-        }
-        if votes.len() >= majority {
+        if matches!(self.role, RoleState::Candidate { .. }) && self.tally(voter) {
             self.become_primary()?;
         }
         Ok(())
