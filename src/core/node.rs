@@ -2111,14 +2111,12 @@ impl Node {
                     WriteConcern::All => {
                         committed
                             && in_sync.iter().all(|&id| {
-                                if id == self.id {
-                                    self.durable_index >= index
-                                } else {
-                                    state
-                                        .progress
-                                        .get(&id)
-                                        .is_some_and(|p| p.match_index >= index)
-                                }
+                                progress::durable_of(
+                                    id,
+                                    self.id,
+                                    self.durable_index,
+                                    &state.progress,
+                                ) >= index
                             })
                     }
                 };

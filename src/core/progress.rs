@@ -118,7 +118,8 @@ pub fn majority_index(
     durable[membership.majority() - 1]
 }
 
-fn durable_of(
+/// The highest index known durable on voter `id` (the primary's own durable index for itself).
+pub fn durable_of(
     id: NodeId,
     primary: NodeId,
     primary_durable: LogIndex,
@@ -248,6 +249,26 @@ mod tests {
             "all = the in-sync set, never below a majority"
         );
         assert_eq!(required_acknowledgements(WriteConcern::All, &members, 1), 2);
+    }
+
+    #[test]
+    fn a_member_that_lost_its_log_is_resent_from_where_it_now_ends() {
+        let mut progress = Progress::new(0, 0);
+        progress.record_send(50, 10);
+        progress.record_match(50, 20);
+        progress.forget_match(7);
+        assert_eq!(progress.match_index, 7);
+        assert_eq!(
+            progress.send_limit(100),
+            107,
+            "the window restarts at the new match"
+        );
+        progress.reset_to(8, 30);
+        assert_eq!(progress.next_index, 8);
+        assert!(
+            progress.record_match(20, 40),
+            "acks below the forgotten match count again"
+        );
     }
 
     #[test]
