@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::{
-    check_append, encoded_len, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
+    check_append, collect_chunk, encoded_len, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
 };
 use crate::wire::client::WriteResult;
 use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
@@ -496,17 +496,7 @@ impl Storage for MemoryStorage {
                 .range::<[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => inner.live.state.range::<[u8], _>(..),
         };
-        let mut chunk = Vec::new();
-        let mut bytes = 0usize;
-        for (key, value) in range {
-            let size = key.len() + value.len();
-            if !fits(chunk.len(), bytes, size, max_bytes) {
-                break;
-            }
-            bytes += size;
-            chunk.push((key.clone(), value.clone()));
-        }
-        Ok(chunk)
+        collect_chunk(range.map(Ok), max_bytes)
     }
 
     fn sessions(&self) -> Result<Vec<(u64, Session)>> {

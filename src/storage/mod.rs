@@ -200,6 +200,27 @@ pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
 
 /// Whether `entries` may take one more entry of `size` bytes: the first entry always fits, later
 /// ones only while the total stays within `max_bytes`.
+/// Collects state pairs in order until `max_bytes` of keys and values (at least one pair): the
+/// chunking rule of [`Storage::state_chunk`], shared by both engines.
+pub(crate) fn collect_chunk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    pairs: impl Iterator<Item = Result<(K, V)>>,
+    max_bytes: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for pair in pairs {
+        let (key, value) = pair?;
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let size = key.len() + value.len();
+        if !fits(chunk.len(), bytes, size, max_bytes) {
+            break;
+        }
+        bytes += size;
+        chunk.push((key.to_vec(), value.to_vec()));
+    }
+    Ok(chunk)
+}
+
 pub(crate) fn fits(collected: usize, total_bytes: usize, size: usize, max_bytes: usize) -> bool {
     collected == 0 || total_bytes.saturating_add(size) <= max_bytes
 }

@@ -36,7 +36,9 @@ use sled::{Batch, IVec, Transactional, Tree};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::memory::{check_compact, rebuild_after_compaction, truncate_before_start};
-use crate::storage::{check_append, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX};
+use crate::storage::{
+    check_append, collect_chunk, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
+};
 use crate::wire::client::WriteResult;
 use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
 
@@ -454,18 +456,7 @@ impl Storage for SledStorage {
                 .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.state.iter(),
         };
-        let mut chunk = Vec::new();
-        let mut bytes = 0usize;
-        for item in range {
-            let (key, value) = item?;
-            let size = key.len() + value.len();
-            if !fits(chunk.len(), bytes, size, max_bytes) {
-                break;
-            }
-            bytes += size;
-            chunk.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(chunk)
+        collect_chunk(range.map(|item| item.map_err(Error::from)), max_bytes)
     }
 
     fn sessions(&self) -> Result<Vec<(u64, Session)>> {
