@@ -170,8 +170,13 @@ struct SnapshotTransfer {
 const SNAPSHOT_WINDOW: u64 = 4;
 
 /// A snapshot this backup is receiving.
+///
+/// A transfer is named by `(epoch, from, transfer)`: transfer ids restart in every primary term,
+/// so without the epoch a chunk of a new term's transfer could continue a stale one of an earlier
+/// term, and the snapshot installed would mix two states.
 #[derive(Debug)]
 struct IncomingSnapshot {
+    epoch: Epoch,
     from: NodeId,
     transfer: u64,
     next_sequence: u64,
@@ -1838,13 +1843,18 @@ impl Node {
         if sequence == 0 {
             self.storage.begin_snapshot()?;
             self.incoming_snapshot = Some(IncomingSnapshot {
+                epoch: self.epoch,
                 from,
                 transfer,
                 next_sequence: 0,
             });
         }
+        let epoch = self.epoch;
         let expected = self.incoming_snapshot.as_ref().is_some_and(|s| {
-            s.from == from && s.transfer == transfer && s.next_sequence == sequence
+            s.epoch == epoch
+                && s.from == from
+                && s.transfer == transfer
+                && s.next_sequence == sequence
         });
         if !expected {
             return Ok(()); // a chunk of an abandoned transfer, or one out of order: it restarts
@@ -1863,7 +1873,12 @@ impl Node {
     fn install_snapshot(&mut self, finish: SnapshotFinish) -> Result<()> {
         self.incoming_snapshot = None;
         if finish.index <= self.commit_index {
-            return Ok(()); // this node already has everything the snapshot holds
+            // This node already holds everything the snapshot holds: its committed prefix is in
+            // the log of every later primary (invariant 2), so it matches this primary's log up to
+            // its commit index. Say so, or the primary never learns where to resume appends.
+            self.verified_index = self.verified_index.max(self.commit_index);
+            self.ack_append(true);
+            return Ok(());
         }
         let removed = self
             .storage
