@@ -15,11 +15,19 @@
 //! - Membership requests are checked for well-formed addresses here, before they reach the log.
 //! - Client bytes are untrusted: a frame that is too large or does not decode is answered with a
 //!   protocol error and closes that stream only; the node keeps serving everyone else.
+//! - What a client can make the node hold is bounded before anything is allocated: the frame limit
+//!   follows the certificate's role (a read-only client sends reads, so small frames); a frame's
+//!   body is read only against a node-wide byte budget ([`MAX_BUFFERED_REQUEST_BYTES`]) and must
+//!   arrive within [`FRAME_BODY_DEADLINE`]; and the node accepts at most
+//!   [`MAX_CLIENT_CONNECTIONS`] client connections at once.
 //! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
 //!   only `ShuttingDown`).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::is_host_port;
@@ -28,8 +36,20 @@ use crate::net::event_loop::ClientRequest;
 use crate::net::shutdown::Shutdown;
 use crate::net::tls::{self, CertRole};
 use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
-use crate::wire::client::{Request, Response, Topology};
-use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES};
+use crate::wire::client::{Request, Response, Topology, Write};
+use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES, MAX_READ_REQUEST_BYTES};
+
+/// Request bytes the node buffers at once, over every client stream: a frame's body is read only
+/// once its length fits in this budget, so clients that announce large frames and stall cannot
+/// grow the node's memory past it.
+pub const MAX_BUFFERED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Once a frame's length has arrived, its body must arrive within this long, or the stream is
+/// closed and its budget returned.
+pub const FRAME_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Client connections a node serves at once; more are refused until some close.
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 
 /// Accepts client connections until shutdown.
 pub(crate) async fn accept_clients(
@@ -38,6 +58,8 @@ pub(crate) async fn accept_clients(
     topology: watch::Receiver<Option<Topology>>,
     mut shutdown: Shutdown,
 ) {
+    let budget = Arc::new(Semaphore::new(MAX_BUFFERED_REQUEST_BYTES));
+    let connections = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -46,13 +68,23 @@ pub(crate) async fn accept_clients(
         let Some(incoming) = incoming else {
             return; // the endpoint was closed
         };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            warn!(
+                remote = %incoming.remote_address(),
+                "refusing a client connection: {MAX_CLIENT_CONNECTIONS} are open already"
+            );
+            incoming.refuse();
+            continue;
+        };
         let client = ClientConnection {
             client_inbox: client_inbox.clone(),
             topology: topology.clone(),
             shutdown: shutdown.clone(),
+            budget: budget.clone(),
         };
         tokio::spawn(
             async move {
+                let _slot = slot; // held for as long as the connection is served
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => client.serve(connection).await,
@@ -71,6 +103,8 @@ struct ClientConnection {
     client_inbox: mpsc::Sender<ClientRequest>,
     topology: watch::Receiver<Option<Topology>>,
     shutdown: Shutdown,
+    /// The node-wide budget of request bytes being read ([`MAX_BUFFERED_REQUEST_BYTES`]).
+    budget: Arc<Semaphore>,
 }
 
 impl ClientConnection {
@@ -112,14 +146,15 @@ impl ClientConnection {
     async fn serve_session(mut self, mut send: SendStream, mut recv: RecvStream, role: CertRole) {
         loop {
             let frame = tokio::select! {
-                frame = frame::read_frame::<Request, _>(&mut recv, MAX_CLIENT_FRAME_BYTES) => frame,
+                frame = read_request(&mut recv, role, &self.budget) => frame,
                 _ = self.shutdown.requested() => break,
             };
             let request = match frame {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
-                Err(err @ Error::Protocol(_)) => {
-                    warn!(%err, "closing a client stream that sent a bad frame");
+                // The stream is out of step once a frame was refused or cut short: answer, close.
+                Err(err @ (Error::Protocol(_) | Error::Unavailable(_))) => {
+                    warn!(%err, "closing a client stream whose frame was refused");
                     let _ = write_response(&mut send, &Response::Error(err)).await;
                     let _ = recv.stop(CLOSE_PROTOCOL_ERROR);
                     break;
@@ -224,9 +259,67 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
     }
 }
 
-/// Checks what the role check does not: a new member's addresses must be usable, or every node
-/// would keep dialling nowhere.
+/// Reads one request frame within the limits of the module docs. `Ok(None)` when the client
+/// finished the stream.
+async fn read_request(
+    recv: &mut RecvStream,
+    role: CertRole,
+    budget: &Semaphore,
+) -> Result<Option<Request>> {
+    let Some(len) = frame::read_length(recv).await? else {
+        return Ok(None);
+    };
+    frame::check_length(len, max_request_bytes(role))?;
+    let deadline = tokio::time::Instant::now() + FRAME_BODY_DEADLINE;
+    // `len` is at most MAX_CLIENT_FRAME_BYTES, far below u32::MAX.
+    let permits = u32::try_from(len)
+        .map_err(|_| Error::Protocol(format!("frame of {len} bytes is too large")))?;
+    let _reserved = match tokio::time::timeout_at(deadline, budget.acquire_many(permits)).await {
+        Ok(Ok(reserved)) => reserved,
+        Ok(Err(_)) => return Err(Error::ShuttingDown), // the budget is never closed
+        Err(_) => {
+            return Err(Error::Unavailable(format!(
+                "the node is busy reading other requests ({} MiB in flight): retry",
+                MAX_BUFFERED_REQUEST_BYTES >> 20
+            )))
+        }
+    };
+    match tokio::time::timeout_at(deadline, frame::read_body(recv, len)).await {
+        Ok(request) => request.map(Some),
+        Err(_) => Err(Error::Protocol(format!(
+            "a frame of {len} bytes did not arrive within {} s",
+            FRAME_BODY_DEADLINE.as_secs()
+        ))),
+    }
+}
+
+/// The largest request frame `role` may send: a read-only certificate may only read, and a read
+/// names one key; a node certificate may only register its own node.
+fn max_request_bytes(role: CertRole) -> usize {
+    match role {
+        CertRole::Admin | CertRole::ReadWrite => MAX_CLIENT_FRAME_BYTES,
+        CertRole::ReadOnly | CertRole::Node(_) => MAX_READ_REQUEST_BYTES,
+    }
+}
+
+/// Checks what the role check does not: keys within [`MAX_KEY_BYTES`], and a new member's
+/// addresses usable, or every node would keep dialling nowhere.
 fn check_request(request: &Request) -> Result<()> {
+    let key = match request {
+        Request::Get { key, .. } => Some(key),
+        Request::Scan { prefix, .. } => Some(prefix),
+        Request::Write {
+            write: Write::Put { key, .. } | Write::Delete { key },
+            ..
+        } => Some(key),
+        _ => None,
+    };
+    if let Some(key) = key.filter(|key| key.len() > MAX_KEY_BYTES) {
+        return Err(Error::InvalidRequest(format!(
+            "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
     let Request::AddMember { member } = request else {
         return Ok(());
     };

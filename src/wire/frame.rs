@@ -1,9 +1,10 @@
 //! Length-prefixed frames: a 4-byte big-endian length, then a postcard body.
 //!
-//! The length is checked against the caller's limit before the body buffer is allocated, so an
-//! untrusted peer can never make a node allocate more than the limit. A clean end of stream between
-//! frames is `Ok(None)`; an end inside a frame, an oversized length or an undecodable body is an
-//! error that closes only that stream.
+//! The length is checked against the caller's limit before anything is allocated for the body, and
+//! the body buffer then grows only as bytes arrive: a peer that announces a large frame and sends
+//! little costs the node what it sent, not what it announced. A clean end of stream between frames
+//! is `Ok(None)`; an end inside a frame, an oversized length or an undecodable body is an error that
+//! closes only that stream.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,6 +17,17 @@ pub const MAX_CLIENT_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest frame a node accepts from a peer (an append batch or a snapshot chunk).
 pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest key a client may write or read.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// Largest frame a node accepts from a client whose certificate only reads: a read names one key
+/// (or a scan prefix), so nothing more is needed, and a read-only client cannot make the node
+/// buffer write-sized frames.
+pub const MAX_READ_REQUEST_BYTES: usize = MAX_KEY_BYTES + 1024;
+
+/// The body buffer starts at most this large and grows as bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 /// Encodes `value` as one frame: length prefix and body.
 pub fn encode<T: Serialize>(value: &T, max_bytes: usize) -> Result<Vec<u8>> {
@@ -51,6 +63,29 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
+    let Some(len) = read_length(reader).await? else {
+        return Ok(None);
+    };
+    check_length(len, max_bytes)?;
+    read_body(reader, len).await.map(Some)
+}
+
+/// Refuses a frame length above `max_bytes`.
+pub fn check_length(len: usize, max_bytes: usize) -> Result<()> {
+    if len > max_bytes {
+        return Err(Error::Protocol(format!(
+            "frame of {len} bytes exceeds the limit of {max_bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a frame's length prefix. `Ok(None)` on a clean end of stream before the frame began.
+/// The caller checks the length ([`check_length`]) before it reads the body.
+pub async fn read_length<R>(reader: &mut R) -> Result<Option<usize>>
+where
+    R: AsyncRead + Unpin,
+{
     let mut prefix = [0u8; 4];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -66,18 +101,28 @@ where
         }
         filled += read;
     }
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > max_bytes {
-        return Err(Error::Protocol(format!(
-            "frame of {len} bytes exceeds the limit of {max_bytes} bytes"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    reader
-        .read_exact(&mut body)
+    Ok(Some(u32::from_be_bytes(prefix) as usize))
+}
+
+/// Reads and decodes a frame body of `len` bytes (already checked against its limit). The buffer
+/// grows with the bytes received, never ahead of them by more than it already holds.
+pub async fn read_body<T, R>(reader: &mut R, len: usize) -> Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    let read = reader
+        .take(len as u64)
+        .read_to_end(&mut body)
         .await
         .map_err(|err| Error::Protocol(format!("stream ended inside a frame: {err}")))?;
-    decode(&body).map(Some)
+    if read < len {
+        return Err(Error::Protocol(format!(
+            "stream ended inside a frame: {read} of {len} bytes"
+        )));
+    }
+    decode(&body)
 }
 
 /// Writes one frame.

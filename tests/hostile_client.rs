@@ -1,0 +1,148 @@
+//! Hostile clients against a real node: a client holding a valid certificate must not be able to
+//! exhaust the node's memory, and the node keeps serving everyone else while it tries.
+//!
+//! Address block 127.0.0.121-122, ports 25200-25201 (see tests/process.rs for the others).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cluster, ClusterSpec, CLIENT_TIMEOUT, READONLY_CLIENT, READWRITE_CLIENT};
+use replikv::net::tls;
+use replikv::wire::frame::MAX_CLIENT_FRAME_BYTES;
+use replikv::wire::CLIENT_ALPN;
+use replikv::{ReadConsistency, WriteConcern};
+
+/// Connections the hostile client opens, and streams on each: every stream announces a frame of
+/// the largest size and sends all of it but the last byte. Unbounded, the node would buffer
+/// about 1 GiB.
+const HOSTILE_CONNECTIONS: usize = 4;
+const STREAMS_PER_CONNECTION: usize = 64;
+
+/// How long the attack may run before the node's memory is judged.
+const ATTACK_TIME: Duration = Duration::from_secs(20);
+
+/// The bound docs/PROTOCOL.md states for a node's resident memory under hostile clients.
+const RESIDENT_MEMORY_BOUND_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A node's resident set size, from /proc.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status");
+    kib * 1024
+}
+
+async fn connect(cluster: &Cluster, client: &str) -> quinn::Connection {
+    let addr = cluster.node(1).client_addr.clone();
+    let config =
+        tls::client_config(&cluster.client_files(client), CLIENT_ALPN).expect("client TLS config");
+    let mut endpoint =
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(config);
+    endpoint
+        .connect(
+            addr.parse().expect("address"),
+            &tls::server_name(&addr).expect("name"),
+        )
+        .expect("connect")
+        .await
+        .expect("handshake with a valid certificate")
+}
+
+/// Announces a frame of the largest size on a new stream and sends all of it but the last byte,
+/// then holds the stream open. Errors (the node refusing the stream) end it early; that is the
+/// point.
+async fn stalled_frame(connection: quinn::Connection) {
+    let Ok((mut send, _recv)) = connection.open_bi().await else {
+        return;
+    };
+    let len = MAX_CLIENT_FRAME_BYTES as u32;
+    if send.write_all(&len.to_be_bytes()).await.is_err() {
+        return;
+    }
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let mut left = MAX_CLIENT_FRAME_BYTES - 1;
+    while left > 0 {
+        let part = left.min(chunk.len());
+        if send.write_all(&chunk[..part]).await.is_err() {
+            return;
+        }
+        left -= part;
+    }
+    // Never finish: hold the stream until the node stops it (or the test ends).
+    let _ = tokio::time::timeout(Duration::from_secs(120), send.stopped()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 121, 25200));
+    cluster.wait_for_primary().await;
+    let pid = cluster.node(1).pid().expect("node 1 runs");
+
+    let peak = Arc::new(AtomicU64::new(resident_bytes(pid)));
+    let attacking = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, attacking) = (peak.clone(), attacking.clone());
+        tokio::spawn(async move {
+            while attacking.load(Ordering::Relaxed) {
+                peak.fetch_max(resident_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut attack = Vec::new();
+    for _ in 0..HOSTILE_CONNECTIONS {
+        let connection = connect(&cluster, READONLY_CLIENT).await;
+        for _ in 0..STREAMS_PER_CONNECTION {
+            attack.push(tokio::spawn(stalled_frame(connection.clone())));
+        }
+    }
+
+    // Meanwhile everyone else is served.
+    let writer = cluster.client(READWRITE_CLIENT);
+    let reader = cluster.client(READONLY_CLIENT);
+    for i in 0..50 {
+        let key = format!("during-attack-{i}");
+        writer
+            .put(&key, "ok", WriteConcern::Majority, CLIENT_TIMEOUT)
+            .await
+            .expect("a put while a hostile client stalls frames");
+        let (value, _) = reader
+            .get(&key, ReadConsistency::Linearizable)
+            .await
+            .expect("a read while a hostile client stalls frames");
+        assert_eq!(value.as_deref(), Some(&b"ok"[..]));
+    }
+
+    // Give the attack time to deliver what it can (unbounded, the node buffered 1 GiB in about
+    // ten seconds here): streams the node stops end, the others are cut off by the timeout.
+    let _ = tokio::time::timeout(ATTACK_TIME, async {
+        for stream in attack.iter_mut() {
+            let _ = stream.await;
+        }
+    })
+    .await;
+    peak.fetch_max(resident_bytes(pid), Ordering::Relaxed);
+    attacking.store(false, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= RESIDENT_MEMORY_BOUND_BYTES,
+        "the node's resident memory reached {} MiB under a read-only client's stalled frames \
+         (bound {} MiB)",
+        peak >> 20,
+        RESIDENT_MEMORY_BOUND_BYTES >> 20
+    );
+    // And the node still serves.
+    writer
+        .put("after-attack", "ok", WriteConcern::Majority, CLIENT_TIMEOUT)
+        .await
+        .expect("a put after the attack");
+}
