@@ -21,6 +21,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use replikv::client::join;
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{DevCluster, DEV_CLIENT_NAME};
 use replikv::net::server::run_node;
@@ -96,9 +97,10 @@ impl BenchCluster {
         for config in plan.nodes.clone() {
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
-            nodes.push(runtime.spawn(run_node(config, async {
+            let stopped = async {
                 let _ = stopped.await;
-            })));
+            };
+            nodes.push(runtime.spawn(run_node(config, stopped, join::register)));
         }
         let addrs = members
             .iter()

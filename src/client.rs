@@ -19,6 +19,8 @@
 //! request waiting on another node is then abandoned and resent to the new primary at once, so a
 //! write in flight when its primary dies does not wait out its deadline.
 
+pub mod join;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -99,9 +101,10 @@ pub enum RetryAction {
 
 /// The retry policy: which failures are worth another attempt, and where.
 ///
-/// Transport failures (`Network`), "no primary yet", `Unavailable` and `ShuttingDown` are
-/// transient. Everything else is an answer: `WriteConcernNotMet` in particular must not be
-/// retried blindly, because the write may still apply and the caller has to decide.
+/// A `NotPrimary` that names the primary is followed there; any other transient failure
+/// ([`Error::is_transient`]: not the primary, unreachable, shutting down) tries another node.
+/// Everything else is an answer: `WriteConcernNotMet` in particular must not be retried blindly,
+/// because the write may still apply and the caller has to decide.
 pub fn retry_action(error: &Error) -> RetryAction {
     match error {
         Error::NotPrimary {
@@ -111,19 +114,8 @@ pub fn retry_action(error: &Error) -> RetryAction {
             node: *node,
             addr: addr.clone(),
         },
-        Error::NotPrimary { hint: None, .. }
-        | Error::Network(_)
-        | Error::Unavailable(_)
-        | Error::ShuttingDown => RetryAction::NextNode,
-        Error::WriteConcernNotMet { .. }
-        | Error::WriteConcernImpossible { .. }
-        | Error::Refused(_)
-        | Error::InvalidRequest(_)
-        | Error::Protocol(_)
-        | Error::Config(_)
-        | Error::Storage(_)
-        | Error::StaleRequest { .. }
-        | Error::Internal(_) => RetryAction::GiveUp,
+        _ if error.is_transient() => RetryAction::NextNode,
+        _ => RetryAction::GiveUp,
     }
 }
 
@@ -847,8 +839,11 @@ impl Client {
                 "{addr} was unreachable moments ago; trying again shortly"
             )));
         }
-        let connect_by = give_up_at.min(Instant::now() + CONNECT_TIMEOUT);
-        let result = tokio::time::timeout_at(connect_by.into(), self.handshake(addr)).await;
+        // Measured before waiting: once the wait is over there is no time left to report.
+        let connect_limit = give_up_at
+            .saturating_duration_since(Instant::now())
+            .min(CONNECT_TIMEOUT);
+        let result = tokio::time::timeout(connect_limit, self.handshake(addr)).await;
         let connection = match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {
@@ -859,10 +854,7 @@ impl Client {
                 self.mark_down(addr);
                 return Err(Error::Network(format!(
                     "no QUIC handshake with {addr} within {} ms (is the node running?)",
-                    connect_by
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .max(1)
+                    connect_limit.as_millis()
                 )));
             }
         };
@@ -1168,6 +1160,40 @@ mod tests {
             .map(|id| (member(id).client_addr, now + Duration::from_secs(1)))
             .collect();
         assert_eq!(pick(true, &all_down, 0), "127.0.0.13:7379");
+    }
+
+    /// A client of `addr` whose TLS trusts no CA: enough to start handshakes, never to finish one.
+    fn client_trusting_nobody(addr: &str) -> Client {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let quic = quinn::ClientConfig::new(Arc::new(quic));
+        Client::with_quic_config(vec![addr.to_string()], quic, ClientOptions::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handshake_timeout_says_how_long_it_waited() {
+        // A bound socket that never answers: the handshake can only time out.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let client = client_trusting_nobody(&addr);
+        let wait = Duration::from_millis(300);
+        let error = client
+            .connection(&addr, Instant::now() + wait)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        let waited_ms: u128 = message
+            .split("within ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no wait in {message:?}"));
+        assert!((250..=300).contains(&waited_ms), "{message}");
     }
 
     #[test]

@@ -1,8 +1,14 @@
-//! The one error type of the crate.
+//! The one error type of the crate, and the one place that decides what kind each error is.
 //!
 //! `Error` is serializable because it crosses the wire: a node answers a client request with an
 //! `Error` and the client library hands the same value to its caller. Each variant's message says
 //! what happened and, where there is one, what to do about it.
+//!
+//! [`Error::kind`] sorts the variants into a few [`ErrorKind`]s, and every decision that depends
+//! on what went wrong derives from it: whether the client retries ([`Error::is_transient`]),
+//! `kvctl`'s exit code, how `kvctl bench` groups failures and whether it stops, and whether the
+//! event loop stops the node (only on [`ErrorKind::Storage`]). A new variant therefore needs one
+//! new line here, not one in each of those places.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +92,94 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kind of failure an [`Error`] is: what its callers decide from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorKind {
+    /// No node could serve the request now: not the primary, no primary yet, unreachable,
+    /// shutting down. Another node, or the same one later, may succeed.
+    Unavailable,
+    /// The write reached the log but not its write concern in time; it may still apply.
+    WriteConcernNotMet,
+    /// The certificate's role does not allow the request, or TLS failed.
+    Refused,
+    /// The request can never be served as given (malformed, out of range, a write concern larger
+    /// than the cluster).
+    InvalidRequest,
+    /// The local configuration is missing or wrong.
+    Config,
+    /// Storage failed; a node that sees this stops (fail-stop).
+    Storage,
+    /// A frame broke the protocol: undecodable, too large, or a request older than one already
+    /// answered.
+    Protocol,
+    /// A bug or an unexpected state.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether trying again, on another node or after a pause, may succeed. Only these failures
+    /// are retried by the client: every other kind is an answer that settles the request.
+    pub fn is_transient(self) -> bool {
+        self == ErrorKind::Unavailable
+    }
+
+    /// Whether the same request can never succeed however often it is sent: the request, the
+    /// certificate or the configuration has to change. Such a request was refused before it
+    /// reached any log, so it certainly had no effect.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Refused | ErrorKind::InvalidRequest | ErrorKind::Config
+        )
+    }
+
+    /// A stable snake_case name, used to group failures in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::WriteConcernNotMet => "write_concern_not_met",
+            ErrorKind::Refused => "refused",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Config => "config",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Error {
+    /// The kind of this failure: the one classification every caller decides from.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotPrimary { .. }
+            | Error::Unavailable(_)
+            | Error::Network(_)
+            | Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::WriteConcernNotMet { .. } => ErrorKind::WriteConcernNotMet,
+            Error::Refused(_) => ErrorKind::Refused,
+            Error::InvalidRequest(_) | Error::WriteConcernImpossible { .. } => {
+                ErrorKind::InvalidRequest
+            }
+            Error::Config(_) => ErrorKind::Config,
+            Error::Storage(_) => ErrorKind::Storage,
+            Error::Protocol(_) | Error::StaleRequest { .. } => ErrorKind::Protocol,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether another attempt, elsewhere or later, may succeed (see [`ErrorKind::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
+    }
+}
+
 impl From<sled::Error> for Error {
     fn from(err: sled::Error) -> Self {
         Error::Storage(err.to_string())
@@ -101,5 +195,83 @@ impl From<std::io::Error> for Error {
 impl From<postcard::Error> for Error {
     fn from(err: postcard::Error) -> Self {
         Error::Protocol(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_of_each() -> Vec<Error> {
+        vec![
+            Error::NotPrimary {
+                node: 1,
+                epoch: 2,
+                hint: Some((3, "127.0.0.13:7379".into())),
+            },
+            Error::NotPrimary {
+                node: 1,
+                epoch: 2,
+                hint: None,
+            },
+            Error::WriteConcernNotMet {
+                acknowledged: 1,
+                required: 2,
+            },
+            Error::WriteConcernImpossible {
+                required: 5,
+                voters: 3,
+            },
+            Error::Unavailable("no majority".into()),
+            Error::Refused("readonly".into()),
+            Error::InvalidRequest("empty key".into()),
+            Error::Protocol("bad frame".into()),
+            Error::Config("no nodes".into()),
+            Error::Storage("disk full".into()),
+            Error::Network("connection lost".into()),
+            Error::ShuttingDown,
+            Error::StaleRequest {
+                client_id: 1,
+                sequence: 1,
+                latest: 2,
+            },
+            Error::Internal("?".into()),
+        ]
+    }
+
+    #[test]
+    fn only_unavailability_is_transient() {
+        for error in one_of_each() {
+            let transient = matches!(
+                error,
+                Error::NotPrimary { .. }
+                    | Error::Unavailable(_)
+                    | Error::Network(_)
+                    | Error::ShuttingDown
+            );
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_is_never_both_transient_and_permanent() {
+        for error in one_of_each() {
+            let kind = error.kind();
+            assert!(!(kind.is_transient() && kind.is_permanent()), "{error:?}");
+        }
+        let permanent: Vec<ErrorKind> = one_of_each()
+            .iter()
+            .map(Error::kind)
+            .filter(|kind| kind.is_permanent())
+            .collect();
+        assert_eq!(
+            permanent,
+            [
+                ErrorKind::InvalidRequest,
+                ErrorKind::Refused,
+                ErrorKind::InvalidRequest,
+                ErrorKind::Config
+            ]
+        );
     }
 }

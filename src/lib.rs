@@ -20,7 +20,6 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and `docs/PROTOCOL.md` for the messages.
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
@@ -29,6 +28,6 @@ pub mod net;
 pub mod storage;
 pub mod wire;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use wire::client::{ReadConsistency, WriteConcern};
 pub use wire::message::{Entry, Epoch, LogIndex, NodeId, Operation, RequestId};

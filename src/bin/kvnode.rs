@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 
+use replikv::client::join;
 use replikv::config::{
     parse_member, DevCluster, NodeConfig, NodeOverrides, CLIENT_CONFIG_ENV, DEFAULT_DEV_BASE_PORT,
     DEFAULT_DEV_DIR, DEFAULT_DEV_NODES, DEFAULT_LOG_LEVEL, DEV_CLIENT_NAME, DEV_STOP_GRACE_MS,
@@ -146,7 +147,7 @@ fn run_one_node(args: NodeArgs) -> Result<()> {
     let config_file = args.config.clone();
     let config = NodeConfig::resolve(config_file.as_deref(), args.into_overrides())?;
     init_logging(&config.log_level);
-    runtime()?.block_on(run_node(config, shutdown_signal()))
+    runtime()?.block_on(run_node(config, shutdown_signal(), join::register))
 }
 
 impl NodeArgs {

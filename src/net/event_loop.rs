@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::net::peer::PeerRouter;
 use crate::net::shutdown::Shutdown;
 use crate::wire::client::{Request, Response, Topology};
@@ -188,7 +188,9 @@ impl EventLoop {
         self.pending.insert(token, reply);
         match self.node.request(self.clock.now(), token, request) {
             Ok(()) => Ok(()),
-            Err(err @ Error::Storage(_)) => fail_stop(Err(err), "handling a client request"),
+            Err(err) if err.kind() == ErrorKind::Storage => {
+                fail_stop(Err(err), "handling a client request")
+            }
             Err(err) => {
                 // Not a storage failure: the request itself was at fault; tell the client.
                 if let Some(reply) = self.pending.remove(&token) {
@@ -329,7 +331,7 @@ async fn join_flush(
 fn fail_stop(result: Result<()>, doing: &str) -> Result<()> {
     match result {
         Ok(()) => Ok(()),
-        Err(err @ Error::Storage(_)) => {
+        Err(err) if err.kind() == ErrorKind::Storage => {
             error!(%err, "storage failed while {doing}; stopping the node");
             Err(err)
         }

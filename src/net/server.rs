@@ -12,18 +12,14 @@
 //! A storage error is fail-stop: [`run_node`] returns it and the binary exits non-zero.
 //!
 //! Joining (`join` in the configuration, `kvnode --join ADDR`): the node starts knowing only
-//! itself, as a learner, and serves both ports at once. Meanwhile [`register`] asks the cluster
-//! to add it, with the client library and the node's own certificate (the client port lets a
-//! node certificate add that node itself, and nothing else). Any member may be contacted: one
-//! that is not the primary "forwards" the request by answering `NotPrimary` with the primary's
-//! address, and the client follows the redirect. Attempts are retried with backoff until one
-//! succeeds (no primary yet, or another membership change being committed, only delay it). The
-//! primary then adds the node as a learner, dials it and streams it the log (or a snapshot, where
-//! the log has been compacted), and makes it a voter once it has caught up. A refusal (wrong
-//! certificate, the id already taken with other addresses) stops the node with the reason.
+//! itself, as a learner, and serves both ports at once. The server decides whether it must still
+//! register (not if its log already counts it); asking the cluster is a client's job, so the
+//! caller hands [`run_node`] the function that does it (`replikv::client::join::register`) and
+//! this layer never reaches up to the client library. A refusal stops the node with the reason.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,33 +27,56 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::client::{Client, ClientOptions};
 use crate::config::{
-    NodeConfig, CLIENT_INBOX_CAPACITY, JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS,
-    JOIN_RETRY_MIN_MS, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
-    SHUTDOWN_GRACE_MS,
+    NodeConfig, CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY,
+    SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS,
 };
 use crate::core::Node;
 use crate::error::{Error, Result};
 use crate::net::endpoint::RestartIdentity;
 use crate::net::event_loop::{Clock, EventLoop, Inboxes, Published};
 use crate::net::peer::{accept_peers, PeerInboxes, PeerRouter};
-use crate::net::shutdown::{Shutdown, ShutdownController};
-use crate::net::tls;
+use crate::net::shutdown::ShutdownController;
+use crate::net::tls::{self, TlsFiles};
 use crate::net::{client_port, CLOSE_SHUTTING_DOWN};
 use crate::storage::sled_engine::SledStorage;
 use crate::storage::Storage;
 use crate::wire::message::{Member, Membership};
 use crate::wire::{CLIENT_ALPN, PEER_ALPN};
 
+/// Resolves once the node has begun to shut down.
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Runs the node described by `config` until `shutdown` resolves (or storage fails), then shuts
 /// down cleanly. Returns the storage error that stopped the node, if one did.
-pub async fn run_node(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+///
+/// `register` is how a node started with `join` asks the cluster to add it: called at most once,
+/// only if the node is not yet a member, with the `join` addresses, the node's own certificate,
+/// its member entry and a [`StopSignal`]. Its future resolves once the node is registered or
+/// stopping (`Ok`), or with the cluster's refusal, which stops the node. Pass
+/// `replikv::client::join::register`.
+pub async fn run_node<R, F>(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    register: R,
+) -> Result<()>
+where
+    R: FnOnce(Vec<String>, TlsFiles, Member, StopSignal) -> F,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
     let span = tracing::info_span!("node", id = config.id);
-    serve(config, shutdown).instrument(span).await
+    serve(config, shutdown, register).instrument(span).await
 }
 
-async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+async fn serve<R, F>(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    register: R,
+) -> Result<()>
+where
+    R: FnOnce(Vec<String>, TlsFiles, Member, StopSignal) -> F,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
     config.validate()?;
     let client_addr = parse_addr(&config.client_addr)?;
     let peer_addr = parse_addr(&config.peer_addr)?;
@@ -145,12 +164,11 @@ async fn serve(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result
     );
     let registration: Option<JoinHandle<Result<()>>> = match config.own_member() {
         Some(own) if must_register => {
-            let task = register(
-                config.join.clone(),
-                config.tls_files(),
-                own,
-                controller.handle(),
-            );
+            // The signal holds a shutdown handle, so the server waits for the registration to
+            // wind down as for any other task.
+            let mut handle = controller.handle();
+            let stop: StopSignal = Box::pin(async move { handle.requested().await });
+            let task = register(config.join.clone(), config.tls_files(), own, stop);
             Some(tokio::spawn(task.in_current_span()))
         }
         _ => None,
@@ -222,63 +240,6 @@ fn needs_registration(membership: &Membership, own: &Member) -> bool {
     !(counted && membership.members.len() > 1)
 }
 
-/// Registers this node with the cluster through the client addresses in `join` (see the module
-/// docs), retrying with capped exponential backoff until it is a member or the node shuts down.
-/// Fails only when the cluster refuses: no retry would change that answer.
-async fn register(
-    join: Vec<String>,
-    files: tls::TlsFiles,
-    own: Member,
-    mut shutdown: Shutdown,
-) -> Result<()> {
-    let options = ClientOptions {
-        timeout: Duration::from_millis(JOIN_ATTEMPT_TIMEOUT_MS),
-        ..ClientOptions::default()
-    };
-    let client = Client::with_tls(join.clone(), &files, options)?;
-    let through = join.join(", ");
-    info!(%through, "asking the cluster to add this node as a learner");
-    let mut pause = Duration::from_millis(JOIN_RETRY_MIN_MS);
-    let mut attempt = 1u64;
-    let outcome = loop {
-        let answer = tokio::select! {
-            answer = client.add_member(own.clone()) => answer,
-            _ = shutdown.requested() => break Ok(()),
-        };
-        match answer {
-            Ok((result, meta)) => {
-                info!(
-                    primary = meta.node_id,
-                    epoch = meta.epoch,
-                    index = result.index,
-                    already_member = result.existed,
-                    "registered with the cluster: the primary streams this node the log and makes it a voter once it has caught up"
-                );
-                break Ok(());
-            }
-            Err(err @ (Error::Refused(_) | Error::InvalidRequest(_))) => {
-                break Err(Error::Refused(format!(
-                    "cannot join through {through}: {err}"
-                )));
-            }
-            Err(err) => info!(
-                attempt,
-                %err,
-                retry_in_ms = pause.as_millis() as u64,
-                "not registered yet (no primary reachable, or another membership change is being committed); retrying"
-            ),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.requested() => break Ok(()),
-        }
-        pause = (pause * 2).min(Duration::from_millis(JOIN_RETRY_MAX_MS));
-        attempt += 1;
-    };
-    client.close().await;
-    outcome
-}
-
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere than Unix).
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -317,7 +278,7 @@ mod tests {
 
     use super::*;
     use crate::config::{DevCluster, DEV_CLIENT_NAME};
-    use crate::net::tls::{CertRole, CertsInit, TlsFiles};
+    use crate::net::tls::{CertRole, CertsInit};
     use crate::wire::client::{Request, Response, Write, WriteConcern};
     use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
     use crate::wire::message::RequestId;
@@ -403,9 +364,14 @@ mod tests {
         let config = single_node(dir.path());
         let certs = config.certs_dir.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let node = tokio::spawn(run_node(config.clone(), async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let node = tokio::spawn(run_node(
+            config.clone(),
+            stopped,
+            crate::client::join::register,
+        ));
         // The first dial may race the node's bind; QUIC retransmits, and a few dials cover it.
         let admin_files = TlsFiles::for_client(&certs, DEV_CLIENT_NAME);
         let mut attempts = 0;

@@ -18,9 +18,7 @@
 use tracing::debug;
 
 use crate::error::Error;
-use crate::storage::Session;
-use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, LogIndex, Membership, Operation};
+use crate::wire::message::{Entry, LogIndex, Membership, Operation, Session, WriteResult};
 
 /// The mutable state an engine hands to [`apply_entries`]. Writes through it must become visible
 /// together (one transaction, or one critical section).

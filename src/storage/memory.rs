@@ -16,11 +16,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
-use crate::storage::{
-    check_append, collect_chunk, encoded_len, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
+use crate::storage::rules::{
+    check_append, check_compact, collect_chunk, encoded_len, fits, rebuild_after_compaction,
+    truncate_before_start, FIRST_INDEX,
 };
-use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
+use crate::storage::{Meta, RolledBack, Storage};
+use crate::wire::message::{
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+};
 
 /// A [`Storage`] held in memory. Share it as `Arc<MemoryStorage>`: after [`MemoryStorage::crash`]
 /// the simulator reopens a node on the same value.
@@ -318,43 +321,6 @@ impl ApplyTarget for StateTarget<'_> {
         self.0.meta.membership = Some(membership.clone());
         Ok(())
     }
-}
-
-/// The error for truncating entries that were compacted away (or index 0).
-pub(crate) fn truncate_before_start(from: LogIndex, log_start: LogIndex) -> Error {
-    Error::Storage(format!(
-        "cannot truncate the log from entry {from}: the log starts at entry {log_start}"
-    ))
-}
-
-/// Refuses a compaction past the applied index or the end of the log.
-pub(crate) fn check_compact(
-    through: LogIndex,
-    log_start: LogIndex,
-    last: LogIndex,
-    applied_index: LogIndex,
-) -> Result<()> {
-    if through > applied_index || through > last {
-        return Err(Error::Storage(format!(
-            "cannot compact the log through entry {through}: only entries up to {} are applied \
-             (log {log_start}..={last})",
-            applied_index.min(last)
-        )));
-    }
-    Ok(())
-}
-
-/// The error for rolling back applied entries when the log no longer holds what produced the
-/// state before them.
-pub(crate) fn rebuild_after_compaction(
-    from: LogIndex,
-    applied_index: LogIndex,
-    log_start: LogIndex,
-) -> Error {
-    Error::Storage(format!(
-        "cannot roll back entries {from}..={applied_index}: they were applied and the log before \
-         entry {log_start} was compacted, so the state cannot be rebuilt; resync this node from a snapshot"
-    ))
 }
 
 impl Storage for MemoryStorage {

@@ -1,8 +1,9 @@
 //! Durable storage for a node: the operation log, the state it produces, metadata and client
-//! sessions (DESIGN §3).
+//! sessions (see "Durability on disk" in `docs/ARCHITECTURE.md`).
 //!
 //! [`Storage`] has two engines: [`sled_engine::SledStorage`] for real nodes and
-//! [`memory::MemoryStorage`] for the simulator. Both pass one test suite.
+//! [`memory::MemoryStorage`] for the simulator. Both pass one test suite, apply entries with one
+//! implementation ([`apply`]) and check their inputs with one set of rules (`rules`).
 //!
 //! Durability contract, which the memory engine models exactly:
 //! - Every write method is *buffered*: it is visible to reads at once but may be lost in a crash.
@@ -17,13 +18,15 @@
 
 pub mod apply;
 pub mod memory;
+mod rules;
 pub mod sled_engine;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
+use crate::error::Result;
+use crate::wire::message::{
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+};
 
 /// Metadata a node persists besides its log (the `meta` tree).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,13 +45,6 @@ pub struct Meta {
     pub log_start: LogIndex,
     /// `(epoch, index)` of the entry just before `log_start` (the snapshot's last entry).
     pub snapshot_epoch: Epoch,
-}
-
-/// The last result of one client session (the `sessions` tree).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub last_sequence: u64,
-    pub result: WriteResult,
 }
 
 /// An entry removed from this node's log because it diverged from the primary's, kept for the
@@ -164,63 +160,3 @@ pub use sled_engine::SledStorage;
 
 #[cfg(test)]
 mod suite;
-
-/// The first log index of a node that has never compacted its log.
-pub(crate) const FIRST_INDEX: LogIndex = 1;
-
-/// Checks that `entries` may follow a log whose last entry is `last`: indexes contiguous from
-/// `last.1 + 1` and epochs never decreasing. Both engines call this, so they refuse the same
-/// appends with the same message.
-pub(crate) fn check_append(last: (Epoch, LogIndex), entries: &[Entry]) -> Result<()> {
-    let (mut previous_epoch, mut previous_index) = last;
-    for entry in entries {
-        if entry.index != previous_index + 1 {
-            return Err(Error::Storage(format!(
-                "cannot append entry {} after entry {previous_index}: the log must stay contiguous",
-                entry.index
-            )));
-        }
-        if entry.epoch < previous_epoch {
-            return Err(Error::Storage(format!(
-                "cannot append entry {} of epoch {} after epoch {previous_epoch}: epochs in a log never decrease",
-                entry.index, entry.epoch
-            )));
-        }
-        previous_epoch = entry.epoch;
-        previous_index = entry.index;
-    }
-    Ok(())
-}
-
-/// The encoded size of `entry`, which is what `max_bytes` in [`Storage::entries`] counts.
-pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
-    postcard::experimental::serialized_size(entry)
-        .map_err(|err| Error::Storage(format!("cannot size entry {}: {err}", entry.index)))
-}
-
-/// Whether `entries` may take one more entry of `size` bytes: the first entry always fits, later
-/// ones only while the total stays within `max_bytes`.
-/// Collects state pairs in order until `max_bytes` of keys and values (at least one pair): the
-/// chunking rule of [`Storage::state_chunk`], shared by both engines.
-pub(crate) fn collect_chunk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-    pairs: impl Iterator<Item = Result<(K, V)>>,
-    max_bytes: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut chunk = Vec::new();
-    let mut bytes = 0usize;
-    for pair in pairs {
-        let (key, value) = pair?;
-        let (key, value) = (key.as_ref(), value.as_ref());
-        let size = key.len() + value.len();
-        if !fits(chunk.len(), bytes, size, max_bytes) {
-            break;
-        }
-        bytes += size;
-        chunk.push((key.to_vec(), value.to_vec()));
-    }
-    Ok(chunk)
-}
-
-pub(crate) fn fits(collected: usize, total_bytes: usize, size: usize, max_bytes: usize) -> bool {
-    collected == 0 || total_bytes.saturating_add(size) <= max_bytes
-}

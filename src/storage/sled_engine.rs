@@ -1,4 +1,5 @@
-//! The sled engine: what a real node keeps on disk (DESIGN §3).
+//! The sled engine: what a real node keeps on disk (see "Durability on disk" in
+//! `docs/ARCHITECTURE.md`).
 //!
 //! | tree | key | value (postcard) |
 //! |---|---|---|
@@ -35,12 +36,14 @@ use sled::{Batch, IVec, Transactional, Tree};
 
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
-use crate::storage::memory::{check_compact, rebuild_after_compaction, truncate_before_start};
-use crate::storage::{
-    check_append, collect_chunk, fits, Meta, RolledBack, Session, Storage, FIRST_INDEX,
+use crate::storage::rules::{
+    check_append, check_compact, collect_chunk, fits, rebuild_after_compaction,
+    truncate_before_start, FIRST_INDEX,
 };
-use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Membership, NodeId, SnapshotFinish};
+use crate::storage::{Meta, RolledBack, Storage};
+use crate::wire::message::{
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+};
 
 const META_EPOCH_AND_VOTE: &[u8] = b"epoch_and_vote";
 const META_COMMIT_INDEX: &[u8] = b"commit_index";

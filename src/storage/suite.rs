@@ -8,10 +8,11 @@
 
 use std::collections::BTreeSet;
 
-use super::{Meta, RolledBack, Session, Storage};
+use super::{Meta, RolledBack, Storage};
 use crate::error::Error;
-use crate::wire::client::WriteResult;
-use crate::wire::message::{Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId};
+use crate::wire::message::{
+    Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session, WriteResult,
+};
 
 // --- entry builders ---
 

@@ -6,9 +6,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+pub use crate::wire::message::WriteResult;
 use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
 
-/// How many replicas must have a write before the client is acknowledged (DESIGN §4).
+/// How many replicas must have a write before the client is acknowledged (see "Replication and write
+/// concern" in `docs/ARCHITECTURE.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteConcern {
     /// The primary has flushed the entry. May be rolled back by a failover (kept in `rollback`).
@@ -50,7 +52,7 @@ impl std::fmt::Display for WriteConcern {
     }
 }
 
-/// How fresh a read must be (DESIGN §4).
+/// How fresh a read must be (see "Replication and write concern" in `docs/ARCHITECTURE.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadConsistency {
     /// Served by the primary once it has confirmed it still leads, reflecting every write
@@ -136,15 +138,6 @@ pub struct ResponseMeta {
     pub index: LogIndex,
 }
 
-/// The result of a write as remembered in the sessions table, so that a retry gets the same answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteResult {
-    /// The log index of the entry that performed the write.
-    pub index: LogIndex,
-    /// Whether the key existed before the write.
-    pub existed: bool,
-}
-
 /// A response to a client request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -185,7 +178,7 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// How the primary sees a member (DESIGN §5).
+/// How the primary sees a member (see "Roles and elections" in `docs/ARCHITECTURE.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberHealth {
     /// Acks heartbeats and is caught up.

@@ -24,6 +24,24 @@ pub struct RequestId {
     pub sequence: u64,
 }
 
+/// The result of a write as remembered in the sessions table, so that a retry gets the same answer.
+/// It answers a client write (`Response::Written` of the client protocol) and travels in snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The log index of the entry that performed the write.
+    pub index: LogIndex,
+    /// Whether the key existed before the write.
+    pub existed: bool,
+}
+
+/// The last result of one client session: a row of a node's `sessions` table, carried to a
+/// lagging member inside a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub last_sequence: u64,
+    pub result: WriteResult,
+}
+
 /// A change to the replicated state, as stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
@@ -192,7 +210,7 @@ pub struct SnapshotFinish {
     pub index: LogIndex,
     pub epoch: Epoch,
     /// The `sessions` table at `index`: client id → (last sequence, its result).
-    pub sessions: Vec<(u64, crate::storage::Session)>,
+    pub sessions: Vec<(u64, Session)>,
     /// The membership in force at `index`.
     pub membership: Membership,
 }

@@ -10,13 +10,15 @@
 //!
 //! Before the clock starts every worker sends one untimed read, so connection and stream set-up
 //! is not measured; with `prefill`, the workers then write every key of the key space once (at
-//! `w=majority`, untimed), so that the gets of the run find values. The run stops after `--requests` operations in all or after `--duration`; in
-//! the latter case operations in flight at the deadline complete and are counted, and throughput
-//! is divided by the time until the last of them ended.
+//! `w=majority`, untimed), so that the gets of the run find values. The run stops after
+//! `--requests` operations in all or after `--duration`; in the latter case operations in flight
+//! at the deadline complete and are counted, and throughput is divided by the time until the last
+//! of them ended.
 //!
-//! Failures that say "try later" (unavailable, write concern not met, network) are counted by
-//! kind and the run goes on; failures that can never succeed (refused, invalid request, a write
-//! concern the cluster cannot meet) stop the run at once and are returned as the error.
+//! Failures are counted by kind ([`replikv::ErrorKind`]) and the run goes on, except those that
+//! can never succeed ([`replikv::ErrorKind::is_permanent`]: refused, invalid request, a write
+//! concern the cluster cannot meet, bad configuration), which stop the run at once and are
+//! returned as the error.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,11 +32,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::client::Client;
-use crate::error::{Error, Result};
-use crate::net::tls::MAX_CONCURRENT_BIDI_STREAMS;
-use crate::wire::client::{ReadConsistency, WriteConcern};
-use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
+use replikv::client::Client;
+use replikv::net::tls::MAX_CONCURRENT_BIDI_STREAMS;
+use replikv::wire::frame::MAX_CLIENT_FRAME_BYTES;
+use replikv::{Error, ReadConsistency, Result, WriteConcern};
 
 /// Concurrent sessions when none are asked for.
 pub const DEFAULT_CLIENTS: usize = 64;
@@ -105,7 +106,7 @@ impl Default for BenchOptions {
             write_concern: WriteConcern::default(),
             consistency: ReadConsistency::default(),
             read_ratio: 0.0,
-            timeout: crate::client::DEFAULT_TIMEOUT,
+            timeout: replikv::client::DEFAULT_TIMEOUT,
             prefill: false,
         }
     }
@@ -183,7 +184,7 @@ pub struct BenchReport {
     pub reads: Option<LatencySummary>,
     /// Successful gets that found their key.
     pub read_hits: u64,
-    /// Failures by kind (see [`error_kind`]).
+    /// Failures by the name of their kind ([`replikv::ErrorKind::name`]).
     pub errors: BTreeMap<String, ErrorTally>,
     /// The run was stopped early (Ctrl-C); the figures cover what ran.
     pub interrupted: bool,
@@ -227,36 +228,6 @@ pub struct ErrorTally {
     pub example: String,
 }
 
-/// A stable name for the kind of `error`, used to group failures in the report.
-pub fn error_kind(error: &Error) -> &'static str {
-    match error {
-        Error::NotPrimary { .. } => "not_primary",
-        Error::WriteConcernNotMet { .. } => "write_concern_not_met",
-        Error::WriteConcernImpossible { .. } => "write_concern_impossible",
-        Error::Unavailable(_) => "unavailable",
-        Error::Refused(_) => "refused",
-        Error::InvalidRequest(_) => "invalid_request",
-        Error::Protocol(_) => "protocol",
-        Error::Config(_) => "config",
-        Error::Storage(_) => "storage",
-        Error::Network(_) => "network",
-        Error::ShuttingDown => "shutting_down",
-        Error::StaleRequest { .. } => "stale_request",
-        Error::Internal(_) => "internal",
-    }
-}
-
-/// Whether `error` says the run can never succeed, so it should stop rather than count it.
-fn is_fatal(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::Refused(_)
-            | Error::InvalidRequest(_)
-            | Error::WriteConcernImpossible { .. }
-            | Error::Config(_)
-    )
-}
-
 /// Successful operations per second; zero when no time passed.
 pub fn throughput(succeeded: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
@@ -293,7 +264,7 @@ impl WorkerResult {
 
     fn count_error(&mut self, error: &Error) {
         self.errors
-            .entry(error_kind(error))
+            .entry(error.kind().name())
             .and_modify(|tally| tally.count += 1)
             .or_insert_with(|| ErrorTally {
                 count: 1,
@@ -568,7 +539,7 @@ async fn worker(
                 }
                 shared.succeeded.fetch_add(1, Ordering::Relaxed);
             }
-            Err(error) if is_fatal(&error) => return Err(error),
+            Err(error) if error.kind().is_permanent() => return Err(error),
             Err(error) => {
                 result.count_error(&error);
                 shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -647,72 +618,6 @@ impl Progress {
     }
 }
 
-/// The report as text: a summary line, a latency table and the errors.
-pub fn render_report(report: &BenchReport) -> String {
-    let stop = match report.stop {
-        StopAfter::Requests(total) => format!("{total} requests"),
-        StopAfter::Duration(duration) => format!("{:.1}s", duration.as_secs_f64()),
-    };
-    let mut text = format!(
-        "{} clients, {stop}, w={}, consistency={}, read ratio {}, {}-byte values, {} keys{}{}\n",
-        report.clients,
-        report.write_concern,
-        report.consistency,
-        report.read_ratio,
-        report.value_size,
-        report.key_space,
-        if report.prefill { " (prefilled)" } else { "" },
-        if report.interrupted {
-            " (interrupted)"
-        } else {
-            ""
-        },
-    );
-    text.push_str(&format!(
-        "{} ok, {} failed in {:.2}s: {:.0} ops/s\n\n",
-        report.succeeded, report.failed, report.elapsed_secs, report.throughput
-    ));
-    text.push_str(&format!(
-        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "latency", "count", "mean ms", "p50", "p90", "p99", "p99.9", "max"
-    ));
-    let mut row = |name: &str, summary: &LatencySummary| {
-        text.push_str(&format!(
-            "{name:<8} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
-            summary.count,
-            summary.mean_ms,
-            summary.p50_ms,
-            summary.p90_ms,
-            summary.p99_ms,
-            summary.p999_ms,
-            summary.max_ms
-        ));
-    };
-    row("all", &report.latency);
-    if let (Some(writes), Some(_)) = (&report.writes, &report.reads) {
-        row("puts", writes);
-    }
-    if let (Some(reads), Some(_)) = (&report.reads, &report.writes) {
-        row("gets", reads);
-    }
-    if let Some(reads) = &report.reads {
-        text.push_str(&format!(
-            "\ngets that found their key: {} of {}\n",
-            report.read_hits, reads.count
-        ));
-    }
-    if !report.errors.is_empty() {
-        text.push_str("\nerrors:\n");
-        for (kind, tally) in &report.errors {
-            text.push_str(&format!(
-                "  {kind}: {} (e.g. {})\n",
-                tally.count, tally.example
-            ));
-        }
-    }
-    text
-}
-
 fn as_seconds<S: serde::Serializer>(
     duration: &Duration,
     serializer: S,
@@ -723,6 +628,7 @@ fn as_seconds<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::render_bench_report;
 
     fn options() -> BenchOptions {
         BenchOptions::default()
@@ -908,7 +814,7 @@ mod tests {
         assert!(report.errors["unavailable"].example.contains("no primary"));
         assert_eq!(report.errors["write_concern_not_met"].count, 1);
 
-        let text = render_report(&report);
+        let text = render_bench_report(&report);
         assert!(text.contains("3 ok, 3 failed"), "{text}");
         assert!(text.contains("unavailable: 2"), "{text}");
         assert!(text.contains("puts") && text.contains("gets"), "{text}");
@@ -927,18 +833,19 @@ mod tests {
         assert_eq!(json["stop"]["duration"], 30.0);
         assert_eq!(json["latency"]["p50_ms"], 0.5);
         assert!(json["reads"].is_null());
-        assert!(render_report(&report).contains("(interrupted)"));
+        assert!(render_bench_report(&report).contains("(interrupted)"));
     }
 
     #[test]
     fn only_hopeless_errors_stop_the_run() {
-        assert!(is_fatal(&Error::Refused("readonly".into())));
-        assert!(is_fatal(&Error::WriteConcernImpossible {
+        let stops = |error: Error| error.kind().is_permanent();
+        assert!(stops(Error::Refused("readonly".into())));
+        assert!(stops(Error::WriteConcernImpossible {
             required: 5,
             voters: 3
         }));
-        assert!(!is_fatal(&Error::Unavailable("election".into())));
-        assert!(!is_fatal(&Error::WriteConcernNotMet {
+        assert!(!stops(Error::Unavailable("election".into())));
+        assert!(!stops(Error::WriteConcernNotMet {
             acknowledged: 1,
             required: 3
         }));
