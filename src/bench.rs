@@ -31,8 +31,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::client::Client;
+use crate::config::tuning::{CLIENT_TIMEOUT_MS, MAX_CONCURRENT_BIDI_STREAMS};
 use crate::error::{Error, Result};
-use crate::net::tls::MAX_CONCURRENT_BIDI_STREAMS;
 use crate::wire::client::{ReadConsistency, WriteConcern};
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
 
@@ -105,7 +105,7 @@ impl Default for BenchOptions {
             write_concern: WriteConcern::default(),
             consistency: ReadConsistency::default(),
             read_ratio: 0.0,
-            timeout: crate::client::DEFAULT_TIMEOUT,
+            timeout: Duration::from_millis(CLIENT_TIMEOUT_MS),
             prefill: false,
         }
     }

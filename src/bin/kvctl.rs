@@ -16,9 +16,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use replikv::bench::{self, BenchOptions, StopAfter};
+use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
 use replikv::config::ClientConfig;
-use replikv::net::tls::{self, CertRole, CertsInit};
 use replikv::wire::client::{ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
@@ -574,7 +574,7 @@ fn certs_init(
     } else {
         clients
     };
-    let written = tls::init_certs(&CertsInit {
+    let written = certs::init_certs(&CertsInit {
         dir: dir.clone(),
         nodes,
         clients,

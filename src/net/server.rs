@@ -31,12 +31,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::certs::TlsFiles;
 use crate::client::{Client, ClientOptions};
-use crate::config::{
-    NodeConfig, CLIENT_INBOX_CAPACITY, JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS,
-    JOIN_RETRY_MIN_MS, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
-    SHUTDOWN_GRACE_MS,
+use crate::config::tuning::{
+    CLIENT_INBOX_CAPACITY, JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS, JOIN_RETRY_MIN_MS,
+    PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS,
 };
+use crate::config::NodeConfig;
 use crate::core::Node;
 use crate::error::{Error, Result};
 use crate::net::endpoint::RestartIdentity;
@@ -227,7 +228,7 @@ fn needs_registration(membership: &Membership, own: &Member) -> bool {
 /// Fails only when the cluster refuses: no retry would change that answer.
 async fn register(
     join: Vec<String>,
-    files: tls::TlsFiles,
+    files: TlsFiles,
     own: Member,
     mut shutdown: Shutdown,
 ) -> Result<()> {
@@ -316,8 +317,8 @@ mod tests {
     use quinn::Endpoint;
 
     use super::*;
+    use crate::certs::{init_certs, CertRole, CertsInit};
     use crate::config::{DevCluster, DEV_CLIENT_NAME};
-    use crate::net::tls::{CertRole, CertsInit, TlsFiles};
     use crate::wire::client::{Request, Response, Write, WriteConcern};
     use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
     use crate::wire::message::RequestId;
@@ -335,7 +336,7 @@ mod tests {
         config.peer_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         config.members[0].client_addr = config.client_addr.clone();
         config.members[0].peer_addr = config.peer_addr.clone();
-        tls::init_certs(&CertsInit {
+        init_certs(&CertsInit {
             dir: config.certs_dir.clone(),
             // Node 9 is not a member: its certificate is valid but it may only ask to join.
             nodes: vec![(config.id, vec![]), (9, vec![])],
