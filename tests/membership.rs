@@ -491,7 +491,7 @@ async fn removing_the_primary_hands_over_to_a_new_one() {
 fn set_log_retention(cluster: &Cluster, id: NodeId, bytes: u64) {
     let path: &Path = &cluster.node(id).config_path;
     let mut config = NodeConfig::load(path).expect("load the node configuration");
-    config.tuning.log_retention_bytes = Some(bytes);
+    config.log_retention_bytes = Some(bytes);
     let toml = config.to_toml().expect("configuration as TOML");
     std::fs::write(path, toml).expect("write the node configuration");
 }

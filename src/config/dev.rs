@@ -5,13 +5,13 @@
 //!   `base_port`, peers on `base_port + 1`; everything lives in one directory.
 //! - Planning writes nothing; [`DevCluster::write_configs`] rewrites the configuration files on
 //!   every run and leaves the data directories alone, so a restart resumes.
-//! - Every node runs with the default tunables ([`Tuning::default`]).
+//! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
 
 use std::path::{Path, PathBuf};
 
 use super::client::{ClientConfig, CLIENT_CONFIG_FILE};
 use super::node::NodeConfig;
-use super::tuning::{Tuning, CLIENT_TIMEOUT_MS, DEFAULT_LOG_LEVEL};
+use super::tuning::CLIENT_TIMEOUT_MS;
 use crate::error::{Error, Result};
 use crate::wire::client::WriteConcern;
 use crate::wire::message::{Member, NodeId};
@@ -83,9 +83,7 @@ impl DevCluster {
                 data_dir: dir.join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
-                join: Vec::new(),
-                tuning: Tuning::default(),
-                log_level: DEFAULT_LOG_LEVEL.to_string(),
+                ..NodeConfig::default()
             })
             .collect();
         let client = ClientConfig {

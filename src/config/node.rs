@@ -5,6 +5,9 @@
 //! - A [`NodeConfig`] that passed [`NodeConfig::validate`] has parseable, distinct addresses, lists
 //!   its own node among unique members (or only itself, to join), and has tunables the protocol
 //!   can work with.
+//! - The tunables are keys of the same table as the node's own settings (not a sub-table): they
+//!   are declared from the one list in [`tuning`], so the file, the flags and the core options
+//!   cannot disagree on them.
 //! - A flag that is given replaces the file's value; one that is not leaves it alone. The
 //!   tunables follow the same rule through [`Tuning::overridden_by`].
 
@@ -21,36 +24,84 @@ use crate::core::Options;
 use crate::error::{Error, Result};
 use crate::wire::message::{Member, NodeId};
 
-/// A node's configuration, as in `node.toml`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// This node's id; must match its certificate (and be one of `members`, if they are given).
-    pub id: NodeId,
-    /// Address the client port binds (`ip:port`).
-    pub client_addr: String,
-    /// Address the peer port binds (`ip:port`); other nodes dial it.
-    pub peer_addr: String,
-    /// Directory of the sled database.
-    pub data_dir: PathBuf,
-    /// Directory of the certificates made by `kvctl certs init` or `kvnode dev`.
-    pub certs_dir: PathBuf,
-    /// The initial cluster. The membership in the node's log, once it has one, wins over this.
-    /// May be left out with `join`: the node then starts knowing only itself, as a learner.
-    #[serde(default, deserialize_with = "deserialize_members")]
-    pub members: Vec<Member>,
-    /// Client addresses of existing members (any one is enough): at start, the node asks the
-    /// cluster to add it as a learner, through whichever member answers (`kvnode --join`). Safe
-    /// to keep on restarts: a node that is already a member does not register again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub join: Vec<String>,
-    /// The protocol's tunables, as keys of this same table; each one left out takes its default.
-    #[serde(flatten)]
-    pub tuning: Tuning,
-    /// A `tracing` filter such as `info` or `replikv=debug`; `RUST_LOG` wins over it.
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
+/// Declares [`NodeConfig`], whose fields are the keys of `node.toml`: the node's own settings, and
+/// one optional field per tunable of the [`tuning::tunables`] list.
+macro_rules! declare_node_config {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident: $type:ty = $default:expr, flag $value_name:literal;
+    )*) => {
+        /// A node's configuration, as in `node.toml`.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct NodeConfig {
+            /// This node's id; must match its certificate (and be one of `members`, if they are
+            /// given).
+            pub id: NodeId,
+            /// Address the client port binds (`ip:port`).
+            pub client_addr: String,
+            /// Address the peer port binds (`ip:port`); other nodes dial it.
+            pub peer_addr: String,
+            /// Directory of the sled database.
+            pub data_dir: PathBuf,
+            /// Directory of the certificates made by `kvctl certs init` or `kvnode dev`.
+            pub certs_dir: PathBuf,
+            /// The initial cluster. The membership in the node's log, once it has one, wins over
+            /// this. May be left out with `join`: the node then starts knowing only itself, as a
+            /// learner.
+            #[serde(default, deserialize_with = "deserialize_members")]
+            pub members: Vec<Member>,
+            /// Client addresses of existing members (any one is enough): at start, the node asks
+            /// the cluster to add it as a learner, through whichever member answers (`kvnode
+            /// --join`). Safe to keep on restarts: a node that is already a member does not
+            /// register again.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub join: Vec<String>,
+            $(
+                $(#[doc = $doc])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$type>,
+            )*
+            /// A `tracing` filter such as `info` or `replikv=debug`; `RUST_LOG` wins over it.
+            #[serde(default = "default_log_level")]
+            pub log_level: String,
+        }
+
+        /// No address, no member, no tunable: a base for struct updates, not a valid
+        /// configuration.
+        impl Default for NodeConfig {
+            fn default() -> Self {
+                NodeConfig {
+                    id: NodeId::default(),
+                    client_addr: String::new(),
+                    peer_addr: String::new(),
+                    data_dir: PathBuf::new(),
+                    certs_dir: PathBuf::new(),
+                    members: Vec::new(),
+                    join: Vec::new(),
+                    $($name: None,)*
+                    log_level: default_log_level(),
+                }
+            }
+        }
+
+        impl NodeConfig {
+            /// The tunables this configuration gives.
+            pub fn tuning(&self) -> Tuning {
+                Tuning {
+                    $($name: self.$name,)*
+                }
+            }
+
+            /// Replaces every tunable with those of `tuning`.
+            pub fn set_tuning(&mut self, tuning: Tuning) {
+                $(self.$name = tuning.$name;)*
+            }
+        }
+    };
 }
+
+tuning::tunables!(declare_node_config);
 
 fn default_log_level() -> String {
     DEFAULT_LOG_LEVEL.to_string()
@@ -176,7 +227,7 @@ impl NodeConfig {
                     .into(),
             ));
         }
-        Ok(NodeConfig {
+        let mut config = NodeConfig {
             id: required(overrides.id, "--id")?,
             client_addr: required(overrides.client_addr, "--client-addr")?,
             peer_addr: required(overrides.peer_addr, "--peer-addr")?,
@@ -184,9 +235,11 @@ impl NodeConfig {
             certs_dir: required(overrides.certs_dir, "--certs-dir")?,
             members: overrides.members,
             join: overrides.join,
-            tuning: overrides.tuning,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
-        })
+            ..NodeConfig::default()
+        };
+        config.set_tuning(overrides.tuning);
+        Ok(config)
     }
 
     /// This configuration with every present override applied.
@@ -207,7 +260,7 @@ impl NodeConfig {
         if !overrides.join.is_empty() {
             self.join = overrides.join;
         }
-        self.tuning = self.tuning.overridden_by(overrides.tuning);
+        self.set_tuning(self.tuning().overridden_by(overrides.tuning));
         set(&mut self.log_level, overrides.log_level);
         self
     }
@@ -286,7 +339,7 @@ impl NodeConfig {
 
     /// The protocol options: the defaults with this configuration's tunables.
     pub fn core_options(&self) -> Options {
-        self.tuning.options()
+        self.tuning().options()
     }
 
     /// The membership the node starts with when its storage holds none: `members`, or, for a
@@ -501,8 +554,8 @@ voter = false
     #[test]
     fn heartbeat_must_be_below_failure_timeout() {
         let mut config = valid_config();
-        config.tuning.heartbeat_interval_ms = Some(200);
-        config.tuning.failure_timeout_ms = Some(200);
+        config.heartbeat_interval_ms = Some(200);
+        config.failure_timeout_ms = Some(200);
         let message = config_error(config.validate());
         assert!(message.contains("heartbeat_interval_ms"), "{message}");
     }
@@ -510,7 +563,7 @@ voter = false
     #[test]
     fn append_size_is_bounded_by_the_frame_limit() {
         let mut config = valid_config();
-        config.tuning.max_append_bytes = Some(MAX_PEER_FRAME_BYTES);
+        config.max_append_bytes = Some(MAX_PEER_FRAME_BYTES);
         let message = config_error(config.validate());
         assert!(message.contains("max_append_bytes"), "{message}");
     }
@@ -528,7 +581,7 @@ voter = false
             ..NodeOverrides::default()
         };
         let config = NodeConfig::resolve(Some(&path), overrides).unwrap();
-        assert_eq!(config.tuning.heartbeat_interval_ms, Some(20));
+        assert_eq!(config.heartbeat_interval_ms, Some(20));
         assert_eq!(config.log_level, "debug");
         assert_eq!(
             config.members.len(),
@@ -640,7 +693,7 @@ voter = false
         );
         let path = write_file(dir.path(), "node.toml", &text);
         let config = NodeConfig::load(&path).unwrap();
-        assert_eq!(config.tuning.heartbeat_interval_ms, Some(20));
+        assert_eq!(config.heartbeat_interval_ms, Some(20));
         assert_eq!(config.core_options().failure_timeout_ms, 60);
         assert_eq!(config.core_options().max_append_bytes, 4096);
 

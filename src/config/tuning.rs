@@ -1,44 +1,72 @@
 //! Every tunable and every default of the crate, each declared once.
 //!
-//! The protocol's tunables are declared in the one `tunables!` list below, with their type,
-//! default and doc. From it come [`Tuning`] (the `node.toml` keys and, through clap, the `kvnode`
-//! flags of the same names), the merge of flags over a file ([`Tuning::overridden_by`]), and the
-//! [`Options`] the core runs with ([`Tuning::options`], `Options::default()`). Adding a tunable
-//! is one entry in that list (and its field in `core::Options`).
+//! The protocol's tunables are declared in the one list of the `tunables!` macro below, with their
+//! type, default and doc. From it come [`Tuning`] (through clap, the `kvnode` flags), the keys of
+//! `node.toml` (the fields of `NodeConfig`, declared from the same list), the merge of flags over
+//! a file ([`Tuning::overridden_by`]), and the [`Options`] the core runs with
+//! ([`Tuning::options`], `Options::default()`). Adding a tunable is one entry in that list (and
+//! its field in `core::Options`).
 //!
 //! The other constants are fixed sizes and timings of the I/O shell and of clients: not
 //! configurable, but kept here so that every default can be found, and compared, in one place.
 //!
 //! Invariants:
-//! - A [`Tuning`] field is `None` when neither the file nor a flag gave it; the default is applied
-//!   only in [`Tuning::options`], so a file written back (`kvnode dev`) holds only what was given.
+//! - A tunable is `None` when neither the file nor a flag gave it; the default is applied only in
+//!   [`Tuning::options`], so a file written back (`kvnode dev`) holds only what was given.
 //! - The TOML keys and flag names are the field names (flags in kebab-case); they are the user's
 //!   interface and must not change.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::core::Options;
 use crate::error::{Error, Result};
 use crate::wire::frame::{MAX_CLIENT_FRAME_BYTES, MAX_PEER_FRAME_BYTES};
 
-/// Declares the protocol's tunables: for each, its doc (which is also its flag's help), its name
-/// (the TOML key, the flag, the `core::Options` field), its type, its default, and the value
-/// name its flag shows. A default may use the values of the tunables declared before it.
+/// The one list of the protocol's tunables, handed to the macro `$then`, which declares
+/// something from it. For each tunable: its doc (also the help of its flag), its name (the TOML
+/// key, the flag, the `core::Options` field), its type, its default, and the value name its flag
+/// shows. A default may use the values of the tunables listed before it.
 macro_rules! tunables {
+    ($then:ident) => {
+        $then! {
+            /// How often the primary sends heartbeats.
+            heartbeat_interval_ms: u64 = 100, flag "MS";
+            /// Silence after which a backup elects and a primary without a majority steps down
+            /// (default 3 heartbeat intervals).
+            failure_timeout_ms: u64 =
+                heartbeat_interval_ms.saturating_mul(FAILURE_TIMEOUT_HEARTBEATS), flag "MS";
+            /// Random extra per node on the election timer, so that nodes rarely start elections
+            /// together.
+            failure_jitter_ms: u64 = 150, flag "MS";
+            /// A voter behind for this long leaves the in-sync set (w=all).
+            replica_lag_timeout_ms: u64 = 1000, flag "MS";
+            /// Largest encoded size of the entries of one append message, in bytes.
+            max_append_bytes: usize = 1024 * 1024, flag "BYTES";
+            /// Most entries in flight to one member before the primary waits for acks.
+            max_inflight_entries: u64 = 8192, flag "N";
+            // Compaction: the state is the snapshot (docs/ARCHITECTURE.md, membership, compaction
+            // and snapshots). Larger keeps more history for members that were away a while (a log
+            // catch-up is cheaper than a snapshot); smaller bounds the disk the log takes.
+            /// Log bytes kept before the applied prefix is compacted (default 64 MiB); a member
+            /// that falls further behind is brought back with a snapshot.
+            log_retention_bytes: u64 = 64 * 1024 * 1024, flag "BYTES";
+        }
+    };
+}
+pub(crate) use tunables;
+
+/// Declares [`Tuning`] from the list of [`tunables`].
+macro_rules! declare_tuning {
     ($(
         $(#[doc = $doc:literal])*
         $name:ident: $type:ty = $default:expr, flag $value_name:literal;
     )*) => {
-        /// The protocol's tunables as a node's configuration gives them, each one optional: the
-        /// keys of `node.toml` (flattened into [`super::NodeConfig`], which refuses unknown keys)
-        /// and the `kvnode` flags of the same names.
-        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+        /// The protocol's tunables as flags or a file give them, each one optional: the `kvnode`
+        /// flags, and the keys of `node.toml` (see [`super::NodeConfig::tuning`]).
+        #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
         pub struct Tuning {
             $(
                 $(#[doc = $doc])*
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 #[arg(long, value_name = $value_name)]
                 pub $name: Option<$type>,
             )*
@@ -66,29 +94,7 @@ macro_rules! tunables {
     };
 }
 
-tunables! {
-    /// How often the primary sends heartbeats.
-    heartbeat_interval_ms: u64 = 100, flag "MS";
-    /// Silence after which a backup elects and a primary without a majority steps down (default
-    /// 3 heartbeat intervals).
-    failure_timeout_ms: u64 = heartbeat_interval_ms.saturating_mul(FAILURE_TIMEOUT_HEARTBEATS),
-        flag "MS";
-    /// Random extra per node on the election timer, so that nodes rarely start elections
-    /// together.
-    failure_jitter_ms: u64 = 150, flag "MS";
-    /// A voter behind for this long leaves the in-sync set (w=all).
-    replica_lag_timeout_ms: u64 = 1000, flag "MS";
-    /// Largest encoded size of the entries of one append message, in bytes.
-    max_append_bytes: usize = 1024 * 1024, flag "BYTES";
-    /// Most entries in flight to one member before the primary waits for acks.
-    max_inflight_entries: u64 = 8192, flag "N";
-    // Compaction: the state is the snapshot (docs/ARCHITECTURE.md, membership, compaction and
-    // snapshots). Larger keeps more history for members that were away a while (a log catch-up is
-    // cheaper than a snapshot); smaller bounds the disk the log takes.
-    /// Log bytes kept before the applied prefix is compacted (default 64 MiB); a member that
-    /// falls further behind is brought back with a snapshot.
-    log_retention_bytes: u64 = 64 * 1024 * 1024, flag "BYTES";
-}
+tunables!(declare_tuning);
 
 impl Default for Options {
     fn default() -> Self {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::{Client, ClientOptions};
-use replikv::config::{ClientConfig, NodeConfig, Tuning};
+use replikv::config::{ClientConfig, NodeConfig};
 use replikv::wire::client::{ClusterStatus, Role};
 use replikv::wire::message::Member;
 use replikv::{NodeId, WriteConcern};
@@ -132,7 +132,13 @@ impl Cluster {
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
                 join: Vec::new(),
-                tuning: Tuning::default(),
+                heartbeat_interval_ms: None,
+                failure_timeout_ms: None,
+                failure_jitter_ms: None,
+                replica_lag_timeout_ms: None,
+                max_append_bytes: None,
+                max_inflight_entries: None,
+                log_retention_bytes: None,
                 log_level: "info".to_string(),
             };
             let config_path = dir.path().join(format!("node-{}.toml", member.id));
