@@ -704,4 +704,36 @@ voter = false
         let path = write_file(dir.path(), "again.toml", &written);
         assert_eq!(NodeConfig::load(&path).unwrap(), config);
     }
+
+    #[test]
+    fn flags_are_named_after_the_keys() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            overrides: NodeOverrides,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "kvnode",
+            "--id",
+            "1",
+            "--member",
+            "1=127.0.0.11:7379,127.0.0.11:7380,learner",
+            "--heartbeat-interval-ms",
+            "20",
+            "--log-retention-bytes",
+            "65536",
+            "--join",
+            "127.0.0.12:7379",
+        ])
+        .unwrap();
+        let overrides = flags.overrides;
+        assert_eq!(overrides.id, Some(1));
+        assert!(!overrides.members[0].voter);
+        assert_eq!(overrides.tuning.heartbeat_interval_ms, Some(20));
+        assert_eq!(overrides.tuning.log_retention_bytes, Some(65536));
+        assert_eq!(overrides.join, vec!["127.0.0.12:7379".to_string()]);
+        assert!(
+            <Flags as clap::Parser>::try_parse_from(["kvnode", "--heartbeat-ms", "20"]).is_err()
+        );
+    }
 }
