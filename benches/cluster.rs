@@ -21,11 +21,11 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::join;
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{DevCluster, DEV_CLIENT_NAME};
 use replikv::net::server::run_node;
-use replikv::net::tls::{self, CertRole, CertsInit, TlsFiles};
 use replikv::{ReadConsistency, WriteConcern};
 
 /// Node `i` (1..=3) binds `127.0.0.{FIRST_OCTET + i - 1}`.
@@ -81,7 +81,7 @@ impl BenchCluster {
         for config in &mut plan.nodes {
             config.members = members.clone();
         }
-        tls::init_certs(&CertsInit {
+        certs::init_certs(&CertsInit {
             dir: plan.certs_dir.clone(),
             nodes: (1..=NODES)
                 .zip(FIRST_OCTET..)

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio::sync::Mutex;
 
+use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{DevCluster, DEV_CLIENT_NAME};
-use replikv::net::tls::{self, CertRole, CertsInit, TlsFiles};
 use replikv::wire::client::{MemberHealth, Role};
 use replikv::{NodeId, WriteConcern};
 
@@ -238,7 +238,7 @@ fn plan_cluster(dir: &Path, port: u16) -> Result<Vec<String>, Failure> {
         config.members = members.clone();
         config.log_level = "info".to_string();
     }
-    tls::init_certs(&CertsInit {
+    certs::init_certs(&CertsInit {
         dir: plan.certs_dir.clone(),
         nodes: (1..=NODES).map(|id| (id, vec![ip(id)])).collect(),
         clients: vec![(DEV_CLIENT_NAME.to_string(), CertRole::Admin)],

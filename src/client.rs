@@ -29,9 +29,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::Mutex;
 
+use crate::certs::TlsFiles;
+use crate::config::tuning::{
+    CLIENT_CONNECT_TIMEOUT, CLIENT_DOWN_PENALTY, CLIENT_FIRST_BACKOFF, CLIENT_MAX_BACKOFF,
+    CLIENT_READ_ATTEMPT_LIMIT, CLIENT_TIMEOUT_MS, CLIENT_WRITE_ANSWER_GRACE,
+};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
-use crate::net::tls::{self, TlsFiles};
+use crate::net::tls::{self, connection_error};
 use crate::wire::client::{
     ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
     WriteResult,
@@ -39,36 +44,6 @@ use crate::wire::client::{
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
-
-/// Deadline of an operation when the configuration gives none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// First pause between two attempts; it doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-
-/// Longest pause between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
-
-/// Longest wait for a QUIC handshake. A node that is down does not answer at all (loopback UDP
-/// gives no "connection refused"), so without this bound one dead node would eat the deadline.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A connection that hears nothing for this long is dead; this is how a session blocked on a
-/// crashed or stopped node finds out and moves on.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Keeps idle connections alive well within [`IDLE_TIMEOUT`].
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long after a failed connect an address is skipped when another candidate exists.
-const DOWN_PENALTY: Duration = Duration::from_secs(1);
-
-/// Extra time a write waits beyond the timeout it gives the node, so that the node's own
-/// "write concern not met" answer arrives instead of a client-side timeout.
-const WRITE_ANSWER_GRACE: Duration = Duration::from_secs(1);
-
-/// Longest wait for one node's answer to a read before the read is tried elsewhere.
-const READ_ATTEMPT_LIMIT: Duration = Duration::from_secs(1);
 
 /// Settings of a [`Client`] that do not come from TLS.
 #[derive(Clone, Debug)]
@@ -82,7 +57,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            timeout: DEFAULT_TIMEOUT,
+            timeout: Duration::from_millis(CLIENT_TIMEOUT_MS),
             default_write_concern: WriteConcern::default(),
         }
     }
@@ -119,9 +94,11 @@ pub fn retry_action(error: &Error) -> RetryAction {
     }
 }
 
-/// The pause after `previous`: doubled, at most [`MAX_BACKOFF`].
+/// The pause after `previous`: doubled, at most [`CLIENT_MAX_BACKOFF`].
 pub fn next_backoff(previous: Duration) -> Duration {
-    previous.saturating_mul(2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+    previous
+        .saturating_mul(2)
+        .clamp(CLIENT_FIRST_BACKOFF, CLIENT_MAX_BACKOFF)
 }
 
 /// `backoff` spread over `[backoff / 2, backoff]` by `unit` in `[0, 1]`, so that clients that
@@ -254,8 +231,10 @@ impl Client {
     }
 
     /// A client with a ready-made quinn configuration (for tests that need an unusual TLS setup,
-    /// such as no certificate at all). Its transport settings are replaced by the client's own
-    /// idle timeout and keep-alive.
+    /// such as no certificate at all). Its transport settings are replaced by the crate's own
+    /// ([`tls::transport_config`], the same as the nodes'): a connection that hears nothing for
+    /// the idle timeout is dead, which is how a session blocked on a crashed or stopped node finds
+    /// out and moves on.
     ///
     /// Like every constructor, it must run inside a tokio runtime, which drives the endpoint.
     pub fn with_quic_config(
@@ -268,13 +247,7 @@ impl Client {
                 "no node addresses given: list the cluster's client addresses in `nodes`".into(),
             ));
         }
-        let mut transport = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
-            .map_err(|err| Error::Config(format!("idle timeout out of range: {err}")))?;
-        transport
-            .max_idle_timeout(Some(idle))
-            .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-        quic.transport_config(Arc::new(transport));
+        quic.transport_config(Arc::new(tls::transport_config()));
 
         let ipv6 = nodes
             .first()
@@ -482,7 +455,7 @@ impl Client {
                 .map(|row| row.member.client_addr.clone())
         });
         if let Some(addr) = primary_addr {
-            let deadline = Instant::now() + self.timeout.min(CONNECT_TIMEOUT);
+            let deadline = Instant::now() + self.timeout.min(CLIENT_CONNECT_TIMEOUT);
             if let Ok(primary_status) = self.call_status(Target::Pinned(addr), deadline).await {
                 return Ok(primary_status);
             }
@@ -572,7 +545,7 @@ impl Client {
     ) -> Result<Response> {
         let is_write = matches!(build(Duration::ZERO), Request::Write { .. });
         let mut session = self.session.lock().await;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = CLIENT_FIRST_BACKOFF;
         let mut attempt_number = 0usize;
         let mut redirect: Option<String> = None;
         // Set while following a redirect; a second redirect in a row (two nodes naming each
@@ -597,9 +570,9 @@ impl Client {
             // died or froze mid-read is given up on quickly and the read goes elsewhere.
             let wait = match request {
                 Request::Get { .. } | Request::Scan { .. } | Request::Status => {
-                    remaining.min(READ_ATTEMPT_LIMIT)
+                    remaining.min(CLIENT_READ_ATTEMPT_LIMIT)
                 }
-                _ => remaining + WRITE_ANSWER_GRACE,
+                _ => remaining + CLIENT_WRITE_ANSWER_GRACE,
             };
             let follows_primary = matches!(target, Target::Primary);
             let error = match self
@@ -842,7 +815,7 @@ impl Client {
         // Measured before waiting: once the wait is over there is no time left to report.
         let connect_limit = give_up_at
             .saturating_duration_since(Instant::now())
-            .min(CONNECT_TIMEOUT);
+            .min(CLIENT_CONNECT_TIMEOUT);
         let result = tokio::time::timeout(connect_limit, self.handshake(addr)).await;
         let connection = match result {
             Ok(Ok(connection)) => connection,
@@ -884,7 +857,8 @@ impl Client {
     }
 
     fn mark_down(&self, addr: &str) {
-        lock(&self.shared.down_until).insert(addr.to_string(), Instant::now() + DOWN_PENALTY);
+        lock(&self.shared.down_until)
+            .insert(addr.to_string(), Instant::now() + CLIENT_DOWN_PENALTY);
     }
 }
 
@@ -962,31 +936,6 @@ fn refine_transport_error(addr: &str, connection: &quinn::Connection, error: Err
     match (&error, connection.close_reason()) {
         (Error::Network(_) | Error::Protocol(_), Some(reason)) => connection_error(addr, &reason),
         _ => error,
-    }
-}
-
-/// Maps a quinn connection failure: TLS failures (QUIC crypto error codes `0x100..=0x1ff`) are
-/// refusals, which retrying cannot fix; anything else is a transport failure.
-fn connection_error(addr: &str, error: &quinn::ConnectionError) -> Error {
-    let is_tls_code = |code: u64| (0x100..=0x1ff).contains(&code);
-    match error {
-        quinn::ConnectionError::TransportError(transport) if is_tls_code(transport.code.into()) => {
-            Error::Refused(format!(
-                "TLS handshake with {addr} failed on our side: {}: check that the client config's \
-                 certs_dir holds this cluster's CA (made by `kvctl certs init` or `kvnode dev`)",
-                transport.reason
-            ))
-        }
-        quinn::ConnectionError::ConnectionClosed(close) if is_tls_code(close.error_code.into()) => {
-            Error::Refused(format!(
-                "{addr} rejected our TLS handshake ({close}): the client certificate is missing, \
-                 from another CA, or not allowed; make one with `kvctl certs init --client NAME:ROLE`"
-            ))
-        }
-        quinn::ConnectionError::VersionMismatch => Error::Refused(format!(
-            "{addr} speaks no QUIC version we support"
-        )),
-        other => Error::Network(format!("connection to {addr} failed: {other}")),
     }
 }
 
@@ -1082,18 +1031,18 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = CLIENT_FIRST_BACKOFF;
         let mut seen = vec![backoff];
         for _ in 0..8 {
             backoff = next_backoff(backoff);
             seen.push(backoff);
         }
-        assert_eq!(seen[1], FIRST_BACKOFF * 2);
-        assert_eq!(seen[2], FIRST_BACKOFF * 4);
+        assert_eq!(seen[1], CLIENT_FIRST_BACKOFF * 2);
+        assert_eq!(seen[2], CLIENT_FIRST_BACKOFF * 4);
         assert!(seen.windows(2).all(|pair| pair[1] >= pair[0]));
-        assert_eq!(*seen.last().unwrap(), MAX_BACKOFF);
-        assert_eq!(next_backoff(Duration::ZERO), FIRST_BACKOFF);
-        assert_eq!(next_backoff(Duration::MAX), MAX_BACKOFF);
+        assert_eq!(*seen.last().unwrap(), CLIENT_MAX_BACKOFF);
+        assert_eq!(next_backoff(Duration::ZERO), CLIENT_FIRST_BACKOFF);
+        assert_eq!(next_backoff(Duration::MAX), CLIENT_MAX_BACKOFF);
     }
 
     #[test]

@@ -13,13 +13,16 @@
 //! - [`core`]: the replication protocol as a deterministic state machine. It performs no I/O, reads
 //!   no clock and draws randomness only from a seeded generator. The simulator in `tests/` drives
 //!   thousands of seeded cluster histories through it.
-//! - [`net`]: the I/O shell: TLS and certificates, quinn endpoints, peer connections and the event
+//! - [`net`]: the I/O shell: the TLS handshake, quinn endpoints, peer connections and the event
 //!   loop that feeds messages, ticks and flush completions into [`core::Node`].
 //! - [`client`]: the async client library used by `kvctl`, the tests and the benchmarks.
-//! - [`config`]: node and client settings, with every default in one place.
+//! - [`config`]: node and client settings; every tunable and default declared once, in
+//!   [`config::tuning`].
+//! - [`certs`]: the cluster's certificates: the names and roles they carry, and their issuance.
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and `docs/PROTOCOL.md` for the messages.
 
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod core;

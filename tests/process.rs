@@ -16,8 +16,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use common::{eventually, Cluster, ClusterSpec, CLIENT_TIMEOUT, READONLY_CLIENT, READWRITE_CLIENT};
+use replikv::certs::TlsFiles;
 use replikv::client::{Client, ClientOptions};
-use replikv::net::tls::{self, TlsFiles};
+use replikv::net::tls;
 use replikv::wire::client::{Request, Response};
 use replikv::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
 use replikv::wire::CLIENT_ALPN;

@@ -15,14 +15,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 
+use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::join;
-use replikv::config::{
-    parse_member, DevCluster, NodeConfig, NodeOverrides, CLIENT_CONFIG_ENV, DEFAULT_DEV_BASE_PORT,
-    DEFAULT_DEV_DIR, DEFAULT_DEV_NODES, DEFAULT_LOG_LEVEL, DEV_CLIENT_NAME, DEV_STOP_GRACE_MS,
+use replikv::config::client::CLIENT_CONFIG_ENV;
+use replikv::config::dev::{
+    DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_NODES, DEV_CLIENT_NAME,
 };
+use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
+use replikv::config::{NodeConfig, NodeOverrides};
 use replikv::net::server::{run_node, shutdown_signal};
-use replikv::net::tls::{self, CertRole, CertsInit};
-use replikv::wire::message::{Member, NodeId};
+use replikv::wire::message::NodeId;
 use replikv::{Error, Result};
 
 #[derive(Parser)]
@@ -55,54 +57,8 @@ struct NodeArgs {
     /// Node configuration file (TOML); flags given as well override its values.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// This node's id (must match its certificate).
-    #[arg(long)]
-    id: Option<NodeId>,
-    /// Address of the client port, ip:port.
-    #[arg(long, value_name = "ADDR")]
-    client_addr: Option<String>,
-    /// Address of the peer port, ip:port.
-    #[arg(long, value_name = "ADDR")]
-    peer_addr: Option<String>,
-    /// Directory of the node's data.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Directory of the cluster certificates.
-    #[arg(long, value_name = "DIR")]
-    certs_dir: Option<PathBuf>,
-    /// A member of the cluster, this node included; repeat for each. Replaces the file's members.
-    #[arg(long = "member", value_name = "ID=CLIENT_ADDR,PEER_ADDR[,learner]", value_parser = member_flag)]
-    members: Vec<Member>,
-    /// How often the primary sends heartbeats.
-    #[arg(long, value_name = "MS")]
-    heartbeat_interval_ms: Option<u64>,
-    /// Silence after which a failure is assumed (default 3 heartbeat intervals).
-    #[arg(long, value_name = "MS")]
-    failure_timeout_ms: Option<u64>,
-    /// Random extra per node on the election timer.
-    #[arg(long, value_name = "MS")]
-    failure_jitter_ms: Option<u64>,
-    /// A voter behind for this long leaves the in-sync set (w=all).
-    #[arg(long, value_name = "MS")]
-    replica_lag_timeout_ms: Option<u64>,
-    /// Largest append message, in bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_append_bytes: Option<usize>,
-    /// Most entries in flight to one member.
-    #[arg(long, value_name = "N")]
-    max_inflight_entries: Option<u64>,
-    /// Log bytes kept before the applied prefix is compacted (default 64 MiB); a member that
-    /// falls further behind is brought back with a snapshot.
-    #[arg(long, value_name = "BYTES")]
-    log_retention_bytes: Option<u64>,
-    /// Log filter, e.g. info or replikv=debug (RUST_LOG wins).
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Join a running cluster: ask the member at this client address (any member; repeat the flag
-    /// to give several) to add this node. The node starts knowing only itself, as a learner,
-    /// catches up, and becomes a voter. Harmless on restarts.
-    #[arg(long, value_name = "ADDR")]
-    join: Vec<String>,
+    #[command(flatten)]
+    overrides: NodeOverrides,
 }
 
 #[derive(Args)]
@@ -116,13 +72,6 @@ struct DevArgs {
     /// Client port of every node (each node has its own 127.0.0.x); the peer port is the next.
     #[arg(long, default_value_t = DEFAULT_DEV_BASE_PORT)]
     base_port: u16,
-}
-
-fn member_flag(text: &str) -> std::result::Result<Member, String> {
-    parse_member(text).map_err(|err| match err {
-        Error::Config(message) => message,
-        other => other.to_string(),
-    })
 }
 
 fn main() -> ExitCode {
@@ -144,32 +93,9 @@ fn main() -> ExitCode {
 }
 
 fn run_one_node(args: NodeArgs) -> Result<()> {
-    let config_file = args.config.clone();
-    let config = NodeConfig::resolve(config_file.as_deref(), args.into_overrides())?;
+    let config = NodeConfig::resolve(args.config.as_deref(), args.overrides)?;
     init_logging(&config.log_level);
     runtime()?.block_on(run_node(config, shutdown_signal(), join::register))
-}
-
-impl NodeArgs {
-    fn into_overrides(self) -> NodeOverrides {
-        NodeOverrides {
-            id: self.id,
-            client_addr: self.client_addr,
-            peer_addr: self.peer_addr,
-            data_dir: self.data_dir,
-            certs_dir: self.certs_dir,
-            members: self.members,
-            join: self.join,
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-            failure_timeout_ms: self.failure_timeout_ms,
-            failure_jitter_ms: self.failure_jitter_ms,
-            replica_lag_timeout_ms: self.replica_lag_timeout_ms,
-            max_append_bytes: self.max_append_bytes,
-            max_inflight_entries: self.max_inflight_entries,
-            log_retention_bytes: self.log_retention_bytes,
-            log_level: self.log_level,
-        }
-    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` or else `default_filter`; colours only on a terminal.
@@ -195,7 +121,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run_dev(args: DevArgs) -> Result<()> {
     let cluster = DevCluster::plan(&args.dir, args.nodes, args.base_port)?;
-    tls::init_certs(&CertsInit {
+    certs::init_certs(&CertsInit {
         dir: cluster.certs_dir.clone(),
         nodes: cluster
             .nodes

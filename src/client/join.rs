@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tracing::info;
 
+use crate::certs::TlsFiles;
 use crate::client::{Client, ClientOptions};
-use crate::config::{JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS, JOIN_RETRY_MIN_MS};
+use crate::config::tuning::{JOIN_ATTEMPT_TIMEOUT_MS, JOIN_RETRY_MAX_MS, JOIN_RETRY_MIN_MS};
 use crate::error::{Error, ErrorKind, Result};
-use crate::net::tls::TlsFiles;
 use crate::wire::message::Member;
 
 /// Registers `own` with the cluster through the client addresses in `through`, authenticating

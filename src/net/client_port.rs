@@ -30,11 +30,12 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::certs::CertRole;
 use crate::config::is_host_port;
 use crate::error::{Error, Result};
 use crate::net::event_loop::ClientRequest;
 use crate::net::shutdown::Shutdown;
-use crate::net::tls::{self, CertRole};
+use crate::net::tls;
 use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
 use crate::wire::client::{Request, Response, Topology, Write};
 use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES, MAX_READ_REQUEST_BYTES};

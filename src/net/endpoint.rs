@@ -20,8 +20,8 @@ use std::time::Duration;
 use quinn::{ConnectionId, ConnectionIdGenerator, Endpoint, EndpointConfig};
 use rand::RngCore;
 
+use crate::certs::TlsFiles;
 use crate::error::{Error, Result};
-use crate::net::tls::TlsFiles;
 
 /// Length of the connection ids this node issues (quinn's default length).
 const CONNECTION_ID_BYTES: usize = 8;

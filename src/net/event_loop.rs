@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
+use crate::config::tuning::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::peer::PeerRouter;

@@ -44,9 +44,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::{
-    PEER_CONNECT_TIMEOUT_MS, PEER_HEARTBEAT_QUEUE_CAPACITY, PEER_REPLICATION_QUEUE_CAPACITY,
-    PEER_RESYNC_QUEUE_CAPACITY, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
+use crate::certs::CertRole;
+use crate::config::tuning::{
+    LINK_SILENCE_MS, PEER_CONNECT_TIMEOUT_MS, PEER_HEARTBEAT_QUEUE_CAPACITY,
+    PEER_REPLICATION_QUEUE_CAPACITY, PEER_RESYNC_QUEUE_CAPACITY, RECONNECT_BACKOFF_MAX_MS,
+    RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::error::{Error, Result};
 use crate::net::shutdown::Shutdown;
@@ -343,9 +345,9 @@ async fn dial(endpoint: &Endpoint, peer: &Member) -> Result<Connection> {
     let connection = timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
         .await
         .map_err(|_| Error::Network("handshake timed out".into()))?
-        .map_err(|err| network(&err))?;
+        .map_err(|err| tls::connection_error(&peer.peer_addr, &err))?;
     match tls::peer_role(&connection)? {
-        tls::CertRole::Node(id) if id == peer.id => Ok(connection),
+        CertRole::Node(id) if id == peer.id => Ok(connection),
         other => {
             connection.close(CLOSE_REFUSED, b"unexpected certificate");
             Err(Error::Refused(format!(
@@ -422,9 +424,6 @@ async fn watch_silence(activity: &LinkActivity) -> LinkEnd {
         }
     }
 }
-
-/// See [`watch_silence`].
-const LINK_SILENCE_MS: u64 = 2_000;
 
 /// Where inbound peer messages go: the event loop's inbox for live traffic (heartbeats,
 /// elections, live replication), or its inbox for resync transfers, so that a member being
@@ -586,12 +585,12 @@ impl Inbound {
 
 /// Who may use the peer port: any node of the cluster CA but this one. Membership is not checked
 /// here, on purpose (see the module docs).
-fn authenticate_peer(role: tls::CertRole, own_id: NodeId) -> Result<NodeId> {
+fn authenticate_peer(role: CertRole, own_id: NodeId) -> Result<NodeId> {
     match role {
-        tls::CertRole::Node(id) if id == own_id => Err(Error::Refused(format!(
+        CertRole::Node(id) if id == own_id => Err(Error::Refused(format!(
             "the certificate is this node's own (node {id})"
         ))),
-        tls::CertRole::Node(id) => Ok(id),
+        CertRole::Node(id) => Ok(id),
         role => Err(Error::Refused(format!(
             "certificate role {role} may not use the peer port: only node certificates may"
         ))),
@@ -605,16 +604,12 @@ mod tests {
 
     #[test]
     fn any_other_node_may_connect_but_no_client() {
-        assert_eq!(authenticate_peer(tls::CertRole::Node(9), 1), Ok(9));
+        assert_eq!(authenticate_peer(CertRole::Node(9), 1), Ok(9));
         assert!(matches!(
-            authenticate_peer(tls::CertRole::Node(1), 1),
+            authenticate_peer(CertRole::Node(1), 1),
             Err(Error::Refused(_))
         ));
-        for role in [
-            tls::CertRole::Admin,
-            tls::CertRole::ReadWrite,
-            tls::CertRole::ReadOnly,
-        ] {
+        for role in [CertRole::Admin, CertRole::ReadWrite, CertRole::ReadOnly] {
             match authenticate_peer(role, 1) {
                 Err(Error::Refused(message)) => {
                     assert!(message.contains("only node certificates"), "{message}")

@@ -27,17 +27,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{
-    NodeConfig, CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY,
-    SHUTDOWN_DRAIN_MS, SHUTDOWN_GRACE_MS,
+use crate::certs::TlsFiles;
+use crate::config::tuning::{
+    CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
+    SHUTDOWN_GRACE_MS,
 };
+use crate::config::NodeConfig;
 use crate::core::Node;
 use crate::error::{Error, Result};
 use crate::net::endpoint::RestartIdentity;
 use crate::net::event_loop::{Clock, EventLoop, Inboxes, Published};
 use crate::net::peer::{accept_peers, PeerInboxes, PeerRouter};
 use crate::net::shutdown::ShutdownController;
-use crate::net::tls::{self, TlsFiles};
+use crate::net::tls;
 use crate::net::{client_port, CLOSE_SHUTTING_DOWN};
 use crate::storage::sled_engine::SledStorage;
 use crate::storage::Storage;
@@ -277,8 +279,8 @@ mod tests {
     use quinn::Endpoint;
 
     use super::*;
+    use crate::certs::{init_certs, CertRole, CertsInit};
     use crate::config::{DevCluster, DEV_CLIENT_NAME};
-    use crate::net::tls::{CertRole, CertsInit};
     use crate::wire::client::{Request, Response, Write, WriteConcern};
     use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
     use crate::wire::message::RequestId;
@@ -296,7 +298,7 @@ mod tests {
         config.peer_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         config.members[0].client_addr = config.client_addr.clone();
         config.members[0].peer_addr = config.peer_addr.clone();
-        tls::init_certs(&CertsInit {
+        init_certs(&CertsInit {
             dir: config.certs_dir.clone(),
             // Node 9 is not a member: its certificate is valid but it may only ask to join.
             nodes: vec![(config.id, vec![]), (9, vec![])],

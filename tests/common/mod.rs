@@ -2,7 +2,7 @@
 //!
 //! Each test gets its own block of loopback addresses (`127.0.0.{first_ip + i}`) and ports, so
 //! tests in one binary, or in several binaries, can run in parallel without meeting. Certificates
-//! are made with `tls::init_certs` in a temporary directory, configurations are written with
+//! are made with `certs::init_certs` in a temporary directory, configurations are written with
 //! `NodeConfig::to_toml`, and each node's output goes to `node-<id>.log` next to them.
 //!
 //! A [`Cluster`] owns its child processes: dropping it kills every one of them, and if the test
@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{ClientConfig, NodeConfig};
-use replikv::net::tls::{self, CertRole, CertsInit, TlsFiles};
 use replikv::wire::client::{ClusterStatus, Role};
 use replikv::wire::message::Member;
 use replikv::{NodeId, WriteConcern};
@@ -361,7 +361,7 @@ pub fn make_certs(dir: &Path, spec: &ClusterSpec) {
         ],
         force: false,
     };
-    tls::init_certs(&options).expect("make certificates");
+    certs::init_certs(&options).expect("make certificates");
 }
 
 fn index(id: NodeId) -> usize {

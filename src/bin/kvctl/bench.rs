@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use replikv::client::Client;
-use replikv::net::tls::MAX_CONCURRENT_BIDI_STREAMS;
+use replikv::config::tuning::{CLIENT_TIMEOUT_MS, MAX_CONCURRENT_BIDI_STREAMS};
 use replikv::wire::frame::MAX_CLIENT_FRAME_BYTES;
 use replikv::{Error, ReadConsistency, Result, WriteConcern};
 
@@ -106,7 +106,7 @@ impl Default for BenchOptions {
             write_concern: WriteConcern::default(),
             consistency: ReadConsistency::default(),
             read_ratio: 0.0,
-            timeout: replikv::client::DEFAULT_TIMEOUT,
+            timeout: Duration::from_millis(CLIENT_TIMEOUT_MS),
             prefill: false,
         }
     }

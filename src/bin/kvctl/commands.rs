@@ -7,8 +7,8 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
-use replikv::net::tls::{self, CertRole, CertsInit};
 use replikv::wire::client::{ClusterStatus, ResponseMeta, WriteResult};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
@@ -270,7 +270,7 @@ pub fn certs_init(
     } else {
         clients
     };
-    let written = tls::init_certs(&CertsInit {
+    let written = certs::init_certs(&CertsInit {
         dir: dir.clone(),
         nodes,
         clients,

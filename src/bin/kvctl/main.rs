@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use replikv::certs::CertRole;
 use replikv::client::Client;
 use replikv::config::ClientConfig;
-use replikv::net::tls::CertRole;
 use replikv::wire::message::Member;
 use replikv::{Error, ErrorKind, NodeId, ReadConsistency, WriteConcern};
 
