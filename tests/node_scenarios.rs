@@ -333,7 +333,7 @@ fn the_freshest_log_wins_the_election_even_if_another_node_times_out_first() {
     // Node 1 holds an entry of epoch 1 that nodes 2 and 3 lack; all three are in epoch 1.
     let fresher = entry(1, 1, put("k", "v"));
     let storages = BTreeMap::from([
-        (1, storage_with(1, &[fresher.clone()])),
+        (1, storage_with(1, std::slice::from_ref(&fresher))),
         (2, storage_with(1, &[])),
         (3, storage_with(1, &[])),
     ]);
