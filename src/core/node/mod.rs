@@ -567,6 +567,11 @@ impl Node {
         }
     }
 
+    /// The primary's progress of `member`, if this node is primary and `member` is in it.
+    fn progress_of(&mut self, member: NodeId) -> Option<&mut Progress> {
+        self.primary_state()?.progress.get_mut(&member)
+    }
+
     fn other_members(&self) -> Vec<NodeId> {
         self.membership
             .members

@@ -148,10 +148,7 @@ impl Node {
         verified_index: LogIndex,
     ) -> Result<()> {
         let commit_index = self.commit_index;
-        let Some(progress) = self
-            .primary_state()
-            .and_then(|state| state.progress.get(&member))
-        else {
+        let Some(progress) = self.progress_of(member) else {
             return Ok(());
         };
         let match_index = progress.match_index;
@@ -175,10 +172,7 @@ impl Node {
     pub(super) fn on_append_ack(&mut self, from: NodeId, match_index: LogIndex) -> Result<()> {
         let now = self.now;
         let last_index = self.log.last_index();
-        let Some(state) = self.primary_state() else {
-            return Ok(());
-        };
-        let Some(progress) = state.progress.get_mut(&from) else {
+        let Some(progress) = self.progress_of(from) else {
             return Ok(());
         };
         // A member cannot match entries the primary does not have.
@@ -193,10 +187,7 @@ impl Node {
     pub(super) fn on_append_rejected(&mut self, from: NodeId, hint: LogIndex) -> Result<()> {
         let now = self.now;
         let id = self.id;
-        let Some(state) = self.primary_state() else {
-            return Ok(());
-        };
-        let Some(progress) = state.progress.get_mut(&from) else {
+        let Some(progress) = self.progress_of(from) else {
             return Ok(());
         };
         progress.last_contact = Some(now);
@@ -314,10 +305,7 @@ impl Node {
         };
         let now = self.now;
         let commit_index = self.commit_index;
-        if let Some(progress) = self
-            .primary_state()
-            .and_then(|state| state.progress.get_mut(&member))
-        {
+        if let Some(progress) = self.progress_of(member) {
             progress.next_index = last + 1;
             progress.record_send(last, now);
         }

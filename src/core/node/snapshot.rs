@@ -60,6 +60,11 @@ pub(super) struct IncomingSnapshot {
 }
 
 impl Node {
+    /// The snapshot transfer to `member` in progress, if any.
+    fn transfer_to(&mut self, member: NodeId) -> Option<&mut SnapshotTransfer> {
+        self.primary_state()?.transfers.get_mut(&member)
+    }
+
     // --- compaction ---
 
     /// Compacts the applied prefix of the log once it holds more than `log_retention_bytes`,
@@ -139,10 +144,7 @@ impl Node {
     fn send_snapshot_chunks(&mut self, member: NodeId) -> Result<()> {
         let max_bytes = self.options.max_append_bytes;
         loop {
-            let Some(transfer) = self
-                .primary_state()
-                .and_then(|state| state.transfers.get(&member))
-            else {
+            let Some(transfer) = self.transfer_to(member) else {
                 return Ok(());
             };
             let in_flight = transfer.next_sequence - transfer.acked_sequence.map_or(0, |s| s + 1);
@@ -175,10 +177,7 @@ impl Node {
                 (pairs, None)
             };
             let now = self.now;
-            let Some(transfer) = self
-                .primary_state()
-                .and_then(|state| state.transfers.get_mut(&member))
-            else {
+            let Some(transfer) = self.transfer_to(member) else {
                 return Ok(());
             };
             transfer.next_sequence += 1;
@@ -187,10 +186,7 @@ impl Node {
                 transfer.finished = true;
                 let index = finish.index;
                 // Appends resume after the snapshot's index once the member acknowledges it.
-                if let Some(progress) = self
-                    .primary_state()
-                    .and_then(|state| state.progress.get_mut(&member))
-                {
+                if let Some(progress) = self.progress_of(member) {
                     progress.reset_to(index + 1, now);
                 }
             } else if pairs.is_empty() {
@@ -219,10 +215,7 @@ impl Node {
         sequence: u64,
     ) -> Result<()> {
         let now = self.now;
-        let Some(transfer) = self
-            .primary_state()
-            .and_then(|state| state.transfers.get_mut(&member))
-        else {
+        let Some(transfer) = self.transfer_to(member) else {
             return Ok(());
         };
         if transfer.id != transfer_id {
@@ -234,10 +227,7 @@ impl Node {
                 .map_or(sequence, |s| s.max(sequence)),
         );
         transfer.last_activity = now;
-        if let Some(progress) = self
-            .primary_state()
-            .and_then(|state| state.progress.get_mut(&member))
-        {
+        if let Some(progress) = self.progress_of(member) {
             progress.last_contact = Some(now);
         }
         self.send_snapshot_chunks(member)
