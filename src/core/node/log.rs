@@ -35,6 +35,7 @@ const CACHED_BATCH_ENTRIES: usize = 4096;
 
 /// The log's positions, its cache, and its storage.
 pub(super) struct Log {
+    /// The node's storage; log entries are read and written only through this type.
     storage: Arc<dyn Storage>,
     /// Index of the last entry (the snapshot point if the log is empty).
     last_index: LogIndex,
@@ -170,6 +171,10 @@ impl Log {
 
     /// Removes the entries up to and including `through`, which must be applied.
     pub(super) fn compact(&mut self, through: LogIndex) -> Result<()> {
+        assert!(
+            through >= self.start,
+            "compaction only moves the log start forward"
+        );
         self.storage.compact(through)?;
         self.start = through + 1;
         Ok(())
