@@ -1,7 +1,8 @@
-//! The seeded cluster simulator (DESIGN §9): clusters of `core::Node`s on in-memory storage, with a
-//! simulated network and clock, driven through thousands of random histories with partitions,
-//! crashes that lose unflushed data, restarts and message loss. The invariants of DESIGN §5 are
-//! checked after every step; a failure prints the seed, and `REPLIKV_SIM_SEED=<seed>` replays it.
+//! The seeded cluster simulator (see `docs/ARCHITECTURE.md`): clusters of `core::Node`s on
+//! in-memory storage, with a simulated network and clock, driven through thousands of random
+//! histories with partitions, crashes that lose unflushed data, restarts and message loss. The
+//! protocol's invariants (`docs/PROTOCOL.md`) are checked after every step; a failure prints the
+//! seed, and `REPLIKV_SIM_SEED=<seed>` replays it.
 //!
 //! - `REPLIKV_SIM_SEEDS=<n>` runs `n` histories per test instead of the default.
 //! - `REPLIKV_SIM_SEED=<seed>` runs that one history (with `RUST_LOG=debug` to watch it).
