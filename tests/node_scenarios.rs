@@ -208,7 +208,7 @@ impl Cluster {
     }
 
     /// Delivers messages until none is left, except those `hold` selects, which are returned.
-    fn deliver_except(&mut self, hold: impl Fn(&Message) -> bool) -> Vec<Message> {
+    fn deliver_except(&mut self, mut hold: impl FnMut(&Message) -> bool) -> Vec<Message> {
         let mut held = Vec::new();
         let mut delivered = 0;
         while let Some(message) = self.in_flight.pop_front() {
@@ -527,6 +527,51 @@ fn a_pre_vote_is_refused_while_a_live_primary_is_heard() {
         assert_eq!(cluster.node(id).epoch(), epoch, "node {id} kept the epoch");
     }
     assert_eq!(cluster.node(2).primary(), Some(3), "node 2 follows again");
+}
+
+#[test]
+fn an_entry_of_an_earlier_epoch_commits_only_with_one_of_the_current_epoch() {
+    // Node 3 holds an entry of epoch 1 that nodes 1 and 2 lack; one entry per append.
+    let storages = BTreeMap::from([
+        (1, storage_with(1, &[])),
+        (2, storage_with(1, &[])),
+        (3, storage_with(1, &[entry(1, 1, put("k", "v"))])),
+    ]);
+    let one_entry_per_append = Options {
+        max_append_bytes: 1,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, one_entry_per_append);
+    cluster.now = FAILURE_TIMEOUT_MS;
+    cluster.call(3, |node, now| node.tick(now)).expect("tick");
+    // Each member gets the epoch-1 entry, but only the first append of the new no-op (which it
+    // rejects, as it lacks the entry before it); the resent no-op is held back.
+    let mut first_noop_append = BTreeSet::new();
+    let held = cluster.deliver_except(|message| {
+        let carries_noop = matches!(&message.body, MessageBody::Append { entries, .. }
+            if entries.iter().any(|entry| entry.index == 2));
+        carries_noop && !first_noop_append.insert(message.to)
+    });
+    assert_eq!(cluster.node(3).role(), Role::Primary);
+    for id in [1, 2] {
+        assert_eq!(
+            cluster.node(id).durable_index(),
+            1,
+            "node {id} flushed entry 1"
+        );
+    }
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        0,
+        "entry 1 is on every node, but it is of an earlier epoch: counting does not commit it"
+    );
+    cluster.in_flight.extend(held);
+    cluster.deliver();
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        2,
+        "it commits with the no-op"
+    );
 }
 
 // --- write concern ---
