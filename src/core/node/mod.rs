@@ -76,9 +76,11 @@ enum RoleState {
 struct PrimaryState {
     /// What this primary knows about each other member's log.
     progress: BTreeMap<NodeId, Progress>,
-    /// The current heartbeat round and when each recent round was sent.
+    /// The current heartbeat round.
     round: u64,
+    /// The recent rounds: when each was sent, and who acknowledged it (for the lease).
     rounds: BTreeMap<u64, (Timestamp, BTreeSet<NodeId>)>,
+    /// When the next heartbeat round is due.
     next_heartbeat: Timestamp,
     /// Linearizable reads may be served before this time.
     lease_until: Timestamp,

@@ -23,8 +23,10 @@ use super::{Node, PrimaryState, RoleState};
 /// A client write waiting for its write concern.
 #[derive(Clone, Debug)]
 pub(super) struct PendingWrite {
+    /// The client request to answer.
     pub(super) token: ClientToken,
     pub(super) concern: WriteConcern,
+    /// Past this time, the write is answered `WriteConcernNotMet`.
     pub(super) deadline: Timestamp,
     /// The answer: the entry's index, and whether the key existed (the real result once applied).
     pub(super) result: WriteResult,
@@ -33,8 +35,10 @@ pub(super) struct PendingWrite {
 /// A client read waiting for the primary to confirm its leadership.
 #[derive(Clone, Debug)]
 pub(super) struct PendingRead {
+    /// The client request to answer.
     pub(super) token: ClientToken,
     pub(super) request: Request,
+    /// Past this time, the read is answered `Unavailable`.
     pub(super) deadline: Timestamp,
 }
 

@@ -34,15 +34,21 @@ const SNAPSHOT_WINDOW: u64 = 4;
 /// that moment. So the member ends with exactly the state at that index.
 #[derive(Debug)]
 pub(super) struct SnapshotTransfer {
+    /// Numbers this primary's transfers (restarts with every primary term).
     id: u64,
     /// The last key sent; the next chunk starts after it.
     cursor: Option<Vec<u8>>,
+    /// Every key of the state has been sent once.
     scan_done: bool,
     /// The final chunk was sent; the transfer ends when the member acknowledges the index.
     finished: bool,
+    /// Keys applied since the transfer began, sent again with the final chunk.
     dirty: BTreeSet<Vec<u8>>,
+    /// The sequence number of the next chunk.
     next_sequence: u64,
+    /// The highest chunk the member acknowledged.
     acked_sequence: Option<u64>,
+    /// The last chunk sent or acknowledged, to end a stalled transfer.
     last_activity: Timestamp,
 }
 
@@ -53,9 +59,13 @@ pub(super) struct SnapshotTransfer {
 /// term, and the snapshot installed would mix two states.
 #[derive(Debug)]
 pub(super) struct IncomingSnapshot {
+    /// This node's epoch when the transfer began.
     epoch: Epoch,
+    /// The primary sending it.
     from: NodeId,
+    /// The sender's id for the transfer.
     transfer: u64,
+    /// The sequence number of the next chunk to stage.
     next_sequence: u64,
 }
 
