@@ -1,15 +1,20 @@
-//! The seeded cluster simulator (DESIGN §9): clusters of `core::Node`s on in-memory storage, with a
-//! simulated network and clock, driven through thousands of random histories with partitions,
-//! crashes that lose unflushed data, restarts and message loss. The invariants of DESIGN §5 are
-//! checked after every step; a failure prints the seed, and `REPLIKV_SIM_SEED=<seed>` replays it.
+//! The seeded cluster simulator (see `docs/ARCHITECTURE.md`): clusters of `core::Node`s on
+//! in-memory storage, with a simulated network and clock, driven through thousands of random
+//! histories with partitions, crashes that lose unflushed data, restarts and message loss. The
+//! protocol's invariants (`docs/PROTOCOL.md`) are checked after every step; a failure prints the
+//! seed, and `REPLIKV_SIM_SEED=<seed>` replays it.
 //!
 //! - `REPLIKV_SIM_SEEDS=<n>` runs `n` histories per test instead of the default.
 //! - `REPLIKV_SIM_SEED=<seed>` runs that one history (with `RUST_LOG=debug` to watch it).
+//! - `REPLIKV_SIM_DIGEST=1` prints one line per history with a hash of every node's final state
+//!   and log, and the numbers of steps and messages (run with `-- --nocapture`). Two builds that
+//!   print the same lines ran the same histories: a refactoring shows it changed no behaviour.
 //!
 //! Everything is deterministic: nodes draw from seeded generators, the network from the
 //! simulator's generator, and all iteration is over ordered maps.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -92,6 +97,8 @@ struct Simulation {
     /// Messages in flight: (delivery time, sequence) → message.
     network: BTreeMap<(Timestamp, u64), Message>,
     sequence: u64,
+    /// Messages the nodes sent, including those the network dropped.
+    messages: u64,
     /// Directed links that drop every message.
     cut: BTreeSet<(NodeId, NodeId)>,
     faults: Faults,
@@ -186,6 +193,7 @@ impl Simulation {
             nodes,
             network: BTreeMap::new(),
             sequence: 0,
+            messages: 0,
             cut: BTreeSet::new(),
             faults,
             next_token: 1,
@@ -299,6 +307,46 @@ impl Simulation {
             }
         }
         self.check_final();
+        if std::env::var_os("REPLIKV_SIM_DIGEST").is_some() {
+            println!("{}", self.digest());
+        }
+    }
+
+    /// One line that names this history's outcome: a hash of every node's final protocol state,
+    /// log, state, sessions and rollback tree, with the counts of steps, messages and answers.
+    fn digest(&self) -> String {
+        let mut hasher = DefaultHasher::new();
+        for (id, sim) in &self.nodes {
+            id.hash(&mut hasher);
+            sim.incarnation.hash(&mut hasher);
+            let storage = &sim.storage;
+            let meta = storage.meta().ok();
+            let (_, last) = storage.last().unwrap_or((0, 0));
+            let from = meta.as_ref().map_or(1, |meta| meta.log_start.max(1));
+            let stored = (
+                meta,
+                storage.entries(from, last, usize::MAX).ok(),
+                storage.scan(b"", usize::MAX).ok(),
+                storage.sessions().ok(),
+                storage.rolled_back().ok(),
+            );
+            format!("{stored:?}").hash(&mut hasher);
+            if let Some(node) = &sim.node {
+                format!("{:?}", node.status(self.now)).hash(&mut hasher);
+            }
+        }
+        format!("{:?} {:?}", self.committed, self.primaries).hash(&mut hasher);
+        format!(
+            "sim-digest seed={} hash={:016x} steps={} messages={} delivered={} acked={} reads={} now={}",
+            self.seed,
+            hasher.finish(),
+            self.steps,
+            self.messages,
+            self.sequence,
+            self.acked.len(),
+            self.reads.len(),
+            self.now
+        )
     }
 
     fn step(&mut self, faults: bool) {
@@ -399,6 +447,7 @@ impl Simulation {
     }
 
     fn transmit(&mut self, message: Message) {
+        self.messages += 1;
         if self.cut.contains(&(message.from, message.to)) {
             return;
         }

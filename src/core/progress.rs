@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::wire::client::WriteConcern;
 use crate::wire::message::{LogIndex, Membership, NodeId};
 
-use super::node::Timestamp;
+use super::Timestamp;
 
 /// The primary's view of one member.
 #[derive(Clone, Debug)]
@@ -166,6 +166,75 @@ pub fn in_sync_voters(
         .collect()
 }
 
+/// What the primary knows at one moment about who holds which entries: everything a write
+/// concern is judged on, with the in-sync set computed once.
+pub struct Acknowledgements<'a> {
+    membership: &'a Membership,
+    primary: NodeId,
+    primary_durable: LogIndex,
+    commit_index: LogIndex,
+    progress: &'a BTreeMap<NodeId, Progress>,
+    in_sync: Vec<NodeId>,
+}
+
+impl<'a> Acknowledgements<'a> {
+    pub fn new(
+        membership: &'a Membership,
+        primary: NodeId,
+        primary_durable: LogIndex,
+        commit_index: LogIndex,
+        progress: &'a BTreeMap<NodeId, Progress>,
+        now: Timestamp,
+        lag_timeout: u64,
+    ) -> Self {
+        let in_sync = in_sync_voters(membership, primary, progress, now, lag_timeout);
+        Acknowledgements {
+            membership,
+            primary,
+            primary_durable,
+            commit_index,
+            progress,
+            in_sync,
+        }
+    }
+
+    /// Voters that have `index` durably, the primary included.
+    pub fn acknowledged(&self, index: LogIndex) -> usize {
+        acknowledged(
+            index,
+            self.membership,
+            self.primary,
+            self.primary_durable,
+            self.progress,
+        )
+    }
+
+    /// How many voters `concern` needs.
+    pub fn required(&self, concern: WriteConcern) -> usize {
+        required_acknowledgements(concern, self.membership, self.in_sync.len())
+    }
+
+    /// Whether a write at `index` has met `concern`.
+    pub fn is_met(&self, concern: WriteConcern, index: LogIndex) -> bool {
+        // `1` and `N` include the primary's own flush; `majority` and `all` need the entry
+        // committed (durable on a majority of the voters in force, which may not include a
+        // primary that is removing itself).
+        let committed = self.commit_index >= index;
+        match concern {
+            WriteConcern::One | WriteConcern::Count(_) => {
+                self.primary_durable >= index && self.acknowledged(index) >= self.required(concern)
+            }
+            WriteConcern::Majority => committed,
+            WriteConcern::All => {
+                committed
+                    && self.in_sync.iter().all(|&id| {
+                        durable_of(id, self.primary, self.primary_durable, self.progress) >= index
+                    })
+            }
+        }
+    }
+}
+
 /// How many voters a write concern needs, with the in-sync set for `all`.
 pub fn required_acknowledgements(
     concern: WriteConcern,
@@ -249,6 +318,42 @@ mod tests {
             "all = the in-sync set, never below a majority"
         );
         assert_eq!(required_acknowledgements(WriteConcern::All, &members, 1), 2);
+    }
+
+    #[test]
+    fn write_concerns_are_judged_on_flushes_commit_and_the_in_sync_set() {
+        let members = membership(&[1, 2, 3]);
+        let mut progress = progress_with(&[(2, 5), (3, 3)]);
+        for (id, at) in [(2, 1200), (3, 900)] {
+            if let Some(p) = progress.get_mut(&id) {
+                p.caught_up_at = Some(at);
+            }
+        }
+        // The primary (1) flushed through 4 and committed through 3.
+        let acks = Acknowledgements::new(&members, 1, 4, 3, &progress, 1000, 500);
+        assert!(acks.is_met(WriteConcern::One, 4));
+        assert!(
+            !acks.is_met(WriteConcern::One, 5),
+            "the primary has not flushed 5"
+        );
+        assert!(acks.is_met(WriteConcern::Count(2), 4));
+        assert!(
+            !acks.is_met(WriteConcern::Count(3), 4),
+            "voter 3 holds only 3"
+        );
+        assert!(acks.is_met(WriteConcern::Majority, 3));
+        assert!(
+            !acks.is_met(WriteConcern::Majority, 4),
+            "4 is not committed"
+        );
+        assert!(acks.is_met(WriteConcern::All, 3));
+        assert_eq!(
+            (acks.acknowledged(4), acks.required(WriteConcern::All)),
+            (2, 3)
+        );
+        // Voter 3 lags too long: it leaves the in-sync set, and `all` no longer waits for it.
+        let acks = Acknowledgements::new(&members, 1, 4, 3, &progress, 1500, 500);
+        assert_eq!(acks.required(WriteConcern::All), 2);
     }
 
     #[test]

@@ -1,0 +1,316 @@
+//! Client requests: writes and their write concern, and reads at each consistency.
+//!
+//! Invariants:
+//! - A write is answered only once its write concern is met, and every concern includes the
+//!   primary's own flush: `1` and `N` count voters that flushed the entry, `majority` waits for
+//!   the commit, `all` for the commit and every voter of the in-sync set. A write not answered by
+//!   its deadline gets `WriteConcernNotMet` (it may still apply).
+//! - A request id is appended at most once: a retry of a write in flight joins its entry, and a
+//!   retry of an applied write is answered from its session record.
+//! - A linearizable read is served only by a primary that holds a lease and has committed this
+//!   epoch's no-op, so it reflects every write acknowledged before it began.
+
+use std::collections::BTreeMap;
+
+use crate::core::progress::Acknowledgements;
+use crate::core::{ClientToken, Timestamp};
+use crate::error::{Error, Result};
+use crate::wire::client::{ReadConsistency, Request, Response, Write, WriteConcern, WriteResult};
+use crate::wire::message::{LogIndex, Operation, RequestId};
+
+use super::{Node, PrimaryState, RoleState};
+
+/// A client write waiting for its write concern.
+#[derive(Clone, Debug)]
+pub(super) struct PendingWrite {
+    /// The client request to answer.
+    pub(super) token: ClientToken,
+    pub(super) concern: WriteConcern,
+    /// Past this time, the write is answered `WriteConcernNotMet`.
+    pub(super) deadline: Timestamp,
+    /// The answer: the entry's index, and whether the key existed (the real result once applied).
+    pub(super) result: WriteResult,
+}
+
+/// A client read waiting for the primary to confirm its leadership.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRead {
+    /// The client request to answer.
+    pub(super) token: ClientToken,
+    pub(super) request: Request,
+    /// Past this time, the read is answered `Unavailable`.
+    pub(super) deadline: Timestamp,
+}
+
+impl Node {
+    // --- writes ---
+
+    pub(super) fn write(
+        &mut self,
+        token: ClientToken,
+        request_id: RequestId,
+        write: Write,
+        concern: WriteConcern,
+        timeout_ms: u64,
+    ) -> Result<()> {
+        if !self.is_primary() {
+            let error = self.not_primary();
+            self.reply(token, Response::Error(error));
+            return Ok(());
+        }
+        let voters = self.membership.voters().count();
+        if let WriteConcern::Count(required) = concern {
+            if required as usize > voters || required == 0 {
+                let error = Error::WriteConcernImpossible {
+                    required: required as usize,
+                    voters,
+                };
+                self.reply(token, Response::Error(error));
+                return Ok(());
+            }
+        }
+        // A retry of a write already applied: answer with its first result.
+        if let Some(session) = self.storage.session(request_id.client_id)? {
+            if session.last_sequence == request_id.sequence {
+                let meta = self.meta();
+                self.reply(
+                    token,
+                    Response::Written {
+                        result: session.result,
+                        meta,
+                    },
+                );
+                return Ok(());
+            }
+            if session.last_sequence > request_id.sequence {
+                let error = Error::StaleRequest {
+                    client_id: request_id.client_id,
+                    sequence: request_id.sequence,
+                    latest: session.last_sequence,
+                };
+                self.reply(token, Response::Error(error));
+                return Ok(());
+            }
+        }
+        let deadline = self.now + timeout_ms;
+        let existing = self
+            .primary_state()
+            .and_then(|state| state.requests.get(&request_id).copied());
+        let index = match existing {
+            Some(index) => index, // a retry of a write still in flight joins it
+            None => {
+                let (operation, key) = match write {
+                    Write::Put { key, value } => (
+                        Operation::Put {
+                            key: key.clone(),
+                            value,
+                        },
+                        key,
+                    ),
+                    Write::Delete { key } => (Operation::Delete { key: key.clone() }, key),
+                };
+                let existed = self.speculate_existed(&key)?;
+                let index = self.append(operation, Some(request_id))?;
+                let waiter = PendingWrite {
+                    token,
+                    concern,
+                    deadline,
+                    result: WriteResult { index, existed },
+                };
+                if let Some(state) = self.primary_state() {
+                    state.requests.insert(request_id, index);
+                    state.writes.entry(index).or_default().push(waiter);
+                }
+                return Ok(());
+            }
+        };
+        let result = WriteResult {
+            index,
+            existed: false,
+        };
+        if let Some(state) = self.primary_state() {
+            let waiters = state.writes.entry(index).or_default();
+            let result = waiters.first().map_or(result, |w| w.result);
+            waiters.push(PendingWrite {
+                token,
+                concern,
+                deadline,
+                result,
+            });
+        }
+        self.answer_writes();
+        Ok(())
+    }
+
+    /// Whether `key` exists once every entry in the log so far is applied (the primary's view).
+    fn speculate_existed(&self, key: &[u8]) -> Result<bool> {
+        for entry in self.log.cached_entries().rev() {
+            if entry.index <= self.applied_index {
+                break;
+            }
+            match &entry.operation {
+                Operation::Put { key: k, .. } if k.as_slice() == key => return Ok(true),
+                Operation::Delete { key: k } if k.as_slice() == key => return Ok(false),
+                _ => {}
+            }
+        }
+        Ok(self.storage.get(key)?.is_some())
+    }
+
+    /// The pending writes, and what the primary knows now about who holds which entry: everything
+    /// a write concern is judged on. `None` unless primary.
+    fn pending_writes(
+        &mut self,
+    ) -> Option<(
+        &mut BTreeMap<LogIndex, Vec<PendingWrite>>,
+        Acknowledgements<'_>,
+    )> {
+        let RoleState::Primary(state) = &mut self.role else {
+            return None;
+        };
+        let PrimaryState {
+            writes, progress, ..
+        } = &mut **state;
+        let acknowledgements = Acknowledgements::new(
+            &self.membership,
+            self.id,
+            self.log.durable_index(),
+            self.commit_index,
+            progress,
+            self.now,
+            self.options.replica_lag_timeout_ms,
+        );
+        Some((writes, acknowledgements))
+    }
+
+    /// Replies to every pending write whose write concern is met.
+    pub(super) fn answer_writes(&mut self) {
+        let meta = self.meta();
+        let Some((writes, acknowledgements)) = self.pending_writes() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (&index, waiters) in writes.iter_mut() {
+            waiters.retain(|waiter| {
+                let met = acknowledgements.is_met(waiter.concern, index);
+                if met {
+                    done.push((waiter.token, waiter.result));
+                }
+                !met
+            });
+        }
+        writes.retain(|_, waiters| !waiters.is_empty());
+        for (token, result) in done {
+            self.reply(token, Response::Written { result, meta });
+        }
+    }
+
+    /// Fails writes and reads whose deadline passed.
+    pub(super) fn expire_requests(&mut self) {
+        let now = self.now;
+        let Some((writes, acknowledgements)) = self.pending_writes() else {
+            return;
+        };
+        let mut expired = Vec::new();
+        for (&index, waiters) in writes.iter_mut() {
+            waiters.retain(|waiter| {
+                if waiter.deadline > now {
+                    return true;
+                }
+                expired.push((
+                    waiter.token,
+                    Error::WriteConcernNotMet {
+                        acknowledged: acknowledgements.acknowledged(index),
+                        required: acknowledgements.required(waiter.concern),
+                    },
+                ));
+                false
+            });
+        }
+        writes.retain(|_, waiters| !waiters.is_empty());
+        let mut reads_expired = Vec::new();
+        if let Some(state) = self.primary_state() {
+            state.reads.retain(|read| {
+                if read.deadline > now {
+                    return true;
+                }
+                reads_expired.push(read.token);
+                false
+            });
+        }
+        for (token, error) in expired {
+            self.reply(token, Response::Error(error));
+        }
+        for token in reads_expired {
+            let error = Error::Unavailable(
+                "the primary could not confirm its leadership in time: retry".into(),
+            );
+            self.reply(token, Response::Error(error));
+        }
+    }
+
+    // --- reads ---
+
+    pub(super) fn read(
+        &mut self,
+        token: ClientToken,
+        request: Request,
+        consistency: ReadConsistency,
+    ) -> Result<()> {
+        match consistency {
+            ReadConsistency::Stale => self.serve_read(token, &request),
+            ReadConsistency::Local | ReadConsistency::Linearizable if !self.is_primary() => {
+                let error = self.not_primary();
+                self.reply(token, Response::Error(error));
+                Ok(())
+            }
+            ReadConsistency::Local => self.serve_read(token, &request),
+            ReadConsistency::Linearizable => {
+                let deadline = self.now + self.options.failure_timeout_ms * 2;
+                if let Some(state) = self.primary_state() {
+                    state.reads.push(PendingRead {
+                        token,
+                        request,
+                        deadline,
+                    });
+                }
+                self.answer_reads()
+            }
+        }
+    }
+
+    /// Serves queued linearizable reads if the lease is valid and this epoch's no-op is committed
+    /// (so the applied state holds every write acknowledged by any earlier primary).
+    pub(super) fn answer_reads(&mut self) -> Result<()> {
+        let now = self.now;
+        let commit_index = self.commit_index;
+        let Some(state) = self.primary_state() else {
+            return Ok(());
+        };
+        if state.reads.is_empty() || now >= state.lease_until || commit_index < state.noop_index {
+            return Ok(());
+        }
+        let reads = std::mem::take(&mut state.reads);
+        for read in reads {
+            self.serve_read(read.token, &read.request)?;
+        }
+        Ok(())
+    }
+
+    fn serve_read(&mut self, token: ClientToken, request: &Request) -> Result<()> {
+        let meta = self.meta();
+        let response = match request {
+            Request::Get { key, .. } => Response::Value {
+                value: self.storage.get(key)?,
+                meta,
+            },
+            Request::Scan { prefix, limit, .. } => Response::Pairs {
+                pairs: self.storage.scan(prefix, *limit as usize)?,
+                meta,
+            },
+            _ => Response::Error(Error::Internal("not a read".into())),
+        };
+        self.reply(token, response);
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! Log compaction, and snapshots for members whose next entry was compacted away.
+//!
+//! The primary streams its state to such a member in chunks, within a window of
+//! [`SNAPSHOT_WINDOW`] unacknowledged chunks; the member stages the chunks beside its live state
+//! and installs them with the last one, atomically.
+//!
+//! Invariants:
+//! - Only the applied prefix of the log is compacted, in bounded steps.
+//! - A member ends a transfer with exactly the primary's state at the snapshot's index: keys
+//!   applied while the transfer runs are sent again, as they are then, with the last chunk.
+//! - A backup stages only the chunks of one transfer of its current epoch, in sequence order; any
+//!   other chunk is ignored, and the transfer restarts.
+//! - A snapshot never moves a node's commit index backwards: one at or below it is only
+//!   acknowledged, not installed.
+
+use std::collections::BTreeSet;
+
+use tracing::{debug, info};
+
+use crate::core::Timestamp;
+use crate::error::Result;
+use crate::wire::message::{Entry, Epoch, MessageBody, NodeId, Operation, SnapshotFinish};
+
+use super::Node;
+
+/// Snapshot chunks in flight to one member before the primary waits for acks.
+const SNAPSHOT_WINDOW: u64 = 4;
+
+/// A snapshot of the primary's state on its way to one member.
+///
+/// The state is read in chunks while the primary keeps applying writes, so the chunks alone are
+/// fuzzy. Every key applied after the transfer began is recorded in `dirty`, and the last chunk
+/// carries the current value of each (or its deletion), with the sessions, at the applied index of
+/// that moment. So the member ends with exactly the state at that index.
+#[derive(Debug)]
+pub(super) struct SnapshotTransfer {
+    /// Numbers this primary's transfers (restarts with every primary term).
+    id: u64,
+    /// The last key sent; the next chunk starts after it.
+    cursor: Option<Vec<u8>>,
+    /// Every key of the state has been sent once.
+    scan_done: bool,
+    /// The final chunk was sent; the transfer ends when the member acknowledges the index.
+    finished: bool,
+    /// Keys applied since the transfer began, sent again with the final chunk.
+    dirty: BTreeSet<Vec<u8>>,
+    /// The sequence number of the next chunk.
+    next_sequence: u64,
+    /// The highest chunk the member acknowledged.
+    acked_sequence: Option<u64>,
+    /// The last chunk sent or acknowledged, to end a stalled transfer.
+    last_activity: Timestamp,
+}
+
+/// A snapshot this backup is receiving.
+///
+/// A transfer is named by `(epoch, from, transfer)`: transfer ids restart in every primary term,
+/// so without the epoch a chunk of a new term's transfer could continue a stale one of an earlier
+/// term, and the snapshot installed would mix two states.
+#[derive(Debug)]
+pub(super) struct IncomingSnapshot {
+    /// This node's epoch when the transfer began.
+    epoch: Epoch,
+    /// The primary sending it.
+    from: NodeId,
+    /// The sender's id for the transfer.
+    transfer: u64,
+    /// The sequence number of the next chunk to stage.
+    next_sequence: u64,
+}
+
+impl Node {
+    /// The snapshot transfer to `member` in progress, if any.
+    fn transfer_to(&mut self, member: NodeId) -> Option<&mut SnapshotTransfer> {
+        self.primary_state()?.transfers.get_mut(&member)
+    }
+
+    // --- compaction ---
+
+    /// Compacts the applied prefix of the log once it holds more than `log_retention_bytes`,
+    /// down to about three quarters of that, in bounded steps.
+    pub(super) fn compact_log(&mut self) -> Result<()> {
+        // Compaction runs inside the event loop, so it goes in small steps, at most one per
+        // heartbeat interval (about 20,000 entries a second): a large step would hold up
+        // heartbeats long enough for the primary to lose its majority.
+        const MAX_ENTRIES_PER_STEP: u64 = 2_000;
+        if self.now < self.next_compaction {
+            return Ok(());
+        }
+        self.next_compaction = self.now + self.options.heartbeat_interval_ms;
+        let retention = self.options.log_retention_bytes;
+        let log_bytes = self.log.stored_bytes()?;
+        let (log_start, last_index) = (self.log.start(), self.log.last_index());
+        if log_bytes <= retention || last_index < log_start {
+            return Ok(());
+        }
+        let entries = last_index - log_start + 1;
+        let average = (log_bytes / entries).max(1);
+        let excess = (log_bytes - retention * 3 / 4) / average + 1;
+        let through = (log_start - 1 + excess.min(MAX_ENTRIES_PER_STEP)).min(self.applied_index);
+        if through < log_start {
+            return Ok(());
+        }
+        self.log.compact(through)?;
+        debug!(node = self.id, through, "compacted the log");
+        Ok(())
+    }
+
+    // --- the primary: sending ---
+
+    /// Starts (or continues) a snapshot transfer to `member`.
+    pub(super) fn send_snapshot(&mut self, member: NodeId) -> Result<()> {
+        let now = self.now;
+        let failure_timeout = self.options.failure_timeout_ms;
+        let Some(state) = self.primary_state() else {
+            return Ok(());
+        };
+        let reachable = state
+            .progress
+            .get(&member)
+            .and_then(|progress| progress.last_contact)
+            .is_some_and(|at| now.saturating_sub(at) < failure_timeout);
+        if !state.transfers.contains_key(&member) && !reachable {
+            return Ok(()); // no point reading the whole state for a member that is down
+        }
+        if !state.transfers.contains_key(&member) {
+            state.next_transfer += 1;
+            let id = state.next_transfer;
+            state.transfers.insert(
+                member,
+                SnapshotTransfer {
+                    id,
+                    cursor: None,
+                    scan_done: false,
+                    finished: false,
+                    dirty: BTreeSet::new(),
+                    next_sequence: 0,
+                    acked_sequence: None,
+                    last_activity: now,
+                },
+            );
+            info!(
+                node = self.id,
+                epoch = self.epoch,
+                member,
+                transfer = id,
+                "member is behind the compacted log; streaming a snapshot"
+            );
+        }
+        self.send_snapshot_chunks(member)
+    }
+
+    /// Sends chunks of `member`'s transfer while the window allows.
+    fn send_snapshot_chunks(&mut self, member: NodeId) -> Result<()> {
+        let max_bytes = self.options.max_append_bytes;
+        loop {
+            let Some(transfer) = self.transfer_to(member) else {
+                return Ok(());
+            };
+            let in_flight = transfer.next_sequence - transfer.acked_sequence.map_or(0, |s| s + 1);
+            if transfer.finished || in_flight >= SNAPSHOT_WINDOW {
+                return Ok(());
+            }
+            let (id, sequence) = (transfer.id, transfer.next_sequence);
+            let (pairs, finish) = if transfer.scan_done {
+                // Every key that changed since the transfer began, as it is now.
+                let dirty: Vec<Vec<u8>> = transfer.dirty.iter().cloned().collect();
+                let mut pairs = Vec::with_capacity(dirty.len());
+                for key in dirty {
+                    let value = self.storage.get(&key)?;
+                    pairs.push((key, value));
+                }
+                let finish = SnapshotFinish {
+                    index: self.applied_index,
+                    epoch: self.log.epoch_at(self.applied_index)?,
+                    sessions: self.storage.sessions()?,
+                    membership: self.applied_membership.clone(),
+                };
+                (pairs, Some(finish))
+            } else {
+                let cursor = transfer.cursor.clone();
+                let chunk = self.storage.state_chunk(cursor.as_deref(), max_bytes)?;
+                let pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
+                    .into_iter()
+                    .map(|(key, value)| (key, Some(value)))
+                    .collect();
+                (pairs, None)
+            };
+            let now = self.now;
+            let Some(transfer) = self.transfer_to(member) else {
+                return Ok(());
+            };
+            transfer.next_sequence += 1;
+            transfer.last_activity = now;
+            if let Some(finish) = &finish {
+                transfer.finished = true;
+                let index = finish.index;
+                // Appends resume after the snapshot's index once the member acknowledges it.
+                if let Some(progress) = self.progress_of(member) {
+                    progress.reset_to(index + 1, now);
+                }
+            } else if pairs.is_empty() {
+                transfer.scan_done = true;
+                transfer.next_sequence -= 1;
+                continue;
+            } else {
+                transfer.cursor = pairs.last().map(|(key, _)| key.clone());
+            }
+            self.send(
+                member,
+                MessageBody::SnapshotChunk {
+                    transfer: id,
+                    sequence,
+                    pairs,
+                    finish,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_snapshot_ack(
+        &mut self,
+        member: NodeId,
+        transfer_id: u64,
+        sequence: u64,
+    ) -> Result<()> {
+        let now = self.now;
+        let Some(transfer) = self.transfer_to(member) else {
+            return Ok(());
+        };
+        if transfer.id != transfer_id {
+            return Ok(());
+        }
+        transfer.acked_sequence = Some(
+            transfer
+                .acked_sequence
+                .map_or(sequence, |s| s.max(sequence)),
+        );
+        transfer.last_activity = now;
+        if let Some(progress) = self.progress_of(member) {
+            progress.last_contact = Some(now);
+        }
+        self.send_snapshot_chunks(member)
+    }
+
+    /// Ends transfers that are installed (the member acknowledged the snapshot's index) or
+    /// stalled (restarted from scratch on the next retransmission), and keeps the rest moving.
+    pub(super) fn continue_snapshots(&mut self) -> Result<()> {
+        let now = self.now;
+        let stall = 2 * self.options.failure_timeout_ms;
+        let Some(state) = self.primary_state() else {
+            return Ok(());
+        };
+        let progress = &state.progress;
+        state.transfers.retain(|member, transfer| {
+            let installed = transfer.finished
+                && progress
+                    .get(member)
+                    .is_some_and(|p| p.match_index + 1 >= p.next_index);
+            let stalled = now.saturating_sub(transfer.last_activity) > stall;
+            !(installed || stalled)
+        });
+        let members: Vec<NodeId> = state.transfers.keys().copied().collect();
+        for member in members {
+            self.send_snapshot_chunks(member)?;
+        }
+        Ok(())
+    }
+
+    /// Keys written by `entries` are dirty for every snapshot being streamed.
+    pub(super) fn record_dirty_keys(&mut self, entries: &[Entry]) {
+        let Some(state) = self.primary_state() else {
+            return;
+        };
+        for transfer in state.transfers.values_mut().filter(|t| !t.finished) {
+            for entry in entries {
+                match &entry.operation {
+                    Operation::Put { key, .. } | Operation::Delete { key } => {
+                        transfer.dirty.insert(key.clone());
+                    }
+                    Operation::Noop | Operation::Membership(_) => {}
+                }
+            }
+        }
+    }
+
+    // --- the backup: receiving ---
+
+    /// A backup stages snapshot chunks and installs the snapshot with its last chunk.
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        transfer: u64,
+        sequence: u64,
+        pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        finish: Option<SnapshotFinish>,
+    ) -> Result<()> {
+        if sequence == 0 {
+            self.storage.begin_snapshot()?;
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                epoch: self.epoch,
+                from,
+                transfer,
+                next_sequence: 0,
+            });
+        }
+        let epoch = self.epoch;
+        let expected = self.incoming_snapshot.as_ref().is_some_and(|s| {
+            s.epoch == epoch
+                && s.from == from
+                && s.transfer == transfer
+                && s.next_sequence == sequence
+        });
+        if !expected {
+            return Ok(()); // a chunk of an abandoned transfer, or one out of order: it restarts
+        }
+        self.storage.stage_snapshot(&pairs)?;
+        if let Some(incoming) = self.incoming_snapshot.as_mut() {
+            incoming.next_sequence += 1;
+        }
+        if let Some(finish) = finish {
+            self.install_snapshot(finish)?;
+        }
+        self.send(from, MessageBody::SnapshotAck { transfer, sequence });
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, finish: SnapshotFinish) -> Result<()> {
+        self.incoming_snapshot = None;
+        if finish.index <= self.commit_index {
+            // This node already holds everything the snapshot holds: its committed prefix is in
+            // the log of every later primary (invariant 2), so it matches this primary's log up to
+            // its commit index. Say so, or the primary never learns where to resume appends.
+            self.verified_index = self.verified_index.max(self.commit_index);
+            self.ack_append(true);
+            return Ok(());
+        }
+        let removed = self
+            .storage
+            .install_snapshot(&finish, self.commit_index, self.epoch)?;
+        info!(
+            node = self.id,
+            epoch = self.epoch,
+            index = finish.index,
+            rolled_back = removed.len(),
+            "installed a snapshot"
+        );
+        self.rolled_back_entries += removed.len() as u64;
+        // The snapshot was flushed as it was installed.
+        self.log.reset_to_snapshot(finish.index, finish.epoch);
+        self.commit_index = finish.index;
+        self.persisted_commit_index = finish.index;
+        self.applied_index = finish.index;
+        self.verified_index = finish.index;
+        self.applied_membership = finish.membership;
+        self.recompute_membership()?;
+        self.ack_append(true);
+        Ok(())
+    }
+}

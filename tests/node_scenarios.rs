@@ -1,0 +1,935 @@
+//! Named scenarios for `core::Node`: short, deterministic stories, each named after what it shows.
+//!
+//! They complement the random simulator (`tests/simulation.rs`): the simulator searches for a
+//! history that breaks an invariant, these pin down one rule each so that a change that breaks it
+//! fails with the rule's name. Each test drives one to three nodes on `MemoryStorage` by hand:
+//! there is no random delay or loss, messages are delivered in the order they were sent, and a
+//! node flushes at once unless the test holds its flushes to show what waits for them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use replikv::core::{ClientToken, Node, Options, Output, Timestamp};
+use replikv::storage::memory::MemoryStorage;
+use replikv::storage::Storage;
+use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
+use replikv::wire::message::{
+    Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
+    RequestId,
+};
+use replikv::Error;
+
+const HEARTBEAT_MS: u64 = 100;
+const FAILURE_TIMEOUT_MS: u64 = 300;
+
+/// Protocol settings without jitter, so every timer fires at a known time.
+fn options() -> Options {
+    Options {
+        heartbeat_interval_ms: HEARTBEAT_MS,
+        failure_timeout_ms: FAILURE_TIMEOUT_MS,
+        failure_jitter_ms: 0,
+        replica_lag_timeout_ms: 1_000,
+        max_append_bytes: 16 * 1024,
+        max_inflight_entries: 256,
+        log_retention_bytes: 1 << 30,
+    }
+}
+
+fn member(id: NodeId, voter: bool) -> Member {
+    Member {
+        id,
+        client_addr: format!("client-{id}"),
+        peer_addr: format!("peer-{id}"),
+        voter,
+    }
+}
+
+fn voters(count: u64) -> Membership {
+    Membership::new((1..=count).map(|id| member(id, true)).collect())
+}
+
+fn entry(epoch: Epoch, index: LogIndex, operation: Operation) -> Entry {
+    Entry {
+        epoch,
+        index,
+        operation,
+        request_id: None,
+    }
+}
+
+fn put(key: &str, value: &str) -> Operation {
+    Operation::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// Storage holding `entries` durably, as left by an earlier life in `epoch`.
+fn storage_with(epoch: Epoch, entries: &[Entry]) -> Arc<MemoryStorage> {
+    let storage = Arc::new(MemoryStorage::new());
+    storage.set_epoch_and_vote(epoch, None).expect("set epoch");
+    storage.append(entries).expect("append");
+    storage.flush().expect("flush");
+    storage
+}
+
+/// A few nodes, a FIFO network and a clock, all driven by hand.
+struct Cluster {
+    now: Timestamp,
+    nodes: BTreeMap<NodeId, Node>,
+    storages: BTreeMap<NodeId, Arc<MemoryStorage>>,
+    in_flight: VecDeque<Message>,
+    /// Every message any node sent, in order (including dropped ones).
+    sent: Vec<Message>,
+    /// Messages to or from these nodes are dropped.
+    isolated: BTreeSet<NodeId>,
+    /// These nodes flush only when the test calls [`Cluster::flush`].
+    held_flushes: BTreeSet<NodeId>,
+    replies: BTreeMap<ClientToken, Response>,
+    next_token: ClientToken,
+    options: Options,
+}
+
+impl Cluster {
+    /// `count` voters on empty storage.
+    fn new(count: u64) -> Cluster {
+        let storages = (1..=count)
+            .map(|id| (id, Arc::new(MemoryStorage::new())))
+            .collect();
+        Cluster::on(voters(count), storages)
+    }
+
+    /// One node per storage, all configured with `membership`.
+    fn on(membership: Membership, storages: BTreeMap<NodeId, Arc<MemoryStorage>>) -> Cluster {
+        Cluster::with_options(membership, storages, options())
+    }
+
+    fn with_options(
+        membership: Membership,
+        storages: BTreeMap<NodeId, Arc<MemoryStorage>>,
+        options: Options,
+    ) -> Cluster {
+        let mut cluster = Cluster {
+            now: 0,
+            nodes: BTreeMap::new(),
+            storages: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            sent: Vec::new(),
+            isolated: BTreeSet::new(),
+            held_flushes: BTreeSet::new(),
+            replies: BTreeMap::new(),
+            next_token: 1,
+            options,
+        };
+        for (id, storage) in storages {
+            cluster.start(id, membership.clone(), storage);
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: NodeId, membership: Membership, storage: Arc<MemoryStorage>) {
+        let options = self.options.clone();
+        let node =
+            Node::new(id, membership, storage.clone(), options, id, self.now).expect("node starts");
+        self.nodes.insert(id, node);
+        self.storages.insert(id, storage);
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    fn storage(&self, id: NodeId) -> &Arc<MemoryStorage> {
+        &self.storages[&id]
+    }
+
+    /// Runs an entry point on node `id`, then routes its outputs (and flushes, unless held).
+    fn call(
+        &mut self,
+        id: NodeId,
+        entry_point: impl FnOnce(&mut Node, Timestamp) -> replikv::Result<()>,
+    ) -> replikv::Result<()> {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("a node of the cluster");
+        let result = entry_point(node, now);
+        self.collect(id);
+        result
+    }
+
+    fn collect(&mut self, id: NodeId) {
+        loop {
+            let now = self.now;
+            let node = self.nodes.get_mut(&id).expect("a node of the cluster");
+            for output in node.take_outputs() {
+                match output {
+                    Output::Send(message) => {
+                        self.sent.push(message.clone());
+                        if !self.isolated.contains(&message.from)
+                            && !self.isolated.contains(&message.to)
+                        {
+                            self.in_flight.push_back(message);
+                        }
+                    }
+                    Output::Reply { token, response } => {
+                        self.replies.insert(token, response);
+                    }
+                    Output::Topology { .. } => {}
+                }
+            }
+            if self.held_flushes.contains(&id) {
+                return;
+            }
+            let node = self.nodes.get_mut(&id).expect("a node of the cluster");
+            let Some(ticket) = node.flush_needed() else {
+                return;
+            };
+            self.storages[&id].flush().expect("flush");
+            node.flushed(now, ticket).expect("flushed");
+        }
+    }
+
+    /// Flushes node `id` now, whether or not its flushes are held.
+    fn flush(&mut self, id: NodeId) {
+        let ticket = self.nodes[&id].flush_needed().expect("something to flush");
+        self.storages[&id].flush().expect("flush");
+        self.call(id, |node, now| node.flushed(now, ticket))
+            .expect("flushed");
+    }
+
+    /// Stops holding flushes and flushes every node that has something to flush.
+    fn release_flushes(&mut self) {
+        self.held_flushes.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if self.nodes[&id].flush_needed().is_some() {
+                self.flush(id);
+            }
+        }
+    }
+
+    /// Delivers messages until none is left, except those `hold` selects, which are returned.
+    fn deliver_except(&mut self, mut hold: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let mut held = Vec::new();
+        let mut delivered = 0;
+        while let Some(message) = self.in_flight.pop_front() {
+            delivered += 1;
+            assert!(delivered < 100_000, "the cluster never went quiet");
+            if hold(&message) {
+                held.push(message);
+                continue;
+            }
+            if !self.nodes.contains_key(&message.to) {
+                continue;
+            }
+            let to = message.to;
+            self.call(to, |node, now| node.step(now, message))
+                .expect("step");
+        }
+        held
+    }
+
+    /// Delivers every message until the network is quiet.
+    fn deliver(&mut self) {
+        self.deliver_except(|_| false);
+    }
+
+    /// Advances the clock to `until` in 10 ms ticks of every node, delivering messages after each.
+    fn run_until(&mut self, until: Timestamp) {
+        while self.now < until {
+            self.now = (self.now + 10).min(until);
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.call(id, |node, now| node.tick(now)).expect("tick");
+            }
+            self.deliver();
+        }
+    }
+
+    /// Lets node `id` time out first and runs the election it starts to the end.
+    fn elect(&mut self, id: NodeId) {
+        self.now = self.now.max(FAILURE_TIMEOUT_MS);
+        self.call(id, |node, now| node.tick(now)).expect("tick");
+        self.deliver();
+        assert_eq!(self.node(id).role(), Role::Primary, "node {id} won");
+    }
+
+    fn request(&mut self, id: NodeId, request: Request) -> ClientToken {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.call(id, |node, now| node.request(now, token, request))
+            .expect("request");
+        token
+    }
+
+    fn write(&mut self, id: NodeId, key: &str, concern: WriteConcern) -> ClientToken {
+        let sequence = self.next_token;
+        self.write_with_id(
+            id,
+            key,
+            concern,
+            RequestId {
+                client_id: 7,
+                sequence,
+            },
+        )
+    }
+
+    fn write_with_id(
+        &mut self,
+        id: NodeId,
+        key: &str,
+        concern: WriteConcern,
+        request_id: RequestId,
+    ) -> ClientToken {
+        self.request(
+            id,
+            Request::Write {
+                request_id,
+                write: Write::Put {
+                    key: key.into(),
+                    value: b"value".to_vec(),
+                },
+                write_concern: concern,
+                timeout_ms: 1_000,
+            },
+        )
+    }
+
+    fn get(&mut self, id: NodeId, key: &str, consistency: ReadConsistency) -> ClientToken {
+        self.request(
+            id,
+            Request::Get {
+                key: key.into(),
+                consistency,
+            },
+        )
+    }
+
+    fn reply(&self, token: ClientToken) -> Option<&Response> {
+        self.replies.get(&token)
+    }
+
+    /// The messages sent from `from` to `to` so far.
+    fn sent_between(&self, from: NodeId, to: NodeId) -> Vec<&MessageBody> {
+        self.sent
+            .iter()
+            .filter(|message| message.from == from && message.to == to)
+            .map(|message| &message.body)
+            .collect()
+    }
+}
+
+fn written_index(response: Option<&Response>) -> LogIndex {
+    match response {
+        Some(Response::Written { result, .. }) => result.index,
+        other => panic!("expected a write acknowledgement, got {other:?}"),
+    }
+}
+
+// --- elections ---
+
+#[test]
+fn the_freshest_log_wins_the_election_even_if_another_node_times_out_first() {
+    // Node 1 holds an entry of epoch 1 that nodes 2 and 3 lack; all three are in epoch 1.
+    let fresher = entry(1, 1, put("k", "v"));
+    let storages = BTreeMap::from([
+        (1, storage_with(1, std::slice::from_ref(&fresher))),
+        (2, storage_with(1, &[])),
+        (3, storage_with(1, &[])),
+    ]);
+    let mut cluster = Cluster::on(voters(3), storages);
+    // Node 3 (the highest id) times out first, but node 1 outranks it by its log: node 3 is told
+    // to stand down, and node 1 runs (a split vote may take it a few rounds).
+    cluster.now = FAILURE_TIMEOUT_MS;
+    cluster.call(3, |node, now| node.tick(now)).expect("tick");
+    cluster.deliver();
+    assert!(cluster
+        .sent_between(1, 3)
+        .iter()
+        .any(|body| matches!(body, MessageBody::Alive { .. })));
+    let until = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    assert_eq!(cluster.node(1).role(), Role::Primary);
+    for id in [2, 3] {
+        assert_eq!(
+            cluster.node(id).primary(),
+            Some(1),
+            "node {id} follows node 1"
+        );
+        assert_eq!(
+            cluster.storage(id).entry(1).expect("entry"),
+            Some(fresher.clone()),
+            "node {id} received node 1's entry"
+        );
+    }
+    assert!(
+        cluster.node(1).commit_index() > 1,
+        "committed with the new no-op"
+    );
+}
+
+#[test]
+fn a_stale_primary_steps_down_on_a_higher_epoch() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let pending = cluster.write(3, "k", WriteConcern::Majority);
+    let epoch = cluster.node(3).epoch();
+    let newer = Message {
+        from: 2,
+        to: 3,
+        epoch: epoch + 1,
+        body: MessageBody::StaleEpoch,
+    };
+    cluster
+        .call(3, |node, now| node.step(now, newer))
+        .expect("step");
+    assert_eq!(cluster.node(3).role(), Role::Backup);
+    assert_eq!(cluster.node(3).epoch(), epoch + 1);
+    assert!(
+        matches!(
+            cluster.reply(pending),
+            Some(Response::Error(Error::NotPrimary { .. }))
+        ),
+        "a write it was holding is answered so the client retries elsewhere: {:?}",
+        cluster.reply(pending)
+    );
+}
+
+#[test]
+fn a_message_from_a_lower_epoch_is_answered_with_stale_epoch() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let epoch = cluster.node(1).epoch();
+    let old = Message {
+        from: 2,
+        to: 1,
+        epoch: epoch - 1,
+        body: MessageBody::Coordinator,
+    };
+    cluster
+        .call(1, |node, now| node.step(now, old))
+        .expect("step");
+    assert_eq!(
+        cluster.node(1).primary(),
+        Some(3),
+        "the old message changed nothing"
+    );
+    assert_eq!(
+        cluster.sent.last().map(|m| (m.to, m.epoch, &m.body)),
+        Some((2, epoch, &MessageBody::StaleEpoch))
+    );
+}
+
+#[test]
+fn a_vote_is_never_granted_to_a_less_fresh_log() {
+    let fresher = storage_with(1, &[entry(1, 1, Operation::Noop)]);
+    let storages = BTreeMap::from([(1, fresher)]);
+    let mut cluster = Cluster::on(voters(3), storages);
+    cluster.now = FAILURE_TIMEOUT_MS;
+    let stale_rank = Rank {
+        last_epoch: 0,
+        last_index: 0,
+        node_id: 2,
+    };
+    let election = Message {
+        from: 2,
+        to: 1,
+        epoch: 2,
+        body: MessageBody::Election { rank: stale_rank },
+    };
+    cluster
+        .call(1, |node, now| node.step(now, election))
+        .expect("step");
+    let answers = cluster.sent_between(1, 2);
+    assert!(
+        !answers.contains(&&MessageBody::Vote { granted: true }),
+        "voted for a less fresh log: {answers:?}"
+    );
+    assert!(
+        matches!(answers.first(), Some(MessageBody::Alive { .. })),
+        "the bully answers that it outranks the candidate: {answers:?}"
+    );
+    assert_eq!(cluster.storage(1).meta().expect("meta").vote, None);
+}
+
+#[test]
+fn a_vote_is_durable_before_it_is_sent_and_granted_once_per_epoch() {
+    let mut cluster = Cluster::new(3);
+    cluster.now = FAILURE_TIMEOUT_MS;
+    let rank = |node_id| Rank {
+        last_epoch: 0,
+        last_index: 0,
+        node_id,
+    };
+    let from_2 = Message {
+        from: 2,
+        to: 1,
+        epoch: 1,
+        body: MessageBody::Election { rank: rank(2) },
+    };
+    cluster
+        .call(1, |node, now| node.step(now, from_2))
+        .expect("step");
+    assert_eq!(
+        cluster.sent_between(1, 2),
+        vec![&MessageBody::Vote { granted: true }]
+    );
+    // A crash right after sending loses nothing unflushed: the vote was flushed first.
+    cluster.storage(1).crash();
+    assert_eq!(cluster.storage(1).meta().expect("meta").vote, Some(2));
+    let from_3 = Message {
+        from: 3,
+        to: 1,
+        epoch: 1,
+        body: MessageBody::Election { rank: rank(3) },
+    };
+    cluster
+        .call(1, |node, now| node.step(now, from_3))
+        .expect("step");
+    assert_eq!(
+        cluster.sent_between(1, 3),
+        vec![&MessageBody::Vote { granted: false }],
+        "a second candidate of the same epoch is refused, however well ranked"
+    );
+}
+
+#[test]
+fn a_pre_vote_is_refused_while_a_live_primary_is_heard() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let epoch = cluster.node(3).epoch();
+    // Node 2 (which outranks node 1) hears nothing and asks for pre-votes in vain.
+    cluster.isolated.insert(2);
+    let until = cluster.now + 2 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    assert_eq!(cluster.node(2).role(), Role::Candidate);
+    cluster.isolated.clear();
+    // Its pre-election now reaches node 1, which still hears the primary and refuses.
+    let pre_election = cluster
+        .sent
+        .iter()
+        .rev()
+        .find(|m| m.from == 2 && m.to == 1 && matches!(m.body, MessageBody::PreElection { .. }))
+        .cloned()
+        .expect("node 2 asked node 1");
+    assert!(pre_election.epoch > epoch, "it asks about a later epoch");
+    cluster.in_flight.push_back(pre_election);
+    cluster.deliver();
+    assert_eq!(
+        cluster.sent_between(1, 2).last(),
+        Some(&&MessageBody::PreVote { granted: false })
+    );
+    let until = cluster.now + FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    assert_eq!(cluster.node(3).role(), Role::Primary);
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.node(id).epoch(), epoch, "node {id} kept the epoch");
+    }
+    assert_eq!(cluster.node(2).primary(), Some(3), "node 2 follows again");
+}
+
+#[test]
+fn an_entry_of_an_earlier_epoch_commits_only_with_one_of_the_current_epoch() {
+    // Node 3 holds an entry of epoch 1 that nodes 1 and 2 lack; one entry per append.
+    let storages = BTreeMap::from([
+        (1, storage_with(1, &[])),
+        (2, storage_with(1, &[])),
+        (3, storage_with(1, &[entry(1, 1, put("k", "v"))])),
+    ]);
+    let one_entry_per_append = Options {
+        max_append_bytes: 1,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, one_entry_per_append);
+    cluster.now = FAILURE_TIMEOUT_MS;
+    cluster.call(3, |node, now| node.tick(now)).expect("tick");
+    // Each member gets the epoch-1 entry, but only the first append of the new no-op (which it
+    // rejects, as it lacks the entry before it); the resent no-op is held back.
+    let mut first_noop_append = BTreeSet::new();
+    let held = cluster.deliver_except(|message| {
+        let carries_noop = matches!(&message.body, MessageBody::Append { entries, .. }
+            if entries.iter().any(|entry| entry.index == 2));
+        carries_noop && !first_noop_append.insert(message.to)
+    });
+    assert_eq!(cluster.node(3).role(), Role::Primary);
+    for id in [1, 2] {
+        assert_eq!(
+            cluster.node(id).durable_index(),
+            1,
+            "node {id} flushed entry 1"
+        );
+    }
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        0,
+        "entry 1 is on every node, but it is of an earlier epoch: counting does not commit it"
+    );
+    cluster.in_flight.extend(held);
+    cluster.deliver();
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        2,
+        "it commits with the no-op"
+    );
+}
+
+// --- write concern ---
+
+#[test]
+fn a_write_at_w_majority_is_answered_only_after_a_majority_flushed_it() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let token = cluster.write(3, "k", WriteConcern::Majority);
+    cluster.deliver();
+    assert!(cluster.reply(token).is_none(), "nobody flushed it yet");
+    cluster.flush(3);
+    cluster.deliver();
+    assert!(
+        cluster.reply(token).is_none(),
+        "only the primary flushed it"
+    );
+    cluster.flush(1);
+    cluster.deliver();
+    let index = written_index(cluster.reply(token));
+    assert_eq!(cluster.node(3).commit_index(), index);
+    assert_eq!(
+        cluster.node(2).durable_index(),
+        index - 1,
+        "node 2 never flushed it"
+    );
+}
+
+#[test]
+fn a_write_at_w_1_is_answered_once_the_primary_flushed_it() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let token = cluster.write(3, "k", WriteConcern::One);
+    cluster.deliver();
+    assert!(cluster.reply(token).is_none(), "not durable anywhere yet");
+    cluster.flush(3);
+    let index = written_index(cluster.reply(token));
+    assert!(
+        cluster.node(3).commit_index() < index,
+        "answered before it committed"
+    );
+}
+
+#[test]
+fn a_write_at_w_all_waits_for_every_in_sync_voter() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let token = cluster.write(3, "k", WriteConcern::All);
+    cluster.deliver();
+    cluster.flush(3);
+    cluster.flush(1);
+    cluster.deliver();
+    let index = cluster.node(3).last_index();
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        index,
+        "committed by a majority"
+    );
+    assert!(
+        cluster.reply(token).is_none(),
+        "node 2 is in sync and has not flushed"
+    );
+    cluster.flush(2);
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(token)), index);
+}
+
+#[test]
+fn an_unmet_write_concern_expires_with_what_was_acknowledged() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2]);
+    let token = cluster.write(3, "k", WriteConcern::Majority);
+    cluster.deliver();
+    // The write's timeout is 1,000 ms.
+    let until = cluster.now + 990;
+    cluster.run_until(until);
+    assert!(
+        cluster.reply(token).is_none(),
+        "the deadline is not reached yet"
+    );
+    let until = cluster.now + 20;
+    cluster.run_until(until);
+    match cluster.reply(token) {
+        Some(Response::Error(Error::WriteConcernNotMet {
+            acknowledged,
+            required,
+        })) => assert_eq!((*acknowledged, *required), (1, 2)),
+        other => panic!("expected WriteConcernNotMet, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_concern_above_the_voter_count_is_refused_at_once() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let last = cluster.node(3).last_index();
+    let token = cluster.write(3, "k", WriteConcern::Count(4));
+    assert!(matches!(
+        cluster.reply(token),
+        Some(Response::Error(Error::WriteConcernImpossible {
+            required: 4,
+            voters: 3
+        }))
+    ));
+    assert_eq!(cluster.node(3).last_index(), last, "nothing was appended");
+}
+
+#[test]
+fn a_retried_write_joins_its_entry_instead_of_appending_it_twice() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let request_id = RequestId {
+        client_id: 9,
+        sequence: 1,
+    };
+    let first = cluster.write_with_id(3, "k", WriteConcern::Majority, request_id);
+    let last = cluster.node(3).last_index();
+    let retry = cluster.write_with_id(3, "k", WriteConcern::Majority, request_id);
+    assert_eq!(
+        cluster.node(3).last_index(),
+        last,
+        "the retry appended nothing"
+    );
+    cluster.deliver();
+    assert!(cluster.reply(first).is_none() && cluster.reply(retry).is_none());
+    cluster.release_flushes();
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(first)), last);
+    assert_eq!(written_index(cluster.reply(retry)), last);
+    // Once applied, a further retry is answered from the session record.
+    let late = cluster.write_with_id(3, "k", WriteConcern::Majority, request_id);
+    assert_eq!(written_index(cluster.reply(late)), last);
+    assert_eq!(cluster.node(3).last_index(), last);
+}
+
+// --- reads ---
+
+#[test]
+fn a_linearizable_read_waits_for_the_lease() {
+    let mut cluster = Cluster::new(3);
+    let is_heartbeat_ack = |m: &Message| matches!(m.body, MessageBody::HeartbeatAck { .. });
+    cluster.now = FAILURE_TIMEOUT_MS;
+    cluster.call(3, |node, now| node.tick(now)).expect("tick");
+    let held_acks = cluster.deliver_except(is_heartbeat_ack);
+    assert_eq!(cluster.node(3).role(), Role::Primary);
+    let noop = cluster.node(3).last_index();
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        noop,
+        "the no-op is committed"
+    );
+    let token = cluster.get(3, "k", ReadConsistency::Linearizable);
+    assert!(
+        cluster.reply(token).is_none(),
+        "no majority acknowledged a heartbeat: the primary holds no lease"
+    );
+    cluster.in_flight.extend(held_acks);
+    cluster.deliver();
+    assert!(matches!(
+        cluster.reply(token),
+        Some(Response::Value { value: None, .. })
+    ));
+}
+
+#[test]
+fn a_read_on_a_backup_is_refused_with_the_primary_as_hint_unless_stale() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let token = cluster.get(1, "k", ReadConsistency::Linearizable);
+    match cluster.reply(token) {
+        Some(Response::Error(Error::NotPrimary { hint, .. })) => {
+            assert_eq!(hint, &Some((3, "client-3".to_string())))
+        }
+        other => panic!("expected NotPrimary, got {other:?}"),
+    }
+    let stale = cluster.get(1, "k", ReadConsistency::Stale);
+    assert!(matches!(
+        cluster.reply(stale),
+        Some(Response::Value { value: None, .. })
+    ));
+}
+
+// --- log repair ---
+
+#[test]
+fn a_backup_moves_a_divergent_suffix_to_rollback() {
+    // Node 1 holds two entries of epoch 1 that never committed; nodes 2 and 3 hold a fresher one.
+    let divergent = [entry(1, 1, Operation::Noop), entry(1, 2, put("lost", "1"))];
+    let storages = BTreeMap::from([
+        (1, storage_with(1, &divergent)),
+        (2, storage_with(2, &[entry(2, 1, Operation::Noop)])),
+        (3, storage_with(2, &[entry(2, 1, Operation::Noop)])),
+    ]);
+    let mut cluster = Cluster::on(voters(3), storages);
+    cluster.elect(3);
+    let until = cluster.now + 3 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    let rolled_back: Vec<Entry> = cluster
+        .storage(1)
+        .rolled_back()
+        .expect("rollback tree")
+        .into_iter()
+        .map(|record| record.entry)
+        .collect();
+    assert_eq!(rolled_back, divergent.to_vec());
+    let last = cluster.node(3).last_index();
+    assert_eq!(cluster.node(1).last_index(), last);
+    assert_eq!(
+        cluster
+            .storage(1)
+            .entries(1, last, usize::MAX)
+            .expect("log"),
+        cluster
+            .storage(3)
+            .entries(1, last, usize::MAX)
+            .expect("log"),
+        "node 1's log now matches the primary's"
+    );
+    assert_eq!(cluster.node(1).status(cluster.now).rolled_back_entries, 2);
+}
+
+#[test]
+fn a_backup_refuses_to_truncate_a_committed_entry() {
+    let storage = storage_with(
+        1,
+        &[entry(1, 1, Operation::Noop), entry(1, 2, put("k", "v"))],
+    );
+    storage.set_commit_index(2).expect("commit index");
+    storage.flush().expect("flush");
+    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
+    assert_eq!(cluster.node(1).commit_index(), 2);
+    let overwrite = Message {
+        from: 2,
+        to: 1,
+        epoch: 2,
+        body: MessageBody::Append {
+            base_index: 0,
+            base_epoch: 0,
+            entries: vec![entry(2, 1, Operation::Noop)],
+            commit_index: 0,
+            catch_up: false,
+        },
+    };
+    let result = cluster.call(1, |node, now| node.step(now, overwrite));
+    assert!(
+        matches!(result, Err(Error::Internal(_))),
+        "fail-stop: {result:?}"
+    );
+    assert!(cluster
+        .storage(1)
+        .rolled_back()
+        .expect("rollback")
+        .is_empty());
+    assert_eq!(cluster.storage(1).last().expect("last"), (1, 2));
+}
+
+// --- membership and snapshots ---
+
+#[test]
+fn a_joining_learner_becomes_a_voter_once_caught_up() {
+    let mut cluster = Cluster::new(1);
+    cluster.elect(1);
+    let joiner = member(2, false);
+    cluster.start(
+        2,
+        Membership::new(vec![joiner.clone()]),
+        Arc::new(MemoryStorage::new()),
+    );
+    let token = cluster.request(1, Request::AddMember { member: joiner });
+    cluster.deliver();
+    let index = written_index(cluster.reply(token));
+    assert!(
+        !cluster.node(1).membership().is_voter(2),
+        "it joins as a learner"
+    );
+    let until = cluster.now + 6 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    let membership = cluster.node(1).membership().clone();
+    assert!(membership.is_voter(2), "promoted: {membership:?}");
+    assert!(
+        cluster.node(1).last_index() > index,
+        "by a second membership entry"
+    );
+    assert_eq!(
+        cluster.node(2).membership(),
+        &membership,
+        "the joiner learned it"
+    );
+    assert_eq!(cluster.node(2).role(), Role::Backup);
+}
+
+#[test]
+fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let storages = (1..=3)
+        .map(|id| (id, Arc::new(MemoryStorage::new())))
+        .collect();
+    // A tiny log: the applied prefix is compacted at most once per heartbeat interval.
+    let tiny_log = Options {
+        log_retention_bytes: 200,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, tiny_log);
+    cluster.elect(3);
+    cluster.isolated.insert(1);
+    for i in 0..20 {
+        cluster.write(3, &format!("key-{i:02}"), WriteConcern::Majority);
+        cluster.deliver();
+    }
+    let until = cluster.now + 2 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    for id in [2, 3] {
+        let log_start = cluster.storage(id).meta().expect("meta").log_start;
+        assert!(
+            log_start > 2,
+            "node {id} compacted its log (it starts at {log_start})"
+        );
+    }
+    // A restarted node has nothing cached: whoever leads next holds node 1's missing entries
+    // only in its state.
+    let storage = cluster.storage(3).clone();
+    cluster.start(3, voters(3), storage);
+    let until = cluster.now + 5 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    let primary = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("nodes 2 and 3 elected a primary");
+    cluster.isolated.clear();
+    let until = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    assert!(cluster
+        .sent_between(primary, 1)
+        .iter()
+        .any(|body| matches!(body, MessageBody::SnapshotChunk { .. })));
+    assert_eq!(cluster.node(1).primary(), Some(primary));
+    assert_eq!(
+        cluster.node(1).applied_index(),
+        cluster.node(primary).applied_index()
+    );
+    assert_eq!(
+        cluster.storage(1).scan(b"", usize::MAX).expect("scan"),
+        cluster
+            .storage(primary)
+            .scan(b"", usize::MAX)
+            .expect("scan"),
+        "node 1 holds the primary's state"
+    );
+    assert_eq!(
+        cluster
+            .storage(1)
+            .scan(b"key-", usize::MAX)
+            .expect("scan")
+            .len(),
+        20
+    );
+}
