@@ -9,7 +9,7 @@
 //!   sessions and meta), as the primary does after every commit.
 //! - `sled_layout/...`: raw sled, the ways a batch of entries can reach the `log` tree (one sled
 //!   batch per entry, one per batch, plain inserts, one value per batch), each followed by a
-//!   flush: the evidence for how the log is laid out (DESIGN §3).
+//!   flush: the evidence for how the log is laid out (docs/BENCHMARKS.md).
 //!
 //! Entries carry 100-byte values and 16-byte keys, as `kvctl bench` writes by default. Every
 //! bench writes into its own temporary directory, removed at the end.
@@ -168,7 +168,7 @@ impl Layout {
     }
 }
 
-/// Raw sled: the log layouts DESIGN §3 asks to compare, each batch followed by one flush.
+/// Raw sled: the log layouts docs/BENCHMARKS.md compares, each batch followed by one flush.
 ///
 /// sled 0.34 rolls and writes its IO buffer (a `pwrite` and a `sync_file_range`) at the start of
 /// every `apply_batch` and every transaction, to make them recoverable atomically; a plain

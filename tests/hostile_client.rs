@@ -1,7 +1,7 @@
 //! Hostile clients against a real node: a client holding a valid certificate must not be able to
 //! exhaust the node's memory, and the node keeps serving everyone else while it tries.
 //!
-//! Address block 127.0.0.121-122, ports 25200-25201 (see tests/process.rs for the others).
+//! Address blocks 127.0.0.121 and 127.0.0.123, ports 25200-25201 and 25210-25211 (see tests/process.rs for the others).
 
 mod common;
 
@@ -79,9 +79,10 @@ async fn stalled_frame(connection: quinn::Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(120), send.stopped()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
-    let cluster = Cluster::start(ClusterSpec::new(1, 121, 25200));
+/// Runs the attack with certificate `attacker` against a fresh one-node cluster at `first_ip` and
+/// `client_port`, and checks the node's memory and that it serves everyone else meanwhile.
+async fn stalled_frames_are_bounded(attacker: &str, first_ip: u8, client_port: u16) {
+    let cluster = Cluster::start(ClusterSpec::new(1, first_ip, client_port));
     cluster.wait_for_primary().await;
     let pid = cluster.node(1).pid().expect("node 1 runs");
 
@@ -99,7 +100,7 @@ async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
 
     let mut attack = Vec::new();
     for _ in 0..HOSTILE_CONNECTIONS {
-        let connection = connect(&cluster, READONLY_CLIENT).await;
+        let connection = connect(&cluster, attacker).await;
         for _ in 0..STREAMS_PER_CONNECTION {
             attack.push(tokio::spawn(stalled_frame(connection.clone())));
         }
@@ -135,8 +136,7 @@ async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
     let peak = peak.load(Ordering::Relaxed);
     assert!(
         peak <= RESIDENT_MEMORY_BOUND_BYTES,
-        "the node's resident memory reached {} MiB under a read-only client's stalled frames \
-         (bound {} MiB)",
+        "the node's resident memory reached {} MiB under {attacker}'s stalled frames (bound {} MiB)",
         peak >> 20,
         RESIDENT_MEMORY_BOUND_BYTES >> 20
     );
@@ -145,4 +145,16 @@ async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
         .put("after-attack", "ok", WriteConcern::Majority, CLIENT_TIMEOUT)
         .await
         .expect("a put after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_client_cannot_exhaust_a_nodes_memory() {
+    stalled_frames_are_bounded(READONLY_CLIENT, 121, 25200).await;
+}
+
+/// A client that may write sends frames of the full size, so what bounds it is the node-wide
+/// budget of request bytes and the per-connection flow-control window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_client_cannot_exhaust_a_nodes_memory() {
+    stalled_frames_are_bounded(READWRITE_CLIENT, 123, 25210).await;
 }

@@ -19,7 +19,9 @@
 //!   follows the certificate's role (a read-only client sends reads, so small frames); a frame's
 //!   body is read only against a node-wide byte budget ([`MAX_BUFFERED_REQUEST_BYTES`]) and must
 //!   arrive within [`FRAME_BODY_DEADLINE`]; and the node accepts at most
-//!   [`MAX_CLIENT_CONNECTIONS`] client connections at once.
+//!   [`MAX_CLIENT_CONNECTIONS`] client connections at once, each with at most
+//!   [`CONNECTION_RECEIVE_WINDOW`] bytes unread in its receive buffers. So request bytes held by the
+//!   node are at most the budget plus connections × window, whatever the clients send.
 //! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
 //!   only `ShuttingDown`).
 
@@ -51,6 +53,21 @@ pub const FRAME_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Client connections a node serves at once; more are refused until some close.
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
+
+/// Bytes a client may have in flight on one connection, over all its streams, before it must
+/// wait for the node to read (QUIC connection-level flow control). Frames still flow whole, since
+/// the window slides as the node reads; but a client cannot park more than this in the node's
+/// receive buffers, where the byte budget does not reach.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// The client port's transport settings: the shared ones ([`tls::transport_config`]) with the
+/// connection-level receive window bounded. Peer connections keep the default, since there a
+/// bounded connection window would let a busy replication stream hold back heartbeats.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut transport = tls::transport_config();
+    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    transport
+}
 
 /// Accepts client connections until shutdown.
 pub(crate) async fn accept_clients(

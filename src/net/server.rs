@@ -83,7 +83,8 @@ where
     let client_addr = parse_addr(&config.client_addr)?;
     let peer_addr = parse_addr(&config.peer_addr)?;
     let files = config.tls_files();
-    let client_tls = tls::server_config(&files, CLIENT_ALPN)?;
+    let mut client_tls = tls::server_config(&files, CLIENT_ALPN)?;
+    client_tls.transport_config(Arc::new(client_port::transport_config()));
     let peer_tls = tls::server_config(&files, PEER_ALPN)?;
     let dial_tls = tls::client_config(&files, PEER_ALPN)?;
 

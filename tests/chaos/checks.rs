@@ -1,6 +1,6 @@
 //! The checkers that need more than the history: final reads, node logs and node states.
 //!
-//! - **Lost writes** (DESIGN §5 invariant 5): every write-once key acknowledged at `majority` or
+//! - **Lost writes** (invariant 5 of docs/ARCHITECTURE.md): every write-once key acknowledged at `majority` or
 //!   above must be in the final linearizable read from the primary and in every node's stale read
 //!   after the cluster healed and went quiet. Writes acknowledged at `w=1` may be rolled back by a
 //!   failover; they are counted, not judged. A value present that no write put there is

@@ -1,4 +1,4 @@
-//! Chaos tests (DESIGN §9): a cluster of real `kvnode` processes under a Jepsen-style nemesis,
+//! Chaos tests (docs/CHAOS.md): a cluster of real `kvnode` processes under a Jepsen-style nemesis,
 //! with a workload recording a history and checkers judging it.
 //!
 //! One run: start the cluster on `127.0.0.141..` (client port 24141, peer port 24142), start the

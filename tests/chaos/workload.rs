@@ -215,7 +215,7 @@ async fn perform(session: &Client, op: &Op, timeout: Duration) -> (Outcome, Opti
                 },
                 Some(served(meta)),
             ),
-            Err(error) => (read_failure(&error), None),
+            Err(error) => (failure(&error), None),
         },
         Op::Write {
             key,
@@ -223,7 +223,7 @@ async fn perform(session: &Client, op: &Op, timeout: Duration) -> (Outcome, Opti
             concern,
         } => match session.put(key, value, *concern, timeout).await {
             Ok((_, meta)) => (Outcome::WriteOk, Some(served(meta))),
-            Err(error) => (write_failure(&error), None),
+            Err(error) => (failure(&error), None),
         },
     }
 }
@@ -236,33 +236,16 @@ pub fn served(meta: ResponseMeta) -> Served {
     }
 }
 
-/// A failed write is `fail` only when the node refused it outright, before any log append;
-/// anything else (timeouts, lost connections, "write concern not met", no primary before the
-/// deadline) may have been applied by one of the attempts, so it is `info`.
-pub fn write_failure(error: &Error) -> Outcome {
-    match error {
-        Error::Refused(_)
-        | Error::InvalidRequest(_)
-        | Error::WriteConcernImpossible { .. }
-        | Error::Config(_) => Outcome::Fail {
-            error: error.to_string(),
-        },
-        _ => Outcome::Info {
-            error: error.to_string(),
-        },
-    }
-}
-
-/// A read has no effect, so its failure is `fail` when it certainly was not served and `info`
-/// otherwise; the checker ignores both.
-pub fn read_failure(error: &Error) -> Outcome {
-    match error {
-        Error::Refused(_) | Error::InvalidRequest(_) | Error::Config(_) => Outcome::Fail {
-            error: error.to_string(),
-        },
-        _ => Outcome::Info {
-            error: error.to_string(),
-        },
+/// A failed operation is `fail` (certainly had no effect) only when the error's kind says the
+/// request can never succeed as sent: it was refused before it reached any log. Anything else (a
+/// timeout, a lost connection, a write concern not met) is `info`: a write may still apply, and
+/// the checkers treat it as indeterminate; a read has no effect either way.
+pub fn failure(error: &Error) -> Outcome {
+    let error_text = error.to_string();
+    if error.kind().is_permanent() {
+        Outcome::Fail { error: error_text }
+    } else {
+        Outcome::Info { error: error_text }
     }
 }
 
@@ -288,10 +271,7 @@ mod tests {
             Error::Internal("?".into()),
         ];
         for error in indeterminate {
-            assert!(
-                matches!(write_failure(&error), Outcome::Info { .. }),
-                "{error:?}"
-            );
+            assert!(matches!(failure(&error), Outcome::Info { .. }), "{error:?}");
         }
         let refused = [
             Error::Refused("readonly".into()),
@@ -301,10 +281,7 @@ mod tests {
             },
         ];
         for error in refused {
-            assert!(
-                matches!(write_failure(&error), Outcome::Fail { .. }),
-                "{error:?}"
-            );
+            assert!(matches!(failure(&error), Outcome::Fail { .. }), "{error:?}");
         }
     }
 
