@@ -4,9 +4,12 @@
 //! - A write is answered only once its write concern is met, and every concern includes the
 //!   primary's own flush: `1` and `N` count voters that flushed the entry, `majority` waits for
 //!   the commit, `all` for the commit and every voter of the in-sync set. A write not answered by
-//!   its deadline gets `WriteConcernNotMet` (it may still apply).
+//!   its deadline gets `WriteConcernNotMet` (it may still apply). A deadline is at most
+//!   [`MAX_REQUEST_TIMEOUT_MS`] away whatever the client asks, and a request whose client went
+//!   away is dropped ([`Node::cancel`]), so no waiter outlives its client for long.
 //! - A request id is appended at most once: a retry of a write in flight joins its entry, and a
-//!   retry of an applied write is answered from its session record.
+//!   retry of an applied write waits on its entry like a fresh write (its own write concern may
+//!   ask for more than the first attempt's) and is answered with the result in its session record.
 //! - A linearizable read is served only by a primary that holds a lease and has committed this
 //!   epoch's no-op, so it reflects every write acknowledged before it began.
 
@@ -19,6 +22,11 @@ use crate::wire::client::{ReadConsistency, Request, Response, Write, WriteConcer
 use crate::wire::message::{LogIndex, Operation, RequestId};
 
 use super::{Node, PrimaryState, RoleState};
+
+/// The longest a request waits for its write concern or its read, whatever timeout its client
+/// asks for (60 s). Past it the request is answered as timed out, so a waiter whose client went
+/// away without the driver noticing is freed by then at the latest.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 60_000;
 
 /// A client write waiting for its write concern.
 #[derive(Clone, Debug)]
@@ -69,17 +77,12 @@ impl Node {
                 return Ok(());
             }
         }
-        // A retry of a write already applied: answer with its first result.
+        let deadline = self.deadline_after(timeout_ms);
+        // A retry of a write already applied: answer with its first result, once its own write
+        // concern holds (the first attempt may have asked for less).
         if let Some(session) = self.storage.session(request_id.client_id)? {
             if session.last_sequence == request_id.sequence {
-                let meta = self.meta();
-                self.reply(
-                    token,
-                    Response::Written {
-                        result: session.result,
-                        meta,
-                    },
-                );
+                self.wait_for(session.result, token, concern, deadline);
                 return Ok(());
             }
             if session.last_sequence > request_id.sequence {
@@ -92,7 +95,6 @@ impl Node {
                 return Ok(());
             }
         }
-        let deadline = self.now + timeout_ms;
         let existing = self
             .primary_state()
             .and_then(|state| state.requests.get(&request_id).copied());
@@ -124,12 +126,37 @@ impl Node {
                 return Ok(());
             }
         };
-        let result = WriteResult {
-            index,
-            existed: false,
-        };
+        self.wait_for(
+            WriteResult {
+                index,
+                existed: false,
+            },
+            token,
+            concern,
+            deadline,
+        );
+        Ok(())
+    }
+
+    /// When a request given `timeout_ms` by its client expires: the timeout is capped at
+    /// [`MAX_REQUEST_TIMEOUT_MS`], so a waiter whose client went away is freed by then at the
+    /// latest, and the sum cannot overflow.
+    fn deadline_after(&self, timeout_ms: u64) -> Timestamp {
+        self.now
+            .saturating_add(timeout_ms.min(MAX_REQUEST_TIMEOUT_MS))
+    }
+
+    /// Makes `token` wait for the write at `result.index` to meet `concern`, as a fresh write
+    /// would (a retry joins the first waiter's result, which is the real one once applied).
+    fn wait_for(
+        &mut self,
+        result: WriteResult,
+        token: ClientToken,
+        concern: WriteConcern,
+        deadline: Timestamp,
+    ) {
         if let Some(state) = self.primary_state() {
-            let waiters = state.writes.entry(index).or_default();
+            let waiters = state.writes.entry(result.index).or_default();
             let result = waiters.first().map_or(result, |w| w.result);
             waiters.push(PendingWrite {
                 token,
@@ -139,7 +166,18 @@ impl Node {
             });
         }
         self.answer_writes();
-        Ok(())
+    }
+
+    /// Forgets the request `token` waits on, if any: its client went away, so nothing is owed.
+    pub(super) fn forget_request(&mut self, token: ClientToken) {
+        let Some(state) = self.primary_state() else {
+            return;
+        };
+        state.writes.retain(|_, waiters| {
+            waiters.retain(|waiter| waiter.token != token);
+            !waiters.is_empty()
+        });
+        state.reads.retain(|read| read.token != token);
     }
 
     /// Whether `key` exists once every entry in the log so far is applied (the primary's view).
@@ -266,7 +304,7 @@ impl Node {
             }
             ReadConsistency::Local => self.serve_read(token, &request),
             ReadConsistency::Linearizable => {
-                let deadline = self.now + self.options.failure_timeout_ms * 2;
+                let deadline = self.deadline_after(self.options.failure_timeout_ms * 2);
                 if let Some(state) = self.primary_state() {
                     state.reads.push(PendingRead {
                         token,
