@@ -76,8 +76,9 @@ pub enum Error {
     #[error("node is shutting down: retry against another node")]
     ShuttingDown,
 
-    /// A request with this client id and a newer sequence number was already applied, so this
-    /// older retry cannot be answered.
+    /// A request with this client id and a newer sequence number was already applied, or is
+    /// already in the primary's log, so this older one is not appended (a client's writes enter
+    /// the log in sequence order).
     #[error(
         "stale request: client {client_id} already issued sequence {latest}, newer than {sequence}"
     )]

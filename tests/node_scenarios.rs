@@ -822,7 +822,7 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
     };
     let result = cluster.call(1, |node, now| node.step(now, overwrite));
     assert!(
-        matches!(result, Err(Error::Internal(_))),
+        matches!(&result, Err(err @ Error::Internal(_)) if err.kind().stops_the_node()),
         "fail-stop: {result:?}"
     );
     assert!(cluster
@@ -1042,34 +1042,6 @@ fn a_primary_that_hears_another_primary_of_its_epoch_reports_a_fatal_error() {
 }
 
 #[test]
-fn an_order_to_truncate_a_committed_entry_is_a_fatal_error() {
-    let storage = storage_with(
-        1,
-        &[entry(1, 1, Operation::Noop), entry(1, 2, put("k", "v"))],
-    );
-    storage.set_commit_index(2).expect("commit index");
-    storage.flush().expect("flush");
-    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
-    let overwrite = Message {
-        from: 2,
-        to: 1,
-        epoch: 2,
-        body: MessageBody::Append {
-            base_index: 0,
-            base_epoch: 0,
-            entries: vec![entry(2, 1, Operation::Noop)],
-            commit_index: 0,
-            catch_up: false,
-        },
-    };
-    let result = cluster.call(1, |node, now| node.step(now, overwrite));
-    assert!(
-        matches!(&result, Err(err) if err.kind().stops_the_node()),
-        "fail-stop: {result:?}"
-    );
-}
-
-#[test]
 fn an_append_that_leaves_a_gap_is_a_fatal_error() {
     let storage = storage_with(1, &[entry(1, 1, Operation::Noop)]);
     let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
@@ -1116,4 +1088,71 @@ fn a_retry_answered_from_the_sessions_table_waits_for_its_own_write_concern() {
     cluster.flush(2);
     cluster.deliver();
     assert_eq!(written_index(cluster.reply(retry)), index);
+}
+
+#[test]
+fn a_write_overtaken_by_a_newer_sequence_of_its_client_is_refused_not_answered_with_its_result() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let id = |sequence| RequestId {
+        client_id: 13,
+        sequence,
+    };
+    // Two concurrent calls of one session: sequence 2 reaches the primary before sequence 1.
+    let second = cluster.write_with_id(3, "second", WriteConcern::Majority, id(2));
+    let last = cluster.node(3).last_index();
+    let first = cluster.write_with_id(3, "first", WriteConcern::Majority, id(1));
+    assert!(
+        matches!(
+            cluster.reply(first),
+            Some(Response::Error(Error::StaleRequest {
+                sequence: 1,
+                latest: 2,
+                ..
+            }))
+        ),
+        "refused at once: {:?}",
+        cluster.reply(first)
+    );
+    assert_eq!(cluster.node(3).last_index(), last, "nothing was appended");
+    cluster.release_flushes();
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(second)), last);
+    assert_eq!(cluster.storage(3).get(b"first").expect("get"), None);
+}
+
+#[test]
+fn a_new_primary_refuses_a_sequence_older_than_one_it_inherited_in_flight() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let id = |sequence| RequestId {
+        client_id: 14,
+        sequence,
+    };
+    cluster.write_with_id(3, "second", WriteConcern::Majority, id(2));
+    cluster.deliver();
+    // The old primary is cut off before anything commits; node 2 leads with the entry unapplied
+    // (node 1 holds its flushes, so the new epoch's no-op cannot commit either).
+    cluster.isolated.insert(3);
+    cluster.flush(2);
+    cluster.held_flushes = BTreeSet::from([1]);
+    let until = cluster.now + 4 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    let primary = [1, 2]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("nodes 1 and 2 elected a primary");
+    let inherited = cluster.node(primary).applied_index() < cluster.node(primary).last_index();
+    assert!(inherited, "the entry of sequence 2 is not applied yet");
+    let first = cluster.write_with_id(primary, "first", WriteConcern::Majority, id(1));
+    assert!(
+        matches!(
+            cluster.reply(first),
+            Some(Response::Error(Error::StaleRequest { latest: 2, .. }))
+        ),
+        "refused at once: {:?}",
+        cluster.reply(first)
+    );
 }

@@ -40,7 +40,7 @@ mod replication;
 mod requests;
 mod snapshot;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -95,8 +95,9 @@ struct PrimaryState {
     noop_index: LogIndex,
     /// Writes waiting for their write concern, by log index.
     writes: BTreeMap<LogIndex, Vec<PendingWrite>>,
-    /// Log index of each write request in the uncommitted suffix, so a retry joins it.
-    requests: HashMap<RequestId, LogIndex>,
+    /// Log index of each write request in the unapplied suffix, so a retry joins it; ordered by
+    /// client then sequence, so a client's newest sequence in flight is one lookup away.
+    requests: BTreeMap<RequestId, LogIndex>,
     /// Linearizable reads waiting for the lease and this epoch's no-op to commit.
     reads: Vec<PendingRead>,
     /// Snapshots being streamed to members whose next entry was compacted away.

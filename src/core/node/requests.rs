@@ -10,6 +10,12 @@
 //! - A request id is appended at most once: a retry of a write in flight joins its entry, and a
 //!   retry of an applied write waits on its entry like a fresh write (its own write concern may
 //!   ask for more than the first attempt's) and is answered with the result in its session record.
+//! - A client's writes enter the log in sequence order: a new sequence is appended only above
+//!   every sequence of that client in the unapplied suffix, an older one not in flight gets
+//!   `StaleRequest`. The apply step takes an entry whose sequence is not above its session's for
+//!   a retry, so an older write appended after a newer one (two concurrent calls of one client)
+//!   would be skipped yet acknowledged with the newer one's result. Sequences may skip (a write
+//!   given up before it was sent), so no contiguity is required.
 //! - A linearizable read is served only by a primary that holds a lease and has committed this
 //!   epoch's no-op, so it reflects every write acknowledged before it began.
 
@@ -80,24 +86,33 @@ impl Node {
         let deadline = self.deadline_after(timeout_ms);
         // A retry of a write already applied: answer with its first result, once its own write
         // concern holds (the first attempt may have asked for less).
-        if let Some(session) = self.storage.session(request_id.client_id)? {
-            if session.last_sequence == request_id.sequence {
-                self.wait_for(session.result, token, concern, deadline);
-                return Ok(());
-            }
-            if session.last_sequence > request_id.sequence {
-                let error = Error::StaleRequest {
-                    client_id: request_id.client_id,
-                    sequence: request_id.sequence,
-                    latest: session.last_sequence,
-                };
-                self.reply(token, Response::Error(error));
-                return Ok(());
-            }
+        let session = self.storage.session(request_id.client_id)?;
+        if let Some(session) = session.filter(|s| s.last_sequence == request_id.sequence) {
+            self.wait_for(session.result, token, concern, deadline);
+            return Ok(());
         }
-        let existing = self
-            .primary_state()
-            .and_then(|state| state.requests.get(&request_id).copied());
+        let applied_index = self.applied_index;
+        let (existing, newest_in_flight) = self.primary_state().map_or((None, None), |state| {
+            in_flight(&state.requests, request_id, applied_index)
+        });
+        // A newer write of this client already applied, or in the log while this one is not:
+        // appending this one after it would let the apply step take it for a retry and answer it
+        // with the newer one's result.
+        let newer = session
+            .map(|s| s.last_sequence)
+            .into_iter()
+            .chain(newest_in_flight.filter(|_| existing.is_none()))
+            .max()
+            .filter(|&latest| latest > request_id.sequence);
+        if let Some(latest) = newer {
+            let error = Error::StaleRequest {
+                client_id: request_id.client_id,
+                sequence: request_id.sequence,
+                latest,
+            };
+            self.reply(token, Response::Error(error));
+            return Ok(());
+        }
         let index = match existing {
             Some(index) => index, // a retry of a write still in flight joins it
             None => {
@@ -351,4 +366,25 @@ impl Node {
         self.reply(token, response);
         Ok(())
     }
+}
+
+/// The log index of `request_id` if it is in the unapplied suffix (past `applied_index`), and the
+/// newest sequence its client has there.
+fn in_flight(
+    requests: &BTreeMap<RequestId, LogIndex>,
+    request_id: RequestId,
+    applied_index: LogIndex,
+) -> (Option<LogIndex>, Option<u64>) {
+    let client = |sequence| RequestId {
+        client_id: request_id.client_id,
+        sequence,
+    };
+    let unapplied = |index: &LogIndex| *index > applied_index;
+    let newest = requests
+        .range(client(0)..=client(u64::MAX))
+        .rev()
+        .find(|(_, index)| unapplied(index))
+        .map(|(id, _)| id.sequence);
+    let existing = requests.get(&request_id).copied().filter(unapplied);
+    (existing, newest)
 }
