@@ -7,8 +7,8 @@
 //! [`Error::kind`] sorts the variants into a few [`ErrorKind`]s, and every decision that depends
 //! on what went wrong derives from it: whether the client retries ([`Error::is_transient`]),
 //! `kvctl`'s exit code, how `kvctl bench` groups failures and whether it stops, and whether the
-//! event loop stops the node (only on [`ErrorKind::Storage`]). A new variant therefore needs one
-//! new line here, not one in each of those places.
+//! event loop stops the node ([`ErrorKind::stops_the_node`]: a storage failure or a broken
+//! invariant). A new variant therefore needs one new line here, not one in each of those places.
 
 use serde::{Deserialize, Serialize};
 
@@ -76,8 +76,9 @@ pub enum Error {
     #[error("node is shutting down: retry against another node")]
     ShuttingDown,
 
-    /// A request with this client id and a newer sequence number was already applied, so this
-    /// older retry cannot be answered.
+    /// A request with this client id and a newer sequence number was already applied, or is
+    /// already in the primary's log, so this older one is not appended (a client's writes enter
+    /// the log in sequence order).
     #[error(
         "stale request: client {client_id} already issued sequence {latest}, newer than {sequence}"
     )]
@@ -112,7 +113,9 @@ pub enum ErrorKind {
     /// A frame broke the protocol: undecodable, too large, or a request older than one already
     /// answered.
     Protocol,
-    /// A bug or an unexpected state.
+    /// A bug or an unexpected state. Inside the node this is a protocol invariant found broken
+    /// (two primaries in one epoch, an order to truncate a committed entry, a gap in an append):
+    /// a node that sees it stops (fail-stop).
     Internal,
 }
 
@@ -131,6 +134,13 @@ impl ErrorKind {
             self,
             ErrorKind::Refused | ErrorKind::InvalidRequest | ErrorKind::Config
         )
+    }
+
+    /// Whether a node that meets this failure can no longer trust its own state and must stop
+    /// (fail-stop) rather than keep serving: its storage failed, or a protocol invariant was found
+    /// broken. Every other kind is the fault of one input, answered or logged, and the node goes on.
+    pub fn stops_the_node(self) -> bool {
+        matches!(self, ErrorKind::Storage | ErrorKind::Internal)
     }
 
     /// A stable snake_case name, used to group failures in reports.
@@ -250,6 +260,14 @@ mod tests {
                     | Error::ShuttingDown
             );
             assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn only_storage_failures_and_broken_invariants_stop_the_node() {
+        for error in one_of_each() {
+            let fatal = matches!(error, Error::Storage(_) | Error::Internal(_));
+            assert_eq!(error.kind().stops_the_node(), fatal, "{error:?}");
         }
     }
 

@@ -822,7 +822,7 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
     };
     let result = cluster.call(1, |node, now| node.step(now, overwrite));
     assert!(
-        matches!(result, Err(Error::Internal(_))),
+        matches!(&result, Err(err @ Error::Internal(_)) if err.kind().stops_the_node()),
         "fail-stop: {result:?}"
     );
     assert!(cluster
@@ -931,5 +931,228 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
             .expect("scan")
             .len(),
         20
+    );
+}
+
+// --- hardening (issue 10): request deadlines, durability at open, fail-stop, retries ---
+
+/// A write on node 3 of `cluster` with a timeout chosen by the client.
+fn write_with_timeout(cluster: &mut Cluster, key: &str, timeout_ms: u64) -> ClientToken {
+    let sequence = cluster.next_token;
+    cluster.request(
+        3,
+        Request::Write {
+            request_id: RequestId {
+                client_id: 11,
+                sequence,
+            },
+            write: Write::Put {
+                key: key.into(),
+                value: b"value".to_vec(),
+            },
+            write_concern: WriteConcern::Majority,
+            timeout_ms,
+        },
+    )
+}
+
+#[test]
+fn a_huge_client_timeout_neither_overflows_nor_outlives_the_maximum() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2]);
+    let token = write_with_timeout(&mut cluster, "k", u64::MAX);
+    let until = cluster.now + 1_000;
+    cluster.run_until(until);
+    assert!(
+        cluster.reply(token).is_none(),
+        "a huge timeout must not wrap into one already past"
+    );
+    let until = cluster.now + replikv::core::MAX_REQUEST_TIMEOUT_MS;
+    cluster.run_until(until);
+    assert!(
+        matches!(
+            cluster.reply(token),
+            Some(Response::Error(Error::WriteConcernNotMet { .. }))
+        ),
+        "the deadline is capped: {:?}",
+        cluster.reply(token)
+    );
+}
+
+#[test]
+fn a_cancelled_request_is_forgotten_and_never_answered() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2]);
+    let gone = write_with_timeout(&mut cluster, "gone", 10_000);
+    let kept = write_with_timeout(&mut cluster, "kept", 10_000);
+    cluster.deliver();
+    cluster
+        .call(3, |node, _| {
+            node.cancel(gone);
+            Ok(())
+        })
+        .expect("cancel");
+    cluster.release_flushes();
+    cluster.deliver();
+    assert!(cluster.reply(gone).is_none(), "nobody waits for it");
+    written_index(cluster.reply(kept));
+    assert_eq!(
+        cluster.storage(3).get(b"gone").expect("get"),
+        Some(b"value".to_vec()),
+        "cancelling forgets the waiter, not the write"
+    );
+}
+
+#[test]
+fn opening_a_store_makes_its_log_durable_before_counting_it_durable() {
+    let storage = storage_with(1, &[entry(1, 1, Operation::Noop)]);
+    // Written before a crash of the process, never flushed: still in the page cache.
+    storage
+        .append(&[entry(1, 2, put("a", "1")), entry(1, 3, put("b", "2"))])
+        .expect("append");
+    let node = Node::new(1, voters(3), storage.clone(), options(), 1, 0).expect("node starts");
+    let reported_durable = node.durable_index();
+    assert_eq!(reported_durable, 3);
+    storage.crash(); // a power cut now
+    let (_, last) = storage.last().expect("last");
+    assert!(
+        last >= reported_durable,
+        "the node reported {reported_durable} durable but only {last} survived a power cut"
+    );
+}
+
+#[test]
+fn a_primary_that_hears_another_primary_of_its_epoch_reports_a_fatal_error() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let epoch = cluster.node(3).epoch();
+    let usurper = Message {
+        from: 2,
+        to: 3,
+        epoch,
+        body: MessageBody::Coordinator,
+    };
+    let result = cluster.call(3, |node, now| node.step(now, usurper));
+    assert!(
+        matches!(&result, Err(err) if err.kind().stops_the_node()),
+        "fail-stop: {result:?}"
+    );
+}
+
+#[test]
+fn an_append_that_leaves_a_gap_is_a_fatal_error() {
+    let storage = storage_with(1, &[entry(1, 1, Operation::Noop)]);
+    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
+    let gap = Message {
+        from: 2,
+        to: 1,
+        epoch: 1,
+        body: MessageBody::Append {
+            base_index: 1,
+            base_epoch: 1,
+            entries: vec![entry(1, 3, put("k", "v"))],
+            commit_index: 0,
+            catch_up: false,
+        },
+    };
+    let result = cluster.call(1, |node, now| node.step(now, gap));
+    assert!(
+        matches!(&result, Err(err) if err.kind().stops_the_node()),
+        "fail-stop: {result:?}"
+    );
+    assert_eq!(cluster.storage(1).last().expect("last"), (1, 1));
+}
+
+#[test]
+fn a_retry_answered_from_the_sessions_table_waits_for_its_own_write_concern() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.insert(2);
+    let request_id = RequestId {
+        client_id: 12,
+        sequence: 1,
+    };
+    let first = cluster.write_with_id(3, "k", WriteConcern::Majority, request_id);
+    cluster.deliver();
+    let index = written_index(cluster.reply(first));
+    assert!(cluster.node(3).applied_index() >= index, "applied");
+    let retry = cluster.write_with_id(3, "k", WriteConcern::All, request_id);
+    cluster.deliver();
+    assert!(
+        cluster.reply(retry).is_none(),
+        "node 2 is in sync and has not flushed entry {index}: {:?}",
+        cluster.reply(retry)
+    );
+    cluster.flush(2);
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(retry)), index);
+}
+
+#[test]
+fn a_write_overtaken_by_a_newer_sequence_of_its_client_is_refused_not_answered_with_its_result() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let id = |sequence| RequestId {
+        client_id: 13,
+        sequence,
+    };
+    // Two concurrent calls of one session: sequence 2 reaches the primary before sequence 1.
+    let second = cluster.write_with_id(3, "second", WriteConcern::Majority, id(2));
+    let last = cluster.node(3).last_index();
+    let first = cluster.write_with_id(3, "first", WriteConcern::Majority, id(1));
+    assert!(
+        matches!(
+            cluster.reply(first),
+            Some(Response::Error(Error::StaleRequest {
+                sequence: 1,
+                latest: 2,
+                ..
+            }))
+        ),
+        "refused at once: {:?}",
+        cluster.reply(first)
+    );
+    assert_eq!(cluster.node(3).last_index(), last, "nothing was appended");
+    cluster.release_flushes();
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(second)), last);
+    assert_eq!(cluster.storage(3).get(b"first").expect("get"), None);
+}
+
+#[test]
+fn a_new_primary_refuses_a_sequence_older_than_one_it_inherited_in_flight() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    let id = |sequence| RequestId {
+        client_id: 14,
+        sequence,
+    };
+    cluster.write_with_id(3, "second", WriteConcern::Majority, id(2));
+    cluster.deliver();
+    // The old primary is cut off before anything commits; node 2 leads with the entry unapplied
+    // (node 1 holds its flushes, so the new epoch's no-op cannot commit either).
+    cluster.isolated.insert(3);
+    cluster.flush(2);
+    cluster.held_flushes = BTreeSet::from([1]);
+    let until = cluster.now + 4 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    let primary = [1, 2]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("nodes 1 and 2 elected a primary");
+    let inherited = cluster.node(primary).applied_index() < cluster.node(primary).last_index();
+    assert!(inherited, "the entry of sequence 2 is not applied yet");
+    let first = cluster.write_with_id(primary, "first", WriteConcern::Majority, id(1));
+    assert!(
+        matches!(
+            cluster.reply(first),
+            Some(Response::Error(Error::StaleRequest { latest: 2, .. }))
+        ),
+        "refused at once: {:?}",
+        cluster.reply(first)
     );
 }

@@ -23,7 +23,8 @@
 //!   [`CONNECTION_RECEIVE_WINDOW`] bytes unread in its receive buffers. So request bytes held by the
 //!   node are at most the budget plus connections × window, whatever the clients send.
 //! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
-//!   only `ShuttingDown`).
+//!   only `ShuttingDown`), unless the client stops the stream first: then the session drops the
+//!   answer's receiver, and the event loop has the node forget the request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,7 +184,18 @@ impl ClientConnection {
                 }
             };
             let response = match authorize(role, &request).and_then(|()| check_request(&request)) {
-                Ok(()) => self.ask_node(request).await,
+                Ok(()) => {
+                    let client_gone = send.stopped();
+                    tokio::select! {
+                        response = self.ask_node(request) => response,
+                        // Dropping the answer's receiver tells the event loop, which has the node
+                        // forget the request instead of holding it until its deadline.
+                        _ = client_gone => {
+                            debug!("the client stopped its stream before its answer");
+                            return;
+                        }
+                    }
+                }
                 Err(err) => Response::Error(err),
             };
             if let Err(err) = write_response(&mut send, &response).await {

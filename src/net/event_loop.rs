@@ -11,10 +11,12 @@
 //! - Only this task calls the `Node`, so the protocol needs no locks.
 //! - At most one flush runs at a time, on the blocking pool; the node learns of it only once it
 //!   has finished, so nothing that promises durability is sent before the fsync that covers it.
-//! - A storage error is fatal (fail-stop): the loop stops and the node exits non-zero rather than
-//!   keep serving from a store it can no longer trust.
+//! - An error whose kind [stops the node](crate::error::ErrorKind::stops_the_node) is fatal (fail-stop): a
+//!   storage failure or a broken protocol invariant stops the loop, and the node exits non-zero
+//!   with the reason rather than keep serving from a state it can no longer trust.
 //! - Every client request gets exactly one answer: the node's reply, or `ShuttingDown` when the
-//!   loop stops first.
+//!   loop stops first; unless its client went away, and then the node is told to forget it
+//!   ([`Node::cancel`]) so it holds nothing for a client that is gone.
 //! - Peer links follow the membership: a membership that adds a member starts its link before
 //!   any message to it is dispatched (a joiner's first ack goes to a primary it did not know a
 //!   moment before), and one that removes a member stops its link.
@@ -33,14 +35,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::tuning::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::net::peer::PeerRouter;
 use crate::net::shutdown::Shutdown;
 use crate::wire::client::{Request, Response, Topology};
 use crate::wire::message::{Membership, Message, NodeId};
 
-/// How often replies whose client went away are forgotten, in ticks.
-const PRUNE_EVERY_TICKS: u64 = 100;
+/// How often requests whose client went away are forgotten, in ticks.
+const PRUNE_EVERY_TICKS: u64 = 10;
 
 /// A client request the session is allowed to make, and where its answer goes.
 #[derive(Debug)]
@@ -188,11 +190,11 @@ impl EventLoop {
         self.pending.insert(token, reply);
         match self.node.request(self.clock.now(), token, request) {
             Ok(()) => Ok(()),
-            Err(err) if err.kind() == ErrorKind::Storage => {
+            Err(err) if err.kind().stops_the_node() => {
                 fail_stop(Err(err), "handling a client request")
             }
             Err(err) => {
-                // Not a storage failure: the request itself was at fault; tell the client.
+                // Not fatal: the request itself was at fault; tell the client.
                 if let Some(reply) = self.pending.remove(&token) {
                     let _ = reply.send(Response::Error(err));
                 }
@@ -204,8 +206,10 @@ impl EventLoop {
     fn on_tick(&mut self) -> Result<()> {
         self.ticks += 1;
         if self.ticks % PRUNE_EVERY_TICKS == 0 {
-            // A session that gave up (client gone) no longer needs its reply slot.
-            self.pending.retain(|_, reply| !reply.is_closed());
+            // A session that gave up (client gone) needs neither its reply slot nor its waiter.
+            for token in take_abandoned(&mut self.pending) {
+                self.node.cancel(token);
+            }
         }
         fail_stop(self.node.tick(self.clock.now()), "ticking")
     }
@@ -327,17 +331,65 @@ async fn join_flush(
         .unwrap_or_else(|err| Err(Error::Storage(format!("the flush task failed: {err}"))))
 }
 
-/// A storage error stops the node (fail-stop); anything else is the input's fault, logged.
+/// Removes the reply slots whose client went away, and returns their tokens.
+fn take_abandoned(
+    pending: &mut HashMap<ClientToken, oneshot::Sender<Response>>,
+) -> Vec<ClientToken> {
+    let abandoned: Vec<ClientToken> = pending
+        .iter()
+        .filter(|(_, reply)| reply.is_closed())
+        .map(|(&token, _)| token)
+        .collect();
+    for token in &abandoned {
+        pending.remove(token);
+    }
+    abandoned
+}
+
+/// An error whose kind stops the node (a storage failure, a broken invariant) is returned, which
+/// ends the loop (fail-stop); anything else is one input's fault, logged.
 fn fail_stop(result: Result<()>, doing: &str) -> Result<()> {
     match result {
         Ok(()) => Ok(()),
-        Err(err) if err.kind() == ErrorKind::Storage => {
-            error!(%err, "storage failed while {doing}; stopping the node");
+        Err(err) if err.kind().stops_the_node() => {
+            error!(%err, kind = %err.kind(), "fatal error while {doing}; stopping the node");
             Err(err)
         }
         Err(err) => {
             warn!(%err, "error while {doing}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_and_broken_invariants_stop_the_node_and_nothing_else_does() {
+        let invariant = Error::Internal("node 1 is primary of epoch 2 and heard from 3".into());
+        assert_eq!(fail_stop(Err(invariant.clone()), "testing"), Err(invariant));
+        let storage = Error::Storage("disk full".into());
+        assert_eq!(fail_stop(Err(storage.clone()), "testing"), Err(storage));
+        for harmless in [
+            Error::InvalidRequest("empty key".into()),
+            Error::Protocol("bad frame".into()),
+            Error::Unavailable("no majority".into()),
+        ] {
+            assert_eq!(fail_stop(Err(harmless), "testing"), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_request_whose_client_went_away_is_taken_out_of_the_pending_replies() {
+        let mut pending = HashMap::new();
+        let (gone, gone_receiver) = oneshot::channel();
+        let (waiting, _waiting_receiver) = oneshot::channel();
+        pending.insert(1, gone);
+        pending.insert(2, waiting);
+        drop(gone_receiver);
+        assert_eq!(take_abandoned(&mut pending), vec![1]);
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -15,7 +15,11 @@
 //! - Entries are applied in log order, only once committed. A rolled-back entry was therefore
 //!   never applied, and state at a given applied index is the same on every node.
 //! - Nothing that promises durability (an `AppendAck`, a write reply) is produced before the flush
-//!   that covers it has been reported through [`Node::flushed`].
+//!   that covers it has been reported through [`Node::flushed`], or made at opening: [`Node::new`]
+//!   flushes the store before it counts the log it finds as durable.
+//! - Any protocol invariant found broken (two primaries in one epoch, an order to truncate a
+//!   committed entry, a gap in an append) is returned as [`Error::Internal`], whose kind stops
+//!   the node ([`crate::error::ErrorKind::stops_the_node`]): it no longer trusts its own state.
 //! - A linearizable read is served only while the primary holds a lease: a majority acknowledged a
 //!   heartbeat sent less than `failure_timeout` ago, so no other primary can have been elected.
 //!
@@ -36,7 +40,7 @@ mod replication;
 mod requests;
 mod snapshot;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -54,6 +58,7 @@ use crate::wire::message::{Epoch, LogIndex, Membership, Message, MessageBody, No
 
 use self::log::Log;
 use self::membership::MembershipChange;
+pub use self::requests::MAX_REQUEST_TIMEOUT_MS;
 use self::requests::{PendingRead, PendingWrite};
 use self::snapshot::{IncomingSnapshot, SnapshotTransfer};
 
@@ -90,8 +95,9 @@ struct PrimaryState {
     noop_index: LogIndex,
     /// Writes waiting for their write concern, by log index.
     writes: BTreeMap<LogIndex, Vec<PendingWrite>>,
-    /// Log index of each write request in the uncommitted suffix, so a retry joins it.
-    requests: HashMap<RequestId, LogIndex>,
+    /// Log index of each write request in the unapplied suffix, so a retry joins it; ordered by
+    /// client then sequence, so a client's newest sequence in flight is one lookup away.
+    requests: BTreeMap<RequestId, LogIndex>,
     /// Linearizable reads waiting for the lease and this epoch's no-op to commit.
     reads: Vec<PendingRead>,
     /// Snapshots being streamed to members whose next entry was compacted away.
@@ -164,6 +170,9 @@ impl Node {
         seed: u64,
         now: Timestamp,
     ) -> Result<Node> {
+        // What the log holds may still sit in a page cache (a crash of the process keeps it, a
+        // power cut does not): flush it before the log counts it as durable.
+        storage.flush()?;
         let meta = storage.meta()?;
         let log = Log::open(storage.clone(), meta.log_start)?;
         let last_index = log.last_index();
@@ -449,6 +458,12 @@ impl Node {
             | MessageBody::PreVote { .. } => {}
         }
         Ok(())
+    }
+
+    /// The client of request `token` went away: drop whatever the request still waits for, so it
+    /// holds no memory until its deadline. No reply follows.
+    pub fn cancel(&mut self, token: ClientToken) {
+        self.forget_request(token);
     }
 
     /// Handles a client request; the answer comes as an [`Output::Reply`], now or later.

@@ -4,9 +4,18 @@
 //! - A write is answered only once its write concern is met, and every concern includes the
 //!   primary's own flush: `1` and `N` count voters that flushed the entry, `majority` waits for
 //!   the commit, `all` for the commit and every voter of the in-sync set. A write not answered by
-//!   its deadline gets `WriteConcernNotMet` (it may still apply).
+//!   its deadline gets `WriteConcernNotMet` (it may still apply). A deadline is at most
+//!   [`MAX_REQUEST_TIMEOUT_MS`] away whatever the client asks, and a request whose client went
+//!   away is dropped ([`Node::cancel`]), so no waiter outlives its client for long.
 //! - A request id is appended at most once: a retry of a write in flight joins its entry, and a
-//!   retry of an applied write is answered from its session record.
+//!   retry of an applied write waits on its entry like a fresh write (its own write concern may
+//!   ask for more than the first attempt's) and is answered with the result in its session record.
+//! - A client's writes enter the log in sequence order: a new sequence is appended only above
+//!   every sequence of that client in the unapplied suffix, an older one not in flight gets
+//!   `StaleRequest`. The apply step takes an entry whose sequence is not above its session's for
+//!   a retry, so an older write appended after a newer one (two concurrent calls of one client)
+//!   would be skipped yet acknowledged with the newer one's result. Sequences may skip (a write
+//!   given up before it was sent), so no contiguity is required.
 //! - A linearizable read is served only by a primary that holds a lease and has committed this
 //!   epoch's no-op, so it reflects every write acknowledged before it began.
 
@@ -19,6 +28,11 @@ use crate::wire::client::{ReadConsistency, Request, Response, Write, WriteConcer
 use crate::wire::message::{LogIndex, Operation, RequestId};
 
 use super::{Node, PrimaryState, RoleState};
+
+/// The longest a request waits for its write concern or its read, whatever timeout its client
+/// asks for (60 s). Past it the request is answered as timed out, so a waiter whose client went
+/// away without the driver noticing is freed by then at the latest.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 60_000;
 
 /// A client write waiting for its write concern.
 #[derive(Clone, Debug)]
@@ -69,33 +83,36 @@ impl Node {
                 return Ok(());
             }
         }
-        // A retry of a write already applied: answer with its first result.
-        if let Some(session) = self.storage.session(request_id.client_id)? {
-            if session.last_sequence == request_id.sequence {
-                let meta = self.meta();
-                self.reply(
-                    token,
-                    Response::Written {
-                        result: session.result,
-                        meta,
-                    },
-                );
-                return Ok(());
-            }
-            if session.last_sequence > request_id.sequence {
-                let error = Error::StaleRequest {
-                    client_id: request_id.client_id,
-                    sequence: request_id.sequence,
-                    latest: session.last_sequence,
-                };
-                self.reply(token, Response::Error(error));
-                return Ok(());
-            }
+        let deadline = self.deadline_after(timeout_ms);
+        // A retry of a write already applied: answer with its first result, once its own write
+        // concern holds (the first attempt may have asked for less).
+        let session = self.storage.session(request_id.client_id)?;
+        if let Some(session) = session.filter(|s| s.last_sequence == request_id.sequence) {
+            self.wait_for(session.result, token, concern, deadline);
+            return Ok(());
         }
-        let deadline = self.now + timeout_ms;
-        let existing = self
-            .primary_state()
-            .and_then(|state| state.requests.get(&request_id).copied());
+        let applied_index = self.applied_index;
+        let (existing, newest_in_flight) = self.primary_state().map_or((None, None), |state| {
+            in_flight(&state.requests, request_id, applied_index)
+        });
+        // A newer write of this client already applied, or in the log while this one is not:
+        // appending this one after it would let the apply step take it for a retry and answer it
+        // with the newer one's result.
+        let newer = session
+            .map(|s| s.last_sequence)
+            .into_iter()
+            .chain(newest_in_flight.filter(|_| existing.is_none()))
+            .max()
+            .filter(|&latest| latest > request_id.sequence);
+        if let Some(latest) = newer {
+            let error = Error::StaleRequest {
+                client_id: request_id.client_id,
+                sequence: request_id.sequence,
+                latest,
+            };
+            self.reply(token, Response::Error(error));
+            return Ok(());
+        }
         let index = match existing {
             Some(index) => index, // a retry of a write still in flight joins it
             None => {
@@ -124,12 +141,37 @@ impl Node {
                 return Ok(());
             }
         };
-        let result = WriteResult {
-            index,
-            existed: false,
-        };
+        self.wait_for(
+            WriteResult {
+                index,
+                existed: false,
+            },
+            token,
+            concern,
+            deadline,
+        );
+        Ok(())
+    }
+
+    /// When a request given `timeout_ms` by its client expires: the timeout is capped at
+    /// [`MAX_REQUEST_TIMEOUT_MS`], so a waiter whose client went away is freed by then at the
+    /// latest, and the sum cannot overflow.
+    fn deadline_after(&self, timeout_ms: u64) -> Timestamp {
+        self.now
+            .saturating_add(timeout_ms.min(MAX_REQUEST_TIMEOUT_MS))
+    }
+
+    /// Makes `token` wait for the write at `result.index` to meet `concern`, as a fresh write
+    /// would (a retry joins the first waiter's result, which is the real one once applied).
+    fn wait_for(
+        &mut self,
+        result: WriteResult,
+        token: ClientToken,
+        concern: WriteConcern,
+        deadline: Timestamp,
+    ) {
         if let Some(state) = self.primary_state() {
-            let waiters = state.writes.entry(index).or_default();
+            let waiters = state.writes.entry(result.index).or_default();
             let result = waiters.first().map_or(result, |w| w.result);
             waiters.push(PendingWrite {
                 token,
@@ -139,7 +181,18 @@ impl Node {
             });
         }
         self.answer_writes();
-        Ok(())
+    }
+
+    /// Forgets the request `token` waits on, if any: its client went away, so nothing is owed.
+    pub(super) fn forget_request(&mut self, token: ClientToken) {
+        let Some(state) = self.primary_state() else {
+            return;
+        };
+        state.writes.retain(|_, waiters| {
+            waiters.retain(|waiter| waiter.token != token);
+            !waiters.is_empty()
+        });
+        state.reads.retain(|read| read.token != token);
     }
 
     /// Whether `key` exists once every entry in the log so far is applied (the primary's view).
@@ -266,7 +319,7 @@ impl Node {
             }
             ReadConsistency::Local => self.serve_read(token, &request),
             ReadConsistency::Linearizable => {
-                let deadline = self.now + self.options.failure_timeout_ms * 2;
+                let deadline = self.deadline_after(self.options.failure_timeout_ms * 2);
                 if let Some(state) = self.primary_state() {
                     state.reads.push(PendingRead {
                         token,
@@ -313,4 +366,25 @@ impl Node {
         self.reply(token, response);
         Ok(())
     }
+}
+
+/// The log index of `request_id` if it is in the unapplied suffix (past `applied_index`), and the
+/// newest sequence its client has there.
+fn in_flight(
+    requests: &BTreeMap<RequestId, LogIndex>,
+    request_id: RequestId,
+    applied_index: LogIndex,
+) -> (Option<LogIndex>, Option<u64>) {
+    let client = |sequence| RequestId {
+        client_id: request_id.client_id,
+        sequence,
+    };
+    let unapplied = |index: &LogIndex| *index > applied_index;
+    let newest = requests
+        .range(client(0)..=client(u64::MAX))
+        .rev()
+        .find(|(_, index)| unapplied(index))
+        .map(|(id, _)| id.sequence);
+    let existing = requests.get(&request_id).copied().filter(unapplied);
+    (existing, newest)
 }
