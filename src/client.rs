@@ -41,9 +41,37 @@ use crate::wire::client::{
     ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
     WriteResult,
 };
-use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
+use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
+
+/// Largest value a put may carry: a request must fit in one client frame
+/// ([`MAX_CLIENT_FRAME_BYTES`]) with room for the longest key ([`MAX_KEY_BYTES`]) and the request's
+/// envelope (ids, write concern, timeout: a few dozen bytes).
+pub const MAX_VALUE_BYTES: usize = MAX_CLIENT_FRAME_BYTES - MAX_KEY_BYTES - 1024;
+
+/// Refuses a write whose key or value is over its limit, naming the limit, before anything is
+/// sent: the node would refuse it too, but only after the whole frame crossed the network.
+pub fn check_write_size(write: &Write) -> Result<()> {
+    let (key, value) = match write {
+        Write::Put { key, value } => (key, Some(value)),
+        Write::Delete { key } => (key, None),
+    };
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    if let Some(value) = value.filter(|value| value.len() > MAX_VALUE_BYTES) {
+        return Err(Error::InvalidRequest(format!(
+            "a value of {} bytes is larger than the limit of {MAX_VALUE_BYTES} bytes \
+             (a request must fit in one {MAX_CLIENT_FRAME_BYTES}-byte client frame)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Settings of a [`Client`] that do not come from TLS.
 #[derive(Clone, Debug)]
@@ -499,6 +527,7 @@ impl Client {
         write_concern: WriteConcern,
         timeout: Duration,
     ) -> Result<(WriteResult, ResponseMeta)> {
+        check_write_size(&write)?;
         let deadline = Instant::now() + timeout;
         let request_id = {
             let mut session = self.session.lock().await;

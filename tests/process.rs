@@ -574,3 +574,61 @@ async fn a_returning_primary_rolls_back_its_unreplicated_writes() {
         .await;
     }
 }
+
+/// Runs `kvctl` with `args` and `input` on its stdin, returning (exit code, stdout, stderr).
+async fn kvctl_with_stdin(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .env_remove("REPLIKV_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kvctl");
+    let mut stdin = child.stdin.take().expect("kvctl stdin");
+    // kvctl may refuse before reading all of it; a broken pipe is then expected.
+    let _ = stdin.write_all(input).await;
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("kvctl output");
+    let code = output.status.code().expect("kvctl exited (not killed)");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (code, output.stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_put_reads_large_values_from_stdin() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 141, 24141));
+    cluster.wait_for_primary().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+
+    // Over the limit: refused before anything is sent, as a usage error naming the limit.
+    let too_large = vec![b'x'; 5_000_000];
+    let (code, _, stderr) = kvctl_with_stdin(&["--config", config, "put", "big"], &too_large).await;
+    assert_eq!(code, 2, "a 5 MB value: {stderr}");
+    let limit = replikv::client::MAX_VALUE_BYTES.to_string();
+    assert!(
+        stderr.contains(&limit),
+        "the message names the limit: {stderr}"
+    );
+    let (code, _, stderr) = kvctl(&["--config", config, "get", "big"]).await;
+    assert_eq!(code, 3, "nothing was written: {stderr}");
+
+    // 1 MB of binary data, with no value argument and then with `-`, stored and read back intact.
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for args in [vec!["put", "one-mb"], vec!["put", "one-mb-dash", "-"]] {
+        let mut full = vec!["--config", config];
+        full.extend(args.iter().copied());
+        let (code, _, stderr) = kvctl_with_stdin(&full, &value).await;
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let key = args[1];
+        let client = cluster.client(READWRITE_CLIENT);
+        assert_eq!(
+            read(&client, key).await.as_deref(),
+            Some(&value[..]),
+            "{key}"
+        );
+        client.close().await;
+    }
+}
