@@ -1,7 +1,9 @@
 //! The async client library shared by `kvctl`, the process tests and the benchmarks.
 //!
 //! A [`Client`] owns one quinn endpoint. Connections to nodes are opened lazily, cached per
-//! address and shared by every session made from it with [`Client::session`]. A session is one
+//! address and shared by every session made from it with [`Client::session`]. When a request has
+//! no connected node to go to, every candidate is dialled at once and the request goes to the
+//! first that answers, so a dead node (say, the first configured one) costs no connect timeout. A session is one
 //! logical client of the cluster: a random `client_id`, a write `sequence` and one bidirectional
 //! stream to the node it currently talks to. It sends one request at a time.
 //!
@@ -21,7 +23,7 @@
 
 pub mod join;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -161,6 +163,10 @@ struct Shared {
     connections: StdMutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
     /// Addresses whose last connect failed, and until when to avoid them.
     down_until: StdMutex<HashMap<String, Instant>>,
+    /// Addresses with a background handshake under way (see [`Shared::dial_in_background`]).
+    dialling: StdMutex<HashSet<String>>,
+    /// Bumped whenever a background handshake ends, well or badly.
+    dials_finished: tokio::sync::watch::Sender<u64>,
 }
 
 /// The primary and members as last learned from a response, a status or a pushed topology.
@@ -298,6 +304,8 @@ impl Client {
             topology_pushes: tokio::sync::watch::Sender::new(0),
             connections: StdMutex::default(),
             down_until: StdMutex::default(),
+            dialling: StdMutex::default(),
+            dials_finished: tokio::sync::watch::Sender::new(0),
         });
         let timeout = shared.options.timeout;
         Ok(Client::new_session(shared, None, timeout))
@@ -589,7 +597,10 @@ impl Client {
             let addr = match (&target, redirect.take()) {
                 (Target::Pinned(addr), _) => addr.clone(),
                 (_, Some(addr)) => addr,
-                (_, None) => self.pick_candidate(&target, attempt_number),
+                (_, None) => {
+                    self.choose_candidate(&target, attempt_number, deadline)
+                        .await
+                }
             };
             attempt_number += 1;
             let remaining = deadline - now;
@@ -637,9 +648,9 @@ impl Client {
                     // A redirect to where we just were, to a node that just failed to connect,
                     // or after another redirect means the cluster is between primaries: wait
                     // before following.
-                    if redirected || hint == addr || self.is_down(&hint) {
+                    if redirected || hint == addr || self.shared.is_down(&hint) {
                         self.pause(&mut backoff, deadline).await;
-                        if self.is_down(&hint) {
+                        if self.shared.is_down(&hint) {
                             continue;
                         }
                     }
@@ -665,29 +676,49 @@ impl Client {
         *backoff = next_backoff(*backoff);
     }
 
-    /// The address to try on the `attempt_number`-th attempt (see [`pick_candidate`]).
-    fn pick_candidate(&self, target: &Target, attempt_number: usize) -> String {
+    /// The address for the `attempt_number`-th attempt. Among the candidates (see
+    /// [`candidates`]), those with an open connection come first, in rotation; the others are
+    /// dialled in parallel in the background, and while none is connected this waits for the
+    /// first handshake to end. So a dead node, first in the configuration or a former primary,
+    /// costs no connect timeout while another node answers.
+    async fn choose_candidate(
+        &self,
+        target: &Target,
+        attempt_number: usize,
+        deadline: Instant,
+    ) -> String {
         let primary_first = match target {
             Target::Primary => true,
             Target::Any { primary_first } => *primary_first,
             Target::Pinned(addr) => return addr.clone(),
         };
-        let topology = lock(&self.shared.topology).clone();
-        let down = lock(&self.shared.down_until).clone();
-        pick_candidate(
-            &self.shared.seeds,
-            &topology,
-            primary_first,
-            &down,
-            Instant::now(),
-            attempt_number,
-        )
-    }
-
-    fn is_down(&self, addr: &str) -> bool {
-        lock(&self.shared.down_until)
-            .get(addr)
-            .is_some_and(|until| *until > Instant::now())
+        let mut dials_finished = self.shared.dials_finished.subscribe();
+        loop {
+            let pool = {
+                let topology = lock(&self.shared.topology);
+                let down = lock(&self.shared.down_until);
+                candidates(
+                    &self.shared.seeds,
+                    &topology,
+                    primary_first,
+                    &down,
+                    Instant::now(),
+                )
+            };
+            self.shared.dial_in_background(&pool);
+            let connected: Vec<&String> = pool
+                .iter()
+                .filter(|addr| self.shared.live_connection(addr).is_some())
+                .collect();
+            if !connected.is_empty() {
+                return connected[attempt_number % connected.len()].clone();
+            }
+            if !self.shared.dial_under_way() || Instant::now() >= deadline {
+                // Nothing answers: the attempt goes to the usual candidate and says why it fails.
+                return rotate(&pool, attempt_number);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), dials_finished.changed()).await;
+        }
     }
 
     /// The error for a request that ran out of time.
@@ -803,7 +834,7 @@ impl Client {
             if let Some(mut old) = session.stream.take() {
                 let _ = old.send.finish();
             }
-            let connection = self.connection(addr, give_up_at).await?;
+            let connection = self.shared.connection(addr, give_up_at).await?;
             let (send, recv) = connection
                 .open_bi()
                 .await
@@ -820,10 +851,55 @@ impl Client {
             .as_mut()
             .ok_or_else(|| Error::Internal("session stream vanished".into()))
     }
+}
+
+impl Shared {
+    fn is_down(&self, addr: &str) -> bool {
+        lock(&self.down_until)
+            .get(addr)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The cached connection to `addr` if it is open and no handshake with it is under way.
+    fn live_connection(&self, addr: &str) -> Option<quinn::Connection> {
+        let slot = lock(&self.connections).get(addr)?.clone();
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref()
+            .filter(|connection| connection.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Starts a handshake, in the background, with each of `addrs` that has no open connection,
+    /// is not being dialled already and did not just fail. Each finished dial bumps
+    /// `dials_finished`; a successful one leaves its connection in the cache.
+    fn dial_in_background(self: &Arc<Shared>, addrs: &[String]) {
+        for addr in addrs {
+            if self.is_down(addr) || self.live_connection(addr).is_some() {
+                continue;
+            }
+            if !lock(&self.dialling).insert(addr.clone()) {
+                continue;
+            }
+            let shared = self.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let give_up_at = Instant::now() + CLIENT_CONNECT_TIMEOUT;
+                if let Err(error) = shared.connection(&addr, give_up_at).await {
+                    tracing::debug!(%addr, %error, "background dial failed");
+                }
+                lock(&shared.dialling).remove(&addr);
+                shared.dials_finished.send_modify(|count| *count += 1);
+            });
+        }
+    }
+
+    fn dial_under_way(&self) -> bool {
+        !lock(&self.dialling).is_empty()
+    }
 
     /// The cached connection to `addr`, or a new one.
     async fn connection(&self, addr: &str, give_up_at: Instant) -> Result<quinn::Connection> {
-        let slot = lock(&self.shared.connections)
+        let slot = lock(&self.connections)
             .entry(addr.to_string())
             .or_default()
             .clone();
@@ -860,11 +936,11 @@ impl Client {
                 )));
             }
         };
-        lock(&self.shared.down_until).remove(addr);
+        lock(&self.down_until).remove(addr);
         tokio::spawn(listen_for_topology(
             connection.clone(),
-            self.shared.topology.clone(),
-            self.shared.topology_pushes.clone(),
+            self.topology.clone(),
+            self.topology_pushes.clone(),
         ));
         *slot = Some(connection.clone());
         Ok(connection)
@@ -878,7 +954,6 @@ impl Client {
             .ok_or_else(|| Error::Config(format!("node address {addr:?} resolves to nothing")))?;
         let server_name = tls::server_name(addr)?;
         let connecting = self
-            .shared
             .endpoint
             .connect(socket_addr, &server_name)
             .map_err(|err| Error::Network(format!("cannot connect to {addr}: {err}")))?;
@@ -886,8 +961,7 @@ impl Client {
     }
 
     fn mark_down(&self, addr: &str) {
-        lock(&self.shared.down_until)
-            .insert(addr.to_string(), Instant::now() + CLIENT_DOWN_PENALTY);
+        lock(&self.down_until).insert(addr.to_string(), Instant::now() + CLIENT_DOWN_PENALTY);
     }
 }
 
@@ -897,18 +971,16 @@ impl Drop for Shared {
     }
 }
 
-/// The address for the `attempt_number`-th attempt: candidates are the known primary (when
+/// The addresses a request may go to, in order of preference: the known primary (when
 /// `primary_first`), then the configured addresses, then any other known member. Addresses that
-/// just failed to connect are skipped while others remain; attempts rotate through the rest, so
-/// the first attempt goes to the primary or the first configured node.
-fn pick_candidate(
+/// just failed to connect are left out while others remain.
+fn candidates(
     seeds: &[String],
     topology: &KnownTopology,
     primary_first: bool,
     down_until: &HashMap<String, Instant>,
     now: Instant,
-    attempt_number: usize,
-) -> String {
+) -> Vec<String> {
     let mut candidates: Vec<&String> = Vec::new();
     if primary_first {
         if let Some((_, addr)) = &topology.primary {
@@ -929,6 +1001,12 @@ fn pick_candidate(
         .filter(|addr| down_until.get(*addr).is_none_or(|until| *until <= now))
         .collect();
     let pool = if up.is_empty() { candidates } else { up };
+    pool.into_iter().cloned().collect()
+}
+
+/// The `attempt_number`-th address of `pool`, rotating, so that the first attempt goes to the
+/// first one.
+fn rotate(pool: &[String], attempt_number: usize) -> String {
     match pool.len() {
         0 => String::new(),
         len => pool[attempt_number % len].clone(),
@@ -1117,7 +1195,10 @@ mod tests {
         let now = Instant::now();
         let none_down = HashMap::new();
         let pick = |primary_first, down: &HashMap<String, Instant>, attempt| {
-            pick_candidate(&seeds, &topology, primary_first, down, now, attempt)
+            rotate(
+                &candidates(&seeds, &topology, primary_first, down, now),
+                attempt,
+            )
         };
         assert_eq!(pick(true, &none_down, 0), "127.0.0.13:7379");
         assert_eq!(pick(true, &none_down, 1), "127.0.0.11:7379");
@@ -1161,6 +1242,7 @@ mod tests {
         let client = client_trusting_nobody(&addr);
         let wait = Duration::from_millis(300);
         let error = client
+            .shared
             .connection(&addr, Instant::now() + wait)
             .await
             .unwrap_err();

@@ -632,3 +632,28 @@ async fn kvctl_put_reads_large_values_from_stdin() {
         client.close().await;
     }
 }
+
+/// A fresh `kvctl` whose first configured node is dead dials the members in parallel and writes
+/// through the ones that answer, instead of spending a whole connect timeout on the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_kvctl_skips_a_dead_first_node() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 144, 24144));
+    cluster.wait_for_primary().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+    cluster.kill(1);
+    cluster.wait_for_primary().await;
+
+    let timeout = Duration::from_millis(1500);
+    assert!(timeout < replikv::config::tuning::CLIENT_CONNECT_TIMEOUT);
+    let timeout = format!("{}ms", timeout.as_millis());
+    for attempt in 0..3 {
+        let key = format!("after-kill-{attempt}");
+        let (code, _, stderr) =
+            kvctl(&["--config", config, "--timeout", &timeout, "put", &key, "v"]).await;
+        if code != 0 {
+            cluster.dump_logs();
+        }
+        assert_eq!(code, 0, "attempt {attempt}: {stderr}");
+    }
+}
