@@ -52,6 +52,11 @@ use crate::wire::CLIENT_ALPN;
 /// envelope (ids, write concern, timeout: a few dozen bytes).
 pub const MAX_VALUE_BYTES: usize = MAX_CLIENT_FRAME_BYTES - MAX_KEY_BYTES - 1024;
 
+/// Longest wait in [`Client::close`]. The close frames leave at once; the endpoint is idle only
+/// once every connection has drained (three probe timeouts), and a handshake still under way
+/// with a dead node drains for over a second: not worth holding a `kvctl` process for.
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_millis(100);
+
 /// Refuses a write whose key or value is over its limit, naming the limit, before anything is
 /// sent: the node would refuse it too, but only after the whole frame crossed the network.
 pub fn check_write_size(write: &Write) -> Result<()> {
@@ -510,8 +515,7 @@ impl Client {
     /// to be told, so they do not wait for an idle timeout.
     pub async fn close(&self) {
         self.shared.endpoint.close(0u32.into(), b"client closed");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, self.shared.endpoint.wait_idle()).await;
     }
 
     async fn call_status(&self, target: Target, deadline: Instant) -> Result<ClusterStatus> {
