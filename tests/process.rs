@@ -657,3 +657,115 @@ async fn a_fresh_kvctl_skips_a_dead_first_node() {
         assert_eq!(code, 0, "attempt {attempt}: {stderr}");
     }
 }
+
+/// `kvnode dev` as a child process; stopped with SIGTERM (which stops its nodes) when dropped.
+struct DevSupervisor {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DevSupervisor {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process ids in the node table `kvnode dev` prints, by node id.
+fn dev_table_pids(banner: &str) -> BTreeMap<NodeId, u32> {
+    banner
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, _client, _peer, pid, _log] => Some((id.parse().ok()?, pid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `kvnode dev` brings back a node that was killed, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvnode_dev_restarts_a_killed_node() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::Builder::new()
+        .prefix("replikv-dev-")
+        .tempdir()
+        .expect("temporary directory");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .arg("dev")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--base-port", "24161", "--first-ip", "127.0.0.161"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start kvnode dev");
+    let stdout = child.stdout.take().expect("kvnode dev stdout");
+    let supervisor = DevSupervisor { child, _dir: dir };
+
+    // Everything `kvnode dev` prints, line by line, on a channel.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        // Read to the end even once the test stops listening: kvnode dev must not hit a closed
+        // pipe while it stops the cluster.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    let next_line = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        tokio::time::timeout(common::PATIENCE, lines.recv())
+            .await
+            .expect("kvnode dev prints within the patience")
+            .expect("kvnode dev is still running")
+    };
+    loop {
+        let line = next_line(&mut lines).await;
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let pids = dev_table_pids(&banner);
+    assert_eq!(pids.len(), 3, "a table of 3 nodes: {banner}");
+    assert!(
+        banner.contains("restart"),
+        "the banner says killed nodes come back: {banner}"
+    );
+
+    let config = replikv::config::ClientConfig::load(&supervisor._dir.path().join("client.toml"))
+        .expect("kvnode dev writes client.toml");
+    let node_addr = config.nodes[0].clone();
+    eventually("node 1 serves", || serves(&config, &node_addr)).await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pids[&1].to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let report = loop {
+        let line = next_line(&mut lines).await;
+        eprintln!("kvnode dev: {line}");
+        if line.contains("node 1") && line.contains("restarted") {
+            break line;
+        }
+    };
+    assert!(report.contains("pid"), "{report}");
+    eventually("node 1 serves again", || serves(&config, &node_addr)).await;
+}
+
+/// `Some` once the node at `addr` answers a status request (through a fresh client, so no cached
+/// connection to an earlier process of the node counts).
+async fn serves(config: &replikv::config::ClientConfig, addr: &str) -> Option<()> {
+    let client = Client::connect(config).await.ok()?;
+    let client = client.with_timeout(Duration::from_secs(1));
+    let status = client.status_of(addr).await;
+    client.close().await;
+    status.ok().map(|_| ())
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
+use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
 use replikv::wire::client::{ClusterStatus, ResponseMeta, WriteResult};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
@@ -345,7 +346,7 @@ fn node_certificates(
 
 /// The loopback address `kvnode dev` gives node `id`.
 fn default_node_host(id: NodeId) -> String {
-    format!("127.0.0.{}", 10 + id)
+    dev_node_ip(DEFAULT_DEV_FIRST_IP, id).map_or_else(|| format!("node-{id}"), |ip| ip.to_string())
 }
 
 #[cfg(test)]
