@@ -697,19 +697,22 @@ impl Client {
             Target::Pinned(addr) => return addr.clone(),
         };
         let mut dials_finished = self.shared.dials_finished.subscribe();
+        let pool = |shared: &Shared| {
+            let topology = lock(&shared.topology);
+            let down = lock(&shared.down_until);
+            candidates(
+                &shared.seeds,
+                &topology,
+                primary_first,
+                &down,
+                Instant::now(),
+            )
+        };
+        // Dialled once per attempt: a node that refused the handshake (TLS) is not marked down,
+        // and the attempt itself must meet that refusal rather than redial it here.
+        self.shared.dial_in_background(&pool(&self.shared));
         loop {
-            let pool = {
-                let topology = lock(&self.shared.topology);
-                let down = lock(&self.shared.down_until);
-                candidates(
-                    &self.shared.seeds,
-                    &topology,
-                    primary_first,
-                    &down,
-                    Instant::now(),
-                )
-            };
-            self.shared.dial_in_background(&pool);
+            let pool = pool(&self.shared);
             let connected: Vec<&String> = pool
                 .iter()
                 .filter(|addr| self.shared.live_connection(addr).is_some())
@@ -929,7 +932,11 @@ impl Shared {
         let connection = match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {
-                self.mark_down(addr);
+                // A refusal (TLS, configuration) is an answer, not an absence: the next attempt
+                // must meet it again and report it.
+                if error.is_transient() {
+                    self.mark_down(addr);
+                }
                 return Err(error);
             }
             Err(_) => {
