@@ -3,9 +3,9 @@
 //! A [`Client`] owns one quinn endpoint. Connections to nodes are opened lazily, cached per
 //! address and shared by every session made from it with [`Client::session`]. When a request has
 //! no connected node to go to, every candidate is dialled at once and the request goes to the
-//! first that answers, so a dead node (say, the first configured one) costs no connect timeout. A session is one
-//! logical client of the cluster: a random `client_id`, a write `sequence` and one bidirectional
-//! stream to the node it currently talks to. It sends one request at a time.
+//! first that answers, so a dead node (say, the first configured one) costs no connect timeout.
+//! A session is one logical client of the cluster: a random `client_id`, a write `sequence` and
+//! one bidirectional stream to the node it currently talks to. It sends one request at a time.
 //!
 //! Invariants:
 //! - A write keeps the [`RequestId`] it was given for every retry, so the primary applies it at
@@ -680,11 +680,11 @@ impl Client {
         *backoff = next_backoff(*backoff);
     }
 
-    /// The address for the `attempt_number`-th attempt. Among the candidates (see
-    /// [`candidates`]), those with an open connection come first, in rotation; the others are
-    /// dialled in parallel in the background, and while none is connected this waits for the
-    /// first handshake to end. So a dead node, first in the configuration or a former primary,
-    /// costs no connect timeout while another node answers.
+    /// The address for the `attempt_number`-th attempt: the known primary if it is connected,
+    /// else, among the candidates (see [`candidates`]), those with an open connection, in
+    /// rotation. The others are dialled in parallel in the background, and while none is
+    /// connected this waits for the first handshake to end. So a dead node, first in the
+    /// configuration or a former primary, costs no connect timeout while another node answers.
     async fn choose_candidate(
         &self,
         target: &Target,
@@ -717,6 +717,14 @@ impl Client {
                 .iter()
                 .filter(|addr| self.shared.live_connection(addr).is_some())
                 .collect();
+            // The known primary whenever it is connected: rotating onto another connected node
+            // could pick a dead former primary whose connection has not timed out yet.
+            let primary = lock(&self.shared.topology).primary.clone();
+            if let Some((_, addr)) =
+                primary.filter(|(_, addr)| primary_first && connected.contains(&addr))
+            {
+                return addr;
+            }
             if !connected.is_empty() {
                 return connected[attempt_number % connected.len()].clone();
             }
