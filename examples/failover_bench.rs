@@ -13,6 +13,10 @@
 //! - **client**: one ordinary session that writes in a loop, as an application would, with the
 //!   client library's discovery, redirects and retries; its first acknowledged write after the
 //!   kill ends the clock. This adds what the client needs to notice the old primary is gone.
+//! - **fresh kvctl**: `kvctl put` with `--timeout 1s`, run again and again, a new process each
+//!   time, as a user retrying by hand or a script would; the first one that exits 0 ends the
+//!   clock. A fresh process knows no primary: this measures the client's discovery from its
+//!   configuration (nodes in id order), dead primary included.
 //!
 //! Run it with `scripts/failover-bench.sh` (which builds `kvnode` first), or
 //! `cargo build --release && cargo run --release --example failover_bench -- --trials 10`.
@@ -43,6 +47,9 @@ struct Args {
     /// The kvnode binary (default: next to this example's target directory).
     #[arg(long)]
     kvnode: Option<PathBuf>,
+    /// The kvctl binary of the "fresh kvctl" clock (default: next to kvnode).
+    #[arg(long)]
+    kvctl: Option<PathBuf>,
     /// Client port of every node; the peer port is the next one.
     #[arg(long, default_value_t = 27679)]
     port: u16,
@@ -62,6 +69,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Deadline of each write of the client loop, as an application might set it.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// `--timeout` of each fresh `kvctl put`.
+const KVCTL_TIMEOUT: &str = "1s";
 
 /// The node processes; dropping this kills every one still running.
 struct Processes {
@@ -117,6 +126,7 @@ struct Trial {
     new_primary: NodeId,
     cluster_ms: f64,
     client_ms: f64,
+    fresh_kvctl_ms: f64,
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -133,12 +143,27 @@ fn main() -> Result<(), Failure> {
 async fn run(args: Args) -> Result<(), Failure> {
     let kvnode = match args.kvnode.clone() {
         Some(path) => path,
-        None => default_kvnode()?,
+        None => binary_next_to_example("kvnode")?,
     };
+    let kvctl = match args.kvctl.clone() {
+        Some(path) => path,
+        None => kvnode.with_file_name("kvctl"),
+    };
+    if !kvctl.exists() {
+        return Err(format!(
+            "{} does not exist: build kvctl, or pass --kvctl",
+            kvctl.display()
+        )
+        .into());
+    }
     let dir = tempfile::Builder::new()
         .prefix("replikv-failover-")
         .tempdir()?;
     let addrs = plan_cluster(dir.path(), args.port)?;
+    let fresh_kvctl = FreshKvctl {
+        kvctl,
+        config: dir.path().join("client.toml"),
+    };
     let mut processes = Processes {
         kvnode,
         dir: dir.path().to_path_buf(),
@@ -159,11 +184,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     let mut trials = Vec::new();
     for number in 1..=args.trials {
         let primary = wait_until_healthy(&client, &addrs).await?;
-        let trial = one_trial(&client, &addrs, &mut processes, primary).await?;
+        let trial = one_trial(&client, &addrs, &fresh_kvctl, &mut processes, primary).await?;
         if !args.json {
             println!(
-                "trial {number:>2}: killed node {}, node {} took over; cluster {:.0} ms, client {:.0} ms",
-                trial.killed, trial.new_primary, trial.cluster_ms, trial.client_ms
+                "trial {number:>2}: killed node {}, node {} took over; cluster {:.0} ms, client {:.0} ms, fresh kvctl {:.0} ms",
+                trial.killed, trial.new_primary, trial.cluster_ms, trial.client_ms, trial.fresh_kvctl_ms
             );
         }
         processes.start(trial.killed)?;
@@ -173,11 +198,13 @@ async fn run(args: Args) -> Result<(), Failure> {
 
     let cluster: Vec<f64> = trials.iter().map(|trial| trial.cluster_ms).collect();
     let client_side: Vec<f64> = trials.iter().map(|trial| trial.client_ms).collect();
+    let fresh: Vec<f64> = trials.iter().map(|trial| trial.fresh_kvctl_ms).collect();
     if args.json {
         let summary = serde_json::json!({
             "trials": trials,
             "cluster_ms": { "median": median(&cluster), "max": max(&cluster), "min": min(&cluster) },
             "client_ms": { "median": median(&client_side), "max": max(&client_side), "min": min(&client_side) },
+            "fresh_kvctl_ms": { "median": median(&fresh), "max": max(&fresh), "min": min(&fresh) },
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -194,26 +221,63 @@ async fn run(args: Args) -> Result<(), Failure> {
             min(&client_side),
             max(&client_side)
         );
+        println!(
+            "fresh kvctl:      median {:.0} ms, min {:.0} ms, max {:.0} ms",
+            median(&fresh),
+            min(&fresh),
+            max(&fresh)
+        );
     }
     Ok(())
 }
 
-/// `target/<profile>/kvnode`, next to `target/<profile>/examples/failover_bench`.
-fn default_kvnode() -> Result<PathBuf, Failure> {
+/// `target/<profile>/<name>`, next to `target/<profile>/examples/failover_bench`.
+fn binary_next_to_example(name: &str) -> Result<PathBuf, Failure> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .ok_or("cannot locate the target directory")?;
-    let kvnode = profile_dir.join("kvnode");
-    if !kvnode.exists() {
+    let binary = profile_dir.join(name);
+    if !binary.exists() {
         return Err(format!(
-            "{} does not exist: run `cargo build --release` first, or pass --kvnode",
-            kvnode.display()
+            "{} does not exist: run `cargo build --release` first, or pass --{name}",
+            binary.display()
         )
         .into());
     }
-    Ok(kvnode)
+    Ok(binary)
+}
+
+/// How to run a fresh `kvctl` against the bench cluster.
+struct FreshKvctl {
+    kvctl: PathBuf,
+    config: PathBuf,
+}
+
+impl FreshKvctl {
+    /// Runs `kvctl put` in new processes, one after the other, until one exits 0; returns the
+    /// time from `since` to that exit.
+    async fn first_success(&self, since: Instant) -> Result<Duration, Failure> {
+        let deadline = since + PATIENCE;
+        loop {
+            let status = tokio::process::Command::new(&self.kvctl)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--timeout", KVCTL_TIMEOUT, "put", "failover-kvctl", "after"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await?;
+            if status.success() {
+                return Ok(since.elapsed());
+            }
+            if Instant::now() > deadline {
+                return Err("no fresh kvctl wrote within a minute".into());
+            }
+        }
+    }
 }
 
 /// Writes certificates and node configurations into `dir`; returns the client addresses.
@@ -250,6 +314,12 @@ fn plan_cluster(dir: &Path, port: u16) -> Result<Vec<String>, Failure> {
             config.to_toml()?,
         )?;
     }
+    let mut client = plan.client.clone();
+    client.nodes = members
+        .iter()
+        .map(|member| member.client_addr.clone())
+        .collect();
+    std::fs::write(dir.join("client.toml"), client.to_toml()?)?;
     Ok(members
         .iter()
         .map(|member| member.client_addr.clone())
@@ -282,6 +352,7 @@ async fn wait_until_healthy(client: &Client, addrs: &[String]) -> Result<NodeId,
 async fn one_trial(
     client: &Client,
     addrs: &[String],
+    fresh_kvctl: &FreshKvctl,
     processes: &mut Processes,
     primary: NodeId,
 ) -> Result<Trial, Failure> {
@@ -353,7 +424,8 @@ async fn one_trial(
             }
         }
     };
-    let client_elapsed = client_side.await?;
+    let (client_elapsed, fresh_kvctl_elapsed) =
+        tokio::try_join!(client_side, fresh_kvctl.first_success(killed_at))?;
     for launcher in launchers {
         launcher.await?;
     }
@@ -366,6 +438,7 @@ async fn one_trial(
         new_primary,
         cluster_ms: cluster_elapsed.as_secs_f64() * 1000.0,
         client_ms: client_elapsed.as_secs_f64() * 1000.0,
+        fresh_kvctl_ms: fresh_kvctl_elapsed.as_secs_f64() * 1000.0,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The async client library shared by `kvctl`, the process tests and the benchmarks.
 //!
 //! A [`Client`] owns one quinn endpoint. Connections to nodes are opened lazily, cached per
-//! address and shared by every session made from it with [`Client::session`]. A session is one
-//! logical client of the cluster: a random `client_id`, a write `sequence` and one bidirectional
-//! stream to the node it currently talks to. It sends one request at a time.
+//! address and shared by every session made from it with [`Client::session`]. When a request has
+//! no connected node to go to, every candidate is dialled at once and the request goes to the
+//! first that answers, so a dead node (say, the first configured one) costs no connect timeout.
+//! A session is one logical client of the cluster: a random `client_id`, a write `sequence` and
+//! one bidirectional stream to the node it currently talks to. It sends one request at a time.
 //!
 //! Invariants:
 //! - A write keeps the [`RequestId`] it was given for every retry, so the primary applies it at
@@ -21,7 +23,7 @@
 
 pub mod join;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -41,9 +43,42 @@ use crate::wire::client::{
     ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
     WriteResult,
 };
-use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
+use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
+
+/// Largest value a put may carry: a request must fit in one client frame
+/// ([`MAX_CLIENT_FRAME_BYTES`]) with room for the longest key ([`MAX_KEY_BYTES`]) and the request's
+/// envelope (ids, write concern, timeout: a few dozen bytes).
+pub const MAX_VALUE_BYTES: usize = MAX_CLIENT_FRAME_BYTES - MAX_KEY_BYTES - 1024;
+
+/// Longest wait in [`Client::close`]. The close frames leave at once; the endpoint is idle only
+/// once every connection has drained (three probe timeouts), and a handshake still under way
+/// with a dead node drains for over a second: not worth holding a `kvctl` process for.
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_millis(100);
+
+/// Refuses a write whose key or value is over its limit, naming the limit, before anything is
+/// sent: the node would refuse it too, but only after the whole frame crossed the network.
+pub fn check_write_size(write: &Write) -> Result<()> {
+    let (key, value) = match write {
+        Write::Put { key, value } => (key, Some(value)),
+        Write::Delete { key } => (key, None),
+    };
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    if let Some(value) = value.filter(|value| value.len() > MAX_VALUE_BYTES) {
+        return Err(Error::InvalidRequest(format!(
+            "a value of {} bytes is larger than the limit of {MAX_VALUE_BYTES} bytes \
+             (a request must fit in one {MAX_CLIENT_FRAME_BYTES}-byte client frame)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Settings of a [`Client`] that do not come from TLS.
 #[derive(Clone, Debug)]
@@ -133,6 +168,10 @@ struct Shared {
     connections: StdMutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
     /// Addresses whose last connect failed, and until when to avoid them.
     down_until: StdMutex<HashMap<String, Instant>>,
+    /// Addresses with a background handshake under way (see [`Shared::dial_in_background`]).
+    dialling: StdMutex<HashSet<String>>,
+    /// Bumped whenever a background handshake ends, well or badly.
+    dials_finished: tokio::sync::watch::Sender<u64>,
 }
 
 /// The primary and members as last learned from a response, a status or a pushed topology.
@@ -270,6 +309,8 @@ impl Client {
             topology_pushes: tokio::sync::watch::Sender::new(0),
             connections: StdMutex::default(),
             down_until: StdMutex::default(),
+            dialling: StdMutex::default(),
+            dials_finished: tokio::sync::watch::Sender::new(0),
         });
         let timeout = shared.options.timeout;
         Ok(Client::new_session(shared, None, timeout))
@@ -474,8 +515,7 @@ impl Client {
     /// to be told, so they do not wait for an idle timeout.
     pub async fn close(&self) {
         self.shared.endpoint.close(0u32.into(), b"client closed");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, self.shared.endpoint.wait_idle()).await;
     }
 
     async fn call_status(&self, target: Target, deadline: Instant) -> Result<ClusterStatus> {
@@ -499,6 +539,7 @@ impl Client {
         write_concern: WriteConcern,
         timeout: Duration,
     ) -> Result<(WriteResult, ResponseMeta)> {
+        check_write_size(&write)?;
         let deadline = Instant::now() + timeout;
         let request_id = {
             let mut session = self.session.lock().await;
@@ -560,7 +601,10 @@ impl Client {
             let addr = match (&target, redirect.take()) {
                 (Target::Pinned(addr), _) => addr.clone(),
                 (_, Some(addr)) => addr,
-                (_, None) => self.pick_candidate(&target, attempt_number),
+                (_, None) => {
+                    self.choose_candidate(&target, attempt_number, deadline)
+                        .await
+                }
             };
             attempt_number += 1;
             let remaining = deadline - now;
@@ -608,9 +652,9 @@ impl Client {
                     // A redirect to where we just were, to a node that just failed to connect,
                     // or after another redirect means the cluster is between primaries: wait
                     // before following.
-                    if redirected || hint == addr || self.is_down(&hint) {
+                    if redirected || hint == addr || self.shared.is_down(&hint) {
                         self.pause(&mut backoff, deadline).await;
-                        if self.is_down(&hint) {
+                        if self.shared.is_down(&hint) {
                             continue;
                         }
                     }
@@ -636,29 +680,60 @@ impl Client {
         *backoff = next_backoff(*backoff);
     }
 
-    /// The address to try on the `attempt_number`-th attempt (see [`pick_candidate`]).
-    fn pick_candidate(&self, target: &Target, attempt_number: usize) -> String {
+    /// The address for the `attempt_number`-th attempt: the known primary if it is connected,
+    /// else, among the candidates (see [`candidates`]), those with an open connection, in
+    /// rotation. The others are dialled in parallel in the background, and while none is
+    /// connected this waits for the first handshake to end. So a dead node, first in the
+    /// configuration or a former primary, costs no connect timeout while another node answers.
+    async fn choose_candidate(
+        &self,
+        target: &Target,
+        attempt_number: usize,
+        deadline: Instant,
+    ) -> String {
         let primary_first = match target {
             Target::Primary => true,
             Target::Any { primary_first } => *primary_first,
             Target::Pinned(addr) => return addr.clone(),
         };
-        let topology = lock(&self.shared.topology).clone();
-        let down = lock(&self.shared.down_until).clone();
-        pick_candidate(
-            &self.shared.seeds,
-            &topology,
-            primary_first,
-            &down,
-            Instant::now(),
-            attempt_number,
-        )
-    }
-
-    fn is_down(&self, addr: &str) -> bool {
-        lock(&self.shared.down_until)
-            .get(addr)
-            .is_some_and(|until| *until > Instant::now())
+        let mut dials_finished = self.shared.dials_finished.subscribe();
+        let pool = |shared: &Shared| {
+            let topology = lock(&shared.topology);
+            let down = lock(&shared.down_until);
+            candidates(
+                &shared.seeds,
+                &topology,
+                primary_first,
+                &down,
+                Instant::now(),
+            )
+        };
+        // Dialled once per attempt: a node that refused the handshake (TLS) is not marked down,
+        // and the attempt itself must meet that refusal rather than redial it here.
+        self.shared.dial_in_background(&pool(&self.shared));
+        loop {
+            let pool = pool(&self.shared);
+            let connected: Vec<&String> = pool
+                .iter()
+                .filter(|addr| self.shared.live_connection(addr).is_some())
+                .collect();
+            // The known primary whenever it is connected: rotating onto another connected node
+            // could pick a dead former primary whose connection has not timed out yet.
+            let primary = lock(&self.shared.topology).primary.clone();
+            if let Some((_, addr)) =
+                primary.filter(|(_, addr)| primary_first && connected.contains(&addr))
+            {
+                return addr;
+            }
+            if !connected.is_empty() {
+                return connected[attempt_number % connected.len()].clone();
+            }
+            if !self.shared.dial_under_way() || Instant::now() >= deadline {
+                // Nothing answers: the attempt goes to the usual candidate and says why it fails.
+                return rotate(&pool, attempt_number);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), dials_finished.changed()).await;
+        }
     }
 
     /// The error for a request that ran out of time.
@@ -774,7 +849,7 @@ impl Client {
             if let Some(mut old) = session.stream.take() {
                 let _ = old.send.finish();
             }
-            let connection = self.connection(addr, give_up_at).await?;
+            let connection = self.shared.connection(addr, give_up_at).await?;
             let (send, recv) = connection
                 .open_bi()
                 .await
@@ -791,10 +866,55 @@ impl Client {
             .as_mut()
             .ok_or_else(|| Error::Internal("session stream vanished".into()))
     }
+}
+
+impl Shared {
+    fn is_down(&self, addr: &str) -> bool {
+        lock(&self.down_until)
+            .get(addr)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// The cached connection to `addr` if it is open and no handshake with it is under way.
+    fn live_connection(&self, addr: &str) -> Option<quinn::Connection> {
+        let slot = lock(&self.connections).get(addr)?.clone();
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref()
+            .filter(|connection| connection.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Starts a handshake, in the background, with each of `addrs` that has no open connection,
+    /// is not being dialled already and did not just fail. Each finished dial bumps
+    /// `dials_finished`; a successful one leaves its connection in the cache.
+    fn dial_in_background(self: &Arc<Shared>, addrs: &[String]) {
+        for addr in addrs {
+            if self.is_down(addr) || self.live_connection(addr).is_some() {
+                continue;
+            }
+            if !lock(&self.dialling).insert(addr.clone()) {
+                continue;
+            }
+            let shared = self.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let give_up_at = Instant::now() + CLIENT_CONNECT_TIMEOUT;
+                if let Err(error) = shared.connection(&addr, give_up_at).await {
+                    tracing::debug!(%addr, %error, "background dial failed");
+                }
+                lock(&shared.dialling).remove(&addr);
+                shared.dials_finished.send_modify(|count| *count += 1);
+            });
+        }
+    }
+
+    fn dial_under_way(&self) -> bool {
+        !lock(&self.dialling).is_empty()
+    }
 
     /// The cached connection to `addr`, or a new one.
     async fn connection(&self, addr: &str, give_up_at: Instant) -> Result<quinn::Connection> {
-        let slot = lock(&self.shared.connections)
+        let slot = lock(&self.connections)
             .entry(addr.to_string())
             .or_default()
             .clone();
@@ -820,7 +940,11 @@ impl Client {
         let connection = match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => {
-                self.mark_down(addr);
+                // A refusal (TLS, configuration) is an answer, not an absence: the next attempt
+                // must meet it again and report it.
+                if error.is_transient() {
+                    self.mark_down(addr);
+                }
                 return Err(error);
             }
             Err(_) => {
@@ -831,11 +955,11 @@ impl Client {
                 )));
             }
         };
-        lock(&self.shared.down_until).remove(addr);
+        lock(&self.down_until).remove(addr);
         tokio::spawn(listen_for_topology(
             connection.clone(),
-            self.shared.topology.clone(),
-            self.shared.topology_pushes.clone(),
+            self.topology.clone(),
+            self.topology_pushes.clone(),
         ));
         *slot = Some(connection.clone());
         Ok(connection)
@@ -849,7 +973,6 @@ impl Client {
             .ok_or_else(|| Error::Config(format!("node address {addr:?} resolves to nothing")))?;
         let server_name = tls::server_name(addr)?;
         let connecting = self
-            .shared
             .endpoint
             .connect(socket_addr, &server_name)
             .map_err(|err| Error::Network(format!("cannot connect to {addr}: {err}")))?;
@@ -857,8 +980,7 @@ impl Client {
     }
 
     fn mark_down(&self, addr: &str) {
-        lock(&self.shared.down_until)
-            .insert(addr.to_string(), Instant::now() + CLIENT_DOWN_PENALTY);
+        lock(&self.down_until).insert(addr.to_string(), Instant::now() + CLIENT_DOWN_PENALTY);
     }
 }
 
@@ -868,18 +990,16 @@ impl Drop for Shared {
     }
 }
 
-/// The address for the `attempt_number`-th attempt: candidates are the known primary (when
+/// The addresses a request may go to, in order of preference: the known primary (when
 /// `primary_first`), then the configured addresses, then any other known member. Addresses that
-/// just failed to connect are skipped while others remain; attempts rotate through the rest, so
-/// the first attempt goes to the primary or the first configured node.
-fn pick_candidate(
+/// just failed to connect are left out while others remain.
+fn candidates(
     seeds: &[String],
     topology: &KnownTopology,
     primary_first: bool,
     down_until: &HashMap<String, Instant>,
     now: Instant,
-    attempt_number: usize,
-) -> String {
+) -> Vec<String> {
     let mut candidates: Vec<&String> = Vec::new();
     if primary_first {
         if let Some((_, addr)) = &topology.primary {
@@ -900,6 +1020,12 @@ fn pick_candidate(
         .filter(|addr| down_until.get(*addr).is_none_or(|until| *until <= now))
         .collect();
     let pool = if up.is_empty() { candidates } else { up };
+    pool.into_iter().cloned().collect()
+}
+
+/// The `attempt_number`-th address of `pool`, rotating, so that the first attempt goes to the
+/// first one.
+fn rotate(pool: &[String], attempt_number: usize) -> String {
     match pool.len() {
         0 => String::new(),
         len => pool[attempt_number % len].clone(),
@@ -1088,7 +1214,10 @@ mod tests {
         let now = Instant::now();
         let none_down = HashMap::new();
         let pick = |primary_first, down: &HashMap<String, Instant>, attempt| {
-            pick_candidate(&seeds, &topology, primary_first, down, now, attempt)
+            rotate(
+                &candidates(&seeds, &topology, primary_first, down, now),
+                attempt,
+            )
         };
         assert_eq!(pick(true, &none_down, 0), "127.0.0.13:7379");
         assert_eq!(pick(true, &none_down, 1), "127.0.0.11:7379");
@@ -1132,6 +1261,7 @@ mod tests {
         let client = client_trusting_nobody(&addr);
         let wait = Duration::from_millis(300);
         let error = client
+            .shared
             .connection(&addr, Instant::now() + wait)
             .await
             .unwrap_err();

@@ -574,3 +574,198 @@ async fn a_returning_primary_rolls_back_its_unreplicated_writes() {
         .await;
     }
 }
+
+/// Runs `kvctl` with `args` and `input` on its stdin, returning (exit code, stdout, stderr).
+async fn kvctl_with_stdin(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .env_remove("REPLIKV_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kvctl");
+    let mut stdin = child.stdin.take().expect("kvctl stdin");
+    // kvctl may refuse before reading all of it; a broken pipe is then expected.
+    let _ = stdin.write_all(input).await;
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("kvctl output");
+    let code = output.status.code().expect("kvctl exited (not killed)");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (code, output.stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_put_reads_large_values_from_stdin() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 141, 24141));
+    cluster.wait_for_primary().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+
+    // Over the limit: refused before anything is sent, as a usage error naming the limit.
+    let too_large = vec![b'x'; 5_000_000];
+    let (code, _, stderr) = kvctl_with_stdin(&["--config", config, "put", "big"], &too_large).await;
+    assert_eq!(code, 2, "a 5 MB value: {stderr}");
+    let limit = replikv::client::MAX_VALUE_BYTES.to_string();
+    assert!(
+        stderr.contains(&limit),
+        "the message names the limit: {stderr}"
+    );
+    let (code, _, stderr) = kvctl(&["--config", config, "get", "big"]).await;
+    assert_eq!(code, 3, "nothing was written: {stderr}");
+
+    // 1 MB of binary data, with no value argument and then with `-`, stored and read back intact.
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for args in [vec!["put", "one-mb"], vec!["put", "one-mb-dash", "-"]] {
+        let mut full = vec!["--config", config];
+        full.extend(args.iter().copied());
+        let (code, _, stderr) = kvctl_with_stdin(&full, &value).await;
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let key = args[1];
+        let client = cluster.client(READWRITE_CLIENT);
+        assert_eq!(
+            read(&client, key).await.as_deref(),
+            Some(&value[..]),
+            "{key}"
+        );
+        client.close().await;
+    }
+}
+
+/// A fresh `kvctl` whose first configured node is dead dials the members in parallel and writes
+/// through the ones that answer, instead of spending a whole connect timeout on the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_kvctl_skips_a_dead_first_node() {
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 144, 24144));
+    cluster.wait_for_primary().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+    cluster.kill(1);
+    cluster.wait_for_primary().await;
+
+    let timeout = Duration::from_millis(1500);
+    assert!(timeout < replikv::config::tuning::CLIENT_CONNECT_TIMEOUT);
+    let timeout = format!("{}ms", timeout.as_millis());
+    for attempt in 0..3 {
+        let key = format!("after-kill-{attempt}");
+        let (code, _, stderr) =
+            kvctl(&["--config", config, "--timeout", &timeout, "put", &key, "v"]).await;
+        if code != 0 {
+            cluster.dump_logs();
+        }
+        assert_eq!(code, 0, "attempt {attempt}: {stderr}");
+    }
+}
+
+/// `kvnode dev` as a child process; stopped with SIGTERM (which stops its nodes) when dropped.
+struct DevSupervisor {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for DevSupervisor {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process ids in the node table `kvnode dev` prints, by node id.
+fn dev_table_pids(banner: &str) -> BTreeMap<NodeId, u32> {
+    banner
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [id, _client, _peer, pid, _log] => Some((id.parse().ok()?, pid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `kvnode dev` brings back a node that was killed, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvnode_dev_restarts_a_killed_node() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::Builder::new()
+        .prefix("replikv-dev-")
+        .tempdir()
+        .expect("temporary directory");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .arg("dev")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--base-port", "24161", "--first-ip", "127.0.0.161"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start kvnode dev");
+    let stdout = child.stdout.take().expect("kvnode dev stdout");
+    let supervisor = DevSupervisor { child, _dir: dir };
+
+    // Everything `kvnode dev` prints, line by line, on a channel.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        // Read to the end even once the test stops listening: kvnode dev must not hit a closed
+        // pipe while it stops the cluster.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    let next_line = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        tokio::time::timeout(common::PATIENCE, lines.recv())
+            .await
+            .expect("kvnode dev prints within the patience")
+            .expect("kvnode dev is still running")
+    };
+    loop {
+        let line = next_line(&mut lines).await;
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let pids = dev_table_pids(&banner);
+    assert_eq!(pids.len(), 3, "a table of 3 nodes: {banner}");
+    assert!(
+        banner.contains("restart"),
+        "the banner says killed nodes come back: {banner}"
+    );
+
+    let config = replikv::config::ClientConfig::load(&supervisor._dir.path().join("client.toml"))
+        .expect("kvnode dev writes client.toml");
+    let node_addr = config.nodes[0].clone();
+    eventually("node 1 serves", || serves(&config, &node_addr)).await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pids[&1].to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let report = loop {
+        let line = next_line(&mut lines).await;
+        eprintln!("kvnode dev: {line}");
+        if line.contains("node 1") && line.contains("restarted") {
+            break line;
+        }
+    };
+    assert!(report.contains("pid"), "{report}");
+    eventually("node 1 serves again", || serves(&config, &node_addr)).await;
+}
+
+/// `Some` once the node at `addr` answers a status request (through a fresh client, so no cached
+/// connection to an earlier process of the node counts).
+async fn serves(config: &replikv::config::ClientConfig, addr: &str) -> Option<()> {
+    let client = Client::connect(config).await.ok()?;
+    let client = client.with_timeout(Duration::from_secs(1));
+    let status = client.status_of(addr).await;
+    client.close().await;
+    status.ok().map(|_| ())
+}

@@ -8,9 +8,10 @@
 
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
@@ -19,7 +20,8 @@ use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::join;
 use replikv::config::client::CLIENT_CONFIG_ENV;
 use replikv::config::dev::{
-    DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_NODES, DEV_CLIENT_NAME,
+    DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_FIRST_IP, DEFAULT_DEV_NODES,
+    DEV_CLIENT_NAME,
 };
 use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
 use replikv::config::{NodeConfig, NodeOverrides};
@@ -72,7 +74,20 @@ struct DevArgs {
     /// Client port of every node (each node has its own 127.0.0.x); the peer port is the next.
     #[arg(long, default_value_t = DEFAULT_DEV_BASE_PORT)]
     base_port: u16,
+    /// Loopback address of node 1; node i gets the i-th address from it. Change it to run a
+    /// second dev cluster beside the first.
+    #[arg(long, default_value_t = DEFAULT_DEV_FIRST_IP)]
+    first_ip: Ipv4Addr,
 }
+
+/// How long `kvnode dev` waits before restarting a node that died, so that a user who killed the
+/// primary sees the others elect a new one first.
+const DEV_RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// A node that exits by itself sooner than this after being started is not restarted: it cannot
+/// start (an address in use, a bad configuration), and restarting it would only repeat the
+/// failure. A node killed by a signal is always restarted.
+const DEV_MIN_UPTIME: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits 2 on a usage error
@@ -120,13 +135,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 // --- kvnode dev ---
 
 fn run_dev(args: DevArgs) -> Result<()> {
-    let cluster = DevCluster::plan(&args.dir, args.nodes, args.base_port)?;
+    let cluster = DevCluster::plan_at(&args.dir, args.nodes, args.first_ip, args.base_port)?;
     certs::init_certs(&CertsInit {
         dir: cluster.certs_dir.clone(),
         nodes: cluster
             .nodes
             .iter()
-            .map(|node| (node.id, vec![DevCluster::node_ip(node.id)]))
+            .map(|node| (node.id, vec![cluster.node_ip(node.id)]))
             .collect(),
         clients: vec![(DEV_CLIENT_NAME.to_string(), CertRole::Admin)],
         force: false,
@@ -145,40 +160,50 @@ struct Started {
 }
 
 /// Starts every node, prints the table, then waits for Ctrl-C/SIGTERM and stops the nodes. A node
-/// that dies is reported and the others keep running (the user may be testing failover).
+/// that dies is reported and restarted after [`DEV_RESTART_DELAY`] (the others keep running: the
+/// user may be testing failover), unless it died right after starting.
 async fn supervise(cluster: &DevCluster, exe: &Path, dir_flag: &Path) -> Result<()> {
     let (stop, stop_requested) = watch::channel(false);
-    let (exits, mut exited) = mpsc::unbounded_channel::<String>();
+    let (events, mut event) = mpsc::unbounded_channel::<NodeEvent>();
     let mut started = Vec::new();
     let mut watchers = Vec::new();
     for node in &cluster.nodes {
         let log = cluster.node_log_path(node.id);
-        let child = spawn_node(exe, &cluster.node_config_path(node.id), &log)?;
+        let launcher = Launcher {
+            id: node.id,
+            exe: exe.to_path_buf(),
+            config: cluster.node_config_path(node.id),
+            log: log.clone(),
+        };
+        let child = launcher.spawn()?;
         let pid = child.id().unwrap_or_default();
         started.push(Started {
             id: node.id,
             pid,
             log,
         });
-        let watcher = watch_node(node.id, pid, child, stop_requested.clone(), exits.clone());
+        let watcher = watch_node(launcher, child, stop_requested.clone(), events.clone());
         watchers.push(tokio::spawn(watcher));
     }
-    drop(exits);
+    drop(events);
     print_table(cluster, &started, dir_flag);
 
     let mut running = started.len();
     let all_exited = loop {
         tokio::select! {
             _ = shutdown_signal() => break false,
-            report = exited.recv() => {
-                let Some(report) = report else { break true };
-                println!("{report}");
-                running -= 1;
-                if running == 0 {
-                    break true;
+            report = event.recv() => match report {
+                None => break true,
+                Some(NodeEvent::Note(text)) => say(&text),
+                Some(NodeEvent::GaveUp(text)) => {
+                    say(&text);
+                    running -= 1;
+                    if running == 0 {
+                        break true;
+                    }
+                    say("the other nodes keep running; Ctrl-C stops them");
                 }
-                println!("the other nodes keep running; Ctrl-C stops them");
-            }
+            },
         }
     };
     if all_exited {
@@ -187,67 +212,135 @@ async fn supervise(cluster: &DevCluster, exe: &Path, dir_flag: &Path) -> Result<
             cluster.dir.display()
         )));
     }
-    println!("stopping the cluster...");
+    say("stopping the cluster...");
     stop.send_replace(true);
     for watcher in watchers {
         let _ = watcher.await;
     }
-    println!(
+    say(&format!(
         "cluster stopped; its data is kept in {}",
         cluster.dir.display()
-    );
+    ));
     Ok(())
 }
 
-fn spawn_node(exe: &Path, config: &Path, log: &Path) -> Result<tokio::process::Child> {
-    let open_log = || {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|err| Error::Internal(format!("cannot open {}: {err}", log.display())))
-    };
-    tokio::process::Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(open_log()?)
-        .stderr(open_log()?)
-        // Own process group: Ctrl-C reaches only `kvnode dev`, which stops the nodes one way.
-        .process_group(0)
-        // If `kvnode dev` fails half-way, the nodes it started do not outlive it.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| Error::Internal(format!("cannot start {}: {err}", exe.display())))
+/// Prints a line of the supervisor's report; a closed stdout (the terminal went away) must not
+/// stop the supervisor from stopping its nodes.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
-/// Reports the node's exit, or stops it when asked: SIGTERM, then SIGKILL after a grace period.
-async fn watch_node(
+/// What a node's watcher reports to the supervisor.
+enum NodeEvent {
+    /// Something to print (a node died, a node was restarted).
+    Note(String),
+    /// The node is gone for good: it will not be restarted.
+    GaveUp(String),
+}
+
+/// How to start one node's process.
+struct Launcher {
     id: NodeId,
-    pid: u32,
+    exe: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Launcher {
+    fn spawn(&self) -> Result<tokio::process::Child> {
+        let open_log = || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .map_err(|err| {
+                    Error::Internal(format!("cannot open {}: {err}", self.log.display()))
+                })
+        };
+        tokio::process::Command::new(&self.exe)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(open_log()?)
+            .stderr(open_log()?)
+            // Own process group: Ctrl-C reaches only `kvnode dev`, which stops the nodes one way.
+            .process_group(0)
+            // If `kvnode dev` fails half-way, the nodes it started do not outlive it.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| Error::Internal(format!("cannot start {}: {err}", self.exe.display())))
+    }
+}
+
+/// Watches one node: restarts it when it dies (see [`supervise`]), or stops it when asked:
+/// SIGTERM, then SIGKILL after a grace period.
+async fn watch_node(
+    launcher: Launcher,
     mut child: tokio::process::Child,
     mut stop: watch::Receiver<bool>,
-    exits: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedSender<NodeEvent>,
 ) {
-    tokio::select! {
-        status = child.wait() => {
-            let status = status.map_or_else(|err| err.to_string(), |status| status.to_string());
-            let _ = exits.send(format!("node {id} (pid {pid}) exited: {status}"));
+    let id = launcher.id;
+    loop {
+        let pid = child.id().unwrap_or_default();
+        let started_at = Instant::now();
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        // Killed by a signal (`kill -9`): no exit code. A quick exit with a code is a node that
+        // cannot start.
+        let killed = status.as_ref().is_ok_and(|status| status.code().is_none());
+        let status = status.map_or_else(|err| err.to_string(), |status| status.to_string());
+        if !killed && started_at.elapsed() < DEV_MIN_UPTIME {
+            let _ = events.send(NodeEvent::GaveUp(format!(
+                "node {id} (pid {pid}) exited right after starting: {status}; not restarting it \
+                 (see {})",
+                launcher.log.display()
+            )));
             return;
         }
-        _ = stop.wait_for(|stop| *stop) => {}
+        let _ = events.send(NodeEvent::Note(format!(
+            "node {id} (pid {pid}) exited: {status}; restarting it in {}s",
+            DEV_RESTART_DELAY.as_secs()
+        )));
+        tokio::select! {
+            () = tokio::time::sleep(DEV_RESTART_DELAY) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        child = match launcher.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = events.send(NodeEvent::GaveUp(format!(
+                    "node {id} could not be restarted: {err}"
+                )));
+                return;
+            }
+        };
+        let _ = events.send(NodeEvent::Note(format!(
+            "node {id} restarted (pid {})",
+            child.id().unwrap_or_default()
+        )));
     }
+    // `None` once the child was reaped: then there is nothing left to stop (and pid 0 would
+    // signal our whole process group).
+    let Some(pid) = child.id() else { return };
     if let Err(why) = send_sigterm(pid).await {
-        println!("cannot send SIGTERM to node {id} ({why}); killing it");
+        say(&format!(
+            "cannot send SIGTERM to node {id} ({why}); killing it"
+        ));
         let _ = child.start_kill();
     }
     let grace = Duration::from_millis(DEV_STOP_GRACE_MS);
     match tokio::time::timeout(grace, child.wait()).await {
-        Ok(Ok(status)) if status.success() => println!("node {id} stopped"),
-        Ok(Ok(status)) => println!("node {id} stopped: {status}"),
-        Ok(Err(err)) => println!("node {id}: {err}"),
+        Ok(Ok(status)) if status.success() => say(&format!("node {id} stopped")),
+        Ok(Ok(status)) => say(&format!("node {id} stopped: {status}")),
+        Ok(Err(err)) => say(&format!("node {id}: {err}")),
         Err(_) => {
-            println!("node {id} did not stop within {grace:?}; killing it");
+            say(&format!(
+                "node {id} did not stop within {grace:?}; killing it"
+            ));
             let _ = child.kill().await;
         }
     }
@@ -303,7 +396,11 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
     }
     println!("Try:       kvctl put a 1 && kvctl get a");
     println!("Status:    kvctl status");
-    println!("Failover:  kill -9 the primary's pid, then run kvctl status again");
+    println!(
+        "Failover:  kill -9 the primary's pid, then run kvctl status again; a node that dies is \
+         restarted after {}s (its new pid is printed here)",
+        DEV_RESTART_DELAY.as_secs()
+    );
     println!(
         "Ctrl-C stops the cluster; data is kept in {}/node-<id>/ for the next run.",
         cluster.dir.display()

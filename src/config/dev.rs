@@ -1,12 +1,14 @@
 //! The local development cluster that `kvnode dev` runs: its layout and its files.
 //!
 //! Invariants:
-//! - Node `i` (1..=n) listens on its own loopback address `127.0.0.{10+i}`, clients on
-//!   `base_port`, peers on `base_port + 1`; everything lives in one directory.
+//! - Node `i` (1..=n) listens on its own loopback address, the `i`-th from `first_ip`
+//!   (`127.0.0.{10+i}` by default), clients on `base_port`, peers on `base_port + 1`; everything
+//!   lives in one directory.
 //! - Planning writes nothing; [`DevCluster::write_configs`] rewrites the configuration files on
 //!   every run and leaves the data directories alone, so a restart resumes.
 //! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::client::{ClientConfig, CLIENT_CONFIG_FILE};
@@ -26,6 +28,9 @@ pub const DEFAULT_DEV_NODES: u64 = 3;
 /// address (127.0.0.{10+id}), so the ports can be the same on all of them.
 pub const DEFAULT_DEV_BASE_PORT: u16 = 7379;
 
+/// Address of dev node 1; node `i` has the `i`-th loopback address from it.
+pub const DEFAULT_DEV_FIRST_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
 /// Name of the client certificate `kvnode dev` makes (role admin).
 pub const DEV_CLIENT_NAME: &str = "admin";
 
@@ -37,6 +42,8 @@ const MAX_DEV_NODES: u64 = 245;
 pub struct DevCluster {
     /// The cluster directory, absolute.
     pub dir: PathBuf,
+    /// The address of node 1; node `i` has the `i`-th address from it.
+    pub first_ip: Ipv4Addr,
     /// `dir/certs`.
     pub certs_dir: PathBuf,
     pub nodes: Vec<NodeConfig>,
@@ -44,11 +51,28 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    /// Plans a cluster of `nodes` nodes in `dir`. Writes nothing.
+    /// Plans a cluster of `nodes` nodes in `dir` at the default addresses. Writes nothing.
     pub fn plan(dir: &Path, nodes: u64, base_port: u16) -> Result<DevCluster> {
+        Self::plan_at(dir, nodes, DEFAULT_DEV_FIRST_IP, base_port)
+    }
+
+    /// Plans a cluster of `nodes` nodes in `dir`, node 1 at `first_ip`. Writes nothing.
+    pub fn plan_at(
+        dir: &Path,
+        nodes: u64,
+        first_ip: Ipv4Addr,
+        base_port: u16,
+    ) -> Result<DevCluster> {
         if !(1..=MAX_DEV_NODES).contains(&nodes) {
             return Err(Error::Config(format!(
                 "--nodes {nodes} is out of range: a dev cluster has 1 to {MAX_DEV_NODES} nodes (one loopback address each)"
+            )));
+        }
+        let last_ip = dev_node_ip(first_ip, nodes).filter(|ip| ip.is_loopback());
+        if !first_ip.is_loopback() || last_ip.is_none() {
+            return Err(Error::Config(format!(
+                "--first-ip {first_ip} with {nodes} nodes leaves the loopback range 127.0.0.0/8: \
+                 every dev node needs its own loopback address"
             )));
         }
         let peer_port = base_port.checked_add(1).filter(|_| base_port != 0).ok_or_else(|| {
@@ -65,7 +89,7 @@ impl DevCluster {
         let certs_dir = dir.join("certs");
         let members: Vec<Member> = (1..=nodes)
             .map(|id| {
-                let ip = Self::node_ip(id);
+                let ip = dev_node_ip(first_ip, id).unwrap_or(first_ip);
                 Member {
                     id,
                     client_addr: format!("{ip}:{base_port}"),
@@ -95,6 +119,7 @@ impl DevCluster {
         };
         Ok(DevCluster {
             dir,
+            first_ip,
             certs_dir,
             nodes: node_configs,
             client,
@@ -102,8 +127,10 @@ impl DevCluster {
     }
 
     /// The loopback address of dev node `id`.
-    pub fn node_ip(id: NodeId) -> String {
-        format!("127.0.0.{}", 10 + id)
+    pub fn node_ip(&self, id: NodeId) -> String {
+        dev_node_ip(self.first_ip, id)
+            .unwrap_or(self.first_ip)
+            .to_string()
     }
 
     /// `dir/node-<id>.toml`.
@@ -138,6 +165,13 @@ impl DevCluster {
     }
 }
 
+/// The address of dev node `id` when node 1 has `first_ip`: the `id`-th address from it, or
+/// `None` past the end of the address space.
+pub fn dev_node_ip(first_ip: Ipv4Addr, id: NodeId) -> Option<Ipv4Addr> {
+    let offset = u32::try_from(id.checked_sub(1)?).ok()?;
+    u32::from(first_ip).checked_add(offset).map(Ipv4Addr::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +195,12 @@ mod tests {
     fn dev_cluster_rejects_bad_sizes() {
         assert!(DevCluster::plan(Path::new("x"), 0, 7379).is_err());
         assert!(DevCluster::plan(Path::new("x"), 3, 65535).is_err());
+        let first_ip = Ipv4Addr::new(127, 0, 0, 161);
+        let moved = DevCluster::plan_at(Path::new("x"), 3, first_ip, 7379).unwrap();
+        assert_eq!(moved.nodes[2].client_addr, "127.0.0.163:7379");
+        assert_eq!(moved.node_ip(3), "127.0.0.163");
+        let outside = Ipv4Addr::new(127, 255, 255, 254);
+        assert!(DevCluster::plan_at(Path::new("x"), 3, outside, 7379).is_err());
+        assert!(DevCluster::plan_at(Path::new("x"), 1, Ipv4Addr::new(10, 0, 0, 1), 7379).is_err());
     }
 }

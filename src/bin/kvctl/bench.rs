@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use replikv::client::Client;
+use replikv::client::MAX_VALUE_BYTES;
 use replikv::config::tuning::{CLIENT_TIMEOUT_MS, MAX_CONCURRENT_BIDI_STREAMS};
-use replikv::wire::frame::MAX_CLIENT_FRAME_BYTES;
 use replikv::{Error, ReadConsistency, Result, WriteConcern};
 
 /// Concurrent sessions when none are asked for.
@@ -52,9 +52,6 @@ pub const DEFAULT_KEY_SPACE: u64 = 100_000;
 /// Most sessions one bench may open: every session keeps a stream open on the connection to the
 /// primary, and a node allows this many per connection.
 pub const MAX_CLIENTS: usize = MAX_CONCURRENT_BIDI_STREAMS as usize;
-
-/// Largest value: a put must fit in one client frame with room for the key and the envelope.
-pub const MAX_VALUE_SIZE: usize = MAX_CLIENT_FRAME_BYTES - 64 * 1024;
 
 /// Longest latency the histograms hold (one hour, in microseconds); longer ones saturate.
 const HISTOGRAM_MAX_MICROS: u64 = 3_600_000_000;
@@ -131,9 +128,9 @@ impl BenchOptions {
             }
             _ => {}
         }
-        if self.value_size > MAX_VALUE_SIZE {
+        if self.value_size > MAX_VALUE_BYTES {
             return invalid(format!(
-                "--value-size {} is larger than a request may carry: use at most {MAX_VALUE_SIZE} bytes",
+                "--value-size {} is larger than a request may carry: use at most {MAX_VALUE_BYTES} bytes",
                 self.value_size
             ));
         }
@@ -679,7 +676,7 @@ mod tests {
             ),
             (
                 BenchOptions {
-                    value_size: MAX_VALUE_SIZE + 1,
+                    value_size: MAX_VALUE_BYTES + 1,
                     ..options()
                 },
                 "--value-size",
@@ -739,7 +736,7 @@ mod tests {
             },
             BenchOptions {
                 clients: MAX_CLIENTS,
-                value_size: MAX_VALUE_SIZE,
+                value_size: MAX_VALUE_BYTES,
                 read_ratio: 0.0,
                 ..options()
             },

@@ -3,12 +3,13 @@
 //! completed command; failures are returned as errors and get their code in `main`.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
+use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
 use replikv::wire::client::{ClusterStatus, ResponseMeta, WriteResult};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
@@ -49,11 +50,29 @@ pub async fn get(
     }
 }
 
+/// The value of `kvctl put`: the argument, or all of stdin when it is absent or `-`. Its size is
+/// checked by the client library before anything is sent.
+pub fn put_value(argument: Option<String>) -> Result<Vec<u8>, Error> {
+    match argument {
+        Some(value) if value != "-" => Ok(value.into_bytes()),
+        _ => {
+            let mut value = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut value)
+                .map_err(|err| {
+                    Error::InvalidRequest(format!("cannot read the value from stdin: {err}"))
+                })?;
+            Ok(value)
+        }
+    }
+}
+
 /// `kvctl put`: silent on success unless `--json`.
 pub async fn put(
     client: &Client,
     key: &str,
-    value: &str,
+    value: &[u8],
     write_concern: Option<WriteConcern>,
     json: bool,
 ) -> Result<u8, Error> {
@@ -327,7 +346,7 @@ fn node_certificates(
 
 /// The loopback address `kvnode dev` gives node `id`.
 fn default_node_host(id: NodeId) -> String {
-    format!("127.0.0.{}", 10 + id)
+    dev_node_ip(DEFAULT_DEV_FIRST_IP, id).map_or_else(|| format!("node-{id}"), |ip| ip.to_string())
 }
 
 #[cfg(test)]

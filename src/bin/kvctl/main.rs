@@ -91,10 +91,11 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         node: Option<String>,
     },
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE; without VALUE, or with `-`, the value is read from stdin (for large or
+    /// binary values: `kvctl put photo < photo.jpg`).
     Put {
         key: String,
-        value: String,
+        value: Option<String>,
         /// Write concern: 1, N (a number of voters), majority or all. Default from the config.
         #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
         write_concern: Option<WriteConcern>,
@@ -293,6 +294,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             value,
             write_concern,
         } => {
+            let value = commands::put_value(value)?;
             with_client(config, timeout, async |client| {
                 commands::put(client, &key, &value, write_concern, json).await
             })
