@@ -142,17 +142,23 @@ impl Node {
 
     /// A member whose log matches but who cannot tell (it restarted, so it verified nothing in this
     /// epoch) would never advance its commit index: send it an empty append at its match index.
+    ///
+    /// A match index below the snapshot point names an entry this primary compacted away (a member
+    /// back from a long absence): no probe can be built there, and none is needed, because the
+    /// member is behind the log's start and retransmission sends it the state instead, which it
+    /// verifies on installing.
     pub(super) fn probe_if_unverified(
         &mut self,
         member: NodeId,
         verified_index: LogIndex,
     ) -> Result<()> {
         let commit_index = self.commit_index;
+        let snapshot_index = self.log.snapshot_index();
         let Some(progress) = self.progress_of(member) else {
             return Ok(());
         };
         let match_index = progress.match_index;
-        if verified_index >= match_index.min(commit_index) {
+        if verified_index >= match_index.min(commit_index) || match_index < snapshot_index {
             return Ok(());
         }
         let base_epoch = self.log.epoch_at(match_index)?;
