@@ -11,8 +11,8 @@ use std::sync::Arc;
 use replikv::core::{ClientToken, Node, Options, Output, Timestamp};
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
-use replikv::wire::client::{Request, Response, Role, Write, WriteConcern};
-use replikv::wire::message::{Member, Membership, Message, NodeId, RequestId};
+use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
+use replikv::wire::message::{Member, Membership, Message, MessageBody, NodeId, RequestId};
 
 const HEARTBEAT_MS: u64 = 100;
 const FAILURE_TIMEOUT_MS: u64 = 300;
@@ -144,6 +144,15 @@ impl Cluster {
         }
     }
 
+    /// Stops holding flushes and flushes every node that has something to flush.
+    fn release_flushes(&mut self) {
+        self.held_flushes.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.collect(id);
+        }
+    }
+
     /// Delivers messages until none is left, except those `hold` selects, which are returned.
     fn deliver_except(&mut self, mut hold: impl FnMut(&Message) -> bool) -> Vec<Message> {
         let mut held = Vec::new();
@@ -216,6 +225,20 @@ impl Cluster {
             },
         )
     }
+
+    fn get(&mut self, id: NodeId, key: &[u8]) -> ClientToken {
+        self.request(
+            id,
+            Request::Get {
+                key: key.to_vec(),
+                consistency: ReadConsistency::Linearizable,
+            },
+        )
+    }
+
+    fn reply(&self, token: ClientToken) -> Option<&Response> {
+        self.replies.get(&token)
+    }
 }
 
 // --- item 1: a backup back from a long absence ---
@@ -259,5 +282,71 @@ fn a_primary_survives_a_backup_returning_behind_its_compacted_log_and_uncached_e
         cluster.node(1).applied_index(),
         cluster.node(3).applied_index(),
         "node 1 caught up"
+    );
+}
+
+// --- item 3: a primary whose own removal is pending ---
+
+#[test]
+fn a_primary_whose_removal_is_pending_does_not_count_itself_toward_its_lease() {
+    let mut cluster = Cluster::new(4, options());
+    cluster.elect(4);
+    cluster.put(4, b"x", b"old".to_vec());
+    let until = cluster.now + 2 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    // The primary proposes its own removal; nodes 2 and 3 append it but do not flush it yet, so
+    // it stays uncommitted while the voters of the new membership are {1, 2, 3}.
+    cluster.held_flushes.extend([2, 3]);
+    cluster.request(4, Request::RemoveMember { id: 4 });
+    cluster.deliver();
+    assert!(cluster.node(2).membership().get(4).is_none());
+    // One more heartbeat reaches 2 and 3; their acks take a slow path and arrive 150 ms late.
+    let sent_at = cluster.now + HEARTBEAT_MS;
+    cluster.now = sent_at;
+    for id in [1, 2, 3, 4] {
+        cluster.call(id, |node, now| node.tick(now)).expect("tick");
+    }
+    let late_acks = cluster.deliver_except(|message| {
+        message.to == 4
+            && matches!(message.body, MessageBody::HeartbeatAck { .. })
+            && message.from != 1
+    });
+    assert_eq!(late_acks.len(), 2);
+    // Then the network splits {1, 4} from {2, 3}.
+    cluster.sides.extend([(1, 0), (4, 0), (2, 1), (3, 1)]);
+    cluster.release_flushes();
+    cluster.run_until(sent_at + 150);
+    for ack in late_acks {
+        cluster
+            .call(4, |node, now| node.step(now, ack))
+            .expect("step");
+    }
+    // 2 and 3 stop hearing the primary and elect one of theirs, which writes a new value.
+    cluster.run_until(sent_at + FAILURE_TIMEOUT_MS + 20);
+    let new_primary = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("2 and 3 elected a primary");
+    let write = cluster.put(new_primary, b"x", b"new".to_vec());
+    cluster.run_until(sent_at + FAILURE_TIMEOUT_MS + 40);
+    assert!(
+        matches!(cluster.reply(write), Some(Response::Written { .. })),
+        "the new primary committed x = new"
+    );
+    // The old primary, which has not noticed yet, must not serve a linearizable read: only node
+    // 1 of the voters {1, 2, 3} acknowledged its heartbeats since `sent_at`.
+    assert_eq!(
+        cluster.node(4).role(),
+        Role::Primary,
+        "not stepped down yet"
+    );
+    let read = cluster.get(4, b"x");
+    assert!(
+        !matches!(
+            cluster.reply(read),
+            Some(Response::Value { value: Some(value), .. }) if value.as_slice() == b"old"
+        ),
+        "a stale linearizable read: {:?}",
+        cluster.reply(read)
     );
 }

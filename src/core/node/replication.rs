@@ -93,6 +93,9 @@ impl Node {
     fn renew_lease(&mut self, round: u64) {
         let majority = self.membership.majority();
         let voters: BTreeSet<NodeId> = self.membership.voters().collect();
+        // A primary that a pending change removes from the voters is no part of the majority
+        // that could elect its successor, so it does not count itself.
+        let own_vote = usize::from(voters.contains(&self.id));
         let timeout = self.options.failure_timeout_ms;
         let Some(state) = self.primary_state() else {
             return;
@@ -100,9 +103,9 @@ impl Node {
         let Some((sent_at, acks)) = state.rounds.get(&round) else {
             return;
         };
-        // The primary itself counts; voters never vote for another within `failure_timeout` of
-        // acknowledging a heartbeat, which they received after `sent_at`.
-        if acks.intersection(&voters).count() + 1 >= majority {
+        // Voters never vote for another within `failure_timeout` of acknowledging a heartbeat,
+        // which they received after `sent_at`.
+        if acks.intersection(&voters).count() + own_vote >= majority {
             state.lease_until = state.lease_until.max(sent_at + timeout);
         }
     }
