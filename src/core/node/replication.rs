@@ -96,17 +96,18 @@ impl Node {
         // A primary that a pending change removes from the voters is no part of the majority
         // that could elect its successor, so it does not count itself.
         let own_vote = usize::from(voters.contains(&self.id));
-        let timeout = self.options.failure_timeout_ms;
+        let lease = self.options.lease_ms();
         let Some(state) = self.primary_state() else {
             return;
         };
         let Some((sent_at, acks)) = state.rounds.get(&round) else {
             return;
         };
-        // Voters never vote for another within `failure_timeout` of acknowledging a heartbeat,
-        // which they received after `sent_at`.
+        // Voters never vote for another within `failure_timeout` (on their clocks) of
+        // acknowledging a heartbeat, which they received after `sent_at`; the lease is that
+        // timeout less the clocks' possible drift.
         if acks.intersection(&voters).count() + own_vote >= majority {
-            state.lease_until = state.lease_until.max(sent_at + timeout);
+            state.lease_until = state.lease_until.max(sent_at + lease);
         }
     }
 
