@@ -57,6 +57,10 @@ struct Cluster {
     replies: BTreeMap<ClientToken, Response>,
     next_token: ClientToken,
     options: Options,
+    /// Each node's clock: `(true time, its time then, rate in ppm)`; perfect unless set.
+    clocks: BTreeMap<NodeId, (Timestamp, Timestamp, i64)>,
+    /// When each node last sent a heartbeat round (true time).
+    last_heartbeat: BTreeMap<NodeId, Timestamp>,
 }
 
 impl Cluster {
@@ -72,6 +76,8 @@ impl Cluster {
             replies: BTreeMap::new(),
             next_token: 1,
             options,
+            clocks: BTreeMap::new(),
+            last_heartbeat: BTreeMap::new(),
         };
         for id in 1..=count {
             cluster.start(id, Arc::new(MemoryStorage::new()));
@@ -95,6 +101,19 @@ impl Cluster {
         self.storages.insert(id, storage);
     }
 
+    /// Node `id`'s clock shows `now` as this.
+    fn local_now(&self, id: NodeId) -> Timestamp {
+        let (base, local_base, rate) = self.clocks.get(&id).copied().unwrap_or((0, 0, 0));
+        let elapsed = i128::from(self.now - base) * (1_000_000 + i128::from(rate)) / 1_000_000;
+        local_base + u64::try_from(elapsed).expect("a clock never runs backwards")
+    }
+
+    /// From now on, node `id`'s clock runs `rate_ppm` fast (slow if negative).
+    fn set_clock_rate(&mut self, id: NodeId, rate_ppm: i64) {
+        let local = self.local_now(id);
+        self.clocks.insert(id, (self.now, local, rate_ppm));
+    }
+
     fn node(&self, id: NodeId) -> &Node {
         &self.nodes[&id]
     }
@@ -109,7 +128,7 @@ impl Cluster {
         id: NodeId,
         entry_point: impl FnOnce(&mut Node, Timestamp) -> replikv::Result<()>,
     ) -> replikv::Result<()> {
-        let now = self.now;
+        let now = self.local_now(id);
         let node = self.nodes.get_mut(&id).expect("a node of the cluster");
         let result = entry_point(node, now);
         self.collect(id);
@@ -118,11 +137,14 @@ impl Cluster {
 
     fn collect(&mut self, id: NodeId) {
         loop {
-            let now = self.now;
+            let now = self.local_now(id);
             let node = self.nodes.get_mut(&id).expect("a node of the cluster");
             for output in node.take_outputs() {
                 match output {
                     Output::Send(message) => {
+                        if matches!(message.body, MessageBody::Heartbeat { .. }) {
+                            self.last_heartbeat.insert(message.from, self.now);
+                        }
                         if self.connected(message.from, message.to) {
                             self.in_flight.push_back(message);
                         }
@@ -342,6 +364,63 @@ fn a_primary_whose_removal_is_pending_does_not_count_itself_toward_its_lease() {
         "not stepped down yet"
     );
     let read = cluster.get(4, b"x");
+    assert!(
+        !matches!(
+            cluster.reply(read),
+            Some(Response::Value { value: Some(value), .. }) if value.as_slice() == b"old"
+        ),
+        "a stale linearizable read: {:?}",
+        cluster.reply(read)
+    );
+}
+
+// --- item 11: clocks that drift ---
+
+#[test]
+fn a_slow_primary_clock_does_not_outlast_the_promise_of_fast_voters() {
+    let drift_bound = Options {
+        max_clock_drift_ppm: 100_000,
+        ..options()
+    };
+    let mut cluster = Cluster::new(3, drift_bound);
+    cluster.elect(3);
+    cluster.put(3, b"x", b"old".to_vec());
+    let until = cluster.now + 2 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    // Within the bound: the primary's clock runs 10% slow, the voters' 10% fast.
+    cluster.set_clock_rate(3, -100_000);
+    cluster.set_clock_rate(1, 100_000);
+    cluster.set_clock_rate(2, 100_000);
+    // Right after a heartbeat round that both voters acknowledged, the primary is cut off.
+    let start = cluster.now;
+    while cluster.last_heartbeat.get(&3) != Some(&cluster.now) {
+        let until = cluster.now + 10;
+        cluster.run_until(until);
+        assert!(cluster.now < start + 1_000, "the primary sends heartbeats");
+    }
+    let cut_at = cluster.now;
+    cluster.sides.extend([(3, 0), (1, 1), (2, 1)]);
+    // The voters' promise ends after 300 ms on their clocks (273 ms); they elect and write.
+    cluster.run_until(cut_at + 290);
+    let new_primary = [1, 2]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("1 and 2 elected a primary");
+    let write = cluster.put(new_primary, b"x", b"new".to_vec());
+    cluster.deliver();
+    assert!(
+        matches!(cluster.reply(write), Some(Response::Written { .. })),
+        "the new primary committed x = new"
+    );
+    // 300 ms on the old primary's clock is 333 ms: it has not stepped down yet, but its lease,
+    // shortened by the drift bound, has ended.
+    cluster.run_until(cut_at + 300);
+    assert_eq!(
+        cluster.node(3).role(),
+        Role::Primary,
+        "not stepped down yet"
+    );
+    let read = cluster.get(3, b"x");
     assert!(
         !matches!(
             cluster.reply(read),
