@@ -262,6 +262,20 @@ impl Cluster {
     fn reply(&self, token: ClientToken) -> Option<&Response> {
         self.replies.get(&token)
     }
+
+    /// Node `id`, still primary, does not answer a linearizable read of `key` with `stale`.
+    fn assert_no_stale_read(&mut self, id: NodeId, key: &[u8], stale: &[u8]) {
+        assert_eq!(self.node(id).role(), Role::Primary, "not stepped down yet");
+        let read = self.get(id, key);
+        assert!(
+            !matches!(
+                self.reply(read),
+                Some(Response::Value { value: Some(value), .. }) if value.as_slice() == stale
+            ),
+            "a stale linearizable read: {:?}",
+            self.reply(read)
+        );
+    }
 }
 
 // --- item 1: a backup back from a long absence ---
@@ -358,20 +372,7 @@ fn a_primary_whose_removal_is_pending_does_not_count_itself_toward_its_lease() {
     );
     // The old primary, which has not noticed yet, must not serve a linearizable read: only node
     // 1 of the voters {1, 2, 3} acknowledged its heartbeats since `sent_at`.
-    assert_eq!(
-        cluster.node(4).role(),
-        Role::Primary,
-        "not stepped down yet"
-    );
-    let read = cluster.get(4, b"x");
-    assert!(
-        !matches!(
-            cluster.reply(read),
-            Some(Response::Value { value: Some(value), .. }) if value.as_slice() == b"old"
-        ),
-        "a stale linearizable read: {:?}",
-        cluster.reply(read)
-    );
+    cluster.assert_no_stale_read(4, b"x", b"old");
 }
 
 // --- item 11: clocks that drift ---
@@ -415,18 +416,5 @@ fn a_slow_primary_clock_does_not_outlast_the_promise_of_fast_voters() {
     // 300 ms on the old primary's clock is 333 ms: it has not stepped down yet, but its lease,
     // shortened by the drift bound, has ended.
     cluster.run_until(cut_at + 300);
-    assert_eq!(
-        cluster.node(3).role(),
-        Role::Primary,
-        "not stepped down yet"
-    );
-    let read = cluster.get(3, b"x");
-    assert!(
-        !matches!(
-            cluster.reply(read),
-            Some(Response::Value { value: Some(value), .. }) if value.as_slice() == b"old"
-        ),
-        "a stale linearizable read: {:?}",
-        cluster.reply(read)
-    );
+    cluster.assert_no_stale_read(3, b"x", b"old");
 }
