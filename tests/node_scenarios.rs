@@ -32,6 +32,7 @@ fn options() -> Options {
         max_append_bytes: 16 * 1024,
         max_inflight_entries: 256,
         log_retention_bytes: 1 << 30,
+        max_clock_drift_ppm: 0,
     }
 }
 

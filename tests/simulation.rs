@@ -9,6 +9,13 @@
 //! - `REPLIKV_SIM_DIGEST=1` prints one line per history with a hash of every node's final state
 //!   and log, and the numbers of steps and messages (run with `-- --nocapture`). Two builds that
 //!   print the same lines ran the same histories: a refactoring shows it changed no behaviour.
+//! - `REPLIKV_SIM_NO_DRIFT_MARGIN=1` makes the nodes of the drifting-clock histories assume
+//!   perfect clocks (`max_clock_drift_ppm = 0`) while their clocks still drift: an experiment
+//!   showing what the lease's drift margin is for (the read checker then finds stale reads).
+//!
+//! Clocks: in the drifting-clock histories each node sees `now` scaled by its own rate, fixed
+//! for the history and drawn within `1 ± max_clock_drift_ppm` of true time; every other history
+//! runs perfect clocks. The checkers always use true (simulator) time.
 //!
 //! Everything is deterministic: nodes draw from seeded generators, the network from the
 //! simulator's generator, and all iteration is over ordered maps.
@@ -32,6 +39,12 @@ use replikv::Error;
 /// Simulated milliseconds between ticks delivered to every node.
 const TICK_MS: u64 = 10;
 
+/// The drift bound of the drifting-clock histories: the default `max_clock_drift_ppm`.
+const DRIFT_BOUND_PPM: u64 = 100_000;
+
+/// Parts per million in one.
+const PPM: i128 = 1_000_000;
+
 /// One simulated node: its storage survives crashes, its protocol state does not.
 struct SimNode {
     storage: Arc<MemoryStorage>,
@@ -43,6 +56,8 @@ struct SimNode {
     incarnation: u64,
     /// The membership the node was started with (a joiner knows only itself).
     initial_membership: Membership,
+    /// How far this node's clock runs fast (positive) or slow against true time, in ppm.
+    clock_rate_ppm: i64,
 }
 
 /// A client operation in flight.
@@ -115,6 +130,11 @@ struct Simulation {
     /// Probability per tick of asking the primary to add or remove a member.
     membership_change_probability: f64,
     next_node_id: NodeId,
+    /// Each node's clock rate is drawn within this bound, from `clock_rng` (0: perfect clocks).
+    clock_drift_ppm: u64,
+    /// Separate from `rng`, so a history with drifting clocks meets the same faults and load
+    /// draws as the same seed with perfect clocks.
+    clock_rng: StdRng,
 }
 
 #[derive(Clone, Debug)]
@@ -126,8 +146,21 @@ struct ClientState {
 }
 
 impl Simulation {
+    /// A history on perfect clocks.
     fn new(seed: u64, node_count: u64) -> Self {
+        Simulation::with_clocks(seed, node_count, 0)
+    }
+
+    /// A history whose nodes' clocks drift within [`DRIFT_BOUND_PPM`], the bound they are
+    /// configured with (unless `REPLIKV_SIM_NO_DRIFT_MARGIN` is set).
+    fn drifting(seed: u64, node_count: u64) -> Self {
+        Simulation::with_clocks(seed, node_count, DRIFT_BOUND_PPM)
+    }
+
+    fn with_clocks(seed: u64, node_count: u64, clock_drift_ppm: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut clock_rng = StdRng::seed_from_u64(seed ^ 0xc10c_d21f);
+        let no_margin = std::env::var_os("REPLIKV_SIM_NO_DRIFT_MARGIN").is_some();
         let members = (1..=node_count)
             .map(|id| Member {
                 id,
@@ -146,6 +179,7 @@ impl Simulation {
             max_inflight_entries: 256,
             // Some histories keep a tiny log, so members fall behind it and need snapshots.
             log_retention_bytes: if rng.gen_bool(0.3) { 2_000 } else { 1 << 30 },
+            max_clock_drift_ppm: if no_margin { 0 } else { clock_drift_ppm },
         };
         let faults = Faults {
             loss: [0.0, 0.01, 0.05, 0.2][rng.gen_range(0..4)],
@@ -155,6 +189,7 @@ impl Simulation {
         let mut nodes = BTreeMap::new();
         for id in 1..=node_count {
             let storage = Arc::new(MemoryStorage::new());
+            let clock_rate_ppm = clock_rate(&mut clock_rng, clock_drift_ppm);
             let node = Node::new(
                 id,
                 membership.clone(),
@@ -174,6 +209,7 @@ impl Simulation {
                     checked_commit: 0,
                     incarnation: 0,
                     initial_membership: membership.clone(),
+                    clock_rate_ppm,
                 },
             );
         }
@@ -207,7 +243,15 @@ impl Simulation {
             steps: 0,
             membership_change_probability: 0.0,
             next_node_id: node_count + 1,
+            clock_drift_ppm,
+            clock_rng,
         }
+    }
+
+    /// `now` as node `id`'s clock shows it (true time for a node not yet created).
+    fn local_now(&self, id: NodeId) -> Timestamp {
+        let rate = self.nodes.get(&id).map_or(0, |sim| sim.clock_rate_ppm);
+        local_time(self.now, rate)
     }
 
     /// Also adds and removes members during the history.
@@ -238,13 +282,14 @@ impl Simulation {
             };
             let alone = Membership::new(vec![member.clone()]);
             let storage = Arc::new(MemoryStorage::new());
+            let clock_rate_ppm = clock_rate(&mut self.clock_rng, self.clock_drift_ppm);
             let node = Node::new(
                 id,
                 alone.clone(),
                 storage.clone(),
                 self.options.clone(),
                 self.rng.gen(),
-                self.now,
+                local_time(self.now, clock_rate_ppm),
             )
             .expect("a joiner starts on empty storage");
             self.nodes.insert(
@@ -257,6 +302,7 @@ impl Simulation {
                     checked_commit: 0,
                     incarnation: 0,
                     initial_membership: alone,
+                    clock_rate_ppm,
                 },
             );
             Request::AddMember { member }
@@ -332,7 +378,11 @@ impl Simulation {
             );
             format!("{stored:?}").hash(&mut hasher);
             if let Some(node) = &sim.node {
-                format!("{:?}", node.status(self.now)).hash(&mut hasher);
+                format!(
+                    "{:?}",
+                    node.status(local_time(self.now, sim.clock_rate_ppm))
+                )
+                .hash(&mut hasher);
             }
         }
         format!("{:?} {:?}", self.committed, self.primaries).hash(&mut hasher);
@@ -420,13 +470,14 @@ impl Simulation {
         call: impl FnOnce(&mut Node, Timestamp) -> replikv::Result<()>,
     ) {
         let now = self.now;
+        let local_now = self.local_now(id);
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
         };
         let Some(node) = sim.node.as_mut() else {
             return;
         };
-        if let Err(err) = call(node, now) {
+        if let Err(err) = call(node, local_now) {
             self.fail(format!("node {id} returned an error: {err}"));
         }
         let outputs = node.take_outputs();
@@ -582,7 +633,7 @@ impl Simulation {
 
     fn restart(&mut self, id: NodeId) {
         let seed = self.rng.gen();
-        let now = self.now;
+        let now = self.local_now(id);
         let options = self.options.clone();
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
@@ -1026,6 +1077,25 @@ impl Simulation {
     }
 }
 
+/// A clock rate within `bound` ppm of true time: often at either extreme, where bugs live.
+fn clock_rate(rng: &mut StdRng, bound: u64) -> i64 {
+    let bound = i64::try_from(bound).expect("a drift bound in ppm fits in i64");
+    if bound == 0 {
+        return 0;
+    }
+    match rng.gen_range(0..3) {
+        0 => -bound,
+        1 => bound,
+        _ => rng.gen_range(-bound..=bound),
+    }
+}
+
+/// True time `now` on a clock running `rate_ppm` fast (or slow, if negative).
+fn local_time(now: Timestamp, rate_ppm: i64) -> Timestamp {
+    let local = i128::from(now) * (PPM + i128::from(rate_ppm)) / PPM;
+    Timestamp::try_from(local).expect("a clock within the bound never runs backwards")
+}
+
 fn shuffle(rng: &mut StdRng, items: &mut [NodeId]) {
     for i in (1..items.len()).rev() {
         let j = rng.gen_range(0..=i);
@@ -1075,6 +1145,27 @@ fn membership_changes_keep_every_invariant() {
     init_logging();
     for seed in seeds(2_000, 7_000_000) {
         Simulation::new(seed, 3)
+            .with_membership_changes()
+            .run(6_000);
+    }
+}
+
+/// Every node's clock runs at its own rate within the configured drift bound; the lease's margin
+/// keeps linearizable reads linearizable (the read checker of `check_final`).
+#[test]
+fn drifting_clocks_keep_linearizable_reads_linearizable() {
+    init_logging();
+    for seed in seeds(1_000, 11_000_000) {
+        Simulation::drifting(seed, 3).run(6_000);
+    }
+}
+
+/// The same with five nodes and membership changes.
+#[test]
+fn drifting_clocks_keep_every_invariant_with_membership_changes() {
+    init_logging();
+    for seed in seeds(500, 13_000_000) {
+        Simulation::drifting(seed, 5)
             .with_membership_changes()
             .run(6_000);
     }

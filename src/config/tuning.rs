@@ -50,6 +50,13 @@ macro_rules! tunables {
             /// Log bytes kept before the applied prefix is compacted (default 64 MiB); a member
             /// that falls further behind is brought back with a snapshot.
             log_retention_bytes: u64 = 64 * 1024 * 1024, flag "BYTES";
+            // Clock drift: the read lease rests on other nodes' timers (docs/ARCHITECTURE.md,
+            // reads). Linux's monotonic clock is slewed by NTP: ntpd by at most 500 ppm, chrony
+            // by up to 83,333 ppm (its default maxslewrate), so the default covers both.
+            /// The most any node's clock may run fast or slow against true time, in parts per
+            /// million (default 100,000: 10%). The read lease is failure_timeout_ms x (1 - drift)
+            /// / (1 + drift): 245 ms of the default 300.
+            max_clock_drift_ppm: u64 = 100_000, flag "PPM";
         }
     };
 }
@@ -110,6 +117,10 @@ pub const FAILURE_TIMEOUT_HEARTBEATS: u64 = 3;
 /// frame), and the whole message must still fit in a peer frame.
 pub const MAX_APPEND_BYTES_LIMIT: usize = MAX_PEER_FRAME_BYTES - MAX_CLIENT_FRAME_BYTES - 64 * 1024;
 
+/// Largest allowed `max_clock_drift_ppm` (50%): beyond it the lease is under a third of the
+/// failure timeout, and clocks that bad are broken rather than drifting.
+pub const MAX_CLOCK_DRIFT_PPM: u64 = 500_000;
+
 /// Checks that the protocol can work with `options`. The error names the tunable at fault.
 pub fn check_options(options: &Options) -> Result<()> {
     if options.heartbeat_interval_ms == 0 {
@@ -128,6 +139,13 @@ pub fn check_options(options: &Options) -> Result<()> {
         return Err(Error::Config(format!(
             "max_append_bytes ({}) must be between 1 and {MAX_APPEND_BYTES_LIMIT}",
             options.max_append_bytes
+        )));
+    }
+    if options.max_clock_drift_ppm > MAX_CLOCK_DRIFT_PPM {
+        return Err(Error::Config(format!(
+            "max_clock_drift_ppm ({}) must be at most {MAX_CLOCK_DRIFT_PPM}: the read lease \
+             would be under a third of failure_timeout_ms",
+            options.max_clock_drift_ppm
         )));
     }
     if options.max_inflight_entries == 0 {
@@ -283,9 +301,24 @@ mod tests {
                 max_append_bytes: 1024 * 1024,
                 max_inflight_entries: 8192,
                 log_retention_bytes: 64 * 1024 * 1024,
+                max_clock_drift_ppm: 100_000,
             }
         );
         check_options(&Options::default()).unwrap();
+        assert_eq!(Options::default().lease_ms(), 245);
+    }
+
+    #[test]
+    fn the_lease_shrinks_with_the_drift_bound_and_is_checked() {
+        let mut options = Options {
+            max_clock_drift_ppm: 0,
+            ..Options::default()
+        };
+        assert_eq!(options.lease_ms(), options.failure_timeout_ms);
+        options.max_clock_drift_ppm = 1_000_000;
+        assert_eq!(options.lease_ms(), 0);
+        let message = check_options(&options).unwrap_err().to_string();
+        assert!(message.contains("max_clock_drift_ppm"), "{message}");
     }
 
     #[test]

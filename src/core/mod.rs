@@ -47,6 +47,29 @@ pub struct Options {
     pub max_inflight_entries: u64,
     /// Log bytes kept before the applied prefix is compacted into the state.
     pub log_retention_bytes: u64,
+    /// The most any node's clock may run fast or slow against true time, in parts per million.
+    /// The read lease is shortened by it: see [`Options::lease_ms`].
+    pub max_clock_drift_ppm: u64,
+}
+
+/// Parts per million in one.
+const PPM: u128 = 1_000_000;
+
+impl Options {
+    /// How long, on the primary's clock, after sending a heartbeat round that a majority of
+    /// voters acknowledged, the primary may serve linearizable reads.
+    ///
+    /// A voter that acknowledged the round received it after it was sent, and votes for no one
+    /// else for `failure_timeout` on its own clock. With every clock's rate within `1 ± ρ` of true
+    /// time (ρ = `max_clock_drift_ppm`), that promise lasts at least `failure_timeout / (1 + ρ)`
+    /// of true time, and a lease of `L` on the primary's clock at most `L / (1 − ρ)`. So the lease
+    /// is `failure_timeout × (1 − ρ) / (1 + ρ)`, rounded down.
+    pub fn lease_ms(&self) -> u64 {
+        let drift = u128::from(self.max_clock_drift_ppm).min(PPM);
+        let lease = u128::from(self.failure_timeout_ms) * (PPM - drift) / (PPM + drift);
+        // Never more than the timeout, so the conversion back cannot fail.
+        u64::try_from(lease).unwrap_or(0)
+    }
 }
 
 /// Something the node wants its driver to do.

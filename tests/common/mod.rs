@@ -139,6 +139,7 @@ impl Cluster {
                 max_append_bytes: None,
                 max_inflight_entries: None,
                 log_retention_bytes: None,
+                max_clock_drift_ppm: None,
                 log_level: "info".to_string(),
             };
             let config_path = dir.path().join(format!("node-{}.toml", member.id));

@@ -93,17 +93,21 @@ impl Node {
     fn renew_lease(&mut self, round: u64) {
         let majority = self.membership.majority();
         let voters: BTreeSet<NodeId> = self.membership.voters().collect();
-        let timeout = self.options.failure_timeout_ms;
+        // A primary that a pending change removes from the voters is no part of the majority
+        // that could elect its successor, so it does not count itself.
+        let own_vote = usize::from(voters.contains(&self.id));
+        let lease = self.options.lease_ms();
         let Some(state) = self.primary_state() else {
             return;
         };
         let Some((sent_at, acks)) = state.rounds.get(&round) else {
             return;
         };
-        // The primary itself counts; voters never vote for another within `failure_timeout` of
-        // acknowledging a heartbeat, which they received after `sent_at`.
-        if acks.intersection(&voters).count() + 1 >= majority {
-            state.lease_until = state.lease_until.max(sent_at + timeout);
+        // Voters never vote for another within `failure_timeout` (on their clocks) of
+        // acknowledging a heartbeat, which they received after `sent_at`; the lease is that
+        // timeout less the clocks' possible drift.
+        if acks.intersection(&voters).count() + own_vote >= majority {
+            state.lease_until = state.lease_until.max(sent_at + lease);
         }
     }
 
@@ -142,17 +146,23 @@ impl Node {
 
     /// A member whose log matches but who cannot tell (it restarted, so it verified nothing in this
     /// epoch) would never advance its commit index: send it an empty append at its match index.
+    ///
+    /// A match index below the snapshot point names an entry this primary compacted away (a member
+    /// back from a long absence): no probe can be built there, and none is needed, because the
+    /// member is behind the log's start and retransmission sends it the state instead, which it
+    /// verifies on installing.
     pub(super) fn probe_if_unverified(
         &mut self,
         member: NodeId,
         verified_index: LogIndex,
     ) -> Result<()> {
         let commit_index = self.commit_index;
+        let snapshot_index = self.log.snapshot_index();
         let Some(progress) = self.progress_of(member) else {
             return Ok(());
         };
         let match_index = progress.match_index;
-        if verified_index >= match_index.min(commit_index) {
+        if verified_index >= match_index.min(commit_index) || match_index < snapshot_index {
             return Ok(());
         }
         let base_epoch = self.log.epoch_at(match_index)?;
