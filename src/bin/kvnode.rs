@@ -27,7 +27,7 @@ use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
 use replikv::config::{NodeConfig, NodeOverrides};
 use replikv::net::server::{run_node, shutdown_signal};
 use replikv::wire::message::NodeId;
-use replikv::{Error, Result};
+use replikv::{Error, ErrorKind, Result};
 
 #[derive(Parser)]
 #[command(
@@ -99,8 +99,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kvnode: {err}");
-            match err {
-                Error::Config(_) => ExitCode::from(2),
+            // A configuration to fix is a usage error, as in kvctl; anything else failed at run time.
+            match err.kind() {
+                ErrorKind::Config => ExitCode::from(2),
                 _ => ExitCode::from(1),
             }
         }
