@@ -1206,3 +1206,14 @@ fn a_backup_ahead_of_a_snapshot_acknowledges_it_five_nodes() {
     init_logging();
     Simulation::new(5_007_556, 5).run(6_000);
 }
+
+/// A heartbeat that a primary sent before it removed itself arrived late at a member that had
+/// already adopted the removal, and rolled its membership back to the larger one: the member then
+/// won an election in that stale membership and lacked a committed entry (invariant 2).
+#[test]
+fn a_late_heartbeat_never_rolls_a_members_membership_back() {
+    init_logging();
+    Simulation::drifting(13_024_258, 5)
+        .with_membership_changes()
+        .run(6_000);
+}

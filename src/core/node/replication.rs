@@ -487,8 +487,12 @@ impl Node {
         membership: Membership,
         round: u64,
     ) -> Result<()> {
-        if self.membership.get(from).is_none() && membership.get(self.id).is_some() {
-            // Bootstrapping a joiner: take the primary's view until the log brings one.
+        // Bootstrapping a joiner: take the primary's view until the log brings one. Only a node
+        // that has neither applied nor appended a membership entry is a joiner: a heartbeat that a
+        // primary sent before removing itself can arrive late, and must never roll a member's
+        // membership back to one with more voters (two disjoint majorities could elect).
+        let joiner = self.membership_index == 0 && self.applied_index == 0;
+        if joiner && self.membership.get(from).is_none() && membership.get(self.id).is_some() {
             self.adopt_membership(membership, 0);
         }
         self.follow(from)?;
