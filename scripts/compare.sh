@@ -146,9 +146,9 @@ if wants redis; then
     }
     wait_for 60 replicas_online
     for port in "${redis_ports[@]}"; do
-        settings=$(redis-cli -p "$port" config get appendonly appendfsync | paste -sd' ' -)
-        if [[ "$settings" != "appendonly yes appendfsync always" ]]; then
-            echo "compare.sh: Redis on :$port runs with \"$settings\", not appendonly yes, appendfsync always" >&2
+        settings="$(redis-cli -p "$port" config get appendonly | tail -1) $(redis-cli -p "$port" config get appendfsync | tail -1)"
+        if [[ "$settings" != "yes always" ]]; then
+            echo "compare.sh: Redis on :$port runs with appendonly, appendfsync = $settings, not yes, always" >&2
             exit 1
         fi
     done

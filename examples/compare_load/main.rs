@@ -32,10 +32,14 @@ use replikv::{Error, ErrorKind, Result, WriteConcern};
 
 use crate::etcd::EtcdConnection;
 use crate::measure::{measure, open_connections, Measurement, Shape};
-use crate::report::{render, render_cpu, summarize, Record};
+use crate::report::{render, render_ceiling, render_cpu, summarize, Record};
 use crate::systems::{
     key_name, step_for, Connection, Endpoint, RedisPlan, Step, System, Value, Workload,
 };
+
+/// The workloads whose rounds include the no-op server: the heaviest write and the read, both
+/// at `--clients` clients, where the generator is most likely to be the limit.
+const NOOP_WORKLOADS: [Workload; 2] = [Workload::PutMajority, Workload::GetLinearizable];
 
 #[derive(Parser)]
 #[command(
@@ -195,10 +199,10 @@ impl RunArgs {
     }
 
     /// The systems of one round of `workload`, rotated by `round`; the no-op ceiling joins the
-    /// `w=majority` rounds when a no-op server is given.
+    /// rounds of [`NOOP_WORKLOADS`] when a no-op server is given.
     fn round_systems(&self, workload: Workload, round: usize) -> Vec<System> {
         let mut systems = self.systems.clone();
-        if self.noop.is_some() && workload == Workload::PutMajority {
+        if self.noop.is_some() && NOOP_WORKLOADS.contains(&workload) {
             systems.extend([System::NoopResp, System::NoopHttp]);
         }
         systems.retain(|system| step_for(*system, workload, self.redis_plan()).is_some());
@@ -242,7 +246,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut records = Vec::new();
     for &workload in &args.workloads {
         if workload.reads() && !args.no_prefill {
-            for system in args.round_systems(workload, 0) {
+            let real = |system: &System| !matches!(system, System::NoopResp | System::NoopHttp);
+            for system in args.round_systems(workload, 0).into_iter().filter(real) {
                 if let Err(error) = prefill(&args, system).await {
                     eprintln!("prefill of {system} failed: {error}");
                 }
@@ -264,6 +269,9 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     println!("{}", render(&summaries, &args.workloads));
     println!("{}", render_cpu(&summaries));
+    if args.noop.is_some() {
+        println!("{}", render_ceiling(&summaries, &args.workloads));
+    }
     if let Some(path) = &args.json {
         #[derive(Serialize)]
         struct Output<'a> {
@@ -459,11 +467,16 @@ fn progress_line(record: &Record) -> String {
     );
     match (&record.measurement, &record.error) {
         (Some(m), _) => format!(
-            "{what} {:>9.0}/s p50 {:.2} ms p99 {:.2} ms failed {} servers {} µs/op generator {} µs/op load {}",
+            "{what} {:>9.0}/s p50 {:.2} ms p99 {:.2} ms failed {}{} servers {} µs/op generator {} µs/op load {}",
             m.throughput,
             m.p50_ms,
             m.p99_ms,
             m.failed,
+            if record.workload.reads() && m.succeeded > 0 {
+                format!(" found {:.0}%", m.read_hits as f64 * 100.0 / m.succeeded as f64)
+            } else {
+                String::new()
+            },
             m.server_cpu_us_per_op.map_or("-".into(), |us| format!("{us:.0}")),
             m.generator_cpu_us_per_op.map_or("-".into(), |us| format!("{us:.1}")),
             m.load_average.map_or("-".into(), |load| format!("{load:.1}")),

@@ -305,6 +305,60 @@ pub fn render_cpu(summaries: &BTreeMap<(Workload, System), Summary>) -> String {
     out
 }
 
+/// A system whose throughput reaches this fraction of its driver's no-op ceiling may be measuring
+/// the generator and the machine rather than itself.
+pub const CEILING_WARNING: f64 = 0.7;
+
+/// The generator's ceiling: what its Redis and etcd drivers push against the no-op server, and how
+/// close each real system came to the ceiling of its driver.
+pub fn render_ceiling(
+    summaries: &BTreeMap<(Workload, System), Summary>,
+    workloads: &[Workload],
+) -> String {
+    let mut out = String::new();
+    out.push_str("| workload | no-op server, RESP driver | no-op server, HTTP driver | Redis ÷ its ceiling | etcd ÷ its ceiling |\n");
+    out.push_str("|---|---|---|---|---|\n");
+    let mut warnings = Vec::new();
+    for &workload in workloads {
+        let get = |system| summaries.get(&(workload, system));
+        let (resp, http) = (get(System::NoopResp), get(System::NoopHttp));
+        if resp.is_none() && http.is_none() {
+            continue;
+        }
+        let show = |summary: Option<&Summary>| {
+            summary.map_or("-".into(), |summary| {
+                format!("{}/s", thousands(summary.throughput))
+            })
+        };
+        let mut share = |system: System, ceiling: Option<&Summary>| match (get(system), ceiling) {
+            (Some(measured), Some(ceiling)) if ceiling.throughput > 0.0 => {
+                let fraction = measured.throughput / ceiling.throughput;
+                if fraction >= CEILING_WARNING {
+                    warnings.push(format!(
+                        "{system}, {}: {fraction:.2}× the no-op ceiling of its driver; the generator or the machine may be its limit",
+                        workload.describe()
+                    ));
+                }
+                format!("{fraction:.2}×")
+            }
+            _ => "-".into(),
+        };
+        let redis = share(System::Redis, resp);
+        let etcd = share(System::Etcd, http);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {redis} | {etcd} |",
+            workload.describe(),
+            show(resp),
+            show(http)
+        );
+    }
+    for warning in warnings {
+        let _ = writeln!(out, "\nWarning: {warning}.");
+    }
+    out
+}
+
 /// `12345.6` as `12,346`.
 pub fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
@@ -444,6 +498,38 @@ mod tests {
         assert_eq!(summary.p50_ms, 2.0);
         assert_eq!(summary.rounds, 3);
         assert_eq!(summary.failed, 3);
+    }
+
+    #[test]
+    fn the_ceiling_table_warns_when_a_system_nears_it() {
+        let mut summaries = BTreeMap::new();
+        summaries.insert(
+            (Workload::GetLinearizable, System::NoopResp),
+            summary(40000.0, 1.0, 2.0),
+        );
+        summaries.insert(
+            (Workload::GetLinearizable, System::NoopHttp),
+            summary(40000.0, 1.0, 2.0),
+        );
+        summaries.insert(
+            (Workload::GetLinearizable, System::Redis),
+            summary(36000.0, 1.0, 2.0),
+        );
+        summaries.insert(
+            (Workload::GetLinearizable, System::Etcd),
+            summary(4000.0, 1.0, 2.0),
+        );
+        let table = render_ceiling(&summaries, &[Workload::PutOne, Workload::GetLinearizable]);
+        assert!(
+            table.contains("| get, linearizable | 40,000/s | 40,000/s | 0.90× | 0.10× |"),
+            "{table}"
+        );
+        assert!(!table.contains("put, w=1"), "{table}");
+        assert!(
+            table.contains("Warning: Redis, get, linearizable: 0.90×"),
+            "{table}"
+        );
+        assert!(!table.contains("Warning: etcd"), "{table}");
     }
 
     #[test]
