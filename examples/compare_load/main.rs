@@ -203,7 +203,11 @@ impl RunArgs {
     fn round_systems(&self, workload: Workload, round: usize) -> Vec<System> {
         let mut systems = self.systems.clone();
         if self.noop.is_some() && NOOP_WORKLOADS.contains(&workload) {
-            systems.extend([System::NoopResp, System::NoopHttp]);
+            for noop in [System::NoopResp, System::NoopHttp] {
+                if !systems.contains(&noop) {
+                    systems.push(noop);
+                }
+            }
         }
         systems.retain(|system| step_for(*system, workload, self.redis_plan()).is_some());
         if !systems.is_empty() {
@@ -482,5 +486,63 @@ fn progress_line(record: &Record) -> String {
             m.load_average.map_or("-".into(), |load| format!("{load:.1}")),
         ),
         (None, error) => format!("{what} did not run: {}", error.as_deref().unwrap_or("?")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["compare_load", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            Command::NoopServer { .. } => panic!("parsed as noop-server"),
+        }
+    }
+
+    #[test]
+    fn rounds_rotate_and_skip_systems_without_the_workload() {
+        let args = run_args(&[]);
+        assert_eq!(
+            args.round_systems(Workload::PutMajority, 0),
+            [System::Replikv, System::Redis, System::Etcd]
+        );
+        assert_eq!(
+            args.round_systems(Workload::PutMajority, 1),
+            [System::Redis, System::Etcd, System::Replikv]
+        );
+        assert_eq!(
+            args.round_systems(Workload::PutAll, 1),
+            [System::Redis, System::Replikv]
+        );
+    }
+
+    #[test]
+    fn the_noop_server_joins_its_workloads_once() {
+        let args = run_args(&["--noop", "127.0.0.1:1", "--systems", "redis,noop-resp"]);
+        assert_eq!(
+            args.round_systems(Workload::GetLinearizable, 0),
+            [System::Redis, System::NoopResp, System::NoopHttp]
+        );
+        assert_eq!(
+            args.round_systems(Workload::PutOne, 0),
+            [System::Redis, System::NoopResp]
+        );
+    }
+
+    #[test]
+    fn a_system_without_its_address_is_a_config_error() {
+        let error = run_args(&["--systems", "etcd"]).validate().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config);
+        assert!(error.to_string().contains("--etcd"), "{error}");
+        let error = run_args(&["--redis", "x", "--systems", "redis", "--rounds", "0"])
+            .validate()
+            .unwrap_err();
+        assert!(error.to_string().contains("--rounds"), "{error}");
+        run_args(&["--redis", "x", "--systems", "redis"])
+            .validate()
+            .unwrap();
     }
 }
