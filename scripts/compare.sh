@@ -84,6 +84,10 @@ replikv_port=$((port_base + 40))
 replikv_first_ip=127.0.0.41
 
 work=$(mktemp -d "$base/replikv-compare.XXXXXX")
+filesystem=$(stat -f -c %T "$work")
+if [[ "$filesystem" == tmpfs || "$filesystem" == ramfs ]]; then
+    echo "compare.sh: warning: $work is on $filesystem, where fsync costs nothing; use --dir on a disk" >&2
+fi
 started=()
 cleanup() {
     local status=$?
@@ -210,7 +214,7 @@ if ((noop)); then
 fi
 
 if [[ -n "$json" ]]; then args+=(--json "$json"); fi
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; data in $work" >&2
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; data in $work ($filesystem)" >&2
 # The systems in one fixed order, whatever order they were started in.
 order=()
 for system in replikv redis etcd; do
