@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use replikv::{Error, Result};
 
-use crate::resp::{read_line, MAX_BULK_BYTES};
+use crate::resp::{network, read_line, MAX_BULK_BYTES};
 
 /// Most header lines of one response.
 const MAX_HEADERS: usize = 100;
@@ -256,10 +256,6 @@ fn parse_status_line(line: &[u8]) -> Result<u16> {
 fn parse_length(text: &str, radix: u32) -> Result<usize> {
     usize::from_str_radix(text, radix)
         .map_err(|_| Error::Protocol(format!("bad length {text:?} in a response")))
-}
-
-fn network(err: std::io::Error) -> Error {
-    Error::Network(err.to_string())
 }
 
 /// `value` in base64, as the gateway wants it (computed once per worker, not per request).

@@ -29,17 +29,14 @@ const HISTOGRAM_PRECISION: u8 = 3;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
 /// The shape of one run, the same for every system.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub clients: usize,
     pub value_size: usize,
     pub key_space: u64,
-    #[serde(serialize_with = "seconds")]
     pub warmup: Duration,
-    #[serde(serialize_with = "seconds")]
     pub duration: Duration,
     /// Deadline of each operation.
-    #[serde(serialize_with = "seconds")]
     pub timeout: Duration,
 }
 
@@ -330,13 +327,6 @@ fn load_average() -> Option<f64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn seconds<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 #[cfg(test)]

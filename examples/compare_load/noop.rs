@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use replikv::{Error, Result};
 
-use crate::resp::{parse_number, read_bulk_body, read_line, MAX_ARGUMENTS, MAX_BULK_BYTES};
+use crate::resp::{
+    network, parse_number, read_bulk_body, read_line, MAX_ARGUMENTS, MAX_BULK_BYTES,
+};
 
 /// The body of every HTTP answer: a status that names itself leader, an empty range, a header.
 const HTTP_BODY: &[u8] = br#"{"header":{"member_id":"1"},"leader":"1"}"#;
@@ -138,10 +140,6 @@ async fn answer_http<R: AsyncBufRead + Unpin>(
     );
     out.extend_from_slice(HTTP_BODY);
     Ok(())
-}
-
-fn network(err: std::io::Error) -> Error {
-    Error::Network(err.to_string())
 }
 
 #[cfg(test)]

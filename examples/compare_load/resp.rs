@@ -127,7 +127,8 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(
     }
 }
 
-fn network(err: std::io::Error) -> Error {
+/// An I/O failure on a connection, as the error the drivers report.
+pub fn network(err: std::io::Error) -> Error {
     Error::Network(err.to_string())
 }
 
