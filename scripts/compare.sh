@@ -220,4 +220,9 @@ order=()
 for system in replikv redis etcd; do
     if [[ " ${driven[*]} " == *" $system "* ]]; then order+=("$system"); fi
 done
-"$load" "${args[@]}" --systems "$(join "${order[@]}")" "${extra[@]}"
+# In the background and waited for, so that a signal to this script stops the run at once (bash
+# runs a trap only after the foreground command ends, but interrupts `wait`).
+"$load" "${args[@]}" --systems "$(join "${order[@]}")" "${extra[@]}" &
+generator=$!
+started+=("$generator")
+wait "$generator"
