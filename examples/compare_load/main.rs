@@ -268,9 +268,21 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let summaries = summarize(&records);
     println!(
-        "Median of {} round(s) of {} s (after {} s of warm-up), {} clients, {}-byte values, {} keys.\n",
+        "Median of {} round(s) of {} s (after {} s of warm-up), {} clients, {}-byte values, {} keys.",
         args.rounds, args.seconds, args.warmup_seconds, args.clients, args.value_size, args.key_space
     );
+    let loads: Vec<f64> = records
+        .iter()
+        .filter_map(|record| record.measurement.as_ref()?.load_average)
+        .collect();
+    if let (Some(low), Some(high)) = (
+        loads.iter().copied().reduce(f64::min),
+        loads.iter().copied().reduce(f64::max),
+    ) {
+        // A busy machine makes every figure a lower bound: say how busy it was.
+        println!("1-minute load average when the windows opened: {low:.1} to {high:.1}.");
+    }
+    println!();
     println!("{}", render(&summaries, &args.workloads));
     println!("{}", render_cpu(&summaries));
     if args.noop.is_some() {
