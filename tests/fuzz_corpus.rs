@@ -143,6 +143,7 @@ fn write_seed_corpus() {
         },
         Request::Scan {
             prefix: b"k".to_vec(),
+            start_after: Some(b"k1".to_vec()),
             limit: 10,
             consistency: ReadConsistency::Stale,
         },
