@@ -47,6 +47,18 @@ use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KE
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
 
+/// One page of a scan ([`Client::scan_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Pairs in key order.
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Where the next page starts (pass it as `start_after`): the last key of this page, when
+    /// more pairs remain after it.
+    pub continuation: Option<Vec<u8>>,
+    /// The node, epoch and index this page reflects.
+    pub meta: ResponseMeta,
+}
+
 /// Largest value a put may carry: a request must fit in one client frame
 /// ([`MAX_CLIENT_FRAME_BYTES`]) with room for the longest key ([`MAX_KEY_BYTES`]) and the request's
 /// envelope (ids, write concern, timeout: a few dozen bytes).
@@ -383,15 +395,21 @@ impl Client {
         }
     }
 
-    /// Reads up to `limit` pairs whose key starts with `prefix`, in key order.
-    pub async fn scan(
+    /// Reads one page of the pairs whose key starts with `prefix`: those after `start_after`
+    /// (the continuation of the previous page; `None` for the first), at most `limit`, and at
+    /// most what the node serves in one page (`max_scan_page_pairs`, `max_scan_page_bytes`).
+    /// The page is consistent at its own index (`meta.index`); its continuation is `Some` when
+    /// more pairs remain. The session's timeout bounds this page only.
+    pub async fn scan_page(
         &self,
         prefix: impl AsRef<[u8]>,
+        start_after: Option<&[u8]>,
         limit: u32,
         consistency: ReadConsistency,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, ResponseMeta)> {
+    ) -> Result<ScanPage> {
         let request = Request::Scan {
             prefix: prefix.as_ref().to_vec(),
+            start_after: start_after.map(<[u8]>::to_vec),
             limit,
             consistency,
         };
@@ -400,8 +418,41 @@ impl Client {
             .call(self.read_target(consistency), deadline, |_| request.clone())
             .await?
         {
-            Response::Pairs { pairs, meta } => Ok((pairs, meta)),
+            Response::Pairs { pairs, more, meta } => {
+                let continuation = pairs.last().filter(|_| more).map(|(key, _)| key.clone());
+                Ok(ScanPage {
+                    pairs,
+                    continuation,
+                    meta,
+                })
+            }
             other => Err(unexpected("key-value pairs", &other)),
+        }
+    }
+
+    /// Reads up to `limit` pairs whose key starts with `prefix`, in key order, page by page
+    /// ([`Client::scan_page`]), holding them all in memory. Each page is consistent at its own
+    /// index and the pages are not one snapshot: a key written during the scan appears with
+    /// whatever value the page that covers it saw. Returns the last page's meta.
+    pub async fn scan(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, ResponseMeta)> {
+        let prefix = prefix.as_ref();
+        let mut pairs = Vec::new();
+        let mut start_after: Option<Vec<u8>> = None;
+        loop {
+            let remaining = limit.saturating_sub(u32::try_from(pairs.len()).unwrap_or(u32::MAX));
+            let page = self
+                .scan_page(prefix, start_after.as_deref(), remaining, consistency)
+                .await?;
+            pairs.extend(page.pairs);
+            match page.continuation {
+                Some(last) if pairs.len() < limit as usize => start_after = Some(last),
+                _ => return Ok((pairs, page.meta)),
+            }
         }
     }
 

@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 use replikv::wire::client::{ReadConsistency, Request, Write, WriteConcern};
 use replikv::wire::frame::{encode, MAX_PEER_FRAME_BYTES};
 use replikv::wire::message::{
-    Entry, Member, Membership, Message, MessageBody, Operation, Rank, RequestId,
+    Entry, ExpiredSession, Member, Membership, Message, MessageBody, Operation, Rank, RequestId,
+    Session, SnapshotFinish, WriteResult,
 };
 
 /// A fuzz entry point.
@@ -135,6 +136,47 @@ fn write_seed_corpus() {
             transfer: 1,
             sequence: 0,
         },
+        MessageBody::Append {
+            base_index: 42,
+            base_epoch: 3,
+            entries: vec![Entry {
+                index: 43,
+                operation: Operation::ExpireSessions(vec![ExpiredSession {
+                    client_id: 7,
+                    last_sequence: 9,
+                }]),
+                request_id: None,
+                ..entry.clone()
+            }],
+            commit_index: 42,
+            catch_up: true,
+        },
+        MessageBody::SnapshotChunk {
+            transfer: 1,
+            sequence: 2,
+            pairs: vec![
+                (b"key".to_vec(), Some(b"value".to_vec())),
+                (b"gone".to_vec(), None),
+            ],
+            sessions: vec![
+                (
+                    7,
+                    Some(Session {
+                        last_sequence: 9,
+                        result: WriteResult {
+                            index: 42,
+                            existed: true,
+                        },
+                    }),
+                ),
+                (8, None),
+            ],
+            finish: Some(SnapshotFinish {
+                index: 42,
+                epoch: 3,
+                membership: membership.clone(),
+            }),
+        },
     ];
     let requests = vec![
         Request::Get {
@@ -143,6 +185,7 @@ fn write_seed_corpus() {
         },
         Request::Scan {
             prefix: b"k".to_vec(),
+            start_after: Some(b"k1".to_vec()),
             limit: 10,
             consistency: ReadConsistency::Stale,
         },

@@ -28,6 +28,9 @@ fn options() -> Options {
         max_inflight_entries: 256,
         log_retention_bytes: 1 << 30,
         max_clock_drift_ppm: 0,
+        max_scan_page_pairs: 1000,
+        max_scan_page_bytes: 1024 * 1024,
+        session_ttl_ms: 3_600_000,
     }
 }
 

@@ -14,8 +14,8 @@ use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
 use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
 use replikv::wire::message::{
-    Entry, Epoch, LogIndex, Member, Membership, Message, MessageBody, NodeId, Operation, Rank,
-    RequestId,
+    Entry, Epoch, ExpiredSession, LogIndex, Member, Membership, Message, MessageBody, NodeId,
+    Operation, Rank, RequestId,
 };
 use replikv::Error;
 
@@ -33,6 +33,9 @@ fn options() -> Options {
         max_inflight_entries: 256,
         log_retention_bytes: 1 << 30,
         max_clock_drift_ppm: 0,
+        max_scan_page_pairs: 1000,
+        max_scan_page_bytes: 1024 * 1024,
+        session_ttl_ms: 3_600_000,
     }
 }
 
@@ -1155,5 +1158,389 @@ fn a_new_primary_refuses_a_sequence_older_than_one_it_inherited_in_flight() {
         ),
         "refused at once: {:?}",
         cluster.reply(first)
+    );
+}
+
+// --- hardening (issue 10): paged scans, bounded snapshot chunks, expiring sessions ---
+
+/// A write of `value` to `key` by client `client_id` at `sequence`, on node `id`.
+fn put_as(
+    cluster: &mut Cluster,
+    id: NodeId,
+    key: &str,
+    value: &[u8],
+    client_id: u64,
+    sequence: u64,
+) -> ClientToken {
+    cluster.request(
+        id,
+        Request::Write {
+            request_id: RequestId {
+                client_id,
+                sequence,
+            },
+            write: Write::Put {
+                key: key.into(),
+                value: value.to_vec(),
+            },
+            write_concern: WriteConcern::Majority,
+            timeout_ms: 1_000,
+        },
+    )
+}
+
+/// Key-value pairs in key order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One scan page from node `id`: its pairs and whether more remain.
+fn scan_page(
+    cluster: &mut Cluster,
+    id: NodeId,
+    start_after: Option<Vec<u8>>,
+    limit: u32,
+    consistency: ReadConsistency,
+) -> (Pairs, bool) {
+    let token = cluster.request(
+        id,
+        Request::Scan {
+            prefix: b"key-".to_vec(),
+            start_after,
+            limit,
+            consistency,
+        },
+    );
+    cluster.deliver();
+    match cluster.reply(token) {
+        Some(Response::Pairs { pairs, more, .. }) => (pairs.clone(), *more),
+        other => panic!("expected a page of pairs, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_scan_with_an_unbounded_limit_is_served_in_bounded_pages_that_walk_every_key_once() {
+    let storages = (1..=3)
+        .map(|id| (id, Arc::new(MemoryStorage::new())))
+        .collect();
+    let small_pages = Options {
+        max_scan_page_pairs: 50,
+        max_scan_page_bytes: 1024,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, small_pages);
+    cluster.elect(3);
+    let value = [b'v'; 20];
+    for i in 0..120 {
+        put_as(&mut cluster, 3, &format!("key-{i:03}"), &value, 20, i + 1);
+        cluster.deliver();
+    }
+    put_as(&mut cluster, 3, "other", &value, 20, 121);
+    cluster.deliver();
+    let pair_bytes = replikv::storage::framed_pair_bytes(b"key-000", &value);
+    for (id, consistency) in [
+        (3, ReadConsistency::Linearizable),
+        (3, ReadConsistency::Local),
+        (1, ReadConsistency::Stale),
+    ] {
+        let (first, more) = scan_page(&mut cluster, id, None, u32::MAX, consistency);
+        assert!(
+            !first.is_empty() && first.len() * pair_bytes <= 1024,
+            "one page within the byte budget, not all 120 pairs: {} pairs",
+            first.len()
+        );
+        assert!(more, "the page says more remain");
+        let mut walked: Vec<Vec<u8>> = first.iter().map(|(key, _)| key.clone()).collect();
+        let mut more = more;
+        while more {
+            let after = walked.last().cloned();
+            let (page, next) = scan_page(&mut cluster, id, after, u32::MAX, consistency);
+            assert!(!page.is_empty() && page.len() * pair_bytes <= 1024);
+            walked.extend(page.into_iter().map(|(key, _)| key));
+            more = next;
+        }
+        let expected: Vec<Vec<u8>> = (0..120)
+            .map(|i| format!("key-{i:03}").into_bytes())
+            .collect();
+        assert_eq!(walked, expected, "every key once, in order ({consistency})");
+    }
+    // The pair cap holds too, and a client limit below both caps wins.
+    let (page, more) = scan_page(&mut cluster, 3, None, 7, ReadConsistency::Local);
+    assert_eq!((page.len(), more), (7, true));
+}
+
+#[test]
+fn a_scan_page_always_fits_one_client_frame() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    // Three values of 2 MiB: together far over the 4 MiB client frame.
+    let value = vec![b'x'; 2 * 1024 * 1024];
+    for i in 0..3 {
+        put_as(&mut cluster, 3, &format!("key-{i}"), &value, 21, i + 1);
+        cluster.deliver();
+    }
+    let mut after = None;
+    let mut keys = 0;
+    loop {
+        let token = cluster.request(
+            3,
+            Request::Scan {
+                prefix: b"key-".to_vec(),
+                start_after: after.clone(),
+                limit: u32::MAX,
+                consistency: ReadConsistency::Linearizable,
+            },
+        );
+        cluster.deliver();
+        let response = cluster.reply(token).cloned().expect("answered");
+        replikv::wire::frame::encode(&response, replikv::wire::frame::MAX_CLIENT_FRAME_BYTES)
+            .expect("the page fits one client frame");
+        let Response::Pairs { pairs, more, .. } = response else {
+            panic!("expected pairs, got {response:?}");
+        };
+        keys += pairs.len();
+        after = pairs.last().map(|(key, _)| key.clone());
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(keys, 3);
+}
+
+#[test]
+fn a_snapshot_whose_changes_and_sessions_exceed_a_chunk_is_sent_in_bounded_chunks_and_installed() {
+    const CHUNK_BUDGET: usize = 1024;
+    let storages = (1..=3)
+        .map(|id| (id, Arc::new(MemoryStorage::new())))
+        .collect();
+    let small_chunks = Options {
+        log_retention_bytes: 200,
+        max_append_bytes: CHUNK_BUDGET,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, small_chunks);
+    cluster.elect(3);
+    cluster.isolated.insert(1);
+    for i in 0..40 {
+        put_as(
+            &mut cluster,
+            3,
+            &format!("key-{i:03}"),
+            b"before",
+            100 + i,
+            1,
+        );
+        cluster.deliver();
+    }
+    let until = cluster.now + 2 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    // A restarted node has nothing cached: whoever leads next sends node 1 a snapshot.
+    let storage = cluster.storage(3).clone();
+    cluster.start(3, voters(3), storage);
+    let until = cluster.now + 5 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+    let primary = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.node(id).role() == Role::Primary)
+        .expect("nodes 2 and 3 elected a primary");
+    // Node 1 comes back; its acknowledgements are held, so the transfer stops at its window
+    // while many keys and sessions change.
+    cluster.isolated.clear();
+    let is_ack = |message: &Message| {
+        message.from == 1 && matches!(message.body, MessageBody::SnapshotAck { .. })
+    };
+    let mut held = Vec::new();
+    let give_up = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    while !cluster
+        .sent_between(primary, 1)
+        .iter()
+        .any(|body| matches!(body, MessageBody::SnapshotChunk { .. }))
+    {
+        assert!(
+            cluster.now < give_up,
+            "the primary never sent node 1 a snapshot"
+        );
+        cluster.now += 10;
+        for id in [1, 2, 3] {
+            cluster.call(id, |node, now| node.tick(now)).expect("tick");
+        }
+        held.extend(cluster.deliver_except(is_ack));
+    }
+    for i in 0..300 {
+        put_as(
+            &mut cluster,
+            primary,
+            &format!("key-{i:03}"),
+            b"during",
+            1_000 + i,
+            1,
+        );
+        held.extend(cluster.deliver_except(is_ack));
+    }
+    cluster.in_flight.extend(held);
+    let until = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+
+    let chunks: Vec<&MessageBody> = cluster
+        .sent_between(primary, 1)
+        .into_iter()
+        .filter(|body| matches!(body, MessageBody::SnapshotChunk { .. }))
+        .collect();
+    let sizes: Vec<usize> = chunks
+        .iter()
+        .map(|body| postcard::to_allocvec(body).expect("encodes").len())
+        .collect();
+    assert!(
+        sizes.iter().all(|&size| size <= CHUNK_BUDGET + 256),
+        "every chunk, the last included, stays within the budget: {sizes:?}"
+    );
+    let changes_chunks = chunks
+        .iter()
+        .filter(|body| {
+            matches!(body, MessageBody::SnapshotChunk { pairs, .. }
+                if pairs.iter().any(|(_, value)| value.as_deref() == Some(&b"during"[..])))
+        })
+        .count();
+    assert!(
+        changes_chunks >= 5,
+        "the keys written during the transfer needed many chunks, not one: {sizes:?}"
+    );
+    let final_chunks = chunks
+        .iter()
+        .filter(|body| {
+            matches!(
+                body,
+                MessageBody::SnapshotChunk {
+                    finish: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(final_chunks, 1, "one transfer, finished once");
+    assert_eq!(
+        cluster.node(1).applied_index(),
+        cluster.node(primary).applied_index()
+    );
+    let storage_1 = cluster.storage(1).clone();
+    let storage_primary = cluster.storage(primary).clone();
+    assert_eq!(
+        storage_1.scan(b"", usize::MAX).expect("scan"),
+        storage_primary.scan(b"", usize::MAX).expect("scan"),
+        "node 1 holds the primary's state"
+    );
+    assert_eq!(storage_1.sessions().expect("sessions").len(), 340);
+    assert_eq!(
+        storage_1.sessions().expect("sessions"),
+        storage_primary.sessions().expect("sessions"),
+        "and its sessions"
+    );
+}
+
+/// The `ExpireSessions` entries in node `id`'s log, by index.
+fn expiry_entries(cluster: &Cluster, id: NodeId) -> Vec<(LogIndex, Operation)> {
+    let storage = cluster.storage(id);
+    let (_, last) = storage.last().expect("last");
+    let start = storage.meta().expect("meta").log_start;
+    storage
+        .entries(start, last, usize::MAX)
+        .expect("entries")
+        .into_iter()
+        .filter(|entry| matches!(entry.operation, Operation::ExpireSessions(_)))
+        .map(|entry| (entry.index, entry.operation))
+        .collect()
+}
+
+#[test]
+fn idle_sessions_expire_on_every_node_at_one_index_and_only_later_retries_count_as_new() {
+    const TTL_MS: u64 = 2_000;
+    let storages = (1..=3)
+        .map(|id| (id, Arc::new(MemoryStorage::new())))
+        .collect();
+    let short_sessions = Options {
+        session_ttl_ms: TTL_MS,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, short_sessions);
+    cluster.elect(3);
+    const IDLE: u64 = 30; // writes once, then only retries that write
+    const BUSY: u64 = 31; // keeps writing
+    let first = put_as(&mut cluster, 3, "idle", b"1", IDLE, 1);
+    cluster.deliver();
+    let first_index = written_index(cluster.reply(first));
+    let mut busy_sequence = 1;
+    put_as(&mut cluster, 3, "busy", b"1", BUSY, busy_sequence);
+    cluster.deliver();
+
+    // Inside the window a retry is recognised: same answer, nothing appended.
+    let until = cluster.now + TTL_MS / 2;
+    cluster.run_until(until);
+    let last = cluster.node(3).last_index();
+    let retry = put_as(&mut cluster, 3, "idle", b"1", IDLE, 1);
+    cluster.deliver();
+    assert_eq!(written_index(cluster.reply(retry)), first_index);
+    assert_eq!(
+        cluster.node(3).last_index(),
+        last,
+        "the retry appended nothing"
+    );
+    let retried_at = cluster.now;
+
+    // Past the window, with the busy client writing every half TTL.
+    while cluster.now < retried_at + 2 * TTL_MS {
+        let until = cluster.now + TTL_MS / 2;
+        cluster.run_until(until);
+        busy_sequence += 1;
+        put_as(&mut cluster, 3, "busy", b"2", BUSY, busy_sequence);
+        cluster.deliver();
+    }
+    // Whatever was appended last reaches every node.
+    let until = cluster.now + 3 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    let expiries = expiry_entries(&cluster, 3);
+    let expected = Operation::ExpireSessions(vec![ExpiredSession {
+        client_id: IDLE,
+        last_sequence: 1,
+    }]);
+    assert_eq!(
+        expiries.iter().map(|(_, op)| op).collect::<Vec<_>>(),
+        vec![&expected],
+        "one entry expires the idle session, and nothing else"
+    );
+    let expired_at = expiries[0].0;
+    for id in [1, 2, 3] {
+        assert_eq!(
+            expiry_entries(&cluster, id),
+            expiries,
+            "node {id} holds the same expiry at the same index"
+        );
+        assert!(cluster.node(id).applied_index() >= expired_at);
+        let storage = cluster.storage(id);
+        assert_eq!(storage.session(IDLE).expect("session"), None, "node {id}");
+        assert_eq!(
+            storage
+                .session(BUSY)
+                .expect("session")
+                .map(|s| s.last_sequence),
+            Some(busy_sequence),
+            "node {id} keeps the busy session"
+        );
+    }
+
+    // After expiry the old request id is a new request: appended and applied again.
+    let late = put_as(&mut cluster, 3, "idle", b"1", IDLE, 1);
+    cluster.deliver();
+    let late_index = written_index(cluster.reply(late));
+    let until = cluster.now + 3 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    assert!(
+        late_index > expired_at,
+        "applied anew at {late_index}, after the expiry at {expired_at}"
+    );
+    assert_eq!(
+        cluster
+            .storage(1)
+            .session(IDLE)
+            .expect("session")
+            .map(|s| s.result.index),
+        Some(late_index)
     );
 }

@@ -769,3 +769,46 @@ async fn serves(config: &replikv::config::ClientConfig, addr: &str) -> Option<()
     client.close().await;
     status.ok().map(|_| ())
 }
+
+/// `kvctl scan` walks pages: values that together exceed one client frame (4 MiB; the node caps
+/// a page at 1 MiB of pairs) come back in key order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_scan_walks_pages_past_the_client_frame() {
+    let cluster = Cluster::start(ClusterSpec::new(1, 151, 24151));
+    cluster.wait_for_primary().await;
+    let client = cluster.client(READWRITE_CLIENT);
+    let value = vec![b'v'; 900 * 1024];
+    for key in ["page-b", "page-a", "page-e", "page-c", "page-d"] {
+        client
+            .put(key, &value, WriteConcern::Majority, Duration::from_secs(10))
+            .await
+            .expect("put");
+    }
+    client.close().await;
+    let config_path = cluster.write_client_config(READWRITE_CLIENT);
+    let config = config_path.to_str().expect("UTF-8 temporary path");
+
+    let (code, stdout, stderr) = kvctl(&["--config", config, "scan", "page-"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let keys: Vec<&str> = stdout
+        .lines()
+        .map(|line| line.split('\t').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        ["page-a", "page-b", "page-c", "page-d", "page-e"],
+        "{stderr}"
+    );
+    assert!(stdout
+        .lines()
+        .all(|line| line.len() == "page-a\t".len() + value.len()));
+
+    let (code, stdout, stderr) =
+        kvctl(&["--config", config, "scan", "page-", "--limit", "2"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        2,
+        "--limit bounds the pairs, not the pages"
+    );
+}

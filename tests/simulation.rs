@@ -45,6 +45,14 @@ const DRIFT_BOUND_PPM: u64 = 100_000;
 /// Parts per million in one.
 const PPM: i128 = 1_000_000;
 
+/// The nodes' `session_ttl_ms` in most histories: longer than any history, so no session
+/// expires and the sweep only reads.
+const NO_EXPIRY_MS: u64 = 1 << 40;
+
+/// The nodes' `session_ttl_ms` in the expiring-session histories: well below a history's length,
+/// so sessions of clients stuck behind partitions and failovers expire during it.
+const SHORT_SESSION_TTL_MS: u64 = 1_000;
+
 /// One simulated node: its storage survives crashes, its protocol state does not.
 struct SimNode {
     storage: Arc<MemoryStorage>,
@@ -92,8 +100,12 @@ struct CompletedRead {
     linearizable: bool,
 }
 
-/// A node's whole state, in key order.
-type StatePairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// A node's whole state in key order, and its sessions table by client id: invariant 4 covers
+/// both (sessions decide which retries apply, so they must agree too).
+type StateAndSessions = (
+    Vec<(Vec<u8>, Vec<u8>)>,
+    Vec<(u64, replikv::wire::message::Session)>,
+);
 
 /// The fault schedule's knobs for one history.
 #[derive(Clone, Debug)]
@@ -129,6 +141,10 @@ struct Simulation {
     steps: u64,
     /// Probability per tick of asking the primary to add or remove a member.
     membership_change_probability: f64,
+    /// Probability that a client, once an operation is done, goes on as a new client (a new
+    /// client id, as a new `kvctl` run does), leaving its old session idle.
+    new_client_probability: f64,
+    next_client_id: u64,
     next_node_id: NodeId,
     /// Each node's clock rate is drawn within this bound, from `clock_rng` (0: perfect clocks).
     clock_drift_ppm: u64,
@@ -148,16 +164,24 @@ struct ClientState {
 impl Simulation {
     /// A history on perfect clocks.
     fn new(seed: u64, node_count: u64) -> Self {
-        Simulation::with_clocks(seed, node_count, 0)
+        Simulation::with_clocks(seed, node_count, 0, NO_EXPIRY_MS)
     }
 
     /// A history whose nodes' clocks drift within [`DRIFT_BOUND_PPM`], the bound they are
     /// configured with (unless `REPLIKV_SIM_NO_DRIFT_MARGIN` is set).
     fn drifting(seed: u64, node_count: u64) -> Self {
-        Simulation::with_clocks(seed, node_count, DRIFT_BOUND_PPM)
+        Simulation::with_clocks(seed, node_count, DRIFT_BOUND_PPM, NO_EXPIRY_MS)
     }
 
-    fn with_clocks(seed: u64, node_count: u64, clock_drift_ppm: u64) -> Self {
+    /// A history on perfect clocks whose nodes expire client sessions idle for
+    /// [`SHORT_SESSION_TTL_MS`].
+    fn expiring_sessions(seed: u64, node_count: u64) -> Self {
+        let mut simulation = Simulation::with_clocks(seed, node_count, 0, SHORT_SESSION_TTL_MS);
+        simulation.new_client_probability = 0.05;
+        simulation
+    }
+
+    fn with_clocks(seed: u64, node_count: u64, clock_drift_ppm: u64, session_ttl_ms: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut clock_rng = StdRng::seed_from_u64(seed ^ 0xc10c_d21f);
         let no_margin = std::env::var_os("REPLIKV_SIM_NO_DRIFT_MARGIN").is_some();
@@ -180,6 +204,9 @@ impl Simulation {
             // Some histories keep a tiny log, so members fall behind it and need snapshots.
             log_retention_bytes: if rng.gen_bool(0.3) { 2_000 } else { 1 << 30 },
             max_clock_drift_ppm: if no_margin { 0 } else { clock_drift_ppm },
+            max_scan_page_pairs: 1000,
+            max_scan_page_bytes: 1024 * 1024,
+            session_ttl_ms,
         };
         let faults = Faults {
             loss: [0.0, 0.01, 0.05, 0.2][rng.gen_range(0..4)],
@@ -242,6 +269,8 @@ impl Simulation {
             committed: BTreeMap::new(),
             steps: 0,
             membership_change_probability: 0.0,
+            new_client_probability: 0.0,
+            next_client_id: 2000,
             next_node_id: node_count + 1,
             clock_drift_ppm,
             clock_rng,
@@ -819,6 +848,11 @@ impl Simulation {
     }
 
     fn finish(&mut self, client: usize) {
+        if self.new_client_probability > 0.0 && self.rng.gen_bool(self.new_client_probability) {
+            self.clients[client].id = self.next_client_id;
+            self.clients[client].sequence = 0;
+            self.next_client_id += 1;
+        }
         let state = &mut self.clients[client];
         state.busy = false;
         state.next_op_at = self.now + self.rng.gen_range(0..30);
@@ -955,9 +989,12 @@ impl Simulation {
 
     /// Invariant 4: nodes at the same applied index have the same state.
     fn check_states_match(&self) {
-        let mut by_index: BTreeMap<LogIndex, (NodeId, StatePairs)> = BTreeMap::new();
+        let mut by_index: BTreeMap<LogIndex, (NodeId, StateAndSessions)> = BTreeMap::new();
         for (id, node, storage) in self.live_nodes() {
-            let state = storage.scan(b"", usize::MAX).unwrap_or_default();
+            let state = (
+                storage.scan(b"", usize::MAX).unwrap_or_default(),
+                storage.sessions().unwrap_or_default(),
+            );
             match by_index.get(&node.applied_index()) {
                 Some((other, other_state)) if *other_state != state => self.fail(format!(
                     "nodes {other} and {id} differ at applied index {}",
@@ -1166,6 +1203,19 @@ fn drifting_clocks_keep_every_invariant_with_membership_changes() {
     init_logging();
     for seed in seeds(500, 13_000_000) {
         Simulation::drifting(seed, 5)
+            .with_membership_changes()
+            .run(6_000);
+    }
+}
+
+/// Sessions expire during the history, with membership changes (joiners get the sessions table
+/// in snapshots): every node must drop the same sessions at the same index (the state check
+/// compares the sessions table too).
+#[test]
+fn expiring_sessions_keep_every_invariant() {
+    init_logging();
+    for seed in seeds(1_000, 15_000_000) {
+        Simulation::expiring_sessions(seed, 3)
             .with_membership_changes()
             .run(6_000);
     }

@@ -57,6 +57,19 @@ macro_rules! tunables {
             /// million (default 100,000: 10%). The read lease is failure_timeout_ms x (1 - drift)
             /// / (1 + drift): 245 ms of the default 300.
             max_clock_drift_ppm: u64 = 100_000, flag "PPM";
+            // Scans are paged (docs/PROTOCOL.md, client protocol): a page is read inside the
+            // event loop, so its size bounds the pause it costs heartbeats.
+            /// Most pairs in one page of a scan, whatever limit the client asks for.
+            max_scan_page_pairs: u32 = 1000, flag "N";
+            /// Most bytes of keys and values in one page of a scan (default 1 MiB); a single
+            /// larger pair is served alone.
+            max_scan_page_bytes: usize = 1024 * 1024, flag "BYTES";
+            // Sessions (docs/ARCHITECTURE.md, idempotency): the window within which a retried
+            // write is recognised. Longer than any client retries a request, short enough that
+            // the sessions table of many short-lived clients stays small.
+            /// A client session idle this long on the primary is expired and replicated as such
+            /// (default 10 minutes); a retry of its last write after that is applied as a new one.
+            session_ttl_ms: u64 = 10 * 60 * 1000, flag "MS";
         }
     };
 }
@@ -117,6 +130,15 @@ pub const FAILURE_TIMEOUT_HEARTBEATS: u64 = 3;
 /// frame), and the whole message must still fit in a peer frame.
 pub const MAX_APPEND_BYTES_LIMIT: usize = MAX_PEER_FRAME_BYTES - MAX_CLIENT_FRAME_BYTES - 64 * 1024;
 
+/// Largest allowed `max_scan_page_bytes`: a page's pairs, with the response's envelope, must fit
+/// a client frame.
+pub const MAX_SCAN_PAGE_BYTES_LIMIT: usize = MAX_CLIENT_FRAME_BYTES - 64 * 1024;
+
+/// Shortest allowed `session_ttl_ms`: the longest a request may wait on a node
+/// ([`crate::core::MAX_REQUEST_TIMEOUT_MS`]), so a session outlives any request its client may
+/// still be retrying.
+pub const MIN_SESSION_TTL_MS: u64 = crate::core::MAX_REQUEST_TIMEOUT_MS;
+
 /// Largest allowed `max_clock_drift_ppm` (50%): beyond it the lease is under a third of the
 /// failure timeout, and clocks that bad are broken rather than drifting.
 pub const MAX_CLOCK_DRIFT_PPM: u64 = 500_000;
@@ -146,6 +168,25 @@ pub fn check_options(options: &Options) -> Result<()> {
             "max_clock_drift_ppm ({}) must be at most {MAX_CLOCK_DRIFT_PPM}: the read lease \
              would be under a third of failure_timeout_ms",
             options.max_clock_drift_ppm
+        )));
+    }
+    if options.max_scan_page_pairs == 0 {
+        return Err(Error::Config(
+            "max_scan_page_pairs must be at least 1".into(),
+        ));
+    }
+    if options.max_scan_page_bytes == 0 || options.max_scan_page_bytes > MAX_SCAN_PAGE_BYTES_LIMIT {
+        return Err(Error::Config(format!(
+            "max_scan_page_bytes ({}) must be between 1 and {MAX_SCAN_PAGE_BYTES_LIMIT}: a page \
+             must fit one client frame",
+            options.max_scan_page_bytes
+        )));
+    }
+    if options.session_ttl_ms < MIN_SESSION_TTL_MS {
+        return Err(Error::Config(format!(
+            "session_ttl_ms ({}) must be at least {MIN_SESSION_TTL_MS}: a session must outlive \
+             every request its client may still retry",
+            options.session_ttl_ms
         )));
     }
     if options.max_inflight_entries == 0 {
@@ -302,6 +343,9 @@ mod tests {
                 max_inflight_entries: 8192,
                 log_retention_bytes: 64 * 1024 * 1024,
                 max_clock_drift_ppm: 100_000,
+                max_scan_page_pairs: 1000,
+                max_scan_page_bytes: 1024 * 1024,
+                session_ttl_ms: 600_000,
             }
         );
         check_options(&Options::default()).unwrap();
@@ -319,6 +363,22 @@ mod tests {
         assert_eq!(options.lease_ms(), 0);
         let message = check_options(&options).unwrap_err().to_string();
         assert!(message.contains("max_clock_drift_ppm"), "{message}");
+    }
+
+    #[test]
+    fn scan_pages_and_session_ttl_are_checked() {
+        let checked = |change: fn(&mut Options)| {
+            let mut options = Options::default();
+            change(&mut options);
+            check_options(&options).map_err(|err| err.to_string())
+        };
+        let message = checked(|o| o.max_scan_page_bytes = MAX_SCAN_PAGE_BYTES_LIMIT + 1);
+        assert!(message.unwrap_err().contains("max_scan_page_bytes"));
+        let message = checked(|o| o.max_scan_page_pairs = 0);
+        assert!(message.unwrap_err().contains("max_scan_page_pairs"));
+        let message = checked(|o| o.session_ttl_ms = MIN_SESSION_TTL_MS - 1);
+        assert!(message.unwrap_err().contains("session_ttl_ms"));
+        assert!(checked(|o| o.session_ttl_ms = MIN_SESSION_TTL_MS).is_ok());
     }
 
     #[test]

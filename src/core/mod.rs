@@ -50,6 +50,15 @@ pub struct Options {
     /// The most any node's clock may run fast or slow against true time, in parts per million.
     /// The read lease is shortened by it: see [`Options::lease_ms`].
     pub max_clock_drift_ppm: u64,
+    /// Most pairs in one page of a scan, whatever limit the client asks for.
+    pub max_scan_page_pairs: u32,
+    /// Most encoded bytes of pairs in one page of a scan (at least one pair is always served), so
+    /// a page fits one client frame and bounds the pause it costs the event loop.
+    pub max_scan_page_bytes: usize,
+    /// A client session that the primary has not seen a write from for this long is expired
+    /// (replicated as a log entry); a retry after that is taken for a new request. The window
+    /// within which retries are de-duplicated.
+    pub session_ttl_ms: u64,
 }
 
 /// Parts per million in one.

@@ -335,16 +335,20 @@ fn max_request_bytes(role: CertRole) -> usize {
 /// Checks what the role check does not: keys within [`MAX_KEY_BYTES`], and a new member's
 /// addresses usable, or every node would keep dialling nowhere.
 fn check_request(request: &Request) -> Result<()> {
-    let key = match request {
-        Request::Get { key, .. } => Some(key),
-        Request::Scan { prefix, .. } => Some(prefix),
+    let keys = match request {
+        Request::Get { key, .. } => vec![key],
+        Request::Scan {
+            prefix,
+            start_after,
+            ..
+        } => std::iter::once(prefix).chain(start_after).collect(),
         Request::Write {
             write: Write::Put { key, .. } | Write::Delete { key },
             ..
-        } => Some(key),
-        _ => None,
+        } => vec![key],
+        _ => Vec::new(),
     };
-    if let Some(key) = key.filter(|key| key.len() > MAX_KEY_BYTES) {
+    if let Some(key) = keys.into_iter().find(|key| key.len() > MAX_KEY_BYTES) {
         return Err(Error::InvalidRequest(format!(
             "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
             key.len()

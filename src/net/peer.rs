@@ -42,7 +42,7 @@ use std::time::Duration;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::certs::CertRole;
 use crate::config::tuning::{
@@ -377,8 +377,15 @@ async fn forward(
         let bytes = match frame::encode(&message, MAX_PEER_FRAME_BYTES) {
             Ok(bytes) => bytes,
             Err(err) => {
-                // A message the node built but cannot frame: a bug, but not this link's fault.
-                warn!(peer, %err, "cannot frame an outbound message; dropping it");
+                // A message the node built but cannot frame: a bug (every message the core builds
+                // is bounded to fit a frame), but not this link's fault. Said loudly, since a
+                // protocol that resends it would otherwise retry forever in silence.
+                error!(
+                    peer,
+                    %err,
+                    kind = ?message.body.stream(),
+                    "BUG: an outbound message exceeds the peer frame limit; dropping it"
+                );
                 continue;
             }
         };

@@ -10,6 +10,9 @@
 //!   caller bug, refused before any change is made.
 //! - `Noop` changes no state; `Membership` records the membership in `meta`; both advance the
 //!   applied index.
+//! - `ExpireSessions` removes each listed session whose last sequence is still the listed one (a
+//!   write applied since keeps its session). It decides nothing itself: the primary chose the
+//!   sessions, so every node removes the same ones at the same index.
 //! - A `Put` or `Delete` carrying a request id whose session already holds that sequence (or a
 //!   newer one) is a retry: it changes nothing and its result is the stored one. A request is
 //!   therefore never applied twice, whichever log entries carry it.
@@ -18,7 +21,9 @@
 use tracing::debug;
 
 use crate::error::Error;
-use crate::wire::message::{Entry, LogIndex, Membership, Operation, Session, WriteResult};
+use crate::wire::message::{
+    Entry, ExpiredSession, LogIndex, Membership, Operation, Session, WriteResult,
+};
 
 /// The mutable state an engine hands to [`apply_entries`]. Writes through it must become visible
 /// together (one transaction, or one critical section).
@@ -31,6 +36,9 @@ pub trait ApplyTarget {
 
     /// Replaces the session record of `client_id`.
     fn set_session(&mut self, client_id: u64, session: Session) -> Result<(), Self::Error>;
+
+    /// Removes the session record of `client_id`.
+    fn remove_session(&mut self, client_id: u64) -> Result<(), Self::Error>;
 
     /// Sets `key` to `value`; returns whether the key existed before.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool, Self::Error>;
@@ -93,6 +101,13 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
                 existed: false,
             })
         }
+        Operation::ExpireSessions(expired) => {
+            expire_sessions(target, expired)?;
+            return Ok(WriteResult {
+                index: entry.index,
+                existed: false,
+            });
+        }
         Operation::Put { .. } | Operation::Delete { .. } => entry.request_id,
     };
 
@@ -116,7 +131,7 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
     let existed = match &entry.operation {
         Operation::Put { key, value } => target.put(key, value)?,
         Operation::Delete { key } => target.delete(key)?,
-        Operation::Noop | Operation::Membership(_) => false,
+        Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => false,
     };
     let result = WriteResult {
         index: entry.index,
@@ -132,4 +147,20 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
         )?;
     }
     Ok(result)
+}
+
+/// Removes the expired sessions that no write has touched since the primary chose them.
+fn expire_sessions<T: ApplyTarget>(
+    target: &mut T,
+    expired: &[ExpiredSession],
+) -> Result<(), T::Error> {
+    for expired in expired {
+        let unchanged = target
+            .session(expired.client_id)?
+            .is_some_and(|session| session.last_sequence == expired.last_sequence);
+        if unchanged {
+            target.remove_session(expired.client_id)?;
+        }
+    }
+    Ok(())
 }

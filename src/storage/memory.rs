@@ -17,10 +17,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::rules::{
-    check_append, check_compact, collect_chunk, encoded_len, fits, rebuild_after_compaction,
-    truncate_before_start, FIRST_INDEX,
+    check_append, check_compact, collect_chunk, collect_page, encoded_len, fits,
+    rebuild_after_compaction, scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::{Meta, RolledBack, Storage};
+use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
 };
@@ -51,7 +51,7 @@ enum Write {
     Apply(Vec<Entry>),
     Compact(LogIndex),
     BeginSnapshot,
-    StageSnapshot(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    StageSnapshot(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<(u64, Option<Session>)>),
     InstallSnapshot {
         finish: SnapshotFinish,
         commit_index: LogIndex,
@@ -70,6 +70,8 @@ struct Contents {
     meta: Meta,
     /// A snapshot being received, beside the live state.
     staged: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Its sessions, beside the live ones.
+    staged_sessions: BTreeMap<u64, Session>,
 }
 
 impl MemoryStorage {
@@ -154,6 +156,7 @@ impl Contents {
                 ..Meta::default()
             },
             staged: BTreeMap::new(),
+            staged_sessions: BTreeMap::new(),
         }
     }
 
@@ -176,8 +179,8 @@ impl Contents {
                 self.apply(&entries)?;
             }
             Write::Compact(through) => self.compact(through)?,
-            Write::BeginSnapshot => self.staged.clear(),
-            Write::StageSnapshot(pairs) => self.stage(&pairs),
+            Write::BeginSnapshot => self.begin_snapshot(),
+            Write::StageSnapshot(pairs, sessions) => self.stage(&pairs, &sessions),
             Write::InstallSnapshot {
                 finish,
                 commit_index,
@@ -206,11 +209,22 @@ impl Contents {
         Ok(())
     }
 
-    fn stage(&mut self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    fn begin_snapshot(&mut self) {
+        self.staged.clear();
+        self.staged_sessions.clear();
+    }
+
+    fn stage(&mut self, pairs: &[(Vec<u8>, Option<Vec<u8>>)], sessions: &[(u64, Option<Session>)]) {
         for (key, value) in pairs {
             match value {
                 Some(value) => self.staged.insert(key.clone(), value.clone()),
                 None => self.staged.remove(key),
+            };
+        }
+        for (client_id, session) in sessions {
+            match session {
+                Some(session) => self.staged_sessions.insert(*client_id, *session),
+                None => self.staged_sessions.remove(client_id),
             };
         }
     }
@@ -228,7 +242,7 @@ impl Contents {
             entry: entry.clone(),
         }));
         self.state = std::mem::take(&mut self.staged);
-        self.sessions = finish.sessions.iter().copied().collect();
+        self.sessions = std::mem::take(&mut self.staged_sessions);
         self.meta.applied_index = finish.index;
         self.meta.commit_index = self.meta.commit_index.max(finish.index);
         self.meta.log_start = finish.index + 1;
@@ -301,6 +315,11 @@ impl ApplyTarget for StateTarget<'_> {
 
     fn set_session(&mut self, client_id: u64, session: Session) -> Result<()> {
         self.0.sessions.insert(client_id, session);
+        Ok(())
+    }
+
+    fn remove_session(&mut self, client_id: u64) -> Result<()> {
+        self.0.sessions.remove(&client_id);
         Ok(())
     }
 
@@ -418,16 +437,21 @@ impl Storage for MemoryStorage {
         Ok(self.lock().live.state.get(key).cloned())
     }
 
-    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage> {
         let inner = self.lock();
-        Ok(inner
+        let pairs = inner
             .live
             .state
-            .range(prefix.to_vec()..)
+            .range::<[u8], _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
-            .take(limit)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect())
+            .map(Ok);
+        collect_page(pairs, max_pairs, max_bytes)
     }
 
     fn session(&self, client_id: u64) -> Result<Option<Session>> {
@@ -465,26 +489,36 @@ impl Storage for MemoryStorage {
         collect_chunk(range.map(Ok), max_bytes)
     }
 
-    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+    fn sessions_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Session)>> {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
         Ok(self
             .lock()
             .live
             .sessions
-            .iter()
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit)
             .map(|(id, session)| (*id, *session))
             .collect())
     }
 
     fn begin_snapshot(&self) -> Result<()> {
         self.write(Write::BeginSnapshot, |contents| {
-            contents.staged.clear();
+            contents.begin_snapshot();
             Ok(())
         })
     }
 
-    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
-        self.write(Write::StageSnapshot(pairs.to_vec()), |contents| {
-            contents.stage(pairs);
+    fn stage_snapshot(
+        &self,
+        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        sessions: &[(u64, Option<Session>)],
+    ) -> Result<()> {
+        let write = Write::StageSnapshot(pairs.to_vec(), sessions.to_vec());
+        self.write(write, |contents| {
+            contents.stage(pairs, sessions);
             Ok(())
         })
     }

@@ -21,6 +21,9 @@ pub mod memory;
 mod rules;
 pub mod sled_engine;
 
+pub(crate) use rules::fits as fits_in_batch;
+pub use rules::{framed_pair_bytes, PAIR_FRAMING_BYTES, SESSION_RECORD_BYTES};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -45,6 +48,15 @@ pub struct Meta {
     pub log_start: LogIndex,
     /// `(epoch, index)` of the entry just before `log_start` (the snapshot's last entry).
     pub snapshot_epoch: Epoch,
+}
+
+/// One page of a prefix scan ([`Storage::scan_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Pairs in key order.
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether pairs of the prefix remain after the last one of this page.
+    pub more: bool,
 }
 
 /// An entry removed from this node's log because it diverged from the primary's, kept for the
@@ -106,11 +118,36 @@ pub trait Storage: Send + Sync {
     /// The value of `key` in the applied state.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
-    /// Up to `limit` pairs whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// One page of the pairs whose key starts with `prefix` and comes after `after` (from the
+    /// prefix's first key when `None`), in key order: at most `max_pairs` pairs and `max_bytes` of
+    /// encoded pairs ([`framed_pair_bytes`]), but at least one pair if any is left and
+    /// `max_pairs > 0`. Reads at most one pair past the page, to say whether more remain.
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage>;
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order, in one read (for tests
+    /// and tools; the node reads pages).
+    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan_page(prefix, None, limit, usize::MAX)?.pairs)
+    }
 
     /// The session record of `client_id`, if any.
     fn session(&self, client_id: u64) -> Result<Option<Session>>;
+
+    /// Up to `limit` session records of the clients after `after` (from the first when `None`),
+    /// by client id.
+    fn sessions_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Session)>>;
+
+    /// Every session record, by client id, in one read (for tests and tools; the node reads
+    /// pages).
+    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+        self.sessions_after(None, usize::MAX)
+    }
 
     // --- compaction and snapshots ---
 
@@ -121,24 +158,26 @@ pub trait Storage: Send + Sync {
     /// starts at `through + 1` and remembers the epoch of `through` as the snapshot epoch.
     fn compact(&self, through: LogIndex) -> Result<()>;
 
-    /// Up to `max_bytes` of state pairs whose keys come strictly after `after`, in key order (at
-    /// least one pair if any is left). Empty when the scan is done.
+    /// Up to `max_bytes` of encoded state pairs ([`framed_pair_bytes`]) whose keys come strictly
+    /// after `after`, in key order (at least one pair if any is left). Empty when the scan is done.
     fn state_chunk(
         &self,
         after: Option<&[u8]>,
         max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    /// Every session record, by client id.
-    fn sessions(&self) -> Result<Vec<(u64, Session)>>;
-
-    /// Discards any staged snapshot and starts staging a new one, beside the live state.
+    /// Discards any staged snapshot and starts staging a new one, beside the live state and
+    /// sessions.
     fn begin_snapshot(&self) -> Result<()>;
 
-    /// Stages snapshot pairs; `None` removes a staged key.
-    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()>;
+    /// Stages snapshot pairs and session records; `None` removes a staged key or session.
+    fn stage_snapshot(
+        &self,
+        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        sessions: &[(u64, Option<Session>)],
+    ) -> Result<()>;
 
-    /// Replaces state and sessions with the staged snapshot and `finish`, as one step that a crash
+    /// Replaces state and sessions with the staged ones, as one step that a crash
     /// either completes (on reopening) or never started: applied index, commit index and the log
     /// start move to `finish.index`, the membership to `finish.membership`. The old log is dropped;
     /// its entries above `commit_index` are moved to `rollback`, tagged `epoch`, and returned.

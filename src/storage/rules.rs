@@ -1,12 +1,25 @@
 //! The rules both storage engines share, so that they accept and refuse the same operations with
 //! the same messages: which appends keep the log contiguous, which truncations and compactions are
-//! allowed, and how reads are cut into batches of at most `max_bytes`.
+//! allowed, and how reads are cut into batches of at most `max_bytes` (and pages of at most
+//! `max_pairs`). A batch's bytes count what the pairs cost once encoded in a message, framing
+//! included, so a batch within its budget fits the frame it was sized for.
 //!
 //! Every refusal here is an [`Error::Storage`]: it means the caller broke the storage contract,
 //! and a node that meets one stops rather than serve from a store it cannot trust.
 
+use std::ops::Bound;
+
 use crate::error::{Error, Result};
+use crate::storage::ScanPage;
 use crate::wire::message::{Entry, Epoch, LogIndex};
+
+/// The most postcard adds to a pair's key and value bytes in a message: two length prefixes (at
+/// most 5 bytes each below 32 GiB) and the tag of an optional value.
+pub const PAIR_FRAMING_BYTES: usize = 16;
+
+/// The most one `(client id, Option<Session>)` of a snapshot chunk takes encoded: three varint
+/// `u64`s of at most 10 bytes, a bool and an option tag.
+pub const SESSION_RECORD_BYTES: usize = 40;
 
 /// The first log index of a node that has never compacted its log.
 pub(crate) const FIRST_INDEX: LogIndex = 1;
@@ -41,25 +54,59 @@ pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
         .map_err(|err| Error::Storage(format!("cannot size entry {}: {err}", entry.index)))
 }
 
-/// Collects state pairs in order until `max_bytes` of keys and values (at least one pair): the
+/// Collects state pairs in order until `max_bytes` of encoded pairs (at least one pair): the
 /// chunking rule of [`Storage::state_chunk`](super::Storage::state_chunk), shared by both engines.
 pub(crate) fn collect_chunk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     pairs: impl Iterator<Item = Result<(K, V)>>,
     max_bytes: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut chunk = Vec::new();
+    Ok(collect_page(pairs, usize::MAX, max_bytes)?.pairs)
+}
+
+/// Collects pairs in order into a page of at most `max_pairs` pairs and `max_bytes` of encoded
+/// pairs (at least one pair unless `max_pairs` is 0), and says whether any pair is left after it:
+/// the paging rule of [`Storage::scan_page`](super::Storage::scan_page). Reads at most one pair
+/// past the page.
+pub(crate) fn collect_page<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    pairs: impl Iterator<Item = Result<(K, V)>>,
+    max_pairs: usize,
+    max_bytes: usize,
+) -> Result<ScanPage> {
+    let mut page = Vec::new();
     let mut bytes = 0usize;
     for pair in pairs {
         let (key, value) = pair?;
         let (key, value) = (key.as_ref(), value.as_ref());
-        let size = key.len() + value.len();
-        if !fits(chunk.len(), bytes, size, max_bytes) {
-            break;
+        let size = framed_pair_bytes(key, value);
+        if page.len() >= max_pairs || !fits(page.len(), bytes, size, max_bytes) {
+            return Ok(ScanPage {
+                pairs: page,
+                more: true,
+            });
         }
         bytes += size;
-        chunk.push((key.to_vec(), value.to_vec()));
+        page.push((key.to_vec(), value.to_vec()));
     }
-    Ok(chunk)
+    Ok(ScanPage {
+        pairs: page,
+        more: false,
+    })
+}
+
+/// What a pair costs in a message: its bytes and their framing.
+pub fn framed_pair_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len()
+        .saturating_add(value.len())
+        .saturating_add(PAIR_FRAMING_BYTES)
+}
+
+/// Where a scan of `prefix` resumes: after `after` if it is past the prefix's first key, else at
+/// the prefix itself.
+pub(crate) fn scan_start<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> Bound<&'a [u8]> {
+    match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    }
 }
 
 /// Whether a batch of `collected` items totalling `total_bytes` may take one more of `size` bytes:

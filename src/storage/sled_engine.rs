@@ -8,6 +8,8 @@
 //! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch |
 //! | `sessions` | client id, u64 big-endian | [`Session`] |
 //! | `rollback` | sequence number, u64 big-endian | [`RolledBack`] |
+//! | `snapshot` | user key | user value: the state of a snapshot being received |
+//! | `snapshot_sessions` | client id, u64 big-endian | [`Session`]: its sessions |
 //!
 //! Big-endian keys make sled's byte order the numeric order, so range scans walk the log in order.
 //! Rollback records are keyed by a counter rather than by `(epoch, index)`: the counter is unique
@@ -37,10 +39,10 @@ use sled::{Batch, IVec, Transactional, Tree};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::rules::{
-    check_append, check_compact, collect_chunk, fits, rebuild_after_compaction,
-    truncate_before_start, FIRST_INDEX,
+    check_append, check_compact, collect_chunk, collect_page, fits, rebuild_after_compaction,
+    scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::{Meta, RolledBack, Storage};
+use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
 };
@@ -68,6 +70,8 @@ pub struct SledStorage {
     rollback: Tree,
     /// A snapshot being received, staged beside `state` until it is installed.
     snapshot: Tree,
+    /// The sessions of that snapshot, staged beside `sessions`.
+    snapshot_sessions: Tree,
     path: PathBuf,
     tail: Mutex<Tail>,
     /// Held by `apply` and `truncate_suffix`, so a truncation sees a stable applied index.
@@ -101,6 +105,7 @@ impl SledStorage {
         let sessions = open_tree("sessions")?;
         let rollback = open_tree("rollback")?;
         let snapshot = open_tree("snapshot")?;
+        let snapshot_sessions = open_tree("snapshot_sessions")?;
 
         let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
         let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
@@ -128,6 +133,7 @@ impl SledStorage {
             sessions,
             rollback,
             snapshot,
+            snapshot_sessions,
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
                 last,
@@ -386,15 +392,22 @@ impl Storage for SledStorage {
         Ok(self.state.get(key)?.map(|value| value.to_vec()))
     }
 
-    fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.state
-            .scan_prefix(prefix)
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key.to_vec(), value.to_vec()))
-            })
-            .collect()
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max_pairs: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage> {
+        let pairs = self
+            .state
+            .range::<&[u8], _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
+            .map(|item| item.map_err(Error::from))
+            .take_while(|item| {
+                item.as_ref()
+                    .map_or(true, |(key, _)| key.starts_with(prefix))
+            });
+        collect_page(pairs, max_pairs, max_bytes)
     }
 
     fn session(&self, client_id: u64) -> Result<Option<Session>> {
@@ -462,9 +475,15 @@ impl Storage for SledStorage {
         collect_chunk(range.map(|item| item.map_err(Error::from)), max_bytes)
     }
 
-    fn sessions(&self) -> Result<Vec<(u64, Session)>> {
+    fn sessions_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Session)>> {
+        let from = match after {
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(after) => after + 1,
+            None => 0,
+        };
         self.sessions
-            .iter()
+            .range(from.to_be_bytes()..)
+            .take(limit)
             .map(|item| {
                 let (key, value) = item?;
                 let client_id = decode_key(&key, "sessions")?;
@@ -476,10 +495,15 @@ impl Storage for SledStorage {
 
     fn begin_snapshot(&self) -> Result<()> {
         self.snapshot.clear()?;
+        self.snapshot_sessions.clear()?;
         Ok(())
     }
 
-    fn stage_snapshot(&self, pairs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    fn stage_snapshot(
+        &self,
+        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        sessions: &[(u64, Option<Session>)],
+    ) -> Result<()> {
         let mut batch = Batch::default();
         for (key, value) in pairs {
             match value {
@@ -488,6 +512,18 @@ impl Storage for SledStorage {
             }
         }
         self.snapshot.apply_batch(batch)?;
+        let mut batch = Batch::default();
+        for (client_id, session) in sessions {
+            let key = client_id.to_be_bytes();
+            match session {
+                Some(session) => {
+                    let value = encode(session, || format!("session of client {client_id}"))?;
+                    batch.insert(&key[..], value);
+                }
+                None => batch.remove(&key[..]),
+            }
+        }
+        self.snapshot_sessions.apply_batch(batch)?;
         Ok(())
     }
 
@@ -538,9 +574,9 @@ impl SledStorage {
         self.state.apply_batch(batch)?;
         self.sessions.clear()?;
         let mut batch = Batch::default();
-        for (client_id, session) in &finish.sessions {
-            let value = encode(session, || format!("session of client {client_id}"))?;
-            batch.insert(&client_id.to_be_bytes()[..], value);
+        for item in self.snapshot_sessions.iter() {
+            let (key, value) = item?;
+            batch.insert(key, value);
         }
         self.sessions.apply_batch(batch)?;
 
@@ -587,6 +623,7 @@ impl SledStorage {
         batch.remove(META_INSTALLING);
         self.meta.apply_batch(batch)?;
         self.snapshot.clear()?;
+        self.snapshot_sessions.clear()?;
         self.db.flush()?;
         tail.last = (finish.epoch, finish.index);
         tail.log_start = finish.index + 1;
@@ -658,6 +695,11 @@ impl ApplyTarget for TransactionTarget<'_> {
         let mut buffer = [0u8; SMALL_VALUE_BYTES];
         let value = encode_small(&session, &mut buffer)?;
         self.sessions.insert(&client_id.to_be_bytes()[..], value)?;
+        Ok(())
+    }
+
+    fn remove_session(&mut self, client_id: u64) -> std::result::Result<(), Self::Error> {
+        self.sessions.remove(&client_id.to_be_bytes()[..])?;
         Ok(())
     }
 

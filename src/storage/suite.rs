@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use super::{Meta, RolledBack, Storage};
 use crate::error::Error;
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session, WriteResult,
+    Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session, SnapshotFinish,
+    WriteResult,
 };
 
 // --- entry builders ---
@@ -371,6 +372,187 @@ fn scan_by_prefix_with_limit(storage: &dyn Storage) {
     assert_eq!(storage.scan(b"zzz", 100).unwrap(), vec![]);
 }
 
+fn scan_pages_are_bounded_and_continue_after_their_last_key(storage: &dyn Storage) {
+    let keys: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
+    let mut log: Vec<Entry> = keys
+        .iter()
+        .zip(1..)
+        .map(|(key, index)| put(1, index, key, "0123456789"))
+        .collect();
+    log.push(put(1, 26, "a", "outside the prefix"));
+    log.push(put(1, 27, "v", "outside the prefix"));
+    append_and_apply(storage, &log);
+    let pair_bytes = super::framed_pair_bytes(b"user:00", b"0123456789");
+
+    // Capped by pairs: 10, then 10, then the last 5 with nothing more.
+    let first = storage.scan_page(b"user:", None, 10, usize::MAX).unwrap();
+    assert_eq!(first.pairs.len(), 10);
+    assert!(first.more);
+    let after = first.pairs.last().map(|(key, _)| key.clone()).unwrap();
+    let second = storage
+        .scan_page(b"user:", Some(&after), 10, usize::MAX)
+        .unwrap();
+    assert_eq!(second.pairs.first().unwrap().0, bytes("user:10"));
+    let after = second.pairs.last().map(|(key, _)| key.clone()).unwrap();
+    let third = storage
+        .scan_page(b"user:", Some(&after), 10, usize::MAX)
+        .unwrap();
+    assert_eq!(third.pairs.len(), 5);
+    assert!(!third.more, "nothing of the prefix is left");
+
+    // Capped by bytes: as many whole pairs as fit, and at least one whatever the budget.
+    let page = storage
+        .scan_page(b"user:", None, 100, 3 * pair_bytes + 1)
+        .unwrap();
+    assert_eq!(page.pairs.len(), 3);
+    assert!(page.more);
+    let page = storage.scan_page(b"user:", None, 100, 1).unwrap();
+    assert_eq!(page.pairs.len(), 1);
+
+    // Walking every page returns every key once, in order.
+    let mut walked = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = storage
+            .scan_page(b"user:", after.as_deref(), 7, 4 * pair_bytes)
+            .unwrap();
+        assert!(page.pairs.len() <= 4);
+        walked.extend(page.pairs.iter().map(|(key, _)| key.clone()));
+        if !page.more {
+            break;
+        }
+        after = page.pairs.last().map(|(key, _)| key.clone());
+    }
+    let expected: Vec<Vec<u8>> = keys.iter().map(|key| bytes(key)).collect();
+    assert_eq!(walked, expected);
+
+    // A continuation before the prefix starts at the prefix; one past it finds nothing.
+    let page = storage
+        .scan_page(b"user:", Some(b"a"), 1, usize::MAX)
+        .unwrap();
+    assert_eq!(page.pairs[0].0, bytes("user:00"));
+    let page = storage
+        .scan_page(b"user:", Some(b"user;"), 10, usize::MAX)
+        .unwrap();
+    assert_eq!(page, super::ScanPage::default());
+    // No pairs asked for: none served, but the answer says some remain.
+    let page = storage.scan_page(b"user:", None, 0, usize::MAX).unwrap();
+    assert!(page.pairs.is_empty() && page.more);
+}
+
+fn sessions_are_read_in_pages(storage: &dyn Storage) {
+    let log: Vec<Entry> = (1..=5)
+        .map(|index| with_request(put(1, index, "k", "v"), 10 * index, 1))
+        .collect();
+    append_and_apply(storage, &log);
+    let ids = |sessions: Vec<(u64, Session)>| -> Vec<u64> {
+        sessions.into_iter().map(|(id, _)| id).collect()
+    };
+    assert_eq!(ids(storage.sessions_after(None, 2).unwrap()), vec![10, 20]);
+    assert_eq!(
+        ids(storage.sessions_after(Some(20), 2).unwrap()),
+        vec![30, 40]
+    );
+    assert_eq!(ids(storage.sessions_after(Some(45), 9).unwrap()), vec![50]);
+    assert_eq!(
+        ids(storage.sessions_after(Some(u64::MAX), 9).unwrap()),
+        vec![]
+    );
+    assert_eq!(storage.sessions().unwrap().len(), 5);
+}
+
+fn expiring_sessions_removes_those_unchanged_since(storage: &dyn Storage) {
+    let log = vec![
+        with_request(put(1, 1, "a", "1"), 7, 1),
+        with_request(put(1, 2, "b", "1"), 8, 1),
+        with_request(put(1, 3, "b", "2"), 8, 2),
+    ];
+    append_and_apply(storage, &log);
+    let expire = Entry {
+        epoch: 1,
+        index: 4,
+        operation: Operation::ExpireSessions(vec![
+            crate::wire::message::ExpiredSession {
+                client_id: 7,
+                last_sequence: 1,
+            },
+            // Chosen when client 8 was at sequence 1; it wrote since, so it stays.
+            crate::wire::message::ExpiredSession {
+                client_id: 8,
+                last_sequence: 1,
+            },
+            crate::wire::message::ExpiredSession {
+                client_id: 9,
+                last_sequence: 1,
+            },
+        ]),
+        request_id: None,
+    };
+    assert_eq!(append_and_apply(storage, &[expire]), vec![result(4, false)]);
+    assert_eq!(storage.session(7).unwrap(), None);
+    assert_eq!(
+        storage.session(8).unwrap().map(|s| s.last_sequence),
+        Some(2)
+    );
+    assert_eq!(storage.meta().unwrap().applied_index, 4);
+    // Client 7's old request is now new: it applies again.
+    let retry = with_request(put(1, 5, "a", "again"), 7, 1);
+    assert_eq!(append_and_apply(storage, &[retry]), vec![result(5, true)]);
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("again")));
+}
+
+fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) {
+    let log = vec![
+        with_request(put(1, 1, "old", "1"), 7, 1),
+        with_request(put(1, 2, "kept", "1"), 8, 1),
+    ];
+    append_and_apply(storage, &log);
+    let session = |sequence, index| Session {
+        last_sequence: sequence,
+        result: result(index, false),
+    };
+    storage.begin_snapshot().unwrap();
+    storage
+        .stage_snapshot(
+            &[
+                (bytes("a"), Some(bytes("1"))),
+                (bytes("b"), Some(bytes("2"))),
+            ],
+            &[(20, Some(session(3, 40))), (21, Some(session(1, 41)))],
+        )
+        .unwrap();
+    // A later chunk deletes what an earlier one staged, and changes what it sent.
+    storage
+        .stage_snapshot(
+            &[(bytes("b"), None), (bytes("c"), Some(bytes("3")))],
+            &[(21, None), (20, Some(session(4, 50)))],
+        )
+        .unwrap();
+    let finish = SnapshotFinish {
+        index: 60,
+        epoch: 2,
+        membership: membership(&[1, 2]),
+    };
+    storage.install_snapshot(&finish, 2, 2).unwrap();
+    assert_eq!(
+        storage.scan(b"", 10).unwrap(),
+        vec![(bytes("a"), bytes("1")), (bytes("c"), bytes("3"))]
+    );
+    assert_eq!(storage.sessions().unwrap(), vec![(20, session(4, 50))]);
+    let meta = storage.meta().unwrap();
+    assert_eq!((meta.applied_index, meta.log_start), (60, 61));
+    // The next transfer starts from nothing staged.
+    storage.begin_snapshot().unwrap();
+    storage.stage_snapshot(&[], &[]).unwrap();
+    let finish = SnapshotFinish {
+        index: 70,
+        ..finish
+    };
+    storage.install_snapshot(&finish, 60, 2).unwrap();
+    assert_eq!(storage.scan(b"", 10).unwrap(), vec![]);
+    assert_eq!(storage.sessions().unwrap(), vec![]);
+}
+
 fn truncating_applied_entries_rebuilds_the_state(storage: &dyn Storage) {
     let log = vec![
         with_request(put(1, 1, "a", "1"), 7, 1),
@@ -437,6 +619,10 @@ macro_rules! engine_suite {
             apply_refuses_gaps_without_changing_anything,
             retried_request_is_applied_once,
             scan_by_prefix_with_limit,
+            scan_pages_are_bounded_and_continue_after_their_last_key,
+            sessions_are_read_in_pages,
+            expiring_sessions_removes_those_unchanged_since,
+            a_staged_snapshot_replaces_the_state_and_the_sessions,
             truncating_applied_entries_rebuilds_the_state,
             truncating_unapplied_entries_keeps_the_state,
         );

@@ -98,9 +98,15 @@ pub enum Request {
         key: Vec<u8>,
         consistency: ReadConsistency,
     },
-    /// Read up to `limit` pairs whose key starts with `prefix`, in key order.
+    /// One page of the pairs whose key starts with `prefix`, in key order: those after
+    /// `start_after` (the last key of the previous page; `None` for the first page), at most
+    /// `limit` of them. The node also caps the page (`max_scan_page_pairs`,
+    /// `max_scan_page_bytes`), so a page always fits one client frame; [`Response::Pairs`] says
+    /// whether more remain. Each page is consistent at its own index (`meta.index`); a scan of
+    /// many pages is not one snapshot.
     Scan {
         prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
         limit: u32,
         consistency: ReadConsistency,
     },
@@ -145,8 +151,12 @@ pub enum Response {
         value: Option<Vec<u8>>,
         meta: ResponseMeta,
     },
+    /// A page of a [`Request::Scan`]. When `more` is set, pairs past this page remain: the next
+    /// page starts after the last key of this one (its continuation key, not repeated here, so a
+    /// page holding a maximal key and value still fits one frame).
     Pairs {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
         meta: ResponseMeta,
     },
     Written {

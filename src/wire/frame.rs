@@ -21,10 +21,10 @@ pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Largest key a client may write or read.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
-/// Largest frame a node accepts from a client whose certificate only reads: a read names one key
-/// (or a scan prefix), so nothing more is needed, and a read-only client cannot make the node
-/// buffer write-sized frames.
-pub const MAX_READ_REQUEST_BYTES: usize = MAX_KEY_BYTES + 1024;
+/// Largest frame a node accepts from a client whose certificate only reads: a read names one key,
+/// or a scan prefix and the key it continues after, so nothing more is needed, and a read-only
+/// client cannot make the node buffer write-sized frames.
+pub const MAX_READ_REQUEST_BYTES: usize = 2 * MAX_KEY_BYTES + 1024;
 
 /// The body buffer starts at most this large and grows as bytes arrive.
 const INITIAL_BODY_CAPACITY: usize = 64 * 1024;

@@ -53,6 +53,18 @@ pub enum Operation {
     Delete { key: Vec<u8> },
     /// Replace the membership. Takes effect on each node as soon as it is appended to its log.
     Membership(Membership),
+    /// Forget these client sessions: the primary found them idle for longer than
+    /// `session_ttl_ms` on its clock. Applied like any entry, so every node drops the same
+    /// sessions at the same index. A session whose last sequence moved on since is kept.
+    ExpireSessions(Vec<ExpiredSession>),
+}
+
+/// A session the primary decided to expire, as it was when it decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredSession {
+    pub client_id: u64,
+    /// The session's last sequence when the primary chose it; a newer write keeps the session.
+    pub last_sequence: u64,
 }
 
 /// One log entry. Entries are appended, never rewritten; only a divergent suffix is moved aside
@@ -190,27 +202,30 @@ pub enum MessageBody {
     /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
     StaleEpoch,
     /// Primary → member whose next entry was compacted away, on the resync stream: one chunk of a
-    /// snapshot of the primary's state. Chunks of one `transfer` are numbered from 0 and staged by
-    /// the member; the chunk carrying `finish` installs the whole snapshot atomically.
+    /// snapshot of the primary's state and sessions. Chunks of one `transfer` are numbered from 0
+    /// and staged by the member; the chunk carrying `finish` installs the whole snapshot
+    /// atomically. Every chunk, the last included, stays within the sender's `max_append_bytes`
+    /// (plus at most one pair), so it always fits a peer frame.
     SnapshotChunk {
         transfer: u64,
         sequence: u64,
         /// Keys and values; `None` deletes a key staged by an earlier chunk.
         pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        /// Session records by client id; `None` deletes a session staged by an earlier chunk.
+        sessions: Vec<(u64, Option<Session>)>,
         finish: Option<SnapshotFinish>,
     },
     /// Member → primary: chunk `sequence` of `transfer` is staged (flow control).
     SnapshotAck { transfer: u64, sequence: u64 },
 }
 
-/// The end of a snapshot: the log position it reflects and what the state alone does not hold.
+/// The end of a snapshot: the log position that the staged state and sessions reflect, and the
+/// membership. Small whatever the state: the sessions travel in chunks like the pairs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotFinish {
     /// The snapshot reflects every entry up to and including `(epoch, index)`.
     pub index: LogIndex,
     pub epoch: Epoch,
-    /// The `sessions` table at `index`: client id → (last sequence, its result).
-    pub sessions: Vec<(u64, Session)>,
     /// The membership in force at `index`.
     pub membership: Membership,
 }

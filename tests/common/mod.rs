@@ -140,6 +140,9 @@ impl Cluster {
                 max_inflight_entries: None,
                 log_retention_bytes: None,
                 max_clock_drift_ppm: None,
+                max_scan_page_pairs: None,
+                max_scan_page_bytes: None,
+                session_ttl_ms: None,
                 log_level: "info".to_string(),
             };
             let config_path = dir.path().join(format!("node-{}.toml", member.id));

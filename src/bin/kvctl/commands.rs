@@ -108,7 +108,9 @@ fn report_write(
     Ok(EXIT_OK)
 }
 
-/// `kvctl scan`: one `key<TAB>value` line per pair.
+/// `kvctl scan`: one `key<TAB>value` line per pair, printed page by page as the pages arrive
+/// (with `--json`, one object once every page is in). A count of the pairs read so far is shown
+/// on stderr when it is a terminal. Each page is consistent at its own index (docs/PROTOCOL.md).
 pub async fn scan(
     client: &Client,
     prefix: &str,
@@ -117,13 +119,47 @@ pub async fn scan(
     node: Option<&str>,
     json: bool,
 ) -> Result<u8, Error> {
-    let (pairs, meta) = pinned(client, node)
-        .scan(prefix, limit, consistency)
-        .await?;
-    if json {
-        print_json(&output::scan_json(&pairs, &meta))?;
+    let session = pinned(client, node);
+    let bar = if json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
     } else {
-        print_pairs(&pairs)?;
+        indicatif::ProgressBar::new_spinner()
+    };
+    let mut collected = Vec::new();
+    let mut read = 0u32;
+    let mut start_after: Option<Vec<u8>> = None;
+    let meta = loop {
+        let page = session
+            .scan_page(
+                prefix,
+                start_after.as_deref(),
+                limit.saturating_sub(read),
+                consistency,
+            )
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                bar.finish_and_clear();
+                return Err(err);
+            }
+        };
+        read = read.saturating_add(u32::try_from(page.pairs.len()).unwrap_or(u32::MAX));
+        if json {
+            collected.extend(page.pairs);
+        } else {
+            bar.suspend(|| print_pairs(&page.pairs))?;
+        }
+        bar.set_message(format!("{read} pairs"));
+        bar.tick();
+        match page.continuation {
+            Some(last) if read < limit => start_after = Some(last),
+            _ => break page.meta,
+        }
+    };
+    bar.finish_and_clear();
+    if json {
+        print_json(&output::scan_json(&collected, &meta))?;
     }
     Ok(EXIT_OK)
 }

@@ -107,11 +107,12 @@ enum Command {
         #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
         write_concern: Option<WriteConcern>,
     },
-    /// Print the pairs whose key starts with PREFIX, one `key<TAB>value` per line.
+    /// Print the pairs whose key starts with PREFIX, one `key<TAB>value` per line, in key order.
+    /// Read page by page: each page is consistent at its own index, the whole is not a snapshot.
     Scan {
         /// Key prefix; all keys when omitted.
         prefix: Option<String>,
-        /// Most pairs to print.
+        /// Most pairs to print (read in as many pages as needed).
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::wire::client::Response;
 use crate::wire::message::{Epoch, Message, MessageBody, NodeId, Operation, Rank};
 
+use super::sessions::SessionExpiry;
 use super::{Node, PrimaryState, RoleState};
 
 impl Node {
@@ -323,6 +324,7 @@ impl Node {
             reads: Vec::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,
+            session_expiry: SessionExpiry::new(now),
         }));
         self.set_primary(Some(self.id));
         for member in self.other_members() {

@@ -336,6 +336,7 @@ fn entry_size(entry: &Entry) -> usize {
         Operation::Delete { key } => key.len(),
         Operation::Noop => 0,
         Operation::Membership(membership) => membership.members.len() * 64,
+        Operation::ExpireSessions(expired) => expired.len() * 20,
     };
     payload + 32
 }

@@ -31,6 +31,7 @@
 //!   (appends, conflicts, acks);
 //! - `requests`: client writes, write concern and reads;
 //! - `snapshot`: log compaction, and sending and installing snapshots;
+//! - `sessions`: expiring idle client sessions (decided by the primary, replicated in the log);
 //! - `membership`: the membership in force, changes to it, and learner promotion.
 
 mod election;
@@ -38,6 +39,7 @@ mod log;
 mod membership;
 mod replication;
 mod requests;
+mod sessions;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,7 +62,8 @@ use self::log::Log;
 use self::membership::MembershipChange;
 pub use self::requests::MAX_REQUEST_TIMEOUT_MS;
 use self::requests::{PendingRead, PendingWrite};
-use self::snapshot::{IncomingSnapshot, SnapshotTransfer};
+use self::sessions::SessionExpiry;
+use self::snapshot::{Chunk, IncomingSnapshot, SnapshotTransfer};
 
 /// This node's part in the current epoch.
 #[derive(Debug)]
@@ -104,6 +107,8 @@ struct PrimaryState {
     transfers: BTreeMap<NodeId, SnapshotTransfer>,
     /// The id of the last snapshot transfer started.
     next_transfer: u64,
+    /// When clients were last seen, and the sweep that expires idle sessions.
+    session_expiry: SessionExpiry,
 }
 
 /// A replikv node's protocol state.
@@ -343,6 +348,7 @@ impl Node {
         }
         self.retransmit()?;
         self.continue_snapshots()?;
+        self.expire_sessions()?;
         self.promote_caught_up_learner()?;
         self.expire_requests();
         self.answer_reads()?;
@@ -444,10 +450,16 @@ impl Node {
                 transfer,
                 sequence,
                 pairs,
+                sessions,
                 finish,
             } => {
                 self.follow(message.from)?;
-                self.on_snapshot_chunk(message.from, transfer, sequence, pairs, finish)?;
+                let chunk = Chunk {
+                    pairs,
+                    sessions,
+                    finish,
+                };
+                self.on_snapshot_chunk(message.from, transfer, sequence, chunk)?;
             }
             MessageBody::SnapshotAck { transfer, sequence } => {
                 self.on_snapshot_ack(message.from, transfer, sequence)?

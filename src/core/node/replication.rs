@@ -445,7 +445,7 @@ impl Node {
                     self.applied_membership = membership.clone();
                 }
             }
-            self.record_dirty_keys(&entries);
+            self.record_dirty(&entries);
             if let Some(state) = self.primary_state() {
                 for (entry, result) in entries.iter().zip(results) {
                     if let Some(request_id) = entry.request_id {

@@ -18,6 +18,10 @@
 //!   given up before it was sent), so no contiguity is required.
 //! - A linearizable read is served only by a primary that holds a lease and has committed this
 //!   epoch's no-op, so it reflects every write acknowledged before it began.
+//! - A scan is served one bounded page at a time (`max_scan_page_pairs`, `max_scan_page_bytes`),
+//!   whatever limit the client asks for, so a page fits one client frame and the event loop
+//!   pauses for one page only. Each page is a read of its own at its consistency, reflecting its
+//!   own applied index; a scan of many pages is not a snapshot.
 
 use std::collections::BTreeMap;
 
@@ -72,6 +76,8 @@ impl Node {
             self.reply(token, Response::Error(error));
             return Ok(());
         }
+        // The client is active: its session (the window its retries are recognised in) stays.
+        self.saw_client(request_id.client_id);
         let voters = self.membership.voters().count();
         if let WriteConcern::Count(required) = concern {
             if required as usize > voters || required == 0 {
@@ -357,10 +363,27 @@ impl Node {
                 value: self.storage.get(key)?,
                 meta,
             },
-            Request::Scan { prefix, limit, .. } => Response::Pairs {
-                pairs: self.storage.scan(prefix, *limit as usize)?,
-                meta,
-            },
+            Request::Scan {
+                prefix,
+                start_after,
+                limit,
+                ..
+            } => {
+                // One bounded page: it is read here, inside the event loop, so its size bounds
+                // the pause; the client asks for the next page after this one's last key.
+                let max_pairs = (*limit).min(self.options.max_scan_page_pairs) as usize;
+                let page = self.storage.scan_page(
+                    prefix,
+                    start_after.as_deref(),
+                    max_pairs,
+                    self.options.max_scan_page_bytes,
+                )?;
+                Response::Pairs {
+                    pairs: page.pairs,
+                    more: page.more,
+                    meta,
+                }
+            }
             _ => Response::Error(Error::Internal("not a read".into())),
         };
         self.reply(token, response);

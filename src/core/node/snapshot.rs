@@ -1,13 +1,18 @@
 //! Log compaction, and snapshots for members whose next entry was compacted away.
 //!
-//! The primary streams its state to such a member in chunks, within a window of
-//! [`SNAPSHOT_WINDOW`] unacknowledged chunks; the member stages the chunks beside its live state
-//! and installs them with the last one, atomically.
+//! The primary streams its state and its sessions table to such a member in chunks, within a
+//! window of [`SNAPSHOT_WINDOW`] unacknowledged chunks; the member stages the chunks beside its
+//! live state and sessions and installs them with the last one, atomically.
 //!
 //! Invariants:
 //! - Only the applied prefix of the log is compacted, in bounded steps.
-//! - A member ends a transfer with exactly the primary's state at the snapshot's index: keys
-//!   applied while the transfer runs are sent again, as they are then, with the last chunk.
+//! - Every chunk holds at most `max_append_bytes` of encoded pairs and sessions (or a single
+//!   larger pair), the last one included, so every chunk fits a peer frame however large the
+//!   state, the sessions table or the set of keys written during the transfer.
+//! - A member ends a transfer with exactly the primary's state and sessions at the snapshot's
+//!   index: keys and sessions changed while the transfer runs are sent again, as they are then;
+//!   the final chunk is built only once every change has been sent, at the applied index of that
+//!   moment.
 //! - A backup stages only the chunks of one transfer of its current epoch, in sequence order; any
 //!   other chunk is ignored, and the transfer restarts.
 //! - A snapshot never moves a node's commit index backwards: one at or below it is only
@@ -19,37 +24,58 @@ use tracing::{debug, info};
 
 use crate::core::Timestamp;
 use crate::error::Result;
-use crate::wire::message::{Entry, Epoch, MessageBody, NodeId, Operation, SnapshotFinish};
+use crate::storage::{fits_in_batch, framed_pair_bytes, SESSION_RECORD_BYTES};
+use crate::wire::message::{Entry, Epoch, MessageBody, NodeId, Operation, Session, SnapshotFinish};
 
 use super::Node;
 
 /// Snapshot chunks in flight to one member before the primary waits for acks.
 const SNAPSHOT_WINDOW: u64 = 4;
 
+/// What a transfer sends next.
+#[derive(Clone, Debug)]
+enum TransferPhase {
+    /// The state, in key order, after the key sent last.
+    State { cursor: Option<Vec<u8>> },
+    /// The sessions table, by client id, after the client sent last.
+    Sessions { cursor: Option<u64> },
+    /// The keys and sessions changed since the transfer began, as they are now, until none is
+    /// left: that chunk is the final one.
+    Changes,
+    /// The final chunk was sent; the transfer ends when the member acknowledges the index.
+    Finished,
+}
+
 /// A snapshot of the primary's state on its way to one member.
 ///
-/// The state is read in chunks while the primary keeps applying writes, so the chunks alone are
-/// fuzzy. Every key applied after the transfer began is recorded in `dirty`, and the last chunk
-/// carries the current value of each (or its deletion), with the sessions, at the applied index of
-/// that moment. So the member ends with exactly the state at that index.
+/// The state and sessions are read in chunks while the primary keeps applying writes, so the
+/// chunks alone are fuzzy. Every key and session changed after the transfer began is recorded as
+/// dirty and sent again, as it is then, after the scans; the final chunk goes out once nothing
+/// dirty is left, and names the applied index of that moment. So the member ends with exactly the
+/// state at that index.
 #[derive(Debug)]
 pub(super) struct SnapshotTransfer {
     /// Numbers this primary's transfers (restarts with every primary term).
     id: u64,
-    /// The last key sent; the next chunk starts after it.
-    cursor: Option<Vec<u8>>,
-    /// Every key of the state has been sent once.
-    scan_done: bool,
-    /// The final chunk was sent; the transfer ends when the member acknowledges the index.
-    finished: bool,
-    /// Keys applied since the transfer began, sent again with the final chunk.
-    dirty: BTreeSet<Vec<u8>>,
+    phase: TransferPhase,
+    /// Keys applied since the transfer began and not sent since.
+    dirty_keys: BTreeSet<Vec<u8>>,
+    /// Client ids whose session changed since the transfer began and was not sent since.
+    dirty_sessions: BTreeSet<u64>,
     /// The sequence number of the next chunk.
     next_sequence: u64,
     /// The highest chunk the member acknowledged.
     acked_sequence: Option<u64>,
     /// The last chunk sent or acknowledged, to end a stalled transfer.
     last_activity: Timestamp,
+}
+
+/// What one chunk carries (the fields of [`MessageBody::SnapshotChunk`] past its numbering).
+#[derive(Default)]
+pub(super) struct Chunk {
+    pub(super) pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(super) sessions: Vec<(u64, Option<Session>)>,
+    pub(super) finish: Option<SnapshotFinish>,
 }
 
 /// A snapshot this backup is receiving.
@@ -130,10 +156,9 @@ impl Node {
                 member,
                 SnapshotTransfer {
                     id,
-                    cursor: None,
-                    scan_done: false,
-                    finished: false,
-                    dirty: BTreeSet::new(),
+                    phase: TransferPhase::State { cursor: None },
+                    dirty_keys: BTreeSet::new(),
+                    dirty_sessions: BTreeSet::new(),
                     next_sequence: 0,
                     acked_sequence: None,
                     last_activity: now,
@@ -152,39 +177,17 @@ impl Node {
 
     /// Sends chunks of `member`'s transfer while the window allows.
     fn send_snapshot_chunks(&mut self, member: NodeId) -> Result<()> {
-        let max_bytes = self.options.max_append_bytes;
         loop {
             let Some(transfer) = self.transfer_to(member) else {
                 return Ok(());
             };
             let in_flight = transfer.next_sequence - transfer.acked_sequence.map_or(0, |s| s + 1);
-            if transfer.finished || in_flight >= SNAPSHOT_WINDOW {
+            if matches!(transfer.phase, TransferPhase::Finished) || in_flight >= SNAPSHOT_WINDOW {
                 return Ok(());
             }
             let (id, sequence) = (transfer.id, transfer.next_sequence);
-            let (pairs, finish) = if transfer.scan_done {
-                // Every key that changed since the transfer began, as it is now.
-                let dirty: Vec<Vec<u8>> = transfer.dirty.iter().cloned().collect();
-                let mut pairs = Vec::with_capacity(dirty.len());
-                for key in dirty {
-                    let value = self.storage.get(&key)?;
-                    pairs.push((key, value));
-                }
-                let finish = SnapshotFinish {
-                    index: self.applied_index,
-                    epoch: self.log.epoch_at(self.applied_index)?,
-                    sessions: self.storage.sessions()?,
-                    membership: self.applied_membership.clone(),
-                };
-                (pairs, Some(finish))
-            } else {
-                let cursor = transfer.cursor.clone();
-                let chunk = self.storage.state_chunk(cursor.as_deref(), max_bytes)?;
-                let pairs: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
-                    .into_iter()
-                    .map(|(key, value)| (key, Some(value)))
-                    .collect();
-                (pairs, None)
+            let Some(chunk) = self.next_chunk(member)? else {
+                continue; // a phase ended without a chunk; the next phase goes on
             };
             let now = self.now;
             let Some(transfer) = self.transfer_to(member) else {
@@ -192,30 +195,134 @@ impl Node {
             };
             transfer.next_sequence += 1;
             transfer.last_activity = now;
-            if let Some(finish) = &finish {
-                transfer.finished = true;
+            if let Some(finish) = &chunk.finish {
+                transfer.phase = TransferPhase::Finished;
                 let index = finish.index;
                 // Appends resume after the snapshot's index once the member acknowledges it.
                 if let Some(progress) = self.progress_of(member) {
                     progress.reset_to(index + 1, now);
                 }
-            } else if pairs.is_empty() {
-                transfer.scan_done = true;
-                transfer.next_sequence -= 1;
-                continue;
-            } else {
-                transfer.cursor = pairs.last().map(|(key, _)| key.clone());
             }
             self.send(
                 member,
                 MessageBody::SnapshotChunk {
                     transfer: id,
                     sequence,
-                    pairs,
-                    finish,
+                    pairs: chunk.pairs,
+                    sessions: chunk.sessions,
+                    finish: chunk.finish,
                 },
             );
         }
+    }
+
+    /// The next chunk of `member`'s transfer, within `max_append_bytes`, advancing its phase;
+    /// `None` when a phase ended without one.
+    fn next_chunk(&mut self, member: NodeId) -> Result<Option<Chunk>> {
+        let budget = self.options.max_append_bytes;
+        let Some(transfer) = self.transfer_to(member) else {
+            return Ok(None);
+        };
+        match transfer.phase.clone() {
+            TransferPhase::State { cursor } => {
+                let pairs = self.storage.state_chunk(cursor.as_deref(), budget)?;
+                let Some(transfer) = self.transfer_to(member) else {
+                    return Ok(None);
+                };
+                transfer.phase = match pairs.last() {
+                    Some((key, _)) => TransferPhase::State {
+                        cursor: Some(key.clone()),
+                    },
+                    None => TransferPhase::Sessions { cursor: None },
+                };
+                if pairs.is_empty() {
+                    return Ok(None);
+                }
+                let pairs = pairs
+                    .into_iter()
+                    .map(|(key, value)| (key, Some(value)))
+                    .collect();
+                Ok(Some(Chunk {
+                    pairs,
+                    ..Chunk::default()
+                }))
+            }
+            TransferPhase::Sessions { cursor } => {
+                let per_chunk = (budget / SESSION_RECORD_BYTES).max(1);
+                let sessions = self.storage.sessions_after(cursor, per_chunk)?;
+                let Some(transfer) = self.transfer_to(member) else {
+                    return Ok(None);
+                };
+                transfer.phase = match sessions.last() {
+                    Some((client_id, _)) => TransferPhase::Sessions {
+                        cursor: Some(*client_id),
+                    },
+                    None => TransferPhase::Changes,
+                };
+                if sessions.is_empty() {
+                    return Ok(None);
+                }
+                let sessions = sessions
+                    .into_iter()
+                    .map(|(client_id, session)| (client_id, Some(session)))
+                    .collect();
+                Ok(Some(Chunk {
+                    sessions,
+                    ..Chunk::default()
+                }))
+            }
+            TransferPhase::Changes => self.changes_chunk(member).map(Some),
+            TransferPhase::Finished => Ok(None),
+        }
+    }
+
+    /// A chunk of the keys and sessions changed since the transfer began, as they are now, within
+    /// `max_append_bytes`. When it takes the last of them, it is the final chunk: the state and
+    /// sessions sent so far are exactly those at the applied index, which it names.
+    fn changes_chunk(&mut self, member: NodeId) -> Result<Chunk> {
+        let budget = self.options.max_append_bytes;
+        let Some(transfer) = self.transfer_to(member) else {
+            return Ok(Chunk::default());
+        };
+        let mut dirty_keys = std::mem::take(&mut transfer.dirty_keys);
+        let mut dirty_sessions = std::mem::take(&mut transfer.dirty_sessions);
+        let mut chunk = Chunk::default();
+        let mut bytes = 0usize;
+        while let Some(key) = dirty_keys.first() {
+            let value = self.storage.get(key)?;
+            let size = framed_pair_bytes(key, value.as_deref().unwrap_or_default());
+            if !fits_in_batch(chunk.pairs.len(), bytes, size, budget) {
+                break;
+            }
+            bytes += size;
+            if let Some(key) = dirty_keys.pop_first() {
+                chunk.pairs.push((key, value));
+            }
+        }
+        while let Some(&client_id) = dirty_sessions.first() {
+            let taken = chunk.pairs.len() + chunk.sessions.len();
+            if !fits_in_batch(taken, bytes, SESSION_RECORD_BYTES, budget) {
+                break;
+            }
+            bytes += SESSION_RECORD_BYTES;
+            dirty_sessions.pop_first();
+            chunk
+                .sessions
+                .push((client_id, self.storage.session(client_id)?));
+        }
+        let done = dirty_keys.is_empty() && dirty_sessions.is_empty();
+        if let Some(transfer) = self.transfer_to(member) {
+            transfer.dirty_keys = dirty_keys;
+            transfer.dirty_sessions = dirty_sessions;
+        }
+        if done {
+            chunk.finish = Some(SnapshotFinish {
+                index: self.applied_index,
+                epoch: self.log.epoch_at(self.applied_index)?,
+                membership: self.applied_membership.clone(),
+            });
+        }
+        Ok(chunk)
     }
 
     pub(super) fn on_snapshot_ack(
@@ -253,7 +360,7 @@ impl Node {
         };
         let progress = &state.progress;
         state.transfers.retain(|member, transfer| {
-            let installed = transfer.finished
+            let installed = matches!(transfer.phase, TransferPhase::Finished)
                 && progress
                     .get(member)
                     .is_some_and(|p| p.match_index + 1 >= p.next_index);
@@ -267,18 +374,27 @@ impl Node {
         Ok(())
     }
 
-    /// Keys written by `entries` are dirty for every snapshot being streamed.
-    pub(super) fn record_dirty_keys(&mut self, entries: &[Entry]) {
+    /// Keys and sessions changed by `entries` (just applied) are dirty for every snapshot being
+    /// streamed.
+    pub(super) fn record_dirty(&mut self, entries: &[Entry]) {
         let Some(state) = self.primary_state() else {
             return;
         };
-        for transfer in state.transfers.values_mut().filter(|t| !t.finished) {
+        let streaming = |t: &&mut SnapshotTransfer| !matches!(t.phase, TransferPhase::Finished);
+        for transfer in state.transfers.values_mut().filter(streaming) {
             for entry in entries {
                 match &entry.operation {
                     Operation::Put { key, .. } | Operation::Delete { key } => {
-                        transfer.dirty.insert(key.clone());
+                        transfer.dirty_keys.insert(key.clone());
+                    }
+                    Operation::ExpireSessions(expired) => {
+                        let clients = expired.iter().map(|expired| expired.client_id);
+                        transfer.dirty_sessions.extend(clients);
                     }
                     Operation::Noop | Operation::Membership(_) => {}
+                }
+                if let Some(request_id) = entry.request_id {
+                    transfer.dirty_sessions.insert(request_id.client_id);
                 }
             }
         }
@@ -292,9 +408,13 @@ impl Node {
         from: NodeId,
         transfer: u64,
         sequence: u64,
-        pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        finish: Option<SnapshotFinish>,
+        chunk: Chunk,
     ) -> Result<()> {
+        let Chunk {
+            pairs,
+            sessions,
+            finish,
+        } = chunk;
         if sequence == 0 {
             self.storage.begin_snapshot()?;
             self.incoming_snapshot = Some(IncomingSnapshot {
@@ -314,7 +434,7 @@ impl Node {
         if !expected {
             return Ok(()); // a chunk of an abandoned transfer, or one out of order: it restarts
         }
-        self.storage.stage_snapshot(&pairs)?;
+        self.storage.stage_snapshot(&pairs, &sessions)?;
         if let Some(incoming) = self.incoming_snapshot.as_mut() {
             incoming.next_sequence += 1;
         }
