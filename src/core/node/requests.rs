@@ -7,6 +7,8 @@
 //!   its deadline gets `WriteConcernNotMet` (it may still apply). A deadline is at most
 //!   [`MAX_REQUEST_TIMEOUT_MS`] away whatever the client asks, and a request whose client went
 //!   away is dropped ([`Node::cancel`]), so no waiter outlives its client for long.
+//! - A write answered before it is applied is told whether its key existed from the log before
+//!   its entry; so is a retry that joins an entry appended by an earlier primary.
 //! - A request id is appended at most once: a retry of a write in flight joins its entry, and a
 //!   retry of an applied write waits on its entry like a fresh write (its own write concern may
 //!   ask for more than the first attempt's) and is answered with the result in its session record.
@@ -132,7 +134,7 @@ impl Node {
                     ),
                     Write::Delete { key } => (Operation::Delete { key: key.clone() }, key),
                 };
-                let existed = self.speculate_existed(&key)?;
+                let existed = self.speculate_existed(&key, self.log.last_index() + 1)?;
                 let index = self.append(operation, Some(request_id))?;
                 let waiter = PendingWrite {
                     token,
@@ -147,15 +149,12 @@ impl Node {
                 return Ok(());
             }
         };
-        self.wait_for(
-            WriteResult {
-                index,
-                existed: false,
-            },
-            token,
-            concern,
-            deadline,
-        );
+        // The entry may be an earlier primary's, with no waiter here to take its result from.
+        let key = match &write {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        };
+        let existed = self.speculate_existed(key, index)?;
+        self.wait_for(WriteResult { index, existed }, token, concern, deadline);
         Ok(())
     }
 
@@ -201,11 +200,15 @@ impl Node {
         state.reads.retain(|read| read.token != token);
     }
 
-    /// Whether `key` exists once every entry in the log so far is applied (the primary's view).
-    fn speculate_existed(&self, key: &[u8]) -> Result<bool> {
+    /// Whether `key` exists once every entry in the log before `index` is applied (the primary's
+    /// view).
+    fn speculate_existed(&self, key: &[u8], index: LogIndex) -> Result<bool> {
         for entry in self.log.cached_entries().rev() {
             if entry.index <= self.applied_index {
                 break;
+            }
+            if entry.index >= index {
+                continue;
             }
             match &entry.operation {
                 Operation::Put { key: k, .. } if k.as_slice() == key => return Ok(true),
