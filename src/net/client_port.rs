@@ -17,11 +17,17 @@
 //!   protocol error and closes that stream only; the node keeps serving everyone else.
 //! - What a client can make the node hold is bounded before anything is allocated: the frame limit
 //!   follows the certificate's role (a read-only client sends reads, so small frames); a frame's
-//!   body is read only against a node-wide byte budget ([`MAX_BUFFERED_REQUEST_BYTES`]) and must
-//!   arrive within [`FRAME_BODY_DEADLINE`]; and the node accepts at most
-//!   [`MAX_CLIENT_CONNECTIONS`] client connections at once, each with at most
-//!   [`CONNECTION_RECEIVE_WINDOW`] bytes unread in its receive buffers. So request bytes held by the
-//!   node are at most the budget plus connections × window, whatever the clients send.
+//!   body is read only once its bytes are reserved ([`RequestBudget`]) and must arrive within
+//!   [`FRAME_BODY_DEADLINE`]; and the node accepts at most [`MAX_CLIENT_CONNECTIONS`] client
+//!   connections at once, each with at most [`CONNECTION_RECEIVE_WINDOW`] bytes unread in its
+//!   receive buffers. Bytes are reserved from the connection's own small allowance
+//!   ([`CONNECTION_RESERVED_REQUEST_BYTES`]), or else from the node-wide budget
+//!   ([`MAX_BUFFERED_REQUEST_BYTES`]), of which one connection holds at most
+//!   [`CONNECTION_REQUEST_SHARE`]. So request bytes held by the node are at most the budget plus
+//!   connections × (window + allowance), whatever the clients send.
+//! - One connection cannot starve the others: it holds at most its share of the budget, and a
+//!   small request (any read, a small write) uses its own connection's allowance, so it never
+//!   waits behind other connections' large frames.
 //! - Every request read gets exactly one response frame (the event loop guarantees an answer, if
 //!   only `ShuttingDown`), unless the client stops the stream first: then the session drops the
 //!   answer's receiver, and the event loop has the node forget the request.
@@ -30,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::certs::CertRole;
@@ -43,10 +49,20 @@ use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
 use crate::wire::client::{Request, Response, Topology, Write};
 use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES, MAX_READ_REQUEST_BYTES};
 
-/// Request bytes the node buffers at once, over every client stream: a frame's body is read only
-/// once its length fits in this budget, so clients that announce large frames and stall cannot
-/// grow the node's memory past it.
+/// Request bytes the node buffers at once from the node-wide budget, over every client stream: a
+/// frame's body is read only once its length fits in this budget (or in its connection's own
+/// allowance), so clients that announce large frames and stall cannot grow the node's memory past
+/// it.
 pub const MAX_BUFFERED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most of [`MAX_BUFFERED_REQUEST_BYTES`] one connection holds at once: two frames of the
+/// largest size, an eighth of the budget, so it takes eight connections stalling frames to hold
+/// the whole budget.
+pub const CONNECTION_REQUEST_SHARE: usize = 2 * MAX_CLIENT_FRAME_BYTES;
+
+/// Request bytes each connection has of its own, outside the node-wide budget: enough for any
+/// read request, so small requests are served even while other connections hold the budget.
+pub const CONNECTION_RESERVED_REQUEST_BYTES: usize = MAX_READ_REQUEST_BYTES;
 
 /// Once a frame's length has arrived, its body must arrive within this long, or the stream is
 /// closed and its budget returned.
@@ -77,7 +93,7 @@ pub(crate) async fn accept_clients(
     topology: watch::Receiver<Option<Topology>>,
     mut shutdown: Shutdown,
 ) {
-    let budget = Arc::new(Semaphore::new(MAX_BUFFERED_REQUEST_BYTES));
+    let node_budget = Arc::new(Semaphore::new(MAX_BUFFERED_REQUEST_BYTES));
     let connections = Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
@@ -99,7 +115,7 @@ pub(crate) async fn accept_clients(
             client_inbox: client_inbox.clone(),
             topology: topology.clone(),
             shutdown: shutdown.clone(),
-            budget: budget.clone(),
+            budget: RequestBudget::for_connection(&node_budget),
         };
         tokio::spawn(
             async move {
@@ -122,8 +138,58 @@ struct ClientConnection {
     client_inbox: mpsc::Sender<ClientRequest>,
     topology: watch::Receiver<Option<Topology>>,
     shutdown: Shutdown,
-    /// The node-wide budget of request bytes being read ([`MAX_BUFFERED_REQUEST_BYTES`]).
-    budget: Arc<Semaphore>,
+    /// Where this connection reserves the bytes of the frames it reads.
+    budget: RequestBudget,
+}
+
+/// The request bytes one connection may reserve (module docs): its own allowance, and its share
+/// of the node-wide budget. Clones share the same semaphores.
+#[derive(Clone)]
+struct RequestBudget {
+    /// [`CONNECTION_RESERVED_REQUEST_BYTES`], this connection's alone.
+    reserved: Arc<Semaphore>,
+    /// [`CONNECTION_REQUEST_SHARE`]: how much of `node` this connection may hold.
+    share: Arc<Semaphore>,
+    /// [`MAX_BUFFERED_REQUEST_BYTES`], shared by every connection.
+    node: Arc<Semaphore>,
+}
+
+/// Bytes reserved for one frame's body, returned when it is dropped: permits of the
+/// connection's allowance, or of its share and of the node-wide budget.
+struct Reservation<'a> {
+    _connection: SemaphorePermit<'a>,
+    _node: Option<SemaphorePermit<'a>>,
+}
+
+impl RequestBudget {
+    fn for_connection(node: &Arc<Semaphore>) -> RequestBudget {
+        RequestBudget {
+            reserved: Arc::new(Semaphore::new(CONNECTION_RESERVED_REQUEST_BYTES)),
+            share: Arc::new(Semaphore::new(CONNECTION_REQUEST_SHARE)),
+            node: Arc::clone(node),
+        }
+    }
+
+    /// Reserves `len` bytes: from the connection's allowance if they fit there now, or else from
+    /// its share and then the node-wide budget, waiting as long as it takes (the caller bounds
+    /// the wait). The connection's own frames queue for its share first, so at most a share's
+    /// worth of them ever waits on the node-wide budget.
+    async fn reserve(&self, len: u32) -> Result<Reservation<'_>> {
+        if let Ok(own) = self.reserved.try_acquire_many(len) {
+            return Ok(Reservation {
+                _connection: own,
+                _node: None,
+            });
+        }
+        // The semaphores are never closed.
+        let closed = |_| Error::ShuttingDown;
+        let share = self.share.acquire_many(len).await.map_err(closed)?;
+        let node = self.node.acquire_many(len).await.map_err(closed)?;
+        Ok(Reservation {
+            _connection: share,
+            _node: Some(node),
+        })
+    }
 }
 
 impl ClientConnection {
@@ -294,7 +360,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
 async fn read_request(
     recv: &mut RecvStream,
     role: CertRole,
-    budget: &Semaphore,
+    budget: &RequestBudget,
 ) -> Result<Option<Request>> {
     let Some(len) = frame::read_length(recv).await? else {
         return Ok(None);
@@ -304,13 +370,14 @@ async fn read_request(
     // `len` is at most MAX_CLIENT_FRAME_BYTES, far below u32::MAX.
     let permits = u32::try_from(len)
         .map_err(|_| Error::Protocol(format!("frame of {len} bytes is too large")))?;
-    let _reserved = match tokio::time::timeout_at(deadline, budget.acquire_many(permits)).await {
-        Ok(Ok(reserved)) => reserved,
-        Ok(Err(_)) => return Err(Error::ShuttingDown), // the budget is never closed
+    let _reserved = match tokio::time::timeout_at(deadline, budget.reserve(permits)).await {
+        Ok(reserved) => reserved?,
         Err(_) => {
             return Err(Error::Unavailable(format!(
-                "the node is busy reading other requests ({} MiB in flight): retry",
-                MAX_BUFFERED_REQUEST_BYTES >> 20
+                "the node is busy reading other requests (its budget is {} MiB, {} MiB of it per \
+                 connection): retry",
+                MAX_BUFFERED_REQUEST_BYTES >> 20,
+                CONNECTION_REQUEST_SHARE >> 20
             )))
         }
     };
@@ -498,6 +565,66 @@ mod tests {
         for role in [CertRole::ReadWrite, CertRole::ReadOnly] {
             assert!(matches!(authorize(role, &add(5)), Err(Error::Refused(_))));
         }
+    }
+
+    /// Whether `reserve` completes on its first poll (a budget never wakes it later in a test).
+    async fn reserved_at_once(budget: &RequestBudget, len: usize) -> Option<Reservation<'_>> {
+        let len = u32::try_from(len).expect("frame length");
+        tokio::select! {
+            biased;
+            reserved = budget.reserve(len) => Some(reserved.expect("budget open")),
+            () = std::future::ready(()) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_connection_holds_at_most_its_share_of_the_node_budget() {
+        let node = Arc::new(Semaphore::new(MAX_BUFFERED_REQUEST_BYTES));
+        let hostile = RequestBudget::for_connection(&node);
+        let mut held = Vec::new();
+        for _ in 0..CONNECTION_REQUEST_SHARE / MAX_CLIENT_FRAME_BYTES {
+            held.push(
+                reserved_at_once(&hostile, MAX_CLIENT_FRAME_BYTES)
+                    .await
+                    .expect("within the share"),
+            );
+        }
+        assert!(reserved_at_once(&hostile, MAX_CLIENT_FRAME_BYTES)
+            .await
+            .is_none());
+        assert_eq!(
+            node.available_permits(),
+            MAX_BUFFERED_REQUEST_BYTES - CONNECTION_REQUEST_SHARE
+        );
+        let other = RequestBudget::for_connection(&node);
+        assert!(reserved_at_once(&other, MAX_CLIENT_FRAME_BYTES)
+            .await
+            .is_some());
+        drop(held);
+        assert!(reserved_at_once(&hostile, MAX_CLIENT_FRAME_BYTES)
+            .await
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn small_requests_are_read_while_other_connections_hold_the_whole_budget() {
+        let node = Arc::new(Semaphore::new(MAX_BUFFERED_REQUEST_BYTES));
+        let _taken = node
+            .acquire_many(u32::try_from(MAX_BUFFERED_REQUEST_BYTES).expect("fits"))
+            .await
+            .expect("open");
+        let client = RequestBudget::for_connection(&node);
+        let read = reserved_at_once(&client, MAX_READ_REQUEST_BYTES).await;
+        assert!(read.is_some(), "a read fits the connection's own allowance");
+        // The allowance is in use, and a larger frame needs the node-wide budget: both wait.
+        assert!(reserved_at_once(&client, 100).await.is_none());
+        drop(read);
+        assert!(reserved_at_once(&client, 100).await.is_some());
+        assert!(
+            reserved_at_once(&client, CONNECTION_RESERVED_REQUEST_BYTES + 1)
+                .await
+                .is_none()
+        );
     }
 
     #[test]

@@ -207,7 +207,15 @@ impl EventLoop {
         self.ticks += 1;
         if self.ticks % PRUNE_EVERY_TICKS == 0 {
             // A session that gave up (client gone) needs neither its reply slot nor its waiter.
-            for token in take_abandoned(&mut self.pending) {
+            let abandoned = take_abandoned(&mut self.pending);
+            if !abandoned.is_empty() {
+                info!(
+                    forgotten = abandoned.len(),
+                    pending = self.pending.len(),
+                    "forgot requests whose clients went away"
+                );
+            }
+            for token in abandoned {
                 self.node.cancel(token);
             }
         }

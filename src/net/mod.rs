@@ -26,6 +26,12 @@ pub mod server;
 mod shutdown;
 pub mod tls;
 
+/// The client port's bounds on what clients can make a node hold (tests and docs refer to them).
+pub use client_port::{
+    CONNECTION_RECEIVE_WINDOW, CONNECTION_REQUEST_SHARE, CONNECTION_RESERVED_REQUEST_BYTES,
+    FRAME_BODY_DEADLINE, MAX_BUFFERED_REQUEST_BYTES, MAX_CLIENT_CONNECTIONS,
+};
+
 use quinn::VarInt;
 
 /// QUIC close code: the node is shutting down (or a link was stopped on purpose).

@@ -12,6 +12,10 @@
 //! - `REPLIKV_CHAOS_SEED=<n>`: replays a fault schedule (timing still varies between runs).
 //! - `REPLIKV_CHAOS_NODES=5`: cluster size (default 3; five adds the ring of majorities).
 //! - `REPLIKV_CHAOS_REPORT=<path>`: where the JSON report goes.
+//! - `REPLIKV_CHAOS_PROFILE=large`: the large-state profile ([`large_state`]): a million keys of
+//!   1 KiB prefilled, a small `log_retention_bytes`, long backup outages every other fault, and a
+//!   check of every prefilled key; its faulty phase defaults to 1800 s.
+//!   `REPLIKV_CHAOS_LARGE_KEYS=<n>` changes the number of keys.
 //!
 //! Partitions need root and a working iptables. Without them the run is skipped with a message,
 //! except under `CI=true`, where it fails: CI must exercise it. See `docs/CHAOS.md`.
@@ -21,6 +25,7 @@ mod common;
 
 mod checks;
 mod history;
+mod large_state;
 mod linearizability;
 mod nemesis;
 mod report;
@@ -42,6 +47,7 @@ use tokio::task::{block_in_place, JoinSet};
 use checks::Dump;
 use common::{Cluster, ClusterSpec, READWRITE_CLIENT};
 use history::{History, Nanos, Op, Outcome, Record};
+use large_state::{LargeStateConfig, LargeStateReport};
 use nemesis::{FaultRecord, Firewall, Nemesis};
 use report::ChaosReport;
 use workload::{Workload, WorkloadConfig};
@@ -53,9 +59,15 @@ const CLIENT_PORT: u16 = 24141;
 const DEFAULT_FAULT_SECONDS: u64 = 100;
 const DEFAULT_NODES: u64 = 3;
 
+/// The large-state profile's default faulty phase: the soak of docs/CHAOS.md.
+const LARGE_STATE_FAULT_SECONDS: u64 = 1800;
+
 /// How long the cluster gets to elect a primary and converge once every fault is healed. It bounds
 /// a failing run; a healthy cluster needs a second or two.
 const RECOVERY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The same in the large-state profile, where a node may need a snapshot of the whole state.
+const LARGE_STATE_RECOVERY_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Deadline of a status request to one node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -71,6 +83,10 @@ struct Settings {
     seed: u64,
     nodes: u64,
     fault_phase: Duration,
+    /// The large-state profile, if chosen.
+    large: Option<LargeStateConfig>,
+    /// How long recovery after heal may take before the run fails.
+    recovery_patience: Duration,
 }
 
 fn settings() -> Settings {
@@ -81,12 +97,33 @@ fn settings() -> Settings {
                 .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number"))
         })
     };
+    let large = match std::env::var("REPLIKV_CHAOS_PROFILE").ok().as_deref() {
+        None | Some("") | Some("bounded") => None,
+        Some("large") => Some(LargeStateConfig {
+            keys: number("REPLIKV_CHAOS_LARGE_KEYS").unwrap_or(LargeStateConfig::DEFAULT_KEYS),
+            log_retention_bytes: LargeStateConfig::LOG_RETENTION_BYTES,
+        }),
+        Some(other) => {
+            panic!("REPLIKV_CHAOS_PROFILE={other:?}: the profiles are `large` and `bounded`")
+        }
+    };
+    let default_seconds = if large.is_some() {
+        LARGE_STATE_FAULT_SECONDS
+    } else {
+        DEFAULT_FAULT_SECONDS
+    };
     Settings {
         seed: number("REPLIKV_CHAOS_SEED").unwrap_or_else(|| u64::from(rand::random::<u32>())),
         nodes: number("REPLIKV_CHAOS_NODES").unwrap_or(DEFAULT_NODES),
         fault_phase: Duration::from_secs(
-            number("REPLIKV_CHAOS_SECONDS").unwrap_or(DEFAULT_FAULT_SECONDS),
+            number("REPLIKV_CHAOS_SECONDS").unwrap_or(default_seconds),
         ),
+        recovery_patience: if large.is_some() {
+            LARGE_STATE_RECOVERY_PATIENCE
+        } else {
+            RECOVERY_PATIENCE
+        },
+        large,
     }
 }
 
@@ -98,7 +135,11 @@ fn progress(history: &History, message: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_chaos_run_keeps_every_invariant() {
     let settings = settings();
-    let spec = ClusterSpec::new(settings.nodes, FIRST_IP, CLIENT_PORT);
+    let mut spec = ClusterSpec::new(settings.nodes, FIRST_IP, CLIENT_PORT);
+    spec.log_retention_bytes = settings
+        .large
+        .as_ref()
+        .map(|large| large.log_retention_bytes);
     let firewall = match Firewall::install(nemesis::CHAIN, spec.client_port + 1) {
         Ok(firewall) => firewall,
         Err(why) => return skip_or_fail(&why),
@@ -114,10 +155,17 @@ async fn bounded_chaos_run_keeps_every_invariant() {
     progress(
         &history,
         &format!(
-            "seed {} ({} nodes, {}s of faults, {iptables}); replay with REPLIKV_CHAOS_SEED={}",
+            "seed {} ({} nodes, {}s of faults, {iptables}{}); replay with REPLIKV_CHAOS_SEED={}",
             settings.seed,
             settings.nodes,
             settings.fault_phase.as_secs(),
+            match &settings.large {
+                Some(large) => format!(
+                    ", large-state profile: {} keys, log_retention_bytes {}",
+                    large.keys, large.log_retention_bytes
+                ),
+                None => String::new(),
+            },
             settings.seed
         ),
     );
@@ -134,9 +182,24 @@ async fn bounded_chaos_run_keeps_every_invariant() {
     )
     .expect("build the chaos client");
 
-    let first = agreed_primary(&cluster, &client, RECOVERY_PATIENCE).await;
+    let first = agreed_primary(&cluster, &client, settings.recovery_patience).await;
     let first =
         first.unwrap_or_else(|views| panic!("the cluster never elected a primary: {views}"));
+    let mut large_report = None;
+    if let Some(large) = &settings.large {
+        progress(
+            &history,
+            &format!("node {first} is primary; prefilling {} keys", large.keys),
+        );
+        let started = history.now();
+        large_state::prefill(&client, large.keys, |line| progress(&history, &line)).await;
+        large_report = Some(LargeStateReport {
+            keys: large.keys,
+            log_retention_bytes: large.log_retention_bytes,
+            prefill_seconds: checks::seconds(history.now() - started),
+            ..LargeStateReport::default()
+        });
+    }
     progress(
         &history,
         &format!("node {first} is primary; starting the workload"),
@@ -145,12 +208,20 @@ async fn bounded_chaos_run_keeps_every_invariant() {
     // --- the faulty phase ---
     let workload_started = history.now();
     let workload = Workload::start(client.session(), history.clone(), settings.seed, config);
+    let load = settings
+        .large
+        .as_ref()
+        .map(|large| large_state::Load::start(&client, large.keys, settings.seed));
     play_schedule(&settings, &mut cluster, &mut nemesis, &client, &history).await;
 
     // --- heal, stop, recover ---
     block_in_place(|| nemesis.heal(&mut cluster))
         .unwrap_or_else(|error| panic!("the nemesis could not heal: {error}"));
     workload.stop().await;
+    let load = match load {
+        Some(load) => Some(load.stop().await),
+        None => None,
+    };
     let workload_ended = history.now();
     progress(&history, "workload stopped; waiting for recovery");
     let mut report = ChaosReport {
@@ -160,7 +231,14 @@ async fn bounded_chaos_run_keeps_every_invariant() {
         fault_phase_seconds: settings.fault_phase.as_secs_f64(),
         ..ChaosReport::default()
     };
-    let final_state = read_final_state(&cluster, &client, &history, &mut report.problems).await;
+    let final_state = read_final_state(
+        &cluster,
+        &client,
+        &history,
+        settings.recovery_patience,
+        &mut report.problems,
+    )
+    .await;
     block_in_place(|| nemesis.heal(&mut cluster))
         .unwrap_or_else(|error| panic!("the nemesis could not check the nodes: {error}"));
     report
@@ -189,6 +267,22 @@ async fn bounded_chaos_run_keeps_every_invariant() {
     report.longest_write_gap =
         report::longest_write_gap(&records, workload_started, workload_ended);
     judge(&mut report, &records, &logs, final_state.as_ref());
+    if let (Some(mut large), Some(load)) = (large_report, load) {
+        large.count_snapshots(&logs);
+        match &final_state {
+            Some(state) => {
+                progress(
+                    &history,
+                    &format!("reading back {} prefilled keys from every node", large.keys),
+                );
+                large_state::check(&cluster, &client, state.primary, &load, &mut large).await;
+            }
+            None => large.read_errors.push(
+                "the prefilled keys were not read back: the cluster did not recover".to_string(),
+            ),
+        }
+        report.large_state = Some(large);
+    }
 
     let summary = report.summary();
     eprintln!("{summary}");
@@ -223,7 +317,12 @@ async fn play_schedule(
     history: &History,
 ) {
     let mut rng = StdRng::seed_from_u64(settings.seed);
-    let plan = nemesis::schedule(&mut rng, settings.nodes, settings.fault_phase);
+    let plan = nemesis::schedule(
+        &mut rng,
+        settings.nodes,
+        settings.fault_phase,
+        settings.large.is_some(),
+    );
     let phase_start = Instant::now();
     for (i, planned) in plan.iter().enumerate() {
         tokio::time::sleep_until((phase_start + planned.start).into()).await;
@@ -426,32 +525,33 @@ async fn read_final_state(
     cluster: &Cluster,
     client: &Client,
     history: &History,
+    patience: Duration,
     problems: &mut Vec<String>,
 ) -> Option<FinalState> {
-    let primary = match agreed_primary(cluster, client, RECOVERY_PATIENCE).await {
+    let primary = match agreed_primary(cluster, client, patience).await {
         Ok(primary) => primary,
         Err(views) => {
             problems.push(format!(
-                "no primary agreed by every node within {RECOVERY_PATIENCE:?} after heal: {views}"
+                "no primary agreed by every node within {patience:?} after heal: {views}"
             ));
             return None;
         }
     };
-    let barrier_index = match barrier(client).await {
+    let barrier_index = match barrier(client, patience).await {
         Ok(index) => index,
         Err(error) => {
             problems.push(format!(
-                "the cluster accepted no w=all write within {RECOVERY_PATIENCE:?} after heal: {error}"
+                "the cluster accepted no w=all write within {patience:?} after heal: {error}"
             ));
             return None;
         }
     };
-    let statuses = match converged(cluster, client, barrier_index).await {
+    let statuses = match converged(cluster, client, barrier_index, patience).await {
         Ok(statuses) => statuses,
         Err(views) => {
             problems.push(format!(
                 "nodes did not converge on one applied index (>= barrier {barrier_index}) within \
-                 {RECOVERY_PATIENCE:?} after heal: {views}"
+                 {patience:?} after heal: {views}"
             ));
             return None;
         }
@@ -515,8 +615,8 @@ fn record_final_register_reads(history: &History, state: &FinalState) {
 
 /// A `w=all` write after heal: once acknowledged, the primary has committed everything before it
 /// and every in-sync node holds it. Returns its log index.
-async fn barrier(client: &Client) -> Result<u64> {
-    let deadline = Instant::now() + RECOVERY_PATIENCE;
+async fn barrier(client: &Client, patience: Duration) -> Result<u64> {
+    let deadline = Instant::now() + patience;
     loop {
         let attempt = client
             .put(
@@ -539,8 +639,9 @@ async fn converged(
     cluster: &Cluster,
     client: &Client,
     index: u64,
+    patience: Duration,
 ) -> std::result::Result<Vec<ClusterStatus>, String> {
-    let deadline = Instant::now() + RECOVERY_PATIENCE;
+    let deadline = Instant::now() + patience;
     loop {
         let views = node_statuses(cluster, client).await;
         let statuses: Vec<ClusterStatus> = views

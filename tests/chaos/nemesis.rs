@@ -8,6 +8,8 @@
 //!   isolated, a majority/minority split, a ring of overlapping majorities, a bridge node that
 //!   sees both halves, and a one-way cut where the primary can hear but not speak.
 //! - **Packet loss**: every node-to-node packet dropped with probability `p` (`-m statistic`).
+//! - **Long backup outages** (large-state profile only): SIGKILL of one backup for 20 to 40 s,
+//!   every other fault, so it comes back behind the compacted log and needs a snapshot.
 //!
 //! Every rule lives in one dedicated chain, [`CHAIN`], jumped to from `INPUT`, and matches only
 //! UDP between two node addresses on the cluster's peer port, so client traffic and other tests
@@ -221,6 +223,8 @@ pub enum FaultKind {
     Bridge,
     OneWayFromPrimary,
     PacketLoss,
+    /// A backup killed for a long stretch (large-state profile): it returns through a snapshot.
+    KillBackupLong,
 }
 
 impl FaultKind {
@@ -260,6 +264,7 @@ impl FaultKind {
             FaultKind::Bridge => "partition-bridge",
             FaultKind::OneWayFromPrimary => "partition-one-way-from-primary",
             FaultKind::PacketLoss => "packet-loss",
+            FaultKind::KillBackupLong => "kill-backup-long",
         }
     }
 
@@ -271,6 +276,7 @@ impl FaultKind {
                 | FaultKind::PausePrimary
                 | FaultKind::IsolatePrimary
                 | FaultKind::OneWayFromPrimary
+                | FaultKind::KillBackupLong
         )
     }
 }
@@ -290,14 +296,30 @@ pub struct PlannedFault {
 const FAULT_LENGTH_MS: (u64, u64) = (3_000, 6_000);
 const GAP_MS: (u64, u64) = (1_000, 2_500);
 
+/// Length of a long backup outage (large-state profile): long enough for the log to move past
+/// the backup's last entry many times over under load.
+const LONG_OUTAGE_MS: (u64, u64) = (20_000, 40_000);
+
 /// A seeded schedule filling `total`: faults one at a time, with healthy gaps between them.
-/// Kinds are drawn in shuffled rounds, so every kind occurs once before any occurs twice.
-pub fn schedule(rng: &mut StdRng, nodes: u64, total: Duration) -> Vec<PlannedFault> {
+/// Kinds are drawn in shuffled rounds, so every kind occurs once before any occurs twice. With
+/// `long_outages`, every other fault is a long backup outage ([`FaultKind::KillBackupLong`]).
+pub fn schedule(
+    rng: &mut StdRng,
+    nodes: u64,
+    total: Duration,
+    long_outages: bool,
+) -> Vec<PlannedFault> {
     let mut plan = Vec::new();
     let mut round: Vec<FaultKind> = Vec::new();
     let mut at = Duration::from_millis(rng.gen_range(GAP_MS.0..=GAP_MS.1));
     loop {
-        let length = Duration::from_millis(rng.gen_range(FAULT_LENGTH_MS.0..=FAULT_LENGTH_MS.1));
+        let long = long_outages && plan.len() % 2 == 1;
+        let (shortest, longest) = if long {
+            LONG_OUTAGE_MS
+        } else {
+            FAULT_LENGTH_MS
+        };
+        let length = Duration::from_millis(rng.gen_range(shortest..=longest));
         if at + length > total {
             return plan;
         }
@@ -305,7 +327,11 @@ pub fn schedule(rng: &mut StdRng, nodes: u64, total: Duration) -> Vec<PlannedFau
             round = FaultKind::all(nodes);
             round.shuffle(rng);
         }
-        let kind = round.pop().unwrap_or(FaultKind::KillOne);
+        let kind = if long {
+            FaultKind::KillBackupLong
+        } else {
+            round.pop().unwrap_or(FaultKind::KillOne)
+        };
         plan.push(PlannedFault {
             kind,
             start: at,
@@ -380,6 +406,10 @@ pub fn plan_action(
             Action::Cut(others(primary).map(|other| (primary, other)).collect())
         }
         FaultKind::PacketLoss => Action::Loss([0.05, 0.1, 0.2, 0.3][rng.gen_range(0..4)]),
+        FaultKind::KillBackupLong => {
+            let backups: Vec<NodeId> = others(primary).collect();
+            Action::Kill(vec![backups.choose(rng).copied().unwrap_or(shuffled[0])])
+        }
     }
 }
 
@@ -545,6 +575,7 @@ mod tests {
                 &mut StdRng::seed_from_u64(seed),
                 3,
                 Duration::from_secs(600),
+                false,
             )
         };
         let first: Vec<_> = plan(7)
@@ -573,6 +604,7 @@ mod tests {
                     &mut StdRng::seed_from_u64(seed),
                     nodes,
                     Duration::from_secs(100),
+                    false,
                 );
                 let kinds: BTreeSet<FaultKind> = plan.iter().map(|f| f.kind).collect();
                 assert_eq!(
@@ -580,6 +612,37 @@ mod tests {
                     FaultKind::all(nodes).len(),
                     "{nodes} nodes, seed {seed}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_large_state_schedule_alternates_long_backup_outages_with_every_other_kind() {
+        let plan = schedule(
+            &mut StdRng::seed_from_u64(3),
+            3,
+            Duration::from_secs(1800),
+            true,
+        );
+        for (i, fault) in plan.iter().enumerate() {
+            let long = fault.kind == FaultKind::KillBackupLong;
+            assert_eq!(long, i % 2 == 1, "fault {i}: {fault:?}");
+            assert_eq!(
+                long,
+                fault.length >= Duration::from_millis(LONG_OUTAGE_MS.0)
+            );
+        }
+        let others: BTreeSet<FaultKind> = plan
+            .iter()
+            .map(|f| f.kind)
+            .filter(|kind| *kind != FaultKind::KillBackupLong)
+            .collect();
+        assert_eq!(others, FaultKind::all(3).into_iter().collect());
+        let mut rng = StdRng::seed_from_u64(1);
+        for primary in 1..=3 {
+            match plan_action(&mut rng, FaultKind::KillBackupLong, 3, Some(primary)) {
+                Action::Kill(nodes) => assert!(nodes.len() == 1 && nodes[0] != primary),
+                other => panic!("expected a kill, got {other:?}"),
             }
         }
     }

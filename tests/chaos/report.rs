@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::checks::{seconds, DivergenceReport, LostWriteReport, PrimaryReport};
 use crate::history::{Nanos, Op, Outcome, OutcomeClass, Record};
+use crate::large_state::LargeStateReport;
 use crate::linearizability::LinearizabilityReport;
 use crate::nemesis::{FaultKind, FaultRecord};
 use crate::workload::REGISTER_PREFIX;
@@ -55,6 +56,8 @@ pub struct ChaosReport {
     /// Rolled-back entries per node (`kvctl status`), after heal. Expected only for `w=1` writes
     /// and for indeterminate ones.
     pub rolled_back_entries: BTreeMap<NodeId, u64>,
+    /// The large-state profile's check of the prefilled keys, when that profile ran.
+    pub large_state: Option<LargeStateReport>,
     /// Liveness and harness problems: no primary after heal, nodes that never converged, nodes
     /// that exited on their own.
     pub problems: Vec<String>,
@@ -190,6 +193,9 @@ impl ChaosReport {
             }
             violations.push(text);
         }
+        if let Some(large) = &self.large_state {
+            violations.extend(large.violations());
+        }
         violations.extend(self.problems.iter().cloned());
         violations
     }
@@ -291,6 +297,9 @@ impl ChaosReport {
             "rolled-back entries per node: {:?}",
             self.rolled_back_entries
         );
+        if let Some(large) = &self.large_state {
+            let _ = writeln!(out, "{}", large.summary());
+        }
         let violations = self.violations();
         if violations.is_empty() {
             let _ = writeln!(out, "RESULT: no violations");

@@ -50,6 +50,8 @@ pub struct ClusterSpec {
     pub first_ip: u8,
     /// Client port of every node; the peer port is the next one.
     pub client_port: u16,
+    /// The nodes' `log_retention_bytes`, if not the default.
+    pub log_retention_bytes: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -58,6 +60,7 @@ impl ClusterSpec {
             nodes,
             first_ip,
             client_port,
+            log_retention_bytes: None,
         }
     }
 
@@ -138,7 +141,7 @@ impl Cluster {
                 replica_lag_timeout_ms: None,
                 max_append_bytes: None,
                 max_inflight_entries: None,
-                log_retention_bytes: None,
+                log_retention_bytes: spec.log_retention_bytes,
                 max_clock_drift_ppm: None,
                 max_scan_page_pairs: None,
                 max_scan_page_bytes: None,
