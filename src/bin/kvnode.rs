@@ -21,7 +21,7 @@ use replikv::client::join;
 use replikv::config::client::CLIENT_CONFIG_ENV;
 use replikv::config::dev::{
     DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_FIRST_IP, DEFAULT_DEV_NODES,
-    DEV_CLIENT_NAME,
+    DEV_ANONYMOUS_ROLE, DEV_CLIENT_NAME,
 };
 use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
 use replikv::config::{NodeConfig, NodeOverrides};
@@ -401,6 +401,11 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         "Failover:  kill -9 the primary's pid, then run kvctl status again; a node that dies is \
          restarted after {}s (its new pid is printed here)",
         DEV_RESTART_DELAY.as_secs()
+    );
+    println!(
+        "Access:    callers without credentials (plain-TCP doors) act as {DEV_ANONYMOUS_ROLE}, as \
+         anonymous_role in each node-<id>.toml says: fine on these loopback addresses, never on \
+         a network"
     );
     println!(
         "Ctrl-C stops the cluster; data is kept in {}/node-<id>/ for the next run.",

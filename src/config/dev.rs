@@ -7,6 +7,8 @@
 //! - Planning writes nothing; [`DevCluster::write_configs`] rewrites the configuration files on
 //!   every run and leaves the data directories alone, so a restart resumes.
 //! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
+//! - Every node serves callers without credentials as [`DEV_ANONYMOUS_ROLE`] (interim, until
+//!   users land); `kvnode dev` says so when it starts.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use super::client::{ClientConfig, CLIENT_CONFIG_FILE};
 use super::node::NodeConfig;
 use super::tuning::CLIENT_TIMEOUT_MS;
+use crate::certs::CertRole;
 use crate::error::{Error, Result};
 use crate::wire::client::WriteConcern;
 use crate::wire::message::{Member, NodeId};
@@ -33,6 +36,10 @@ pub const DEFAULT_DEV_FIRST_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// Name of the client certificate `kvnode dev` makes (role admin).
 pub const DEV_CLIENT_NAME: &str = "admin";
+
+/// The role a dev node gives callers without credentials (`anonymous_role`): the cluster listens
+/// on loopback addresses only.
+pub const DEV_ANONYMOUS_ROLE: CertRole = CertRole::ReadWrite;
 
 /// Most nodes of a dev cluster: one loopback address each, 127.0.0.11 to 127.0.0.255.
 const MAX_DEV_NODES: u64 = 245;
@@ -107,6 +114,9 @@ impl DevCluster {
                 data_dir: dir.join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
+                // Interim, until users land: the loopback cluster serves callers without
+                // credentials (redis-cli, curl) as readwrite, and says so in its banner.
+                anonymous_role: Some(DEV_ANONYMOUS_ROLE),
                 ..NodeConfig::default()
             })
             .collect();
@@ -182,6 +192,7 @@ mod tests {
         let cluster = DevCluster::plan(&dir.path().join("cluster"), 3, 7379).unwrap();
         assert_eq!(cluster.nodes[1].client_addr, "127.0.0.12:7379");
         assert_eq!(cluster.nodes[1].peer_addr, "127.0.0.12:7380");
+        assert_eq!(cluster.nodes[1].anonymous_role, Some(DEV_ANONYMOUS_ROLE));
         cluster.write_configs().unwrap();
         for node in &cluster.nodes {
             let loaded = NodeConfig::load(&cluster.node_config_path(node.id)).unwrap();

@@ -20,7 +20,7 @@
 
 mod client_port;
 mod endpoint;
-mod event_loop;
+pub(crate) mod event_loop;
 mod peer;
 pub mod server;
 mod shutdown;

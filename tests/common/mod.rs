@@ -132,6 +132,7 @@ impl Cluster {
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
                 join: Vec::new(),
+                anonymous_role: None,
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
