@@ -7,8 +7,10 @@
 //! all of them (see `docs/ARCHITECTURE.md`, the front doors).
 //!
 //! - [`service`]: the one request path: authorization, the local event loop, forwarding.
+//! - [`resp`]: the Redis protocol on plain TCP (`resp_addr` in the node's config).
 //! - The QUIC door still lives in `net/client_port.rs`; it calls the service like any other door.
 
+pub mod resp;
 pub mod service;
 
 pub use service::{Caller, Forwarding, RequestIds, Service, ServiceSettings};

@@ -57,6 +57,10 @@ macro_rules! declare_node_config {
             /// register again.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub join: Vec<String>,
+            /// Address of the RESP door (`ip:port`, TCP), where Redis clients connect; left out,
+            /// the node speaks no RESP.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub resp_addr: Option<String>,
             /// The role of callers that present no credentials (plain-TCP RESP, plain HTTP):
             /// `readonly`, `readwrite` or `admin`. Left out, such callers are refused and told to
             /// authenticate. Interim, until users and tokens live in the replicated state; `kvnode
@@ -85,6 +89,7 @@ macro_rules! declare_node_config {
                     certs_dir: PathBuf::new(),
                     members: Vec::new(),
                     join: Vec::new(),
+                    resp_addr: None,
                     anonymous_role: None,
                     $($name: None,)*
                     log_level: default_log_level(),
@@ -201,6 +206,9 @@ pub struct NodeOverrides {
     /// catches up, and becomes a voter. Harmless on restarts.
     #[arg(long, value_name = "ADDR")]
     pub join: Vec<String>,
+    /// Address of the RESP door, ip:port (TCP): Redis clients connect here.
+    #[arg(long, value_name = "ADDR")]
+    pub resp_addr: Option<String>,
     /// Serve callers without credentials (plain-TCP RESP, plain HTTP) with this role: readonly,
     /// readwrite or admin. Without it they are refused. Interim, until users land.
     #[arg(long, value_name = "ROLE")]
@@ -271,6 +279,7 @@ impl NodeConfig {
             certs_dir: required(overrides.certs_dir, "--certs-dir")?,
             members: overrides.members,
             join: overrides.join,
+            resp_addr: overrides.resp_addr,
             anonymous_role: overrides.anonymous_role,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
             ..NodeConfig::default()
@@ -291,6 +300,9 @@ impl NodeConfig {
         set(&mut self.peer_addr, overrides.peer_addr);
         set(&mut self.data_dir, overrides.data_dir);
         set(&mut self.certs_dir, overrides.certs_dir);
+        if overrides.resp_addr.is_some() {
+            self.resp_addr = overrides.resp_addr;
+        }
         if overrides.anonymous_role.is_some() {
             self.anonymous_role = overrides.anonymous_role;
         }
@@ -328,6 +340,9 @@ impl NodeConfig {
                      member (for example 127.0.0.11:7379)"
                 )));
             }
+        }
+        if let Some(resp_addr) = &self.resp_addr {
+            parse_socket_addr("resp_addr", resp_addr)?;
         }
         let members = self.initial_members();
         let mut seen_ids = BTreeSet::new();

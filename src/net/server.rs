@@ -1,4 +1,5 @@
-//! Running a node: open storage, build the [`Node`], bind the client and peer ports, start the event loop, the service every door calls
+//! Running a node: open storage, build the [`Node`], bind the client and peer ports (and the RESP
+//! door, if configured), start the event loop, the service every door calls
 //! ([`crate::api::service`]) and the network tasks, and shut all of it down cleanly.
 //!
 //! Shutdown order (on the caller's signal, or when the event loop stops on a storage error):
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::api::resp;
 use crate::api::service::{Service, ServiceSettings};
 use crate::certs::TlsFiles;
 use crate::config::tuning::{
@@ -103,6 +105,10 @@ where
     let restart_identity = RestartIdentity::derive(&files)?;
     let client_endpoint = restart_identity.bind(client_tls, client_addr, "client")?;
     let mut peer_endpoint = restart_identity.bind(peer_tls, peer_addr, "peer")?;
+    let resp_listener = match &config.resp_addr {
+        Some(addr) => Some(resp::bind(parse_addr(addr)?).await?),
+        None => None,
+    };
     // Peers are dialled from the peer endpoint, so they see this node's own peer address as the
     // source (what a firewall rule or a partition test between node addresses expects).
     peer_endpoint.set_default_client_config(dial_tls);
@@ -138,6 +144,10 @@ where
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
     let service = Service::new(client_inbox, service_settings(&config));
+    if let Some(listener) = resp_listener {
+        let door = resp::serve(listener, service.clone(), controller.handle());
+        tokio::spawn(door.in_current_span());
+    }
     tokio::spawn(
         client_port::accept_clients(
             client_endpoint.clone(),
@@ -163,6 +173,7 @@ where
     info!(
         client_addr = %client_addr,
         peer_addr = %peer_addr,
+        resp_addr = config.resp_addr.as_deref().unwrap_or("none"),
         data_dir = %config.data_dir.display(),
         members = known_members,
         "node serving"

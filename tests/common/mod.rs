@@ -50,6 +50,9 @@ pub struct ClusterSpec {
     pub first_ip: u8,
     /// Client port of every node; the peer port is the next one.
     pub client_port: u16,
+    /// Whether every node opens a RESP door (TCP, on the port after the peer port) serving
+    /// callers without credentials as `readwrite`.
+    pub resp: bool,
 }
 
 impl ClusterSpec {
@@ -58,7 +61,18 @@ impl ClusterSpec {
             nodes,
             first_ip,
             client_port,
+            resp: false,
         }
+    }
+
+    /// This cluster with a RESP door on every node ([`ClusterSpec::resp_addr`]).
+    pub fn with_resp(mut self) -> ClusterSpec {
+        self.resp = true;
+        self
+    }
+
+    pub fn resp_addr(&self, id: NodeId) -> String {
+        format!("{}:{}", self.ip(id), self.client_port + 2)
     }
 
     pub fn ip(&self, id: NodeId) -> String {
@@ -132,7 +146,8 @@ impl Cluster {
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
                 join: Vec::new(),
-                anonymous_role: None,
+                resp_addr: spec.resp.then(|| spec.resp_addr(member.id)),
+                anonymous_role: spec.resp.then_some(CertRole::ReadWrite),
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
