@@ -569,6 +569,47 @@ impl Client {
         let _ = tokio::time::timeout(CLOSE_FLUSH_LIMIT, self.shared.endpoint.wait_idle()).await;
     }
 
+    /// Sends `request`, built elsewhere, to the primary with the usual redirects and retries, and
+    /// returns the primary's response (an error answer as `Err`). A node's front doors use it to
+    /// forward a request its own node cannot serve (see `docs/ARCHITECTURE.md`, the front doors).
+    ///
+    /// A write keeps its [`RequestId`] on every attempt, so the primary applies it at most once;
+    /// only its `timeout_ms` shrinks to what is left of `timeout`. Each call runs on a session of
+    /// its own, so concurrent forwards do not queue behind one another.
+    pub async fn forward(&self, request: Request, timeout: Duration) -> Result<Response> {
+        if let Request::Write { write, .. } = &request {
+            check_write_size(write)?;
+        }
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => match &request {
+                Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
+                    self.read_target(*consistency)
+                }
+                Request::Status => Target::Any {
+                    primary_first: true,
+                },
+                _ => Target::Primary,
+            },
+        };
+        let deadline = Instant::now() + timeout;
+        let build = |remaining: Duration| match &request {
+            Request::Write {
+                request_id,
+                write,
+                write_concern,
+                ..
+            } => Request::Write {
+                request_id: *request_id,
+                write: write.clone(),
+                write_concern: *write_concern,
+                timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+            },
+            other => other.clone(),
+        };
+        self.session().call(target, deadline, build).await
+    }
+
     async fn call_status(&self, target: Target, deadline: Instant) -> Result<ClusterStatus> {
         match self.call(target, deadline, |_| Request::Status).await? {
             Response::Status(status) => {

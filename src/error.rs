@@ -91,6 +91,12 @@ pub enum Error {
     /// Anything else; the string says what.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The caller presented no credentials, and the door may not serve callers without them (a
+    /// node serves them only with the role its `anonymous_role` setting names). Last among the
+    /// variants so that older peers still decode the others.
+    #[error("authentication required: {0}")]
+    Unauthenticated(String),
 }
 
 /// What kind of failure an [`Error`] is: what its callers decide from.
@@ -101,7 +107,7 @@ pub enum ErrorKind {
     Unavailable,
     /// The write reached the log but not its write concern in time; it may still apply.
     WriteConcernNotMet,
-    /// The certificate's role does not allow the request, or TLS failed.
+    /// The caller's role does not allow the request, it gave no credentials, or TLS failed.
     Refused,
     /// The request can never be served as given (malformed, out of range, a write concern larger
     /// than the cluster).
@@ -173,7 +179,7 @@ impl Error {
             | Error::Network(_)
             | Error::ShuttingDown => ErrorKind::Unavailable,
             Error::WriteConcernNotMet { .. } => ErrorKind::WriteConcernNotMet,
-            Error::Refused(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::Unauthenticated(_) => ErrorKind::Refused,
             Error::InvalidRequest(_) | Error::WriteConcernImpossible { .. } => {
                 ErrorKind::InvalidRequest
             }
@@ -246,6 +252,7 @@ mod tests {
                 latest: 2,
             },
             Error::Internal("?".into()),
+            Error::Unauthenticated("no credentials".into()),
         ]
     }
 
@@ -288,7 +295,8 @@ mod tests {
                 ErrorKind::InvalidRequest,
                 ErrorKind::Refused,
                 ErrorKind::InvalidRequest,
-                ErrorKind::Config
+                ErrorKind::Config,
+                ErrorKind::Refused
             ]
         );
     }

@@ -22,6 +22,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and `docs/PROTOCOL.md` for the messages.
 
+pub mod api;
 pub mod certs;
 pub mod client;
 pub mod config;

@@ -136,10 +136,7 @@ type StatePairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A node's whole state in key order, and its sessions table by client id: invariant 4 covers
 /// both (sessions decide which retries apply, so they must agree too).
-type StateAndSessions = (
-    StatePairs,
-    Vec<(u64, replikv::wire::message::Session)>,
-);
+type StateAndSessions = (StatePairs, Vec<(u64, replikv::wire::message::Session)>);
 
 /// The fault schedule's knobs for one history.
 #[derive(Clone, Debug)]
@@ -1642,7 +1639,8 @@ fn pipelined_clients_keep_every_invariant() {
     for seed in seeds(500, 16_000_000) {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
         let drift = if seed % 4 >= 2 { DRIFT_BOUND_PPM } else { 0 };
-        let mut sim = Simulation::with_clocks(seed, nodes, drift, NO_EXPIRY_MS).with_pipelining(6, 4);
+        let mut sim =
+            Simulation::with_clocks(seed, nodes, drift, NO_EXPIRY_MS).with_pipelining(6, 4);
         if seed % 3 == 0 {
             sim = sim.with_membership_changes();
         }

@@ -21,7 +21,7 @@ use replikv::client::join;
 use replikv::config::client::CLIENT_CONFIG_ENV;
 use replikv::config::dev::{
     DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_FIRST_IP, DEFAULT_DEV_NODES,
-    DEV_CLIENT_NAME,
+    DEFAULT_DEV_RESP_PORT, DEV_ANONYMOUS_ROLE, DEV_CLIENT_NAME,
 };
 use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
 use replikv::config::{NodeConfig, NodeOverrides};
@@ -78,6 +78,9 @@ struct DevArgs {
     /// second dev cluster beside the first.
     #[arg(long, default_value_t = DEFAULT_DEV_FIRST_IP)]
     first_ip: Ipv4Addr,
+    /// RESP (Redis protocol) port of every node, on the node's own address.
+    #[arg(long, default_value_t = DEFAULT_DEV_RESP_PORT)]
+    resp_port: u16,
 }
 
 /// How long `kvnode dev` waits before restarting a node that died, so that a user who killed the
@@ -136,7 +139,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 // --- kvnode dev ---
 
 fn run_dev(args: DevArgs) -> Result<()> {
-    let cluster = DevCluster::plan_at(&args.dir, args.nodes, args.first_ip, args.base_port)?;
+    let cluster = DevCluster::plan_at(&args.dir, args.nodes, args.first_ip, args.base_port)?
+        .with_resp_port(args.resp_port);
     certs::init_certs(&CertsInit {
         dir: cluster.certs_dir.clone(),
         nodes: cluster
@@ -375,15 +379,16 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         cluster.dir.display()
     );
     println!(
-        "  {:<4} {:<22} {:<22} {:<8} LOG",
-        "ID", "CLIENT ADDRESS", "PEER ADDRESS", "PID"
+        "  {:<4} {:<22} {:<22} {:<22} {:<8} LOG",
+        "ID", "CLIENT ADDRESS", "PEER ADDRESS", "RESP ADDRESS", "PID"
     );
     for (node, process) in cluster.nodes.iter().zip(started) {
         println!(
-            "  {:<4} {:<22} {:<22} {:<8} {}",
+            "  {:<4} {:<22} {:<22} {:<22} {:<8} {}",
             process.id,
             node.client_addr,
             node.peer_addr,
+            node.resp_addr.as_deref().unwrap_or("-"),
             process.pid,
             process.log.display()
         );
@@ -397,10 +402,25 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
     }
     println!("Try:       kvctl put a 1 && kvctl get a");
     println!("Status:    kvctl status");
+    if let Some((host, port)) = cluster
+        .nodes
+        .first()
+        .and_then(|node| node.resp_addr.as_deref())
+        .and_then(|addr| addr.rsplit_once(':'))
+    {
+        println!(
+            "Redis:     redis-cli -h {host} -p {port}    (any node; writes reach the primary)"
+        );
+    }
     println!(
         "Failover:  kill -9 the primary's pid, then run kvctl status again; a node that dies is \
          restarted after {}s (its new pid is printed here)",
         DEV_RESTART_DELAY.as_secs()
+    );
+    println!(
+        "Access:    callers without credentials (plain-TCP doors) act as {DEV_ANONYMOUS_ROLE}, as \
+         anonymous_role in each node-<id>.toml says: fine on these loopback addresses, never on \
+         a network"
     );
     println!(
         "Ctrl-C stops the cluster; data is kept in {}/node-<id>/ for the next run.",

@@ -7,6 +7,10 @@
 //! - Planning writes nothing; [`DevCluster::write_configs`] rewrites the configuration files on
 //!   every run and leaves the data directories alone, so a restart resumes.
 //! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
+//! - `kvnode dev` gives every node a RESP door ([`DevCluster::with_resp_port`], port 6379 of its
+//!   own address); a plan alone has none, so tests that plan clusters bind no fixed TCP port.
+//! - Every node serves callers without credentials as [`DEV_ANONYMOUS_ROLE`] (interim, until
+//!   users land); `kvnode dev` says so when it starts.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use super::client::{ClientConfig, CLIENT_CONFIG_FILE};
 use super::node::NodeConfig;
 use super::tuning::CLIENT_TIMEOUT_MS;
+use crate::certs::CertRole;
 use crate::error::{Error, Result};
 use crate::wire::client::WriteConcern;
 use crate::wire::message::{Member, NodeId};
@@ -28,11 +33,18 @@ pub const DEFAULT_DEV_NODES: u64 = 3;
 /// address (127.0.0.{10+id}), so the ports can be the same on all of them.
 pub const DEFAULT_DEV_BASE_PORT: u16 = 7379;
 
+/// RESP (Redis protocol) port of every dev node, on its own loopback address: Redis's own port.
+pub const DEFAULT_DEV_RESP_PORT: u16 = 6379;
+
 /// Address of dev node 1; node `i` has the `i`-th loopback address from it.
 pub const DEFAULT_DEV_FIRST_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// Name of the client certificate `kvnode dev` makes (role admin).
 pub const DEV_CLIENT_NAME: &str = "admin";
+
+/// The role a dev node gives callers without credentials (`anonymous_role`): the cluster listens
+/// on loopback addresses only.
+pub const DEV_ANONYMOUS_ROLE: CertRole = CertRole::ReadWrite;
 
 /// Most nodes of a dev cluster: one loopback address each, 127.0.0.11 to 127.0.0.255.
 const MAX_DEV_NODES: u64 = 245;
@@ -107,6 +119,9 @@ impl DevCluster {
                 data_dir: dir.join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
+                // Interim, until users land: the loopback cluster serves callers without
+                // credentials (redis-cli, curl) as readwrite, and says so in its banner.
+                anonymous_role: Some(DEV_ANONYMOUS_ROLE),
                 ..NodeConfig::default()
             })
             .collect();
@@ -124,6 +139,15 @@ impl DevCluster {
             nodes: node_configs,
             client,
         })
+    }
+
+    /// This cluster with a RESP door on every node, at `port` of the node's loopback address.
+    pub fn with_resp_port(mut self, port: u16) -> DevCluster {
+        for node in &mut self.nodes {
+            let ip = dev_node_ip(self.first_ip, node.id).unwrap_or(self.first_ip);
+            node.resp_addr = Some(format!("{ip}:{port}"));
+        }
+        self
     }
 
     /// The loopback address of dev node `id`.
@@ -182,6 +206,12 @@ mod tests {
         let cluster = DevCluster::plan(&dir.path().join("cluster"), 3, 7379).unwrap();
         assert_eq!(cluster.nodes[1].client_addr, "127.0.0.12:7379");
         assert_eq!(cluster.nodes[1].peer_addr, "127.0.0.12:7380");
+        let cluster = cluster.with_resp_port(DEFAULT_DEV_RESP_PORT);
+        assert_eq!(
+            cluster.nodes[1].resp_addr.as_deref(),
+            Some("127.0.0.12:6379")
+        );
+        assert_eq!(cluster.nodes[1].anonymous_role, Some(DEV_ANONYMOUS_ROLE));
         cluster.write_configs().unwrap();
         for node in &cluster.nodes {
             let loaded = NodeConfig::load(&cluster.node_config_path(node.id)).unwrap();

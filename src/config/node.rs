@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::tuning::{self, Tuning, DEFAULT_LOG_LEVEL};
 use super::{beside, in_file, is_host_port, parse_socket_addr, read_toml, to_toml};
-use crate::certs::TlsFiles;
+use crate::certs::{CertRole, TlsFiles};
 use crate::core::Options;
 use crate::error::{Error, Result};
 use crate::wire::message::{Member, NodeId};
@@ -57,6 +57,16 @@ macro_rules! declare_node_config {
             /// register again.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub join: Vec<String>,
+            /// Address of the RESP door (`ip:port`, TCP), where Redis clients connect; left out,
+            /// the node speaks no RESP.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub resp_addr: Option<String>,
+            /// The role of callers that present no credentials (plain-TCP RESP, plain HTTP):
+            /// `readonly`, `readwrite` or `admin`. Left out, such callers are refused and told to
+            /// authenticate. Interim, until users and tokens live in the replicated state; `kvnode
+            /// dev` sets `readwrite` on its loopback cluster.
+            #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_client_role")]
+            pub anonymous_role: Option<CertRole>,
             $(
                 $(#[doc = $doc])*
                 #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +89,8 @@ macro_rules! declare_node_config {
                     certs_dir: PathBuf::new(),
                     members: Vec::new(),
                     join: Vec::new(),
+                    resp_addr: None,
+                    anonymous_role: None,
                     $($name: None,)*
                     log_level: default_log_level(),
                 }
@@ -138,6 +150,31 @@ fn deserialize_members<'de, D: Deserializer<'de>>(
         .collect())
 }
 
+/// `anonymous_role` as a client role's name (`readwrite`), the way `kvctl certs init` names
+/// roles; a node role is not a valid value.
+mod optional_client_role {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::certs::CertRole;
+
+    pub fn serialize<S: Serializer>(
+        role: &Option<CertRole>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match role {
+            Some(role) => serializer.serialize_str(role.organizational_unit()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<CertRole>, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Settings given as `kvnode` flags; each one that is present replaces the file's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct NodeOverrides {
@@ -169,6 +206,13 @@ pub struct NodeOverrides {
     /// catches up, and becomes a voter. Harmless on restarts.
     #[arg(long, value_name = "ADDR")]
     pub join: Vec<String>,
+    /// Address of the RESP door, ip:port (TCP): Redis clients connect here.
+    #[arg(long, value_name = "ADDR")]
+    pub resp_addr: Option<String>,
+    /// Serve callers without credentials (plain-TCP RESP, plain HTTP) with this role: readonly,
+    /// readwrite or admin. Without it they are refused. Interim, until users land.
+    #[arg(long, value_name = "ROLE")]
+    pub anonymous_role: Option<CertRole>,
 }
 
 /// [`parse_member`] for clap, which wants the message alone.
@@ -235,6 +279,8 @@ impl NodeConfig {
             certs_dir: required(overrides.certs_dir, "--certs-dir")?,
             members: overrides.members,
             join: overrides.join,
+            resp_addr: overrides.resp_addr,
+            anonymous_role: overrides.anonymous_role,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
             ..NodeConfig::default()
         };
@@ -254,6 +300,12 @@ impl NodeConfig {
         set(&mut self.peer_addr, overrides.peer_addr);
         set(&mut self.data_dir, overrides.data_dir);
         set(&mut self.certs_dir, overrides.certs_dir);
+        if overrides.resp_addr.is_some() {
+            self.resp_addr = overrides.resp_addr;
+        }
+        if overrides.anonymous_role.is_some() {
+            self.anonymous_role = overrides.anonymous_role;
+        }
         if !overrides.members.is_empty() {
             self.members = overrides.members;
         }
@@ -288,6 +340,9 @@ impl NodeConfig {
                      member (for example 127.0.0.11:7379)"
                 )));
             }
+        }
+        if let Some(resp_addr) = &self.resp_addr {
+            parse_socket_addr("resp_addr", resp_addr)?;
         }
         let members = self.initial_members();
         let mut seen_ids = BTreeSet::new();

@@ -1,18 +1,15 @@
-//! The client port: one request path from bytes to answer.
+//! The client port, the QUIC door: frames in, the service, frames out.
 //!
 //! A client connection may carry many sessions, one per bidirectional stream. A session reads a
-//! [`Request`] frame, checks that the certificate's role allows it, hands it to the event loop
-//! with a oneshot for the answer, and writes the [`Response`] frame; then the next request.
-//! Besides the sessions, each connection gets [`Topology`] frames pushed on server-initiated
-//! unidirectional streams whenever the node learns of a new primary.
+//! [`Request`] frame, hands it to the [`Service`] with the role of the connection's certificate
+//! (the service authorizes it and asks the event loop), and writes the [`Response`] frame; then
+//! the next request. Besides the sessions, each connection gets [`Topology`] frames pushed on
+//! server-initiated unidirectional streams whenever the node learns of a new primary.
 //!
 //! Invariants:
-//! - The role comes from the verified certificate, once per connection, and [`authorize`] decides
-//!   per request, with a message saying which role is needed: reads need `readonly` or more,
-//!   writes `readwrite` or `admin`, membership changes `admin`. A `node` certificate is no client:
-//!   the one thing it may ask is to add *that node itself* as a member, which is how
-//!   `kvnode --join` registers a new node.
-//! - Membership requests are checked for well-formed addresses here, before they reach the log.
+//! - The role comes from the verified certificate, once per connection; the service decides per
+//!   request what the role allows (see [`crate::api::service`]). This door never forwards: a
+//!   backup answers `NotPrimary` with the primary's address, and the client library follows it.
 //! - Client bytes are untrusted: a frame that is too large or does not decode is answered with a
 //!   protocol error and closes that stream only; the node keeps serving everyone else.
 //! - What a client can make the node hold is bounded before anything is allocated: the frame limit
@@ -36,18 +33,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore, SemaphorePermit};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::api::service::{Caller, Forwarding, Service};
 use crate::certs::CertRole;
-use crate::config::is_host_port;
 use crate::error::{Error, Result};
-use crate::net::event_loop::ClientRequest;
 use crate::net::shutdown::Shutdown;
 use crate::net::tls;
 use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
-use crate::wire::client::{Request, Response, Topology, Write};
-use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES, MAX_READ_REQUEST_BYTES};
+use crate::wire::client::{Request, Response, Topology};
+use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_READ_REQUEST_BYTES};
 
 /// Request bytes the node buffers at once from the node-wide budget, over every client stream: a
 /// frame's body is read only once its length fits in this budget (or in its connection's own
@@ -89,7 +85,7 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// Accepts client connections until shutdown.
 pub(crate) async fn accept_clients(
     endpoint: Endpoint,
-    client_inbox: mpsc::Sender<ClientRequest>,
+    service: Service,
     topology: watch::Receiver<Option<Topology>>,
     mut shutdown: Shutdown,
 ) {
@@ -112,7 +108,7 @@ pub(crate) async fn accept_clients(
             continue;
         };
         let client = ClientConnection {
-            client_inbox: client_inbox.clone(),
+            service: service.clone(),
             topology: topology.clone(),
             shutdown: shutdown.clone(),
             budget: RequestBudget::for_connection(&node_budget),
@@ -135,7 +131,8 @@ pub(crate) async fn accept_clients(
 /// What every task of one client connection needs.
 #[derive(Clone)]
 struct ClientConnection {
-    client_inbox: mpsc::Sender<ClientRequest>,
+    /// The one request path: authorization, the event loop (see [`crate::api::service`]).
+    service: Service,
     topology: watch::Receiver<Option<Topology>>,
     shutdown: Shutdown,
     /// Where this connection reserves the bytes of the frames it reads.
@@ -249,20 +246,19 @@ impl ClientConnection {
                     return;
                 }
             };
-            let response = match authorize(role, &request).and_then(|()| check_request(&request)) {
-                Ok(()) => {
-                    let client_gone = send.stopped();
-                    tokio::select! {
-                        response = self.ask_node(request) => response,
-                        // Dropping the answer's receiver tells the event loop, which has the node
-                        // forget the request instead of holding it until its deadline.
-                        _ = client_gone => {
-                            debug!("the client stopped its stream before its answer");
-                            return;
-                        }
-                    }
+            let client_gone = send.stopped();
+            let response = tokio::select! {
+                response = self.service.call(
+                    Caller::Certificate(role),
+                    request,
+                    Forwarding::Redirect,
+                ) => response,
+                // Dropping the service's future drops the answer's receiver, and the event loop
+                // has the node forget the request instead of holding it until its deadline.
+                _ = client_gone => {
+                    debug!("the client stopped its stream before its answer");
+                    return;
                 }
-                Err(err) => Response::Error(err),
             };
             if let Err(err) = write_response(&mut send, &response).await {
                 debug!(%err, "cannot answer the client; closing its stream");
@@ -270,20 +266,6 @@ impl ClientConnection {
             }
         }
         let _ = send.finish();
-    }
-
-    /// Hands the request to the event loop and waits for its answer.
-    async fn ask_node(&self, request: Request) -> Response {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .client_inbox
-            .send(ClientRequest { request, reply })
-            .await
-            .is_err()
-        {
-            return Response::Error(Error::ShuttingDown);
-        }
-        answer.await.unwrap_or(Response::Error(Error::ShuttingDown))
     }
 
     /// Pushes every new topology to the client, best effort, until the connection closes.
@@ -308,50 +290,6 @@ impl ClientConnection {
                 return;
             }
         }
-    }
-}
-
-/// Whether `role` may make `request`. Exhaustive on purpose: a new kind of request must decide
-/// here who may make it.
-fn authorize(role: CertRole, request: &Request) -> Result<()> {
-    if let CertRole::Node(id) = role {
-        // A node certificate is not a client; it may only register its own node (`--join`).
-        return match request {
-            Request::AddMember { member } if member.id == id => Ok(()),
-            Request::AddMember { member } => Err(Error::Refused(format!(
-                "the certificate of node {id} may only add node {id} itself, not node {}: \
-                 use an admin certificate",
-                member.id
-            ))),
-            _ => Err(Error::Refused(format!(
-                "the certificate of node {id} is not a client certificate: use an admin, \
-                 readwrite or readonly certificate on the client port"
-            ))),
-        };
-    }
-    let (allowed, action, needed) = match request {
-        Request::Get { .. } | Request::Scan { .. } | Request::Status => (
-            role.can_read(),
-            "read",
-            "a readonly, readwrite or admin certificate",
-        ),
-        Request::Write { .. } => (
-            role.can_write(),
-            "write",
-            "a readwrite or admin certificate",
-        ),
-        Request::AddMember { .. } | Request::RemoveMember { .. } => (
-            role.can_change_membership(),
-            "change membership",
-            "an admin certificate",
-        ),
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(Error::Refused(format!(
-            "certificate role {role} may not {action}: use {needed}"
-        )))
     }
 }
 
@@ -391,57 +329,12 @@ async fn read_request(
 }
 
 /// The largest request frame `role` may send: a read-only certificate may only read, and a read
-/// names one key; a node certificate may only register its own node.
+/// names one key; a node certificate forwards writes for its own doors, so it gets the full limit.
 fn max_request_bytes(role: CertRole) -> usize {
     match role {
-        CertRole::Admin | CertRole::ReadWrite => MAX_CLIENT_FRAME_BYTES,
-        CertRole::ReadOnly | CertRole::Node(_) => MAX_READ_REQUEST_BYTES,
+        CertRole::Admin | CertRole::ReadWrite | CertRole::Node(_) => MAX_CLIENT_FRAME_BYTES,
+        CertRole::ReadOnly => MAX_READ_REQUEST_BYTES,
     }
-}
-
-/// Checks what the role check does not: keys within [`MAX_KEY_BYTES`], and a new member's
-/// addresses usable, or every node would keep dialling nowhere.
-fn check_request(request: &Request) -> Result<()> {
-    let keys = match request {
-        Request::Get { key, .. } => vec![key],
-        Request::Scan {
-            prefix,
-            start_after,
-            ..
-        } => std::iter::once(prefix).chain(start_after).collect(),
-        Request::Write {
-            write: Write::Put { key, .. } | Write::Delete { key },
-            ..
-        } => vec![key],
-        _ => Vec::new(),
-    };
-    if let Some(key) = keys.into_iter().find(|key| key.len() > MAX_KEY_BYTES) {
-        return Err(Error::InvalidRequest(format!(
-            "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
-            key.len()
-        )));
-    }
-    let Request::AddMember { member } = request else {
-        return Ok(());
-    };
-    for (field, addr) in [
-        ("client address", &member.client_addr),
-        ("peer address", &member.peer_addr),
-    ] {
-        if !is_host_port(addr) {
-            return Err(Error::InvalidRequest(format!(
-                "the {field} {addr:?} of node {} is not host:port (for example 127.0.0.14:7379)",
-                member.id
-            )));
-        }
-    }
-    if member.client_addr == member.peer_addr {
-        return Err(Error::InvalidRequest(format!(
-            "node {} has the same client and peer address {}: the two ports must differ",
-            member.id, member.client_addr
-        )));
-    }
-    Ok(())
 }
 
 /// Writes one response frame. A response too large for a frame becomes an error response, so the
@@ -471,101 +364,6 @@ async fn send_topology(connection: &Connection, topology: &Topology) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::client::{ReadConsistency, Write, WriteConcern};
-    use crate::wire::message::{Member, RequestId};
-
-    fn put() -> Request {
-        Request::Write {
-            request_id: RequestId {
-                client_id: 1,
-                sequence: 1,
-            },
-            write: Write::Put {
-                key: b"a".to_vec(),
-                value: b"1".to_vec(),
-            },
-            write_concern: WriteConcern::Majority,
-            timeout_ms: 1000,
-        }
-    }
-
-    fn get() -> Request {
-        Request::Get {
-            key: b"a".to_vec(),
-            consistency: ReadConsistency::Linearizable,
-        }
-    }
-
-    #[test]
-    fn readonly_may_read_but_not_write() {
-        assert!(authorize(CertRole::ReadOnly, &get()).is_ok());
-        assert!(authorize(CertRole::ReadOnly, &Request::Status).is_ok());
-        match authorize(CertRole::ReadOnly, &put()) {
-            Err(Error::Refused(message)) => assert!(message.contains("readonly"), "{message}"),
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn readwrite_and_admin_may_write() {
-        assert!(authorize(CertRole::ReadWrite, &put()).is_ok());
-        assert!(authorize(CertRole::Admin, &put()).is_ok());
-    }
-
-    #[test]
-    fn only_admin_may_change_membership() {
-        let remove = Request::RemoveMember { id: 3 };
-        assert!(authorize(CertRole::Admin, &remove).is_ok());
-        for role in [CertRole::ReadWrite, CertRole::ReadOnly] {
-            match authorize(role, &remove) {
-                Err(Error::Refused(message)) => assert!(message.contains("admin"), "{message}"),
-                other => panic!("expected a refusal for {role}, got {other:?}"),
-            }
-        }
-    }
-
-    fn add(id: u64) -> Request {
-        Request::AddMember {
-            member: Member {
-                id,
-                client_addr: format!("127.0.0.{}:7379", 10 + id),
-                peer_addr: format!("127.0.0.{}:7380", 10 + id),
-                voter: false,
-            },
-        }
-    }
-
-    #[test]
-    fn node_certificates_may_not_act_as_clients() {
-        for request in [
-            get(),
-            put(),
-            Request::Status,
-            Request::RemoveMember { id: 1 },
-        ] {
-            match authorize(CertRole::Node(1), &request) {
-                Err(Error::Refused(message)) => {
-                    assert!(message.contains("not a client certificate"), "{message}")
-                }
-                other => panic!("node certificate making {request:?}: got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_node_may_add_only_itself() {
-        assert!(authorize(CertRole::Node(4), &add(4)).is_ok());
-        match authorize(CertRole::Node(4), &add(5)) {
-            Err(Error::Refused(message)) => {
-                assert!(message.contains("only add node 4"), "{message}")
-            }
-            other => panic!("node 4 adding node 5: got {other:?}"),
-        }
-        assert!(authorize(CertRole::Admin, &add(5)).is_ok());
-        for role in [CertRole::ReadWrite, CertRole::ReadOnly] {
-            assert!(matches!(authorize(role, &add(5)), Err(Error::Refused(_))));
-        }
-    }
 
     /// Whether `reserve` completes on its first poll (a budget never wakes it later in a test).
     async fn reserved_at_once(budget: &RequestBudget, len: usize) -> Option<Reservation<'_>> {
@@ -625,23 +423,5 @@ mod tests {
                 .await
                 .is_none()
         );
-    }
-
-    #[test]
-    fn new_members_need_usable_addresses() {
-        assert!(check_request(&add(4)).is_ok());
-        let mut bad = add(4);
-        if let Request::AddMember { member } = &mut bad {
-            member.peer_addr = "nowhere".into();
-        }
-        match check_request(&bad) {
-            Err(Error::InvalidRequest(message)) => assert!(message.contains("peer address")),
-            other => panic!("bad peer address: got {other:?}"),
-        }
-        if let Request::AddMember { member } = &mut bad {
-            member.peer_addr = member.client_addr.clone();
-        }
-        assert!(matches!(check_request(&bad), Err(Error::InvalidRequest(_))));
-        assert!(check_request(&get()).is_ok());
     }
 }

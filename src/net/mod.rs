@@ -20,10 +20,10 @@
 
 mod client_port;
 mod endpoint;
-mod event_loop;
+pub(crate) mod event_loop;
 mod peer;
 pub mod server;
-mod shutdown;
+pub(crate) mod shutdown;
 pub mod tls;
 
 /// The client port's bounds on what clients can make a node hold (tests and docs refer to them).

@@ -1,5 +1,6 @@
-//! Running a node: open storage, build the [`Node`], bind the client and peer ports, start the
-//! event loop and the network tasks, and shut all of it down cleanly.
+//! Running a node: open storage, build the [`Node`], bind the client and peer ports (and the RESP
+//! door, if configured), start the event loop, the service every door calls
+//! ([`crate::api::service`]) and the network tasks, and shut all of it down cleanly.
 //!
 //! Shutdown order (on the caller's signal, or when the event loop stops on a storage error):
 //! 1. every task is told to stop: acceptors stop accepting, sessions stop reading, links close;
@@ -27,6 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::api::resp;
+use crate::api::service::{Service, ServiceSettings};
 use crate::certs::TlsFiles;
 use crate::config::tuning::{
     CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
@@ -102,6 +105,10 @@ where
     let restart_identity = RestartIdentity::derive(&files)?;
     let client_endpoint = restart_identity.bind(client_tls, client_addr, "client")?;
     let mut peer_endpoint = restart_identity.bind(peer_tls, peer_addr, "peer")?;
+    let resp_listener = match &config.resp_addr {
+        Some(addr) => Some(resp::bind(parse_addr(addr)?).await?),
+        None => None,
+    };
     // Peers are dialled from the peer endpoint, so they see this node's own peer address as the
     // source (what a firewall rule or a partition test between node addresses expects).
     peer_endpoint.set_default_client_config(dial_tls);
@@ -136,10 +143,15 @@ where
         },
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
+    let service = Service::new(client_inbox, service_settings(&config));
+    if let Some(listener) = resp_listener {
+        let door = resp::serve(listener, service.clone(), controller.handle());
+        tokio::spawn(door.in_current_span());
+    }
     tokio::spawn(
         client_port::accept_clients(
             client_endpoint.clone(),
-            client_inbox,
+            service,
             topology_rx,
             controller.handle(),
         )
@@ -161,6 +173,7 @@ where
     info!(
         client_addr = %client_addr,
         peer_addr = %peer_addr,
+        resp_addr = config.resp_addr.as_deref().unwrap_or("none"),
         data_dir = %config.data_dir.display(),
         members = known_members,
         "node serving"
@@ -241,6 +254,29 @@ fn needs_registration(membership: &Membership, own: &Member) -> bool {
         known.client_addr == own.client_addr && known.peer_addr == own.peer_addr
     });
     !(counted && membership.members.len() > 1)
+}
+
+/// How the node's [`Service`] is set up: its `anonymous_role`, and forwarding to the primary
+/// with the node's own certificate, through the other members known at start (or the `join`
+/// addresses; the client library learns later members from the nodes it reaches).
+fn service_settings(config: &NodeConfig) -> ServiceSettings {
+    let others: Vec<String> = config
+        .initial_members()
+        .into_iter()
+        .filter(|member| member.id != config.id)
+        .map(|member| member.client_addr)
+        .chain(config.join.iter().cloned())
+        .collect();
+    let seeds = if others.is_empty() {
+        vec![config.client_addr.clone()]
+    } else {
+        others
+    };
+    ServiceSettings {
+        anonymous_role: config.anonymous_role,
+        seeds,
+        tls: config.tls_files(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere than Unix).
@@ -433,19 +469,22 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
 
-        // A node certificate is not a client: it may only ask to add its own node.
+        // A node certificate may read and write (how a node forwards for its doors), but of
+        // membership changes only add its own node.
         let as_node = connect(&config, &TlsFiles::for_node(&certs, 9)).await;
-        for request in [
-            put(),
-            Request::Status,
-            Request::RemoveMember { id: config.id },
-        ] {
-            match ask(&as_node, &request).await {
-                Response::Error(Error::Refused(message)) => {
-                    assert!(message.contains("not a client certificate"), "{message}")
-                }
-                other => panic!("a node certificate making {request:?}: got {other:?}"),
+        assert!(matches!(
+            ask(&as_node, &Request::Status).await,
+            Response::Status(_)
+        ));
+        assert!(matches!(
+            ask(&as_node, &put()).await,
+            Response::Written { .. }
+        ));
+        match ask(&as_node, &Request::RemoveMember { id: config.id }).await {
+            Response::Error(Error::Refused(message)) => {
+                assert!(message.contains("may not remove members"), "{message}")
             }
+            other => panic!("a node certificate removing a member: got {other:?}"),
         }
         let other_node = Request::AddMember {
             member: crate::wire::message::Member {

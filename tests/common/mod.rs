@@ -52,6 +52,9 @@ pub struct ClusterSpec {
     pub client_port: u16,
     /// The nodes' `log_retention_bytes`, if not the default.
     pub log_retention_bytes: Option<u64>,
+    /// Whether every node opens a RESP door (TCP, on the port after the peer port) serving
+    /// callers without credentials as `readwrite`.
+    pub resp: bool,
 }
 
 impl ClusterSpec {
@@ -61,7 +64,18 @@ impl ClusterSpec {
             first_ip,
             client_port,
             log_retention_bytes: None,
+            resp: false,
         }
+    }
+
+    /// This cluster with a RESP door on every node ([`ClusterSpec::resp_addr`]).
+    pub fn with_resp(mut self) -> ClusterSpec {
+        self.resp = true;
+        self
+    }
+
+    pub fn resp_addr(&self, id: NodeId) -> String {
+        format!("{}:{}", self.ip(id), self.client_port + 2)
     }
 
     pub fn ip(&self, id: NodeId) -> String {
@@ -135,6 +149,8 @@ impl Cluster {
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
                 join: Vec::new(),
+                resp_addr: spec.resp.then(|| spec.resp_addr(member.id)),
+                anonymous_role: spec.resp.then_some(CertRole::ReadWrite),
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,

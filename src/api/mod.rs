@@ -1,0 +1,16 @@
+//! The front doors: every client protocol a node speaks, and the one service behind them.
+//!
+//! A door only translates: it reads its protocol's bytes, authenticates the caller (a
+//! [`service::Caller`]), builds a [`crate::wire::client::Request`] and hands it to the
+//! [`service::Service`], then renders the [`crate::wire::client::Response`] in its own idiom. No door
+//! decides authorization, replication or retries on its own: the service does, the same way for
+//! all of them (see `docs/ARCHITECTURE.md`, the front doors).
+//!
+//! - [`service`]: the one request path: authorization, the local event loop, forwarding.
+//! - [`resp`]: the Redis protocol on plain TCP (`resp_addr` in the node's config).
+//! - The QUIC door still lives in `net/client_port.rs`; it calls the service like any other door.
+
+pub mod resp;
+pub mod service;
+
+pub use service::{Caller, Forwarding, RequestIds, Service, ServiceSettings};

@@ -1,0 +1,248 @@
+//! The RESP door: the Redis protocol (RESP2, and RESP3 after `HELLO 3`) on a plain TCP port, so
+//! that `redis-cli`, `redis-benchmark` and Redis client libraries work against any node.
+//!
+//! Each connection has two tasks. The reader takes commands off the socket ([`request`]) and
+//! queues them, at most [`PIPELINE_DEPTH`] deep; the executor runs them one at a time, in order,
+//! through the service ([`commands`]), and writes the replies ([`reply`]), flushing whenever the
+//! queue is empty. So a pipelining client is never waited on before its next command is read,
+//! replies come in command order, and one connection's writes enter the log in its order.
+//!
+//! Invariants:
+//! - The caller is [`Caller::Anonymous`] (no credentials on plain TCP): the service serves it with
+//!   the node's `anonymous_role`, or every command but `AUTH`, `HELLO` and `QUIT` gets `NOAUTH`.
+//! - What clients can make the node hold is bounded before it is buffered: a command is at most
+//!   [`request::MAX_COMMAND_BYTES`] (limits on its parts refused with Redis's texts), commands
+//!   parsed but not yet run hold a share of a node-wide budget ([`MAX_QUEUED_COMMAND_BYTES`]),
+//!   and at most [`MAX_RESP_CLIENTS`] connections are served at once (the next one is told
+//!   `-ERR max number of clients reached` and closed, as Redis does).
+//! - Bad input gets a protocol error and closes that connection only, as Redis does; the node
+//!   serves everyone else.
+
+mod commands;
+mod pattern;
+mod reply;
+mod request;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::api::service::{Caller, Service};
+use crate::net::shutdown::Shutdown;
+
+pub use commands::{REDIS_COMPATIBLE_VERSION, SCAN_KEY_LIMIT};
+pub use request::{MAX_ARGUMENTS, MAX_BULK_BYTES, MAX_COMMAND_BYTES, MAX_INLINE_BYTES};
+
+use commands::Connection;
+use reply::Reply;
+
+/// RESP connections a node serves at once.
+pub const MAX_RESP_CLIENTS: usize = 1024;
+
+/// Commands of one connection read but not yet run: how far a pipeline may run ahead.
+pub const PIPELINE_DEPTH: usize = 1024;
+
+/// Bytes of commands parsed but not yet run, over every RESP connection of the node: a reader
+/// whose next command does not fit waits (and stops reading) until the executors catch up.
+pub const MAX_QUEUED_COMMAND_BYTES: usize = 64 * 1024 * 1024;
+
+/// Replies buffered before they are written even though more commands are queued.
+const REPLY_FLUSH_BYTES: usize = 64 * 1024;
+
+/// What every connection of one node's RESP door shares.
+pub struct Door {
+    service: Service,
+    /// The port the door listens on (for `INFO`).
+    port: u16,
+    started: Instant,
+    next_connection_id: AtomicU64,
+    /// Connections open now (for `INFO`).
+    connected: AtomicUsize,
+    /// The node-wide budget of queued command bytes ([`MAX_QUEUED_COMMAND_BYTES`]).
+    queued_bytes: Arc<Semaphore>,
+}
+
+/// Binds the RESP door at `addr`; the caller then runs [`serve`].
+pub async fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|err| {
+        crate::Error::Config(format!(
+            "cannot bind the RESP address {addr}: {err} (is another Redis or replikv node using it?)"
+        ))
+    })
+}
+
+/// Serves RESP connections on `listener` until shutdown.
+pub(crate) async fn serve(listener: TcpListener, service: Service, mut shutdown: Shutdown) {
+    let port = listener.local_addr().map_or(0, |addr| addr.port());
+    let door = Arc::new(Door {
+        service,
+        port,
+        started: Instant::now(),
+        next_connection_id: AtomicU64::new(1),
+        connected: AtomicUsize::new(0),
+        queued_bytes: Arc::new(Semaphore::new(MAX_QUEUED_COMMAND_BYTES)),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_RESP_CLIENTS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.requested() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, most likely: pause rather than spin.
+                warn!(%err, "cannot accept a RESP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%remote, "refusing a RESP connection: {MAX_RESP_CLIENTS} are open already");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let door = door.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move {
+                let _slot = slot; // held for as long as the connection is served
+                door.connected.fetch_add(1, Ordering::Relaxed);
+                serve_connection(&door, stream, remote, shutdown).await;
+                door.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Redis's answer to a connection over `maxclients`.
+async fn refuse(mut stream: TcpStream) {
+    let refusal = b"-ERR max number of clients reached\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(refusal)).await;
+}
+
+/// What the reader hands the executor.
+enum Incoming {
+    Command {
+        args: Vec<Bytes>,
+        /// This command's share of the node-wide budget, returned once it has run.
+        _budget: OwnedSemaphorePermit,
+    },
+    /// The input broke the protocol: answer, then close.
+    ProtocolError(String),
+}
+
+async fn serve_connection(
+    door: &Door,
+    stream: TcpStream,
+    remote: SocketAddr,
+    mut shutdown: Shutdown,
+) {
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| String::new(), |addr| addr.to_string());
+    let id = door.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    debug!(%remote, id, "RESP client connected");
+    let (reader, mut writer) = stream.into_split();
+    let (queue, mut commands) = mpsc::channel(PIPELINE_DEPTH);
+    let reading =
+        tokio::spawn(read_commands(reader, queue, door.queued_bytes.clone()).in_current_span());
+    let mut connection = Connection::new(id, Caller::Anonymous, remote.to_string(), local);
+    let mut out = BytesMut::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = commands.recv() => incoming,
+            _ = shutdown.requested() => break,
+        };
+        // `None`: the client finished sending and every command it sent has run.
+        let Some(incoming) = incoming else { break };
+        let close = match incoming {
+            Incoming::Command { args, _budget } => {
+                let outcome = tokio::select! {
+                    outcome = connection.execute(door, &args) => outcome,
+                    _ = shutdown.requested() => break,
+                };
+                outcome.reply.encode(connection.protocol, &mut out);
+                outcome.close
+            }
+            Incoming::ProtocolError(text) => {
+                info!(%remote, %text, "closing a RESP connection after a protocol error");
+                Reply::err(format!("Protocol error: {text}")).encode(connection.protocol, &mut out);
+                true
+            }
+        };
+        if close || commands.is_empty() || out.len() >= REPLY_FLUSH_BYTES {
+            if let Err(err) = write_out(&mut writer, &mut out).await {
+                debug!(%remote, %err, "cannot answer a RESP client; closing");
+                break;
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    reading.abort();
+    let _ = writer.shutdown().await;
+    debug!(%remote, id, "RESP client disconnected");
+}
+
+async fn write_out(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    writer.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
+/// Reads commands until the client stops sending, the executor stops listening, or the input
+/// breaks the protocol.
+async fn read_commands(
+    mut reader: OwnedReadHalf,
+    queue: mpsc::Sender<Incoming>,
+    budget: Arc<Semaphore>,
+) {
+    let mut buffer = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match request::next_command(&mut buffer) {
+                Ok(Some(args)) => {
+                    // At most MAX_COMMAND_BYTES (far below the budget and u32::MAX), and at
+                    // least 1 so that even empty arguments take a share.
+                    let size: usize = args.iter().map(|arg| arg.len() + 16).sum();
+                    let permits =
+                        u32::try_from(size.min(MAX_QUEUED_COMMAND_BYTES)).unwrap_or(u32::MAX);
+                    let Ok(share) = budget.clone().acquire_many_owned(permits).await else {
+                        return; // the budget is never closed
+                    };
+                    let command = Incoming::Command {
+                        args,
+                        _budget: share,
+                    };
+                    if queue.send(command).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(request::ProtocolError(text)) => {
+                    let _ = queue.send(Incoming::ProtocolError(text)).await;
+                    return;
+                }
+            }
+        }
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

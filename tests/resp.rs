@@ -1,0 +1,357 @@
+//! The RESP door against real `kvnode` processes: `redis-cli` and `redis-benchmark` (Debian's
+//! `redis-tools`) and the `redis` crate, on a 3-node cluster whose RESP doors serve callers
+//! without credentials as `readwrite`.
+//!
+//! The Redis tools must be installed (`apt-get install redis-tools`): a test that needs one fails
+//! when it is missing under `CI=true`, and elsewhere says it skips.
+//!
+//! Address blocks: 127.0.0.181-189, ports 24181-24193.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{eventually, Cluster, ClusterSpec, READWRITE_CLIENT};
+use replikv::{NodeId, ReadConsistency};
+use tokio::io::AsyncWriteExt;
+
+/// Whether `tool` can run; under `CI=true` a missing tool fails the test instead.
+fn have(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    assert!(
+        !ci,
+        "CI=true, and {tool} is missing: install redis-tools (.ci/run does)"
+    );
+    eprintln!("skipping: {tool} is not installed (apt-get install redis-tools)");
+    false
+}
+
+fn host_port(addr: &str) -> (String, String) {
+    let (host, port) = addr.rsplit_once(':').expect("ip:port");
+    (host.to_string(), port.to_string())
+}
+
+/// Runs `redis-cli` against `addr` with `script` on its standard input (one command a line) and
+/// returns what it printed.
+async fn redis_cli(addr: &str, extra: &[&str], script: &str) -> String {
+    let (host, port) = host_port(addr);
+    let mut child = tokio::process::Command::new("redis-cli")
+        .args(["-h", &host, "-p", &port])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start redis-cli");
+    let mut stdin = child.stdin.take().expect("redis-cli's stdin");
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .expect("write the script");
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("redis-cli finishes")
+        .expect("redis-cli runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.trim().is_empty(),
+        "redis-cli wrote to stderr: {stderr}"
+    );
+    stdout
+}
+
+/// A 3-node cluster with RESP doors, its primary's id, and a backup's id.
+async fn cluster(first_ip: u8, client_port: u16) -> (Cluster, NodeId, NodeId) {
+    let cluster = Cluster::start(ClusterSpec::new(3, first_ip, client_port).with_resp());
+    let (primary, _) = cluster.wait_for_primary().await;
+    let backup = (1..=3).find(|&id| id != primary).expect("a backup");
+    (cluster, primary, backup)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_scripts_run_against_a_backup() {
+    if !have("redis-cli") {
+        return;
+    }
+    let (cluster, _, backup) = cluster(181, 24181).await;
+    let addr = cluster.spec.resp_addr(backup);
+    let script = "PING\nSET greeting hello\nGET greeting\nEXISTS greeting nothing\n\
+                  MGET greeting nothing\nDEL greeting nothing\nGET greeting\nECHO \"two words\"\n\
+                  SELECT 0\nSELECT 1\nTYPE nothing\n";
+    let output = redis_cli(&addr, &[], script).await;
+    // redis-cli prints nil as an empty line, and an empty line after an error.
+    let expected =
+        "PONG\nOK\nhello\n1\nhello\n\n1\n\ntwo words\nOK\nERR DB index is out of range\n\nnone\n";
+    assert_eq!(output, expected);
+
+    // Redis's own texts for what is wrong or missing.
+    let output = redis_cli(
+        &addr,
+        &[],
+        "GET\nNOSUCHCOMMAND a b\nMULTI\nEXEC\nSET k v NX\n",
+    )
+    .await;
+    let lines: Vec<&str> = output.lines().filter(|line| !line.is_empty()).collect();
+    assert_eq!(lines[0], "ERR wrong number of arguments for 'get' command");
+    assert_eq!(
+        lines[1],
+        "ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' 'b' "
+    );
+    assert!(
+        lines[2].starts_with("ERR MULTI is not supported"),
+        "{output}"
+    );
+    assert_eq!(lines[3], "ERR EXEC without MULTI");
+    assert!(
+        lines[4].starts_with("ERR SET option 'NX' is not supported yet"),
+        "{output}"
+    );
+
+    // The write sent to the backup reached the primary: the QUIC client reads it there.
+    let output = redis_cli(&addr, &[], "SET forwarded yes\n").await;
+    assert_eq!(output, "OK\n");
+    let client = cluster.client(READWRITE_CLIENT);
+    let (value, meta) = client
+        .get("forwarded", ReadConsistency::Linearizable)
+        .await
+        .expect("read through the QUIC door");
+    assert_eq!(value.as_deref(), Some(&b"yes"[..]));
+    assert_ne!(meta.node_id, backup, "the primary answered");
+
+    // INFO replication in Redis's field format, from the backup's own view.
+    let info = redis_cli(&addr, &[], "INFO replication\n").await;
+    assert!(info.contains("role:slave"), "{info}");
+    assert!(info.contains("master_repl_offset:"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
+    let (cluster, primary, backup) = cluster(184, 24184).await;
+    let backup_url = format!("redis://{}/", cluster.spec.resp_addr(backup));
+    let redis_client = redis::Client::open(backup_url.as_str()).expect("a redis client");
+    let mut backup_connection = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the backup's RESP door");
+
+    // A write sent to a backup is forwarded to the primary.
+    let () = redis::cmd("SET")
+        .arg("crate-key")
+        .arg("crate-value")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("SET through a backup");
+    let primary_url = format!("redis://{}/", cluster.spec.resp_addr(primary));
+    let mut primary_connection = redis::Client::open(primary_url.as_str())
+        .expect("a redis client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the primary's RESP door");
+    let value: Option<String> = redis::cmd("GET")
+        .arg("crate-key")
+        .query_async(&mut primary_connection)
+        .await
+        .expect("GET on the primary");
+    assert_eq!(value.as_deref(), Some("crate-value"));
+
+    // A pipeline: every reply in command order, reads seeing the writes before them.
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let values: Vec<i64> = pipe
+        .query_async(&mut backup_connection)
+        .await
+        .expect("a pipeline through a backup");
+    assert_eq!(values, (0..50).collect::<Vec<i64>>());
+
+    // Transactions are refused with a clear error; unknown commands and arity get Redis's texts.
+    let refused = redis::cmd("MULTI")
+        .query_async::<()>(&mut backup_connection)
+        .await
+        .expect_err("MULTI is refused");
+    assert!(
+        refused.to_string().contains("MULTI is not supported"),
+        "{refused}"
+    );
+    let unknown = redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut backup_connection)
+        .await
+        .expect_err("FLUSHALL is unknown");
+    assert!(
+        unknown
+            .to_string()
+            .contains("unknown command 'FLUSHALL', with args beginning with: "),
+        "{unknown}"
+    );
+    let arity = redis::cmd("SET")
+        .arg("only-a-key")
+        .query_async::<()>(&mut backup_connection)
+        .await
+        .expect_err("SET with one argument is an arity error");
+    assert!(
+        arity
+            .to_string()
+            .contains("wrong number of arguments for 'set' command"),
+        "{arity}"
+    );
+
+    // WAIT: both backups hold the connection's last write durably.
+    let () = redis::cmd("SET")
+        .arg("waited")
+        .arg("1")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("SET before WAIT");
+    let replicas: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(10_000)
+        .query_async(&mut backup_connection)
+        .await
+        .expect("WAIT 2");
+    assert_eq!(replicas, 2);
+
+    // SCAN and KEYS see the keys written; READONLY reads are served by the backup itself.
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("p1*")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    let expected: Vec<String> = std::iter::once("p1".to_string())
+        .chain((10..20).map(|i| format!("p{i}")))
+        .collect();
+    assert_eq!(keys, expected);
+    let (cursor, scanned): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("crate-*")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("SCAN");
+    assert_eq!(
+        (cursor.as_str(), scanned),
+        ("0", vec!["crate-key".to_string()])
+    );
+    // A SCAN with a small COUNT walks pages through cursors: every key once, in pages of at most
+    // COUNT keys, ending at cursor 0.
+    let mut cursor = "0".to_string();
+    let mut pages = 0;
+    let mut walked: Vec<String> = Vec::new();
+    loop {
+        let (next, page): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("p1*")
+            .arg("COUNT")
+            .arg(3)
+            .query_async(&mut backup_connection)
+            .await
+            .expect("SCAN page");
+        assert!(page.len() <= 3, "a page of {} keys for COUNT 3", page.len());
+        walked.extend(page);
+        pages += 1;
+        if next == "0" {
+            break;
+        }
+        assert!(pages <= expected.len(), "SCAN does not end: cursor {next}");
+        cursor = next;
+    }
+    assert!(pages >= 4, "11 keys in pages of 3 took {pages} pages");
+    assert_eq!(walked, expected, "every key once, in key order");
+    let stale_cursor: redis::RedisResult<(String, Vec<String>)> = redis::cmd("SCAN")
+        .arg(12345)
+        .query_async(&mut backup_connection)
+        .await;
+    assert!(stale_cursor.is_err(), "an unknown cursor is an error");
+    let () = redis::cmd("READONLY")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("READONLY");
+    let stale: Option<String> = eventually("the backup applies the write", || {
+        let mut connection = backup_connection.clone();
+        async move {
+            let value: Option<String> = redis::cmd("GET")
+                .arg("waited")
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            value.map(Some)
+        }
+    })
+    .await;
+    assert_eq!(stale.as_deref(), Some("1"));
+
+    // RESP3: HELLO 3 answers a map, and nulls are RESP3 nulls.
+    let resp3_url = format!("redis://{}/?protocol=resp3", cluster.spec.resp_addr(backup));
+    let mut resp3 = redis::Client::open(resp3_url.as_str())
+        .expect("a RESP3 client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect with HELLO 3");
+    let missing: Option<String> = redis::cmd("GET")
+        .arg("never-written")
+        .query_async(&mut resp3)
+        .await
+        .expect("GET over RESP3");
+    assert_eq!(missing, None);
+    let value: Option<String> = redis::cmd("GET")
+        .arg("crate-key")
+        .query_async(&mut resp3)
+        .await
+        .expect("GET over RESP3");
+    assert_eq!(value.as_deref(), Some("crate-value"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_completes_without_errors_against_a_backup() {
+    if !have("redis-benchmark") {
+        return;
+    }
+    let (cluster, _, backup) = cluster(187, 24187).await;
+    let (host, port) = host_port(&cluster.spec.resp_addr(backup));
+    let output = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new("redis-benchmark")
+            .args(["-h", &host, "-p", &port])
+            .args(["-t", "ping,set,get", "-n", "20000", "-c", "20", "-q"])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("redis-benchmark finishes")
+    .expect("redis-benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "redis-benchmark failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+        assert!(
+            // Progress lines end in '\r'; the summary follows the last one.
+            stdout
+                .split(['\r', '\n'])
+                .any(|line| line.starts_with(&format!("{test}: "))
+                    && line.contains("requests per second")),
+            "no result for {test}:\n{stdout}\n{stderr}"
+        );
+    }
+    let combined = format!("{stdout}\n{stderr}").to_ascii_lowercase();
+    assert!(!combined.contains("error"), "{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+}
