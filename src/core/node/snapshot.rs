@@ -187,7 +187,7 @@ impl Node {
             }
             let (id, sequence) = (transfer.id, transfer.next_sequence);
             let Some(chunk) = self.next_chunk(member)? else {
-                continue; // a phase ended without a chunk; the next phase goes on
+                return Ok(());
             };
             let now = self.now;
             let Some(transfer) = self.transfer_to(member) else {
@@ -216,82 +216,97 @@ impl Node {
         }
     }
 
-    /// The next chunk of `member`'s transfer, within `max_append_bytes`, advancing its phase;
-    /// `None` when a phase ended without one.
+    /// The next chunk of `member`'s transfer, within `max_append_bytes`, advancing its phase.
+    /// A phase that ends inside a chunk leaves the rest of the budget to the next one, so a small
+    /// snapshot travels as one chunk: every chunk a member must receive in order is one more
+    /// chance for the network to reorder or lose it and the transfer to restart.
     fn next_chunk(&mut self, member: NodeId) -> Result<Option<Chunk>> {
         let budget = self.options.max_append_bytes;
-        let Some(transfer) = self.transfer_to(member) else {
-            return Ok(None);
-        };
-        match transfer.phase.clone() {
-            TransferPhase::State { cursor } => {
-                let pairs = self.storage.state_chunk(cursor.as_deref(), budget)?;
-                let Some(transfer) = self.transfer_to(member) else {
-                    return Ok(None);
-                };
-                transfer.phase = match pairs.last() {
-                    Some((key, _)) => TransferPhase::State {
-                        cursor: Some(key.clone()),
-                    },
-                    None => TransferPhase::Sessions { cursor: None },
-                };
-                if pairs.is_empty() {
-                    return Ok(None);
+        let mut chunk = Chunk::default();
+        let mut bytes = 0usize;
+        loop {
+            let Some(transfer) = self.transfer_to(member) else {
+                return Ok(None);
+            };
+            match transfer.phase.clone() {
+                TransferPhase::State { cursor } => {
+                    // The state phase starts the transfer's first chunk, so it has the budget.
+                    let page =
+                        self.storage
+                            .scan_page(b"", cursor.as_deref(), usize::MAX, budget)?;
+                    bytes += page
+                        .pairs
+                        .iter()
+                        .map(|(key, value)| framed_pair_bytes(key, value))
+                        .sum::<usize>();
+                    let last = page.pairs.last().map(|(key, _)| key.clone());
+                    chunk.pairs.extend(
+                        page.pairs
+                            .into_iter()
+                            .map(|(key, value)| (key, Some(value))),
+                    );
+                    let Some(transfer) = self.transfer_to(member) else {
+                        return Ok(None);
+                    };
+                    if page.more {
+                        transfer.phase = TransferPhase::State { cursor: last };
+                        return Ok(Some(chunk));
+                    }
+                    transfer.phase = TransferPhase::Sessions { cursor: None };
                 }
-                let pairs = pairs
-                    .into_iter()
-                    .map(|(key, value)| (key, Some(value)))
-                    .collect();
-                Ok(Some(Chunk {
-                    pairs,
-                    ..Chunk::default()
-                }))
-            }
-            TransferPhase::Sessions { cursor } => {
-                let per_chunk = (budget / SESSION_RECORD_BYTES).max(1);
-                let sessions = self.storage.sessions_after(cursor, per_chunk)?;
-                let Some(transfer) = self.transfer_to(member) else {
-                    return Ok(None);
-                };
-                transfer.phase = match sessions.last() {
-                    Some((client_id, _)) => TransferPhase::Sessions {
-                        cursor: Some(*client_id),
-                    },
-                    None => TransferPhase::Changes,
-                };
-                if sessions.is_empty() {
-                    return Ok(None);
+                TransferPhase::Sessions { cursor } => {
+                    let mut room = budget.saturating_sub(bytes) / SESSION_RECORD_BYTES;
+                    if chunk.pairs.is_empty() {
+                        room = room.max(1);
+                    }
+                    if room == 0 {
+                        return Ok(Some(chunk));
+                    }
+                    // One more than there is room for, to learn whether the table goes on.
+                    let mut sessions = self.storage.sessions_after(cursor, room + 1)?;
+                    let more = sessions.len() > room;
+                    sessions.truncate(room);
+                    bytes += sessions.len() * SESSION_RECORD_BYTES;
+                    let last = sessions.last().map(|(client_id, _)| *client_id);
+                    chunk.sessions.extend(
+                        sessions
+                            .into_iter()
+                            .map(|(client_id, session)| (client_id, Some(session))),
+                    );
+                    let Some(transfer) = self.transfer_to(member) else {
+                        return Ok(None);
+                    };
+                    if more {
+                        transfer.phase = TransferPhase::Sessions { cursor: last };
+                        return Ok(Some(chunk));
+                    }
+                    transfer.phase = TransferPhase::Changes;
                 }
-                let sessions = sessions
-                    .into_iter()
-                    .map(|(client_id, session)| (client_id, Some(session)))
-                    .collect();
-                Ok(Some(Chunk {
-                    sessions,
-                    ..Chunk::default()
-                }))
+                TransferPhase::Changes => {
+                    self.add_changes(member, &mut chunk, bytes)?;
+                    return Ok(Some(chunk));
+                }
+                TransferPhase::Finished => return Ok(None),
             }
-            TransferPhase::Changes => self.changes_chunk(member).map(Some),
-            TransferPhase::Finished => Ok(None),
         }
     }
 
-    /// A chunk of the keys and sessions changed since the transfer began, as they are now, within
-    /// `max_append_bytes`. When it takes the last of them, it is the final chunk: the state and
-    /// sessions sent so far are exactly those at the applied index, which it names.
-    fn changes_chunk(&mut self, member: NodeId) -> Result<Chunk> {
+    /// Adds to `chunk` (holding `bytes` already) the keys and sessions changed since the transfer
+    /// began, as they are now, within `max_append_bytes`. When it takes the last of them, the
+    /// chunk is the final one: the state and sessions sent so far are exactly those at the
+    /// applied index, which it names.
+    fn add_changes(&mut self, member: NodeId, chunk: &mut Chunk, mut bytes: usize) -> Result<()> {
         let budget = self.options.max_append_bytes;
         let Some(transfer) = self.transfer_to(member) else {
-            return Ok(Chunk::default());
+            return Ok(());
         };
         let mut dirty_keys = std::mem::take(&mut transfer.dirty_keys);
         let mut dirty_sessions = std::mem::take(&mut transfer.dirty_sessions);
-        let mut chunk = Chunk::default();
-        let mut bytes = 0usize;
+        let taken = |chunk: &Chunk| chunk.pairs.len() + chunk.sessions.len();
         while let Some(key) = dirty_keys.first() {
             let value = self.storage.get(key)?;
             let size = framed_pair_bytes(key, value.as_deref().unwrap_or_default());
-            if !fits_in_batch(chunk.pairs.len(), bytes, size, budget) {
+            if !fits_in_batch(taken(chunk), bytes, size, budget) {
                 break;
             }
             bytes += size;
@@ -300,8 +315,7 @@ impl Node {
             }
         }
         while let Some(&client_id) = dirty_sessions.first() {
-            let taken = chunk.pairs.len() + chunk.sessions.len();
-            if !fits_in_batch(taken, bytes, SESSION_RECORD_BYTES, budget) {
+            if !fits_in_batch(taken(chunk), bytes, SESSION_RECORD_BYTES, budget) {
                 break;
             }
             bytes += SESSION_RECORD_BYTES;
@@ -322,7 +336,7 @@ impl Node {
                 membership: self.applied_membership.clone(),
             });
         }
-        Ok(chunk)
+        Ok(())
     }
 
     pub(super) fn on_snapshot_ack(
