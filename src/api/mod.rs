@@ -7,8 +7,12 @@
 //! all of them (see `docs/ARCHITECTURE.md`, the front doors).
 //!
 //! - [`service`]: the one request path: authorization, the local event loop, forwarding.
+//! - [`http`]: the HTTP/JSON door, with health, readiness and Prometheus metrics.
+//! - [`json`]: the JSON shapes of key-value answers, shared by `kvctl --json` and HTTP.
 //! - The QUIC door still lives in `net/client_port.rs`; it calls the service like any other door.
 
+pub mod http;
+pub mod json;
 pub mod service;
 
 pub use service::{Caller, Forwarding, RequestIds, Service, ServiceSettings};

@@ -23,7 +23,7 @@ mod endpoint;
 pub(crate) mod event_loop;
 mod peer;
 pub mod server;
-mod shutdown;
+pub(crate) mod shutdown;
 pub mod tls;
 
 use quinn::VarInt;

@@ -74,6 +74,11 @@ impl ClusterSpec {
     pub fn peer_addr(&self, id: NodeId) -> String {
         format!("{}:{}", self.ip(id), self.client_port + 1)
     }
+
+    /// The HTTP door (TLS with the cluster CA, the default), on the port after the peer port.
+    pub fn http_addr(&self, id: NodeId) -> String {
+        format!("{}:{}", self.ip(id), self.client_port + 2)
+    }
 }
 
 /// One node of a test cluster.
@@ -133,6 +138,8 @@ impl Cluster {
                 members: members.clone(),
                 join: Vec::new(),
                 anonymous_role: None,
+                http_addr: Some(spec.http_addr(member.id)),
+                http_tls: None,
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
