@@ -302,15 +302,7 @@ async fn every_endpoint_and_error_kind_over_https() {
         }
     }
 
-    // A path longer than any key may be (64 KiB) is refused by hyper (414) before any handler
-    // runs, and so is a request head over the limit (431).
-    let long_key = "k".repeat(70 * 1024);
-    let response = admin
-        .get(url(&cluster, primary, &format!("/v1/kv/{long_key}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
+    // A request head over the limit (96 KiB) is refused by hyper (431) before any handler runs.
     let response = admin
         .get(url(&cluster, primary, "/v1/kv/greeting"))
         .header("x-padding", "p".repeat(200 * 1024))

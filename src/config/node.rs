@@ -552,14 +552,15 @@ voter = false
         assert_eq!(config.http_addr, None);
         assert!(config.http_uses_tls());
         let dir = tempfile::tempdir().unwrap();
-        let text = NODE_TOML.replace(
+        let text = NODE_TOML.replacen(
             "id = 1\n",
             "id = 1\nhttp_addr = \"127.0.0.11:8080\"\nhttp_tls = false\n",
+            1,
         );
         let config = NodeConfig::load(&write_file(dir.path(), "node.toml", &text)).unwrap();
         assert_eq!(config.http_addr.as_deref(), Some("127.0.0.11:8080"));
         assert!(!config.http_uses_tls());
-        let bad = NODE_TOML.replace("id = 1\n", "id = 1\nhttp_addr = \"localhost\"\n");
+        let bad = NODE_TOML.replacen("id = 1\n", "id = 1\nhttp_addr = \"localhost\"\n", 1);
         let message = config_error(NodeConfig::load(&write_file(dir.path(), "bad.toml", &bad)));
         assert!(message.contains("http_addr"), "{message}");
     }
