@@ -365,6 +365,8 @@ mod tests {
         config.peer_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         config.members[0].client_addr = config.client_addr.clone();
         config.members[0].peer_addr = config.peer_addr.clone();
+        // No HTTP door: the dev plan's fixed HTTP port may be taken by a dev cluster running here.
+        config.http_addr = None;
         init_certs(&CertsInit {
             dir: config.certs_dir.clone(),
             // Node 9 is not a member: its certificate is valid but it may only ask to join.
