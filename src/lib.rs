@@ -19,6 +19,7 @@
 //! - [`config`]: node and client settings; every tunable and default declared once, in
 //!   [`config::tuning`].
 //! - [`certs`]: the cluster's certificates: the names and roles they carry, and their issuance.
+//! - [`metrics`]: the node's Prometheus metrics, named after etcd's.
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and `docs/PROTOCOL.md` for the messages.
 
@@ -28,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod metrics;
 pub mod net;
 pub mod storage;
 pub mod wire;

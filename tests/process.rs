@@ -680,7 +680,8 @@ fn dev_table_pids(banner: &str) -> BTreeMap<NodeId, u32> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             match fields.as_slice() {
-                [id, _client, _peer, _resp, pid, _log] => {
+                // ID, client, peer, RESP and HTTP addresses, PID, LOG.
+                [id, _client, _peer, _resp, _http, pid, _log] => {
                     Some((id.parse().ok()?, pid.parse().ok()?))
                 }
                 _ => None,

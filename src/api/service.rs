@@ -27,7 +27,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
@@ -36,6 +36,7 @@ use crate::client::{Client, ClientOptions};
 use crate::config::is_host_port;
 use crate::config::tuning::CLIENT_TIMEOUT_MS;
 use crate::error::{Error, Result};
+use crate::metrics::{request_kind, Metrics};
 use crate::net::event_loop::ClientRequest;
 use crate::wire::client::{Request, Response, Write};
 use crate::wire::frame::MAX_KEY_BYTES;
@@ -72,6 +73,8 @@ pub struct ServiceSettings {
     pub seeds: Vec<String>,
     /// The node's own certificate, which forwarded requests present.
     pub tls: TlsFiles,
+    /// Where every answered request is counted, by kind and outcome, with its duration.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The service behind every door of one node. Cheap to clone: clones share everything.
@@ -117,7 +120,20 @@ impl Service {
     /// Serves `request` for `caller`: authorizes it, hands it to the local node and, with
     /// [`Forwarding::ToPrimary`], forwards it to the primary if the local node is not the one to
     /// serve it. Always answers; an error is a [`Response::Error`].
+    /// Every answer is counted in the node's metrics (`replikv_server_client_requests_total`, by
+    /// kind and outcome, and the duration histogram), whichever door asked.
     pub async fn call(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
+        let kind = request_kind(&request);
+        let started = Instant::now();
+        let response = self.serve(caller, request, forwarding).await;
+        self.inner
+            .settings
+            .metrics
+            .observe_request(kind, &response, started.elapsed());
+        response
+    }
+
+    async fn serve(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
         let checked = self
             .role_of(caller)
             .and_then(|role| authorize(role, &request))
@@ -430,6 +446,7 @@ mod tests {
             anonymous_role,
             seeds: vec!["127.0.0.1:1".into()],
             tls: TlsFiles::for_node(std::path::Path::new("certs"), 1),
+            metrics: Arc::new(Metrics::new()),
         };
         let closed = Service::new(inbox.clone(), settings(None));
         match closed.role_of(Caller::Anonymous) {
@@ -543,6 +560,7 @@ mod forwarding_tests {
                 anonymous_role: None,
                 seeds: vec![config.client_addr.clone()],
                 tls: TlsFiles::for_node(&config.certs_dir, 2),
+                metrics: Arc::new(Metrics::new()),
             },
         );
         let admin = Client::with_tls(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 
+use replikv::api::http;
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::join;
 use replikv::config::client::CLIENT_CONFIG_ENV;
@@ -52,6 +53,22 @@ struct Cli {
 enum Command {
     /// Run a local cluster: make certificates, write configs, start every node as a process.
     Dev(DevArgs),
+    /// Probe a node's HTTP door: exit 0 if it answers /healthz (or /readyz with --ready). The
+    /// healthcheck of containers, whose image has no shell and no curl.
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The node's HTTP address, host:port.
+    #[arg(long, value_name = "ADDR")]
+    addr: String,
+    /// The cluster CA certificate: probe over TLS, trusting only it. Without it, plain HTTP.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Ask /readyz (knows a primary, not catching up) instead of /healthz (runs, storage answers).
+    #[arg(long)]
+    ready: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +113,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse(); // exits 2 on a usage error
     let result = match cli.command {
         Some(Command::Dev(args)) => run_dev(args),
+        Some(Command::Health(args)) => run_health(args),
         None => run_one_node(cli.node),
     };
     match result {
@@ -127,6 +145,17 @@ fn init_logging(default_filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+fn run_health(args: HealthArgs) -> Result<()> {
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Error::Internal(format!("cannot start the async runtime: {err}")))?;
+    let body = runtime.block_on(http::probe(&args.addr, path, args.ca.as_deref()))?;
+    println!("{}", body.trim());
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -379,16 +408,21 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         cluster.dir.display()
     );
     println!(
-        "  {:<4} {:<22} {:<22} {:<22} {:<8} LOG",
-        "ID", "CLIENT ADDRESS", "PEER ADDRESS", "RESP ADDRESS", "PID"
+        "  {:<4} {:<22} {:<22} {:<22} {:<29} {:<8} LOG",
+        "ID", "CLIENT ADDRESS", "PEER ADDRESS", "RESP ADDRESS", "HTTP", "PID"
     );
     for (node, process) in cluster.nodes.iter().zip(started) {
+        let http = node
+            .http_addr
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |addr| format!("http://{addr}"));
         println!(
-            "  {:<4} {:<22} {:<22} {:<22} {:<8} {}",
+            "  {:<4} {:<22} {:<22} {:<22} {:<29} {:<8} {}",
             process.id,
             node.client_addr,
             node.peer_addr,
             node.resp_addr.as_deref().unwrap_or("-"),
+            http,
             process.pid,
             process.log.display()
         );
@@ -401,6 +435,16 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         );
     }
     println!("Try:       kvctl put a 1 && kvctl get a");
+    if let Some(http) = cluster
+        .nodes
+        .first()
+        .and_then(|node| node.http_addr.as_deref())
+    {
+        println!(
+            "HTTP:      curl -X PUT --data-binary 1 http://{http}/v1/kv/a && curl http://{http}/v1/kv/a"
+        );
+        println!("Metrics:   curl http://{http}/metrics");
+    }
     println!("Status:    kvctl status");
     if let Some((host, port)) = cluster
         .nodes

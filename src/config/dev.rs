@@ -2,8 +2,8 @@
 //!
 //! Invariants:
 //! - Node `i` (1..=n) listens on its own loopback address, the `i`-th from `first_ip`
-//!   (`127.0.0.{10+i}` by default), clients on `base_port`, peers on `base_port + 1`; everything
-//!   lives in one directory.
+//!   (`127.0.0.{10+i}` by default), clients on `base_port`, peers on `base_port + 1`, HTTP (plain,
+//!   no TLS: loopback only) on `base_port + 2`; everything lives in one directory.
 //! - Planning writes nothing; [`DevCluster::write_configs`] rewrites the configuration files on
 //!   every run and leaves the data directories alone, so a restart resumes.
 //! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
@@ -87,11 +87,15 @@ impl DevCluster {
                  every dev node needs its own loopback address"
             )));
         }
-        let peer_port = base_port.checked_add(1).filter(|_| base_port != 0).ok_or_else(|| {
-            Error::Config(format!(
-                "--base-port {base_port} is out of range: it and the next port must be between 1 and 65535"
-            ))
-        })?;
+        let (peer_port, http_port) = base_port
+            .checked_add(1)
+            .zip(base_port.checked_add(2))
+            .filter(|_| base_port != 0)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "--base-port {base_port} is out of range: it and the next two ports must be between 1 and 65535"
+                ))
+            })?;
         let dir = std::path::absolute(dir).map_err(|err| {
             Error::Config(format!(
                 "cannot resolve the directory {}: {err}",
@@ -122,6 +126,11 @@ impl DevCluster {
                 // Interim, until users land: the loopback cluster serves callers without
                 // credentials (redis-cli, curl) as readwrite, and says so in its banner.
                 anonymous_role: Some(DEV_ANONYMOUS_ROLE),
+                http_addr: Some(format!(
+                    "{}:{http_port}",
+                    dev_http_host(&member.client_addr)
+                )),
+                http_tls: Some(false),
                 ..NodeConfig::default()
             })
             .collect();
@@ -189,6 +198,13 @@ impl DevCluster {
     }
 }
 
+/// The host part of a dev node's `ip:port` client address.
+fn dev_http_host(client_addr: &str) -> &str {
+    client_addr
+        .rsplit_once(':')
+        .map_or(client_addr, |(host, _)| host)
+}
+
 /// The address of dev node `id` when node 1 has `first_ip`: the `id`-th address from it, or
 /// `None` past the end of the address space.
 pub fn dev_node_ip(first_ip: Ipv4Addr, id: NodeId) -> Option<Ipv4Addr> {
@@ -212,6 +228,11 @@ mod tests {
             Some("127.0.0.12:6379")
         );
         assert_eq!(cluster.nodes[1].anonymous_role, Some(DEV_ANONYMOUS_ROLE));
+        assert_eq!(
+            cluster.nodes[1].http_addr.as_deref(),
+            Some("127.0.0.12:7381")
+        );
+        assert!(!cluster.nodes[1].http_uses_tls());
         cluster.write_configs().unwrap();
         for node in &cluster.nodes {
             let loaded = NodeConfig::load(&cluster.node_config_path(node.id)).unwrap();
@@ -225,6 +246,7 @@ mod tests {
     fn dev_cluster_rejects_bad_sizes() {
         assert!(DevCluster::plan(Path::new("x"), 0, 7379).is_err());
         assert!(DevCluster::plan(Path::new("x"), 3, 65535).is_err());
+        assert!(DevCluster::plan(Path::new("x"), 3, 65534).is_err());
         let first_ip = Ipv4Addr::new(127, 0, 0, 161);
         let moved = DevCluster::plan_at(Path::new("x"), 3, first_ip, 7379).unwrap();
         assert_eq!(moved.nodes[2].client_addr, "127.0.0.163:7379");

@@ -67,6 +67,14 @@ macro_rules! declare_node_config {
             /// dev` sets `readwrite` on its loopback cluster.
             #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_client_role")]
             pub anonymous_role: Option<CertRole>,
+            /// Address the HTTP door binds (`ip:port`): health, metrics and the HTTP/JSON API.
+            /// Left out, the node serves no HTTP.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub http_addr: Option<String>,
+            /// Whether the HTTP door speaks TLS with the node's certificate (the cluster CA).
+            /// Left out, it does; `kvnode dev` sets `false` on its loopback cluster.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub http_tls: Option<bool>,
             $(
                 $(#[doc = $doc])*
                 #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +99,8 @@ macro_rules! declare_node_config {
                     join: Vec::new(),
                     resp_addr: None,
                     anonymous_role: None,
+                    http_addr: None,
+                    http_tls: None,
                     $($name: None,)*
                     log_level: default_log_level(),
                 }
@@ -213,6 +223,12 @@ pub struct NodeOverrides {
     /// readwrite or admin. Without it they are refused. Interim, until users land.
     #[arg(long, value_name = "ROLE")]
     pub anonymous_role: Option<CertRole>,
+    /// Address of the HTTP door, ip:port (health, metrics, the HTTP/JSON API).
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Whether the HTTP door speaks TLS with the cluster CA (default true).
+    #[arg(long, value_name = "BOOL")]
+    pub http_tls: Option<bool>,
 }
 
 /// [`parse_member`] for clap, which wants the message alone.
@@ -281,6 +297,8 @@ impl NodeConfig {
             join: overrides.join,
             resp_addr: overrides.resp_addr,
             anonymous_role: overrides.anonymous_role,
+            http_addr: overrides.http_addr,
+            http_tls: overrides.http_tls,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
             ..NodeConfig::default()
         };
@@ -306,6 +324,12 @@ impl NodeConfig {
         if overrides.anonymous_role.is_some() {
             self.anonymous_role = overrides.anonymous_role;
         }
+        if overrides.http_addr.is_some() {
+            self.http_addr = overrides.http_addr;
+        }
+        if overrides.http_tls.is_some() {
+            self.http_tls = overrides.http_tls;
+        }
         if !overrides.members.is_empty() {
             self.members = overrides.members;
         }
@@ -325,6 +349,10 @@ impl NodeConfig {
             return Err(Error::Config(format!(
                 "client_addr and peer_addr are both {client_addr}: the client and peer ports must differ"
             )));
+        }
+        if let Some(http_addr) = &self.http_addr {
+            // TCP, so it may share a port number with the UDP ports; parsing is the check.
+            parse_socket_addr("http_addr", http_addr)?;
         }
         if self.members.is_empty() && self.join.is_empty() {
             return Err(Error::Config(
@@ -419,6 +447,11 @@ impl NodeConfig {
         self.initial_members()
             .into_iter()
             .find(|member| member.id == self.id)
+    }
+
+    /// Whether the HTTP door (if any) speaks TLS: unless `http_tls = false`.
+    pub fn http_uses_tls(&self) -> bool {
+        self.http_tls.unwrap_or(true)
     }
 
     /// This node's certificate, key and CA.
@@ -526,6 +559,25 @@ voter = false
         assert!(!config.members[1].voter);
         assert_eq!(config.log_level, DEFAULT_LOG_LEVEL);
         assert_eq!(config.core_options(), Options::default());
+    }
+
+    #[test]
+    fn the_http_door_is_optional_and_speaks_tls_unless_told_not_to() {
+        let config = valid_config();
+        assert_eq!(config.http_addr, None);
+        assert!(config.http_uses_tls());
+        let dir = tempfile::tempdir().unwrap();
+        let text = NODE_TOML.replacen(
+            "id = 1\n",
+            "id = 1\nhttp_addr = \"127.0.0.11:8080\"\nhttp_tls = false\n",
+            1,
+        );
+        let config = NodeConfig::load(&write_file(dir.path(), "node.toml", &text)).unwrap();
+        assert_eq!(config.http_addr.as_deref(), Some("127.0.0.11:8080"));
+        assert!(!config.http_uses_tls());
+        let bad = NODE_TOML.replacen("id = 1\n", "id = 1\nhttp_addr = \"localhost\"\n", 1);
+        let message = config_error(NodeConfig::load(&write_file(dir.path(), "bad.toml", &bad)));
+        assert!(message.contains("http_addr"), "{message}");
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! - Resync messages (catch-up appends, snapshot chunks) come through an inbox of their own and
 //!   only a few are taken per pass, so heartbeats and live appends are never handled late
 //!   because a transfer is queued before them.
+//! - Metrics only observe: after each pass the loop publishes the node's view ([`NodeView`]) and
+//!   records it in [`Metrics`], times flushes and the calls that applied entries, and counts
+//!   writes answered with an error; nothing it records feeds back into the node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,12 +39,14 @@ use tracing::{debug, error, info, warn};
 use crate::config::tuning::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, NodeView};
 use crate::net::peer::PeerRouter;
 use crate::net::shutdown::Shutdown;
 use crate::wire::client::{Request, Response, Topology};
 use crate::wire::message::{Membership, Message, NodeId};
 
-/// How often requests whose client went away are forgotten, in ticks.
+/// How often requests whose client went away are forgotten, and the status metrics (member lag,
+/// log size) refreshed, in ticks.
 const PRUNE_EVERY_TICKS: u64 = 10;
 
 /// A client request the session is allowed to make, and where its answer goes.
@@ -84,6 +89,16 @@ pub(crate) struct Published {
     pub(crate) membership: watch::Sender<Membership>,
     /// The latest topology, pushed to connected clients.
     pub(crate) topology: watch::Sender<Option<Topology>>,
+    /// The node's own view after each pass (health endpoints, metrics).
+    pub(crate) view: watch::Sender<NodeView>,
+}
+
+/// A reply owed to a client, and whether its request was a write (for the failed-proposals
+/// count).
+#[derive(Debug)]
+struct PendingReply {
+    reply: oneshot::Sender<Response>,
+    write: bool,
 }
 
 /// A flush running on the blocking pool.
@@ -99,12 +114,15 @@ pub(crate) struct EventLoop {
     peers: PeerRouter,
     published: Published,
     /// Replies owed to clients, by the token the node was given.
-    pending: HashMap<ClientToken, oneshot::Sender<Response>>,
+    pending: HashMap<ClientToken, PendingReply>,
     next_token: ClientToken,
     flush: Option<InflightFlush>,
     ticks: u64,
     /// The primary the links were last synced for (see [`PeerRouter::sync`]).
     synced_primary: Option<NodeId>,
+    metrics: Arc<Metrics>,
+    /// The last primary this node knew of, to count primary changes.
+    last_primary: Option<NodeId>,
 }
 
 impl EventLoop {
@@ -114,6 +132,7 @@ impl EventLoop {
         inboxes: Inboxes,
         mut peers: PeerRouter,
         published: Published,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let node_primary = node.primary();
         peers.sync(node.membership(), node_primary);
@@ -129,6 +148,8 @@ impl EventLoop {
             flush: None,
             ticks: 0,
             synced_primary: node_primary,
+            metrics,
+            last_primary: None,
         }
     }
 
@@ -175,29 +196,61 @@ impl EventLoop {
             }
             self.start_flush();
             self.dispatch_outputs();
+            self.observe();
         }
+    }
+
+    /// The node's view after a pass: published for the health endpoints, recorded in the metrics.
+    fn observe(&mut self) {
+        let view = NodeView::of(&self.node);
+        if view.primary.is_some() && view.primary != self.last_primary {
+            self.metrics.primary_changes_seen.inc();
+        }
+        if view.primary.is_some() {
+            self.last_primary = view.primary;
+        }
+        self.metrics.observe_node(&view);
+        self.published.view.send_if_modified(|published| {
+            let changed = *published != view;
+            *published = view;
+            changed
+        });
+    }
+
+    /// Runs one call into the node, timing it as an apply if it applied entries.
+    fn applying<T>(&mut self, call: impl FnOnce(&mut Node) -> T) -> T {
+        let applied_before = self.node.applied_index();
+        let started = Instant::now();
+        let result = call(&mut self.node);
+        if self.node.applied_index() > applied_before {
+            self.metrics
+                .apply_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     fn on_peer_message(&mut self, message: Message) -> Result<()> {
         let now = self.clock.now();
         self.peers.heard_from(message.from);
-        fail_stop(self.node.step(now, message), "handling a peer message")
+        let stepped = self.applying(|node| node.step(now, message));
+        fail_stop(stepped, "handling a peer message")
     }
 
     fn on_request(&mut self, ClientRequest { request, reply }: ClientRequest) -> Result<()> {
         let token = self.next_token;
         self.next_token += 1;
-        self.pending.insert(token, reply);
-        match self.node.request(self.clock.now(), token, request) {
+        let write = matches!(request, Request::Write { .. });
+        self.pending.insert(token, PendingReply { reply, write });
+        let now = self.clock.now();
+        match self.applying(|node| node.request(now, token, request)) {
             Ok(()) => Ok(()),
             Err(err) if err.kind().stops_the_node() => {
                 fail_stop(Err(err), "handling a client request")
             }
             Err(err) => {
                 // Not fatal: the request itself was at fault; tell the client.
-                if let Some(reply) = self.pending.remove(&token) {
-                    let _ = reply.send(Response::Error(err));
-                }
+                self.reply(token, Response::Error(err));
                 Ok(())
             }
         }
@@ -218,14 +271,44 @@ impl EventLoop {
             for token in abandoned {
                 self.node.cancel(token);
             }
+            self.observe_status();
         }
-        fail_stop(self.node.tick(self.clock.now()), "ticking")
+        let now = self.clock.now();
+        let ticked = self.applying(|node| node.tick(now));
+        fail_stop(ticked, "ticking")
+    }
+
+    /// The metrics that need the node's status or a storage read, refreshed every few ticks
+    /// rather than every pass.
+    fn observe_status(&mut self) {
+        self.metrics
+            .observe_status(&self.node.status(self.clock.now()));
+        if let Ok(bytes) = self.node.storage().log_bytes() {
+            self.metrics
+                .log_size_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sends `response` to the client waiting for `token`, if it is still there, and counts a
+    /// write answered with an error.
+    fn reply(&mut self, token: ClientToken, response: Response) {
+        // The session may have gone away meanwhile; then nobody is waiting.
+        let Some(PendingReply { reply, write }) = self.pending.remove(&token) else {
+            debug!(token, "reply for a request nobody waits for");
+            return;
+        };
+        if write && matches!(response, Response::Error(_)) {
+            self.metrics.proposals_failed.inc();
+        }
+        let _ = reply.send(response);
     }
 
     fn on_flushed(&mut self, ticket: FlushTicket, outcome: Result<()>) -> Result<()> {
         fail_stop(outcome, "flushing storage")?;
         let now = self.clock.now();
-        fail_stop(self.node.flushed(now, ticket), "recording a flush")
+        let recorded = self.applying(|node| node.flushed(now, ticket));
+        fail_stop(recorded, "recording a flush")
     }
 
     /// Group commit: one flush covers every write made before it starts.
@@ -237,7 +320,13 @@ impl EventLoop {
             return;
         };
         let storage = Arc::clone(self.node.storage());
-        let task = tokio::task::spawn_blocking(move || storage.flush());
+        let fsync_duration = self.metrics.wal_fsync_duration.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let flushed = storage.flush();
+            fsync_duration.observe(started.elapsed().as_secs_f64());
+            flushed
+        });
         self.flush = Some(InflightFlush { ticket, task });
     }
 
@@ -245,13 +334,7 @@ impl EventLoop {
         for output in self.node.take_outputs() {
             match output {
                 Output::Send(message) => self.peers.send(message),
-                Output::Reply { token, response } => match self.pending.remove(&token) {
-                    // The session may have gone away meanwhile; then nobody is waiting.
-                    Some(reply) => {
-                        let _ = reply.send(response);
-                    }
-                    None => debug!(token, "reply for a request nobody waits for"),
-                },
+                Output::Reply { token, response } => self.reply(token, response),
                 Output::Topology {
                     epoch,
                     primary,
@@ -310,8 +393,8 @@ impl EventLoop {
             };
         }
         self.dispatch_outputs();
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Response::Error(Error::ShuttingDown));
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.reply.send(Response::Error(Error::ShuttingDown));
         }
         if result.is_ok() {
             info!("storage flushed; event loop stopped");
@@ -340,12 +423,10 @@ async fn join_flush(
 }
 
 /// Removes the reply slots whose client went away, and returns their tokens.
-fn take_abandoned(
-    pending: &mut HashMap<ClientToken, oneshot::Sender<Response>>,
-) -> Vec<ClientToken> {
+fn take_abandoned(pending: &mut HashMap<ClientToken, PendingReply>) -> Vec<ClientToken> {
     let abandoned: Vec<ClientToken> = pending
         .iter()
-        .filter(|(_, reply)| reply.is_closed())
+        .filter(|(_, pending)| pending.reply.is_closed())
         .map(|(&token, _)| token)
         .collect();
     for token in &abandoned {
@@ -394,8 +475,20 @@ mod tests {
         let mut pending = HashMap::new();
         let (gone, gone_receiver) = oneshot::channel();
         let (waiting, _waiting_receiver) = oneshot::channel();
-        pending.insert(1, gone);
-        pending.insert(2, waiting);
+        pending.insert(
+            1,
+            PendingReply {
+                reply: gone,
+                write: false,
+            },
+        );
+        pending.insert(
+            2,
+            PendingReply {
+                reply: waiting,
+                write: true,
+            },
+        );
         drop(gone_receiver);
         assert_eq!(take_abandoned(&mut pending), vec![1]);
         assert_eq!(pending.keys().copied().collect::<Vec<_>>(), vec![2]);

@@ -51,6 +51,7 @@ use crate::config::tuning::{
     RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, ToPeer};
 use crate::net::shutdown::Shutdown;
 use crate::net::{tls, CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED, CLOSE_SHUTTING_DOWN};
 use crate::wire::frame::{self, MAX_PEER_FRAME_BYTES};
@@ -65,6 +66,7 @@ pub(crate) struct PeerRouter {
     links: HashMap<NodeId, LinkQueues>,
     /// Messages dropped because a queue was full or the peer unknown, over the node's lifetime.
     dropped: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// The sending side of one link's queues. Dropping it closes the queues, which stops the task.
@@ -80,13 +82,19 @@ impl PeerRouter {
     /// A router with no links yet; call [`PeerRouter::sync`] with the membership. `endpoint` is
     /// the peer endpoint (its default client config dials peers), so outbound connections come
     /// from this node's peer address.
-    pub(crate) fn new(own_id: NodeId, endpoint: Endpoint, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(
+        own_id: NodeId,
+        endpoint: Endpoint,
+        shutdown: Shutdown,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         PeerRouter {
             own_id,
             endpoint,
             shutdown,
             links: HashMap::new(),
             dropped: 0,
+            metrics,
         }
     }
 
@@ -128,6 +136,7 @@ impl PeerRouter {
             replication_queue,
             resync_queue,
             shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(link.run().in_current_span());
         LinkQueues {
@@ -165,6 +174,10 @@ impl PeerRouter {
 
     fn count_drop(&mut self, peer: NodeId, reason: &str) {
         self.dropped += 1;
+        self.metrics
+            .peer_sent_failures
+            .get_or_create(&ToPeer { To: peer })
+            .inc();
         // Logged at powers of two so a long outage does not flood the log.
         if self.dropped.is_power_of_two() {
             warn!(
@@ -191,6 +204,7 @@ struct Link {
     replication_queue: mpsc::Receiver<Message>,
     resync_queue: mpsc::Receiver<Message>,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 }
 
 /// Send priorities of the link's streams (quinn sends data of higher-priority streams first):
@@ -283,10 +297,11 @@ impl Link {
         }
         let peer = self.peer.id;
         let activity = &self.activity;
+        let metrics = &self.metrics;
         tokio::select! {
-            end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer, activity) => end,
-            end = forward(replication_stream, &mut self.replication_queue, peer, activity) => end,
-            end = forward(resync_stream, &mut self.resync_queue, peer, activity) => end,
+            end = forward(heartbeat_stream, &mut self.heartbeat_queue, peer, activity, metrics) => end,
+            end = forward(replication_stream, &mut self.replication_queue, peer, activity, metrics) => end,
+            end = forward(resync_stream, &mut self.resync_queue, peer, activity, metrics) => end,
             end = watch_silence(activity) => end,
             lost = connection.closed() => connection_lost(lost),
             _ = self.shutdown.requested() => LinkEnd::Stopped,
@@ -365,6 +380,7 @@ async fn forward(
     queue: &mut mpsc::Receiver<Message>,
     peer: NodeId,
     activity: &LinkActivity,
+    metrics: &Metrics,
 ) -> LinkEnd {
     while let Some(message) = queue.recv().await {
         // Start the silence clock unless it already runs (an earlier send is unanswered).
@@ -390,7 +406,7 @@ async fn forward(
             }
         };
         match stream.write_all(&bytes).await {
-            Ok(()) => {}
+            Ok(()) => metrics.observe_peer_sent(peer, &message, bytes.len()),
             Err(quinn::WriteError::ConnectionLost(lost)) => return connection_lost(lost),
             Err(err) => return LinkEnd::Failed(Error::Network(err.to_string())),
         }
@@ -459,6 +475,7 @@ pub(crate) async fn accept_peers(
     own_id: NodeId,
     membership: watch::Receiver<Membership>,
     peer_inboxes: PeerInboxes,
+    metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -473,6 +490,7 @@ pub(crate) async fn accept_peers(
             own_id,
             membership: membership.clone(),
             peer_inboxes: peer_inboxes.clone(),
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
         tokio::spawn(
@@ -496,6 +514,7 @@ struct Inbound {
     own_id: NodeId,
     membership: watch::Receiver<Membership>,
     peer_inboxes: PeerInboxes,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 }
 
@@ -545,11 +564,14 @@ impl Inbound {
     async fn read_stream(mut self, mut stream: RecvStream, peer: NodeId) {
         loop {
             let frame = tokio::select! {
-                frame = frame::read_frame::<Message, _>(&mut stream, MAX_PEER_FRAME_BYTES) => frame,
+                frame = read_message(&mut stream) => frame,
                 _ = self.shutdown.requested() => return,
             };
             let message = match frame {
-                Ok(Some(message)) => message,
+                Ok(Some((message, bytes))) => {
+                    self.metrics.observe_peer_received(peer, &message, bytes);
+                    message
+                }
                 Ok(None) => return,
                 Err(err @ Error::Protocol(_)) => {
                     warn!(peer, %err, "closing a peer stream that sent a bad frame");
@@ -588,6 +610,17 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Reads one message frame, with its framed size. `Ok(None)` when the stream ended cleanly.
+async fn read_message(stream: &mut RecvStream) -> Result<Option<(Message, usize)>> {
+    let Some(len) = frame::read_length(stream).await? else {
+        return Ok(None);
+    };
+    frame::check_length(len, MAX_PEER_FRAME_BYTES)?;
+    let message = frame::read_body(stream, len).await?;
+    // The length prefix is part of what crossed the network.
+    Ok(Some((message, len + 4)))
 }
 
 /// Who may use the peer port: any node of the cluster CA but this one. Membership is not checked

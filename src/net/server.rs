@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::api::http::{self, HttpDoor};
 use crate::api::resp;
 use crate::api::service::{Service, ServiceSettings};
 use crate::certs::TlsFiles;
@@ -38,6 +39,7 @@ use crate::config::tuning::{
 use crate::config::NodeConfig;
 use crate::core::Node;
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, NodeView};
 use crate::net::endpoint::RestartIdentity;
 use crate::net::event_loop::{Clock, EventLoop, Inboxes, Published};
 use crate::net::peer::{accept_peers, PeerInboxes, PeerRouter};
@@ -92,6 +94,8 @@ where
     let dial_tls = tls::client_config(&files, PEER_ALPN)?;
 
     let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir)?);
+    // The HTTP door's liveness check reads it; only the event loop writes.
+    let health_storage = Arc::clone(&storage);
     let clock = Clock::start();
     let node = Node::new(
         config.id,
@@ -112,6 +116,22 @@ where
     // Peers are dialled from the peer endpoint, so they see this node's own peer address as the
     // source (what a firewall rule or a partition test between node addresses expects).
     peer_endpoint.set_default_client_config(dial_tls);
+    // Bound now, with the other ports, so a port in use stops the node at start.
+    let http_door = match &config.http_addr {
+        Some(addr) => {
+            let listener = http::bind_http(parse_addr(addr)?).await?;
+            let tls = match config.http_uses_tls() {
+                true => Some(http::http_tls(&files)?),
+                false => None,
+            };
+            let bound = listener.local_addr().map_err(|err| {
+                Error::Config(format!("the HTTP port {addr} has no local address: {err}"))
+            })?;
+            http::announce(bound, tls.is_some());
+            Some((listener, tls))
+        }
+        None => None,
+    };
 
     let mut controller = ShutdownController::new();
     let (peer_inbox, peer_messages) = mpsc::channel(PEER_INBOX_CAPACITY);
@@ -119,7 +139,14 @@ where
     let (client_inbox, client_requests) = mpsc::channel(CLIENT_INBOX_CAPACITY);
     let (membership_tx, membership_rx) = watch::channel(node.membership().clone());
     let (topology_tx, topology_rx) = watch::channel(None);
-    let peers = PeerRouter::new(config.id, peer_endpoint.clone(), controller.handle());
+    let (view_tx, view_rx) = watch::channel(NodeView::of(&node));
+    let metrics = Arc::new(Metrics::new());
+    let peers = PeerRouter::new(
+        config.id,
+        peer_endpoint.clone(),
+        controller.handle(),
+        metrics.clone(),
+    );
     let known_members = node.membership().members.len();
     let must_register = match config.own_member() {
         Some(own) if !config.join.is_empty() => needs_registration(node.membership(), &own),
@@ -140,13 +167,25 @@ where
         Published {
             membership: membership_tx,
             topology: topology_tx,
+            view: view_tx,
         },
+        metrics.clone(),
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
-    let service = Service::new(client_inbox, service_settings(&config));
+    let service = Service::new(client_inbox, service_settings(&config, metrics.clone()));
     if let Some(listener) = resp_listener {
         let door = resp::serve(listener, service.clone(), controller.handle());
         tokio::spawn(door.in_current_span());
+    }
+    if let Some((listener, tls)) = http_door {
+        let door = HttpDoor {
+            service: service.clone(),
+            metrics: metrics.clone(),
+            view: view_rx,
+            storage: health_storage,
+        };
+        let task = http::serve_http(listener, tls, door, controller.handle());
+        tokio::spawn(task.in_current_span());
     }
     tokio::spawn(
         client_port::accept_clients(
@@ -166,6 +205,7 @@ where
                 live: peer_inbox,
                 resync: resync_inbox,
             },
+            metrics.clone(),
             controller.handle(),
         )
         .in_current_span(),
@@ -259,7 +299,7 @@ fn needs_registration(membership: &Membership, own: &Member) -> bool {
 /// How the node's [`Service`] is set up: its `anonymous_role`, and forwarding to the primary
 /// with the node's own certificate, through the other members known at start (or the `join`
 /// addresses; the client library learns later members from the nodes it reaches).
-fn service_settings(config: &NodeConfig) -> ServiceSettings {
+fn service_settings(config: &NodeConfig, metrics: Arc<Metrics>) -> ServiceSettings {
     let others: Vec<String> = config
         .initial_members()
         .into_iter()
@@ -276,6 +316,7 @@ fn service_settings(config: &NodeConfig) -> ServiceSettings {
         anonymous_role: config.anonymous_role,
         seeds,
         tls: config.tls_files(),
+        metrics,
     }
 }
 
@@ -335,6 +376,8 @@ mod tests {
         config.peer_addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
         config.members[0].client_addr = config.client_addr.clone();
         config.members[0].peer_addr = config.peer_addr.clone();
+        // No HTTP door: the dev plan's fixed HTTP port may be taken by a dev cluster running here.
+        config.http_addr = None;
         init_certs(&CertsInit {
             dir: config.certs_dir.clone(),
             // Node 9 is not a member: its certificate is valid but it may only ask to join.

@@ -55,6 +55,42 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfi
     Ok(config)
 }
 
+/// rustls server config of the HTTP door: the node's certificate, TLS 1.3, ALPN `http/1.1`.
+/// A client certificate of the cluster CA is verified if one is presented, and gives the caller
+/// its role ([`role_from_certificate`]); a client without one is anonymous, and the service
+/// decides what an anonymous caller may do.
+pub fn http_server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
+    let provider = crypto_provider();
+    let roots = load_roots(&files.ca_cert)?;
+    let chain = load_certificates(&files.cert)?;
+    let key = load_private_key(&files.key)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|err| Error::Config(format!("client certificate verifier: {err}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| Error::Internal(format!("TLS 1.3 with the ring provider: {err}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|err| key_pair_error(files, err))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// rustls client config for probing an HTTP door (`kvnode health`): trusts only the cluster CA
+/// in `ca_cert`, presents no certificate (health endpoints need none).
+pub fn http_probe_config(ca_cert: &Path) -> Result<rustls::ClientConfig> {
+    let roots = load_roots(ca_cert)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| Error::Internal(format!("TLS 1.3 with the ring provider: {err}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// quinn client config presenting `files.cert` and trusting only the cluster CA, with the given
 /// ALPN. The server's certificate must name the host being dialled (see [`server_name`]).
 pub fn client_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ClientConfig> {

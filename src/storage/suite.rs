@@ -456,7 +456,7 @@ fn sessions_are_read_in_pages(storage: &dyn Storage) {
     assert_eq!(ids(storage.sessions_after(Some(45), 9).unwrap()), vec![50]);
     assert_eq!(
         ids(storage.sessions_after(Some(u64::MAX), 9).unwrap()),
-        vec![]
+        Vec::<u64>::new()
     );
     assert_eq!(storage.sessions().unwrap().len(), 5);
 }

@@ -91,6 +91,11 @@ impl ClusterSpec {
     pub fn peer_addr(&self, id: NodeId) -> String {
         format!("{}:{}", self.ip(id), self.client_port + 1)
     }
+
+    /// The HTTP door (TLS with the cluster CA, the default), on the port after the peer port.
+    pub fn http_addr(&self, id: NodeId) -> String {
+        format!("{}:{}", self.ip(id), self.client_port + 2)
+    }
 }
 
 /// One node of a test cluster.
@@ -151,6 +156,8 @@ impl Cluster {
                 join: Vec::new(),
                 resp_addr: spec.resp.then(|| spec.resp_addr(member.id)),
                 anonymous_role: spec.resp.then_some(CertRole::ReadWrite),
+                http_addr: Some(spec.http_addr(member.id)),
+                http_tls: None,
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+pub use replikv::api::json::{get_json, meta_json, printable, scan_json, write_json};
 use replikv::wire::client::{
     ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role, WriteResult,
 };
-use replikv::{Error, NodeId, WriteConcern};
+use replikv::{Error, NodeId};
 
 use crate::bench::{BenchReport, LatencySummary, StopAfter};
 
@@ -42,55 +43,6 @@ pub fn print_text(text: &str) -> Result<(), Error> {
 
 pub fn stdout_error(err: std::io::Error) -> Error {
     Error::Internal(format!("cannot write to stdout: {err}"))
-}
-
-/// Bytes as text: UTF-8 as is, anything else as `0x` hex. Returns the text and its encoding.
-pub fn printable(bytes: &[u8]) -> (String, &'static str) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_string(), "utf8"),
-        Err(_) => {
-            let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-            (format!("0x{hex}"), "hex")
-        }
-    }
-}
-
-pub fn meta_json(meta: &ResponseMeta) -> serde_json::Value {
-    json!({ "node_id": meta.node_id, "epoch": meta.epoch, "index": meta.index })
-}
-
-/// The JSON answer of `get`: the value, or `found: false`.
-pub fn get_json(key: &str, value: Option<&[u8]>, meta: &ResponseMeta) -> serde_json::Value {
-    let (text, encoding) = match value {
-        Some(bytes) => {
-            let (text, encoding) = printable(bytes);
-            (json!(text), json!(encoding))
-        }
-        None => (serde_json::Value::Null, serde_json::Value::Null),
-    };
-    json!({
-        "key": key,
-        "found": value.is_some(),
-        "value": text,
-        "encoding": encoding,
-        "meta": meta_json(meta),
-    })
-}
-
-/// The JSON answer of `scan`: every pair with the encoding of its key and value.
-pub fn scan_json(pairs: &[(Vec<u8>, Vec<u8>)], meta: &ResponseMeta) -> serde_json::Value {
-    let rows: Vec<_> = pairs
-        .iter()
-        .map(|(key, value)| {
-            let (key, key_encoding) = printable(key);
-            let (value, value_encoding) = printable(value);
-            json!({
-                "key": key, "key_encoding": key_encoding,
-                "value": value, "value_encoding": value_encoding,
-            })
-        })
-        .collect();
-    json!({ "pairs": rows, "meta": meta_json(meta) })
 }
 
 /// The text answer of `scan`: one `key<TAB>value` line per pair.
@@ -138,22 +90,6 @@ pub fn certs_json(dir: &Path, written: &[PathBuf]) -> serde_json::Value {
         .map(|path| path.display().to_string())
         .collect();
     json!({ "dir": dir.display().to_string(), "written": paths })
-}
-
-/// The JSON answer of `put` and `delete`.
-pub fn write_json(
-    key: &str,
-    result: &WriteResult,
-    write_concern: WriteConcern,
-    meta: &ResponseMeta,
-) -> serde_json::Value {
-    json!({
-        "key": key,
-        "index": result.index,
-        "existed": result.existed,
-        "write_concern": write_concern.to_string(),
-        "meta": meta_json(meta),
-    })
 }
 
 /// The rows of `kvctl status`.
