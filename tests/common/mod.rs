@@ -92,9 +92,9 @@ impl ClusterSpec {
         format!("{}:{}", self.ip(id), self.client_port + 1)
     }
 
-    /// The HTTP door (TLS with the cluster CA, the default), on the port after the peer port.
+    /// The HTTP door (TLS with the cluster CA, the default), on the port after the RESP door's.
     pub fn http_addr(&self, id: NodeId) -> String {
-        format!("{}:{}", self.ip(id), self.client_port + 2)
+        format!("{}:{}", self.ip(id), self.client_port + 3)
     }
 }
 
