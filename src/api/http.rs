@@ -136,18 +136,9 @@ pub(crate) async fn serve_http(
     let router = router(door);
     let connections = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.requested() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors, most likely: wait a little rather than spin.
-                warn!(%err, "cannot accept an HTTP connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, remote)) = super::accept(&listener, &mut shutdown, "an HTTP").await
+        else {
+            return;
         };
         let Ok(slot) = connections.clone().try_acquire_owned() else {
             warn!(%remote, "closing an HTTP connection: {MAX_HTTP_CONNECTIONS} are open already");

@@ -18,3 +18,34 @@ pub mod resp;
 pub mod service;
 
 pub use service::{Caller, Forwarding, RequestIds, Service, ServiceSettings};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
+
+use crate::net::shutdown::Shutdown;
+
+/// The next connection of a TCP door (`door` names it in the log, e.g. "a RESP"), or `None` once
+/// the node shuts down. A failed accept (out of file descriptors, most likely) pauses rather than
+/// spins.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut Shutdown,
+    door: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.requested() => return None,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(err) => {
+                warn!(%err, "cannot accept {door} connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -32,22 +32,7 @@ use crate::error::{Error, Result};
 /// quinn server config that REQUIRES a client certificate signed by the cluster CA, with the
 /// given ALPN. Which role may do what is decided after the handshake, with [`peer_role`].
 pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfig> {
-    let provider = crypto_provider();
-    let roots = load_roots(&files.ca_cert)?;
-    let chain = load_certificates(&files.cert)?;
-    let key = load_private_key(&files.key)?;
-
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|err| Error::Config(format!("client certificate verifier: {err}")))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|err| Error::Internal(format!("TLS 1.3 with the ring provider: {err}")))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|err| key_pair_error(files, err))?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
-
+    let tls = rustls_server_config(files, alpn, ClientCertificate::Required)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|err| Error::Internal(format!("QUIC server TLS config: {err}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -60,21 +45,41 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfi
 /// its role ([`role_from_certificate`]); a client without one is anonymous, and the service
 /// decides what an anonymous caller may do.
 pub fn http_server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
+    rustls_server_config(files, b"http/1.1", ClientCertificate::Optional)
+}
+
+/// Whether a server asks a client certificate of the cluster CA of every client, or verifies one
+/// only if presented.
+enum ClientCertificate {
+    Required,
+    Optional,
+}
+
+/// The node's certificate over TLS 1.3 with `alpn`, verifying client certificates against the
+/// cluster CA: the one rustls server config behind the QUIC ports and the HTTP door.
+fn rustls_server_config(
+    files: &TlsFiles,
+    alpn: &[u8],
+    client_certificate: ClientCertificate,
+) -> Result<rustls::ServerConfig> {
     let provider = crypto_provider();
     let roots = load_roots(&files.ca_cert)?;
     let chain = load_certificates(&files.cert)?;
     let key = load_private_key(&files.key)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|err| Error::Config(format!("client certificate verifier: {err}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = match client_certificate {
+        ClientCertificate::Required => verifier,
+        ClientCertificate::Optional => verifier.allow_unauthenticated(),
+    }
+    .build()
+    .map_err(|err| Error::Config(format!("client certificate verifier: {err}")))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| Error::Internal(format!("TLS 1.3 with the ring provider: {err}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|err| key_pair_error(files, err))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
 }
 

@@ -92,18 +92,8 @@ pub(crate) async fn serve(listener: TcpListener, service: Service, mut shutdown:
     });
     let slots = Arc::new(Semaphore::new(MAX_RESP_CLIENTS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.requested() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors, most likely: pause rather than spin.
-                warn!(%err, "cannot accept a RESP connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, remote)) = super::accept(&listener, &mut shutdown, "a RESP").await else {
+            return;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(%remote, "refusing a RESP connection: {MAX_RESP_CLIENTS} are open already");
