@@ -519,6 +519,16 @@ mod tests {
             ask(&as_node, &Request::Status).await,
             Response::Status(_)
         ));
+        // The write below needs a primary: wait for the single node to have elected itself (a
+        // loaded machine may still be in its first failure timeout here).
+        for _ in 0..200 {
+            match ask(&admin, &Request::Status).await {
+                Response::Status(status) if status.role == crate::wire::client::Role::Primary => {
+                    break
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
         assert!(matches!(
             ask(&as_node, &put()).await,
             Response::Written { .. }
