@@ -38,6 +38,7 @@ use crate::config::tuning::CLIENT_TIMEOUT_MS;
 use crate::error::{Error, Result};
 use crate::metrics::{request_kind, Metrics};
 use crate::net::event_loop::ClientRequest;
+use crate::storage::system_keys::{is_system_key, SYSTEM_PREFIX};
 use crate::wire::client::{Request, Response, Write};
 use crate::wire::frame::MAX_KEY_BYTES;
 use crate::wire::message::RequestId;
@@ -291,10 +292,22 @@ fn check_request(request: &Request) -> Result<()> {
         } => vec![key],
         _ => Vec::new(),
     };
-    if let Some(key) = keys.into_iter().find(|key| key.len() > MAX_KEY_BYTES) {
+    if let Some(key) = keys.iter().find(|key| key.len() > MAX_KEY_BYTES) {
         return Err(Error::InvalidRequest(format!(
             "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
             key.len()
+        )));
+    }
+    // A scan's prefix may be shorter than the system prefix (scans skip system keys); a key
+    // named outright may not start with it.
+    let named = match request {
+        Request::Scan { start_after, .. } => start_after.iter().collect(),
+        _ => keys,
+    };
+    if named.iter().any(|key| is_system_key(key)) {
+        return Err(Error::InvalidRequest(format!(
+            "keys starting with {:?} are reserved for the cluster's own records",
+            String::from_utf8_lossy(SYSTEM_PREFIX)
         )));
     }
     let Request::AddMember { member } = request else {
@@ -428,6 +441,39 @@ mod tests {
         }
         assert!(matches!(check_request(&bad), Err(Error::InvalidRequest(_))));
         assert!(check_request(&get()).is_ok());
+    }
+
+    #[test]
+    fn clients_cannot_name_system_keys() {
+        let system = crate::storage::system_keys::system_key("user", b"alice");
+        let get_system = Request::Get {
+            key: system.clone(),
+            consistency: ReadConsistency::Stale,
+        };
+        match check_request(&get_system) {
+            Err(Error::InvalidRequest(message)) => {
+                assert!(message.contains("reserved"), "{message}")
+            }
+            other => panic!("a read of a system key: got {other:?}"),
+        }
+        let scan_after_system = Request::Scan {
+            prefix: Vec::new(),
+            start_after: Some(system),
+            limit: 10,
+            consistency: ReadConsistency::Stale,
+        };
+        assert!(matches!(
+            check_request(&scan_after_system),
+            Err(Error::InvalidRequest(_))
+        ));
+        // A scan whose prefix covers the system keyspace is fine: scans skip it.
+        let scan_all = Request::Scan {
+            prefix: b"\xff".to_vec(),
+            start_after: None,
+            limit: 10,
+            consistency: ReadConsistency::Stale,
+        };
+        assert!(check_request(&scan_all).is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::storage::rules::{
     check_append, check_compact, collect_chunk, collect_page, encoded_len, fits,
     rebuild_after_compaction, scan_start, truncate_before_start, FIRST_INDEX,
 };
+use crate::storage::system_keys::is_system_key;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
@@ -450,6 +451,7 @@ impl Storage for MemoryStorage {
             .state
             .range::<[u8], _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(key, _)| !is_system_key(key))
             .map(Ok);
         collect_page(pairs, max_pairs, max_bytes)
     }

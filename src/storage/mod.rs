@@ -20,6 +20,7 @@ pub mod apply;
 pub mod memory;
 mod rules;
 pub mod sled_engine;
+pub mod system_keys;
 
 pub(crate) use rules::fits as fits_in_batch;
 pub use rules::{framed_pair_bytes, PAIR_FRAMING_BYTES, SESSION_RECORD_BYTES};

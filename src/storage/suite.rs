@@ -372,6 +372,50 @@ fn scan_by_prefix_with_limit(storage: &dyn Storage) {
     assert_eq!(storage.scan(b"zzz", 100).unwrap(), vec![]);
 }
 
+/// System records (users, tokens, expiries) live in the state but never appear in a client's scan,
+/// whatever the prefix, while a direct read of the state still sees them.
+fn scans_skip_the_system_keyspace(storage: &dyn Storage) {
+    let system = super::system_keys::system_key("user", b"alice");
+    let log = vec![
+        put(1, 1, "a", "1"),
+        Entry {
+            epoch: 1,
+            index: 2,
+            operation: Operation::Put {
+                key: system.clone(),
+                value: bytes("record"),
+            },
+            request_id: None,
+        },
+        Entry {
+            epoch: 1,
+            index: 3,
+            operation: Operation::Put {
+                key: b"\xff\x01after the system keyspace".to_vec(),
+                value: bytes("3"),
+            },
+            request_id: None,
+        },
+    ];
+    append_and_apply(storage, &log);
+    let keys: Vec<Vec<u8>> = storage
+        .scan(b"", 100)
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![bytes("a"), b"\xff\x01after the system keyspace".to_vec()]
+    );
+    assert_eq!(storage.scan(b"\xff", 100).unwrap().len(), 1);
+    assert!(storage
+        .scan(super::system_keys::SYSTEM_PREFIX, 100)
+        .unwrap()
+        .is_empty());
+    assert_eq!(storage.get(&system).unwrap(), Some(bytes("record")));
+}
+
 fn scan_pages_are_bounded_and_continue_after_their_last_key(storage: &dyn Storage) {
     let keys: Vec<String> = (0..25).map(|i| format!("user:{i:02}")).collect();
     let mut log: Vec<Entry> = keys
@@ -620,6 +664,7 @@ macro_rules! engine_suite {
             retried_request_is_applied_once,
             scan_by_prefix_with_limit,
             scan_pages_are_bounded_and_continue_after_their_last_key,
+            scans_skip_the_system_keyspace,
             sessions_are_read_in_pages,
             expiring_sessions_removes_those_unchanged_since,
             a_staged_snapshot_replaces_the_state_and_the_sessions,
