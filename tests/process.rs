@@ -2,7 +2,8 @@
 //! through the client library and the `kvctl` binary.
 //!
 //! Every test has its own address block and ports (see each test's `ClusterSpec`), so they run in
-//! parallel. Blocks used here: 127.0.0.21-79 and 91-93, ports 24021-24072 and 24091; other test files must pick
+//! parallel. Blocks used here: 127.0.0.21-79, 91-93, 124, 127-129 and 161-163, ports 24021-24072,
+//! 24091, 24124-24131 and 24161-24166; other test files (and the chaos cluster at 127.0.0.139-152) must pick
 //! others. Waits are conditions with generous deadlines, never timing assertions.
 
 mod common;
@@ -598,7 +599,7 @@ async fn kvctl_with_stdin(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_put_reads_large_values_from_stdin() {
-    let cluster = Cluster::start(ClusterSpec::new(1, 141, 24141));
+    let cluster = Cluster::start(ClusterSpec::new(1, 124, 24124));
     cluster.wait_for_primary().await;
     let config_path = cluster.write_client_config(READWRITE_CLIENT);
     let config = config_path.to_str().expect("UTF-8 temporary path");
@@ -637,7 +638,7 @@ async fn kvctl_put_reads_large_values_from_stdin() {
 /// through the ones that answer, instead of spending a whole connect timeout on the dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_kvctl_skips_a_dead_first_node() {
-    let mut cluster = Cluster::start(ClusterSpec::new(3, 144, 24144));
+    let mut cluster = Cluster::start(ClusterSpec::new(3, 127, 24127));
     cluster.wait_for_primary().await;
     let config_path = cluster.write_client_config(READWRITE_CLIENT);
     let config = config_path.to_str().expect("UTF-8 temporary path");
