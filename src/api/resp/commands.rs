@@ -390,6 +390,10 @@ pub struct Connection {
     /// it). Only the newest [`SCAN_CURSORS_KEPT`] are kept, so a client cannot grow the table.
     scan_cursors: std::collections::BTreeMap<u64, Vec<u8>>,
     next_scan_cursor: u64,
+    /// A `MULTI` was refused: every command up to `EXEC` or `DISCARD` is refused too, so none of
+    /// a transaction's commands runs on its own, and `EXEC` answers `EXECABORT`, as Redis does
+    /// for a transaction with an error in it.
+    in_refused_transaction: bool,
 }
 
 impl Connection {
@@ -408,6 +412,30 @@ impl Connection {
             last_write: None,
             scan_cursors: std::collections::BTreeMap::new(),
             next_scan_cursor: 1,
+            in_refused_transaction: false,
+        }
+    }
+
+    /// Inside a refused `MULTI`: `EXEC` and `DISCARD` end it, `QUIT` goes through, and any other
+    /// command is refused (`None`: run the command as usual).
+    fn refuse_in_transaction(&mut self, name: &str) -> Option<Reply> {
+        match name {
+            "exec" => {
+                self.in_refused_transaction = false;
+                Some(Reply::Error(
+                    "EXECABORT Transaction discarded because of previous errors.".into(),
+                ))
+            }
+            "discard" => {
+                self.in_refused_transaction = false;
+                Some(Reply::Status("OK".into()))
+            }
+            "quit" => None,
+            _ => Some(Reply::err(format!(
+                "{} refused: it follows a MULTI, which replikv does not support; send EXEC or \
+                 DISCARD",
+                name.to_ascii_uppercase()
+            ))),
         }
     }
 
@@ -417,6 +445,11 @@ impl Connection {
             return Reply::err("empty command").into();
         };
         let name = String::from_utf8_lossy(first).to_ascii_lowercase();
+        if self.in_refused_transaction {
+            if let Some(reply) = self.refuse_in_transaction(&name) {
+                return reply.into();
+            }
+        }
         let Some(command) = COMMANDS.iter().find(|command| command.name == name) else {
             if NOT_YET.contains(&name.as_str()) {
                 return Reply::err(format!(
@@ -488,7 +521,14 @@ impl Connection {
                 "DBSIZE is not supported yet: replikv keeps no count of its keys, and counting \
                  them would mean scanning the whole store",
             ),
-            "multi" | "watch" | "unwatch" => Reply::err(format!(
+            "multi" => {
+                self.in_refused_transaction = true;
+                Reply::err(
+                    "MULTI is not supported: replikv has no transactions; every command up to \
+                     EXEC or DISCARD is refused, so none of them runs on its own",
+                )
+            }
+            "watch" | "unwatch" => Reply::err(format!(
                 "{} is not supported: replikv has no transactions; every command runs on its own",
                 name.to_ascii_uppercase()
             )),
