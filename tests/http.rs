@@ -404,6 +404,21 @@ async fn every_endpoint_and_error_kind_over_https() {
             &sent_to_backup
         ) > 0.0
     );
+    // The link to the backup sampled its round-trip time (etcd's peer_round_trip_time_seconds).
+    assert!(
+        value(
+            &after,
+            "replikv_network_peer_round_trip_time_seconds_count",
+            &sent_to_backup
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &after,
+            "replikv_network_peer_round_trip_time_seconds_sum",
+            &sent_to_backup
+        ) > 0.0
+    );
 
     // A write concern that cannot be met: with one backup down, w=3 times out with 504 and says
     // how many acknowledged.
