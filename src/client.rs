@@ -37,11 +37,12 @@ use crate::config::tuning::{
     CLIENT_READ_ATTEMPT_LIMIT, CLIENT_TIMEOUT_MS, CLIENT_WRITE_ANSWER_GRACE,
 };
 use crate::config::ClientConfig;
+use crate::credentials;
 use crate::error::{Error, Result};
 use crate::net::tls::{self, connection_error};
 use crate::wire::client::{
-    ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
-    WriteResult,
+    ClientRole, ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Secret, TokenInfo,
+    Topology, UserInfo, Write, WriteConcern, WriteResult,
 };
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
@@ -521,6 +522,128 @@ impl Client {
             Response::Written { result, meta } => Ok((result, meta)),
             other => Err(unexpected("a membership change acknowledgement", &other)),
         }
+    }
+
+    // --- users and API tokens (admin role; served by the primary) ---
+
+    /// Adds user `name` with `role` and `password` (hashed by the primary, never stored in clear).
+    /// Refused if the name is taken; a retry of this same request is recognised.
+    pub async fn user_add(
+        &self,
+        name: &str,
+        role: ClientRole,
+        password: &str,
+    ) -> Result<WriteResult> {
+        let (name, password) = (name.to_string(), Secret(password.to_string()));
+        self.change_credentials(|request_id| Request::UserAdd {
+            request_id,
+            name: name.clone(),
+            role,
+            password: password.clone(),
+        })
+        .await
+    }
+
+    /// Sets the password of user `name`.
+    pub async fn user_passwd(&self, name: &str, password: &str) -> Result<WriteResult> {
+        let (name, password) = (name.to_string(), Secret(password.to_string()));
+        self.change_credentials(|request_id| Request::UserPasswd {
+            request_id,
+            name: name.clone(),
+            password: password.clone(),
+        })
+        .await
+    }
+
+    /// Removes user `name`.
+    pub async fn user_remove(&self, name: &str) -> Result<WriteResult> {
+        let name = name.to_string();
+        self.change_credentials(|request_id| Request::UserRemove {
+            request_id,
+            name: name.clone(),
+        })
+        .await
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<UserInfo>> {
+        match self.primary_call(Request::UserList).await? {
+            Response::Users(users) => Ok(users),
+            other => Err(unexpected("a list of users", &other)),
+        }
+    }
+
+    /// Makes an API token with `role`, valid for `ttl` (or until revoked), named `name`. The
+    /// token is drawn here and only its digest is sent: the returned token is the one and only
+    /// copy. Also returns the token's id, as `kvctl token list` shows it.
+    pub async fn token_create(
+        &self,
+        name: &str,
+        role: ClientRole,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String)> {
+        let token = credentials::new_token();
+        let digest = credentials::token_digest(&token);
+        let name = name.to_string();
+        let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.change_credentials(|request_id| Request::TokenCreate {
+            request_id,
+            digest,
+            name: name.clone(),
+            role,
+            ttl_ms,
+        })
+        .await?;
+        Ok((token, credentials::token_id(&digest)))
+    }
+
+    /// Every API token (never a secret), oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        match self.primary_call(Request::TokenList).await? {
+            Response::Tokens(tokens) => Ok(tokens),
+            other => Err(unexpected("a list of tokens", &other)),
+        }
+    }
+
+    /// Revokes the one token whose id starts with `token`, or whose name is `token`.
+    pub async fn token_revoke(&self, token: &str) -> Result<WriteResult> {
+        let token = token.to_string();
+        self.change_credentials(|request_id| Request::TokenRevoke {
+            request_id,
+            token: token.clone(),
+        })
+        .await
+    }
+
+    /// Sends a change of users or tokens to the primary under a new request id of this session,
+    /// the same id on every attempt.
+    async fn change_credentials(
+        &self,
+        build: impl Fn(RequestId) -> Request,
+    ) -> Result<WriteResult> {
+        let request_id = {
+            let mut session = self.session.lock().await;
+            session.last_sequence += 1;
+            RequestId {
+                client_id: session.client_id,
+                sequence: session.last_sequence,
+            }
+        };
+        match self.primary_call(build(request_id)).await? {
+            Response::Written { result, .. } => Ok(result),
+            other => Err(unexpected("a write acknowledgement", &other)),
+        }
+    }
+
+    /// Sends `request` to the primary (or the pinned node), following redirects until the
+    /// session's deadline.
+    async fn primary_call(&self, request: Request) -> Result<Response> {
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => Target::Primary,
+        };
+        let deadline = Instant::now() + self.timeout;
+        self.call(target, deadline, |_| request.clone()).await
     }
 
     /// The cluster's status from any reachable node, preferring the primary's view (it alone
@@ -1162,7 +1285,7 @@ fn response_meta(response: &Response) -> Option<ResponseMeta> {
         Response::Value { meta, .. }
         | Response::Pairs { meta, .. }
         | Response::Written { meta, .. } => Some(*meta),
-        Response::Status(_) | Response::Error(_) => None,
+        Response::Status(_) | Response::Error(_) | Response::Users(_) | Response::Tokens(_) => None,
     }
 }
 
@@ -1173,6 +1296,8 @@ fn unexpected(wanted: &str, got: &Response) -> Error {
         Response::Written { .. } => "a write acknowledgement",
         Response::Status(_) => "a status",
         Response::Error(_) => "an error",
+        Response::Users(_) => "a list of users",
+        Response::Tokens(_) => "a list of tokens",
     };
     Error::Protocol(format!("expected {wanted} from the node but got {kind}"))
 }

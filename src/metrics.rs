@@ -452,6 +452,13 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::AddMember { .. } => "add_member",
         Request::RemoveMember { .. } => "remove_member",
+        Request::UserAdd { .. } => "user_add",
+        Request::UserPasswd { .. } => "user_passwd",
+        Request::UserRemove { .. } => "user_remove",
+        Request::UserList => "user_list",
+        Request::TokenCreate { .. } => "token_create",
+        Request::TokenList => "token_list",
+        Request::TokenRevoke { .. } => "token_revoke",
     }
 }
 

@@ -511,6 +511,20 @@ async fn the_curl_line_kvnode_dev_prints_works() {
         printed.starts_with("{\"") && printed.ends_with("}1"),
         "{printed}"
     );
+    // The line carries the admin token: without it, the same URL is refused.
+    let url = curl_line.split_whitespace().last().unwrap();
+    let anonymous = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401", "{url}");
     // SIGTERM: kvnode dev stops its nodes.
     let _ = Command::new("kill").arg(dev.id().to_string()).status();
     let _ = dev.wait();

@@ -1,6 +1,6 @@
 //! The RESP door against real `kvnode` processes: `redis-cli` and `redis-benchmark` (Debian's
-//! `redis-tools`) and the `redis` crate, on a 3-node cluster whose RESP doors serve callers
-//! without credentials as `readwrite`.
+//! `redis-tools`) and the `redis` crate, on a 3-node cluster whose RESP doors serve only
+//! authenticated callers: every client authenticates as a `readwrite` user.
 //!
 //! The Redis tools must be installed (`apt-get install redis-tools`): a test that needs one fails
 //! when it is missing under `CI=true`, and elsewhere says it skips.
@@ -50,6 +50,13 @@ async fn redis_cli(addr: &str, extra: &[&str], script: &str) -> String {
     let (host, port) = host_port(addr);
     let mut child = tokio::process::Command::new("redis-cli")
         .args(["-h", &host, "-p", &port])
+        .args([
+            "--user",
+            RESP_USER,
+            "--pass",
+            RESP_PASSWORD,
+            "--no-auth-warning",
+        ])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -75,10 +82,26 @@ async fn redis_cli(addr: &str, extra: &[&str], script: &str) -> String {
     stdout
 }
 
-/// A 3-node cluster with RESP doors, its primary's id, and a backup's id.
+/// The user every RESP client of these tests authenticates as (role readwrite).
+const RESP_USER: &str = "resp-tester";
+const RESP_PASSWORD: &str = "resp-tester-password";
+
+/// A 3-node cluster with RESP doors that serve only authenticated callers and the user
+/// [`RESP_USER`], its primary's id, and a backup's id.
 async fn cluster(first_ip: u8, client_port: u16) -> (Cluster, NodeId, NodeId) {
-    let cluster = Cluster::start(ClusterSpec::new(3, first_ip, client_port).with_resp());
+    let cluster =
+        Cluster::start(ClusterSpec::new(3, first_ip, client_port).with_authenticated_resp());
     let (primary, _) = cluster.wait_for_primary().await;
+    let admin = cluster.client(common::ADMIN_CLIENT);
+    admin
+        .user_add(
+            RESP_USER,
+            replikv::wire::client::ClientRole::ReadWrite,
+            RESP_PASSWORD,
+        )
+        .await
+        .expect("add the RESP user");
+    admin.close().await;
     let backup = (1..=3).find(|&id| id != primary).expect("a backup");
     (cluster, primary, backup)
 }
@@ -156,7 +179,10 @@ async fn redis_cli_scripts_run_against_a_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
     let (cluster, primary, backup) = cluster(184, 24184).await;
-    let backup_url = format!("redis://{}/", cluster.spec.resp_addr(backup));
+    let backup_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(backup)
+    );
     let redis_client = redis::Client::open(backup_url.as_str()).expect("a redis client");
     let mut backup_connection = redis_client
         .get_multiplexed_async_connection()
@@ -170,7 +196,10 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
         .query_async(&mut backup_connection)
         .await
         .expect("SET through a backup");
-    let primary_url = format!("redis://{}/", cluster.spec.resp_addr(primary));
+    let primary_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(primary)
+    );
     let mut primary_connection = redis::Client::open(primary_url.as_str())
         .expect("a redis client")
         .get_multiplexed_async_connection()
@@ -317,7 +346,10 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
     assert_eq!(stale.as_deref(), Some("1"));
 
     // RESP3: HELLO 3 answers a map, and nulls are RESP3 nulls.
-    let resp3_url = format!("redis://{}/?protocol=resp3", cluster.spec.resp_addr(backup));
+    let resp3_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/?protocol=resp3",
+        cluster.spec.resp_addr(backup)
+    );
     let mut resp3 = redis::Client::open(resp3_url.as_str())
         .expect("a RESP3 client")
         .get_multiplexed_async_connection()
@@ -347,7 +379,16 @@ async fn redis_benchmark_completes_without_errors_against_a_backup() {
     let output = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new("redis-benchmark")
-            .args(["-h", &host, "-p", &port])
+            .args([
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "--user",
+                RESP_USER,
+                "-a",
+                RESP_PASSWORD,
+            ])
             .args(["-t", "ping,set,get", "-n", "20000", "-c", "20", "-q"])
             .stdin(Stdio::null())
             .output(),

@@ -16,8 +16,10 @@
 //!   accepts any request; the service authorizes it and forwards it with the client library's
 //!   retries. Writes carry request ids from one [`RequestIds`] per connection (HTTP/1.1 serves a
 //!   connection's requests in order, so its sequence numbers reach the primary in order).
-//! - The caller is the role of the client certificate of the TLS connection, or anonymous (plain
-//!   HTTP, or TLS without a certificate); the service decides what an anonymous caller may do.
+//! - The caller is an API token (`Authorization: Bearer`, `x-token`) or a user's password
+//!   (`Authorization: Basic`) if the request carries one, else the role of the client
+//!   certificate of the TLS connection, else anonymous (plain HTTP, or TLS without a
+//!   certificate); the service decides what each may do. Bad credentials are a 401.
 //! - Every error is a JSON body `{kind, message}` whose status comes from [`http_status`], the one
 //!   place that maps an error to HTTP: the same [`crate::error::ErrorKind`] that `kvctl`'s exit
 //!   codes come from.
@@ -43,6 +45,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -51,6 +55,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::api::auth::{TokenDigest, WRONG_CREDENTIALS};
 use crate::api::json::{get_json, scan_json, write_json};
 use crate::api::service::{Caller, Forwarding, RequestIds, Service};
 use crate::certs::TlsFiles;
@@ -229,6 +234,7 @@ fn router(door: HttpDoor) -> Router {
         .route("/v1/kv", get(scan))
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(door.clone(), authenticate))
         .layer(middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_CLIENT_FRAME_BYTES))
         .with_state(door)
@@ -242,6 +248,81 @@ async fn deadline(request: HttpRequest, next: Next) -> HttpResponse {
         Err(_) => error_response(&Error::Unavailable(format!(
             "the request took longer than {} s",
             REQUEST_DEADLINE.as_secs()
+        ))),
+    }
+}
+
+// --- credentials ---
+
+/// The header that carries an API token, as the seed's web services took it.
+pub const TOKEN_HEADER: &str = "x-token";
+
+/// Credentials in the request's headers take the place of the connection's caller (its client
+/// certificate, or anonymous): `x-token: <token>`, `Authorization: Bearer <token>`, or
+/// `Authorization: Basic` with a user's password. Bad ones are a 401, whatever the endpoint; a
+/// token is only digested here, and looked up by the service on every request.
+async fn authenticate(
+    State(door): State<HttpDoor>,
+    mut request: HttpRequest,
+    next: Next,
+) -> HttpResponse {
+    match caller_from_headers(&door, request.headers()).await {
+        Ok(None) => {}
+        Ok(Some(caller)) => {
+            if let Some(connection) = request.extensions_mut().get_mut::<Connection>() {
+                connection.caller = caller;
+            }
+        }
+        Err(err) => {
+            let mut response = error_response(&err);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"replikv\", Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn caller_from_headers(
+    door: &HttpDoor,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Caller>> {
+    let text = |name: &str, value: &HeaderValue| {
+        value
+            .to_str()
+            .map(str::to_string)
+            .map_err(|_| Error::Unauthenticated(format!("the {name} header is not plain text")))
+    };
+    if let Some(token) = headers.get(TOKEN_HEADER) {
+        let token = text(TOKEN_HEADER, token)?;
+        return Ok(Some(Caller::Token(TokenDigest::of(&token))));
+    }
+    let Some(authorization) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let authorization = text("Authorization", authorization)?;
+    let (scheme, credentials) = authorization
+        .trim()
+        .split_once(' ')
+        .unwrap_or((authorization.trim(), ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Ok(Some(Caller::Token(TokenDigest::of(credentials.trim())))),
+        "basic" => {
+            let wrong = || Error::Unauthenticated(WRONG_CREDENTIALS.into());
+            let decoded = BASE64.decode(credentials.trim()).map_err(|_| wrong())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| wrong())?;
+            let (user, password) = decoded.split_once(':').ok_or_else(wrong)?;
+            let verified = door
+                .service
+                .credentials()
+                .authenticate(user, password.as_bytes())
+                .await?;
+            Ok(Some(Caller::User(verified)))
+        }
+        other => Err(Error::Unauthenticated(format!(
+            "the authorization scheme {other:?} is not Bearer or Basic"
         ))),
     }
 }
@@ -471,7 +552,7 @@ async fn ask(door: &HttpDoor, connection: &Connection, request: Request) -> Resp
     let started = Instant::now();
     let response = door
         .service
-        .call(connection.caller, request, Forwarding::ToPrimary)
+        .call(connection.caller.clone(), request, Forwarding::ToPrimary)
         .await;
     door.metrics
         .observe_request(kind, &response, started.elapsed());

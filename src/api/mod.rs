@@ -12,6 +12,7 @@
 //! - [`json`]: the JSON shapes of key-value answers, shared by `kvctl --json` and HTTP.
 //! - The QUIC door still lives in `net/client_port.rs`; it calls the service like any other door.
 
+pub mod auth;
 pub mod http;
 pub mod json;
 pub mod resp;

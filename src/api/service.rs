@@ -15,9 +15,11 @@
 //!   certificate may read, write and ask for the status (how one node forwards for another: it
 //!   can replicate anything to its peers already, so this grants nothing new); of membership
 //!   changes it may only add *that node itself* (`kvnode --join`).
-//! - A caller without credentials is served only with the role the node's `anonymous_role` names;
-//!   without one it is refused with [`Error::Unauthenticated`]. Interim, until users and tokens
-//!   live in the replicated state.
+//! - A user or an API token acts with the role its record in this node's applied state gives it
+//!   now (looked up on every request, so a removal or revocation holds for open connections);
+//!   users and tokens are managed by the `admin` role only ([`crate::api::auth`]).
+//! - A caller without credentials is served only with the role the node's `anonymous_role` names
+//!   (an operator's opt-in); without one it is refused with [`Error::Unauthenticated`].
 //! - A forwarded write keeps its [`RequestId`] on every attempt, so however often it is resent
 //!   (failover included) the primary applies it at most once.
 //! - Forwarding never chains: the primary gets the request on its QUIC door, which answers what
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
+use crate::api::auth::{self, Credentials, TokenDigest, VerifiedUser};
 use crate::certs::{CertRole, TlsFiles};
 use crate::client::{Client, ClientOptions};
 use crate::config::is_host_port;
@@ -43,12 +46,15 @@ use crate::wire::client::{Request, Response, Write};
 use crate::wire::frame::MAX_KEY_BYTES;
 use crate::wire::message::RequestId;
 
-/// Who a door authenticated. Today a certificate role; users and API tokens will map onto the
-/// same roles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who a door authenticated: a certificate, a user, or an API token, each with a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     /// A verified certificate of the cluster CA, with the role it carries.
     Certificate(CertRole),
+    /// A user whose password the door verified ([`Credentials::authenticate`]).
+    User(VerifiedUser),
+    /// The digest of the API token the caller presented, looked up on every request.
+    Token(TokenDigest),
     /// No credentials at all (plain-TCP RESP, plain HTTP): served with the node's
     /// `anonymous_role`, if it names one.
     Anonymous,
@@ -87,31 +93,48 @@ pub struct Service {
 struct Inner {
     node_inbox: mpsc::Sender<ClientRequest>,
     settings: ServiceSettings,
+    /// Users and tokens as this node has applied them.
+    credentials: Credentials,
     /// The client that forwards to the primary, made on the first forward.
     forwarder: OnceCell<Client>,
 }
 
 impl Service {
-    /// The service of the node whose event loop reads `node_inbox`.
-    pub(crate) fn new(node_inbox: mpsc::Sender<ClientRequest>, settings: ServiceSettings) -> Self {
+    /// The service of the node whose event loop reads `node_inbox` and who verifies users and
+    /// tokens with `credentials` (over the node's storage).
+    pub(crate) fn new(
+        node_inbox: mpsc::Sender<ClientRequest>,
+        settings: ServiceSettings,
+        credentials: Credentials,
+    ) -> Self {
         Service {
             inner: Arc::new(Inner {
                 node_inbox,
                 settings,
+                credentials,
                 forwarder: OnceCell::new(),
             }),
         }
     }
 
-    /// The role `caller` acts with, or [`Error::Unauthenticated`] for a caller without
-    /// credentials on a node that names no `anonymous_role`.
-    pub fn role_of(&self, caller: Caller) -> Result<CertRole> {
+    /// The users and tokens this node knows, for doors that verify a password.
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.credentials
+    }
+
+    /// The role `caller` acts with now, or [`Error::Unauthenticated`] for a caller without
+    /// credentials on a node that names no `anonymous_role`, a removed user, or an unknown,
+    /// revoked or expired token.
+    pub fn role_of(&self, caller: &Caller) -> Result<CertRole> {
         match caller {
-            Caller::Certificate(role) => Ok(role),
+            Caller::Certificate(role) => Ok(*role),
+            Caller::User(user) => self.inner.credentials.role_of_user(user),
+            Caller::Token(digest) => self.inner.credentials.role_of_token(*digest),
             Caller::Anonymous => self.inner.settings.anonymous_role.ok_or_else(|| {
                 Error::Unauthenticated(
-                    "this node serves no unauthenticated callers: authenticate with a \
-                     certificate of the cluster CA (or set anonymous_role in the node's config)"
+                    "this node serves no unauthenticated callers: authenticate with a user's \
+                     password, an API token or a certificate of the cluster CA (or set \
+                     anonymous_role in the node's config)"
                         .into(),
                 )
             }),
@@ -126,7 +149,7 @@ impl Service {
     pub async fn call(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
         let kind = request_kind(&request);
         let started = Instant::now();
-        let response = self.serve(caller, request, forwarding).await;
+        let response = self.serve(&caller, request, forwarding).await;
         self.inner
             .settings
             .metrics
@@ -134,13 +157,17 @@ impl Service {
         response
     }
 
-    async fn serve(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
+    async fn serve(&self, caller: &Caller, request: Request, forwarding: Forwarding) -> Response {
         let checked = self
             .role_of(caller)
             .and_then(|role| authorize(role, &request))
             .and_then(|()| check_request(&request));
         if let Err(err) = checked {
             return Response::Error(err);
+        }
+        if auth::is_credentials_request(&request) {
+            // Served on the primary: a backup's `NotPrimary` is the answer (kvctl follows it).
+            return auth::serve(self, request).await;
         }
         let local = match forwarding {
             // The request is needed again only if it may be forwarded.
@@ -154,7 +181,7 @@ impl Service {
     }
 
     /// Hands the request to the event loop and waits for its answer.
-    async fn ask_node(&self, request: Request) -> Response {
+    pub(crate) async fn ask_node(&self, request: Request) -> Response {
         let (reply, answer) = oneshot::channel();
         if self
             .inner
@@ -248,6 +275,16 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             Request::RemoveMember { .. } => Err(Error::Refused(format!(
                 "the certificate of node {id} may not remove members: use an admin certificate"
             ))),
+            Request::UserAdd { .. }
+            | Request::UserPasswd { .. }
+            | Request::UserRemove { .. }
+            | Request::UserList
+            | Request::TokenCreate { .. }
+            | Request::TokenList
+            | Request::TokenRevoke { .. } => Err(Error::Refused(format!(
+                "the certificate of node {id} may not manage users and tokens: use an admin \
+                 certificate, user or token"
+            ))),
         };
     }
     let (allowed, action, needed) = match request {
@@ -266,12 +303,23 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             "change membership",
             "an admin certificate",
         ),
+        Request::UserAdd { .. }
+        | Request::UserPasswd { .. }
+        | Request::UserRemove { .. }
+        | Request::UserList
+        | Request::TokenCreate { .. }
+        | Request::TokenList
+        | Request::TokenRevoke { .. } => (
+            role.can_manage_credentials(),
+            "manage users and tokens",
+            "an admin certificate, user or token",
+        ),
     };
     if allowed {
         Ok(())
     } else {
         Err(Error::Refused(format!(
-            "certificate role {role} may not {action}: use {needed}"
+            "role {role} may not {action}: use {needed}"
         )))
     }
 }
@@ -401,6 +449,32 @@ mod tests {
     }
 
     #[test]
+    fn only_admin_may_manage_users_and_tokens() {
+        let requests = [
+            Request::UserList,
+            Request::TokenList,
+            Request::UserRemove {
+                request_id: RequestId {
+                    client_id: 1,
+                    sequence: 1,
+                },
+                name: "alice".into(),
+            },
+        ];
+        for request in &requests {
+            assert!(authorize(CertRole::Admin, request).is_ok(), "{request:?}");
+            for role in [CertRole::ReadWrite, CertRole::ReadOnly, CertRole::Node(1)] {
+                match authorize(role, request) {
+                    Err(Error::Refused(message)) => {
+                        assert!(message.contains("users and tokens"), "{message}")
+                    }
+                    other => panic!("{role} making {request:?}: got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn node_certificates_may_read_and_write_to_forward() {
         for request in [get(), put(), Request::Status] {
             assert!(
@@ -485,6 +559,10 @@ mod tests {
         assert_eq!((first.sequence, second.sequence), (1, 2));
     }
 
+    pub(super) fn memory_credentials() -> Credentials {
+        Credentials::new(Arc::new(crate::storage::MemoryStorage::new()))
+    }
+
     #[test]
     fn anonymous_callers_get_only_the_configured_role() {
         let (inbox, _requests) = mpsc::channel(1);
@@ -494,19 +572,23 @@ mod tests {
             tls: TlsFiles::for_node(std::path::Path::new("certs"), 1),
             metrics: Arc::new(Metrics::new()),
         };
-        let closed = Service::new(inbox.clone(), settings(None));
-        match closed.role_of(Caller::Anonymous) {
+        let closed = Service::new(inbox.clone(), settings(None), memory_credentials());
+        match closed.role_of(&Caller::Anonymous) {
             Err(Error::Unauthenticated(message)) => {
                 assert!(message.contains("anonymous_role"), "{message}")
             }
             other => panic!("an anonymous caller without anonymous_role: got {other:?}"),
         }
         assert_eq!(
-            closed.role_of(Caller::Certificate(CertRole::ReadOnly)),
+            closed.role_of(&Caller::Certificate(CertRole::ReadOnly)),
             Ok(CertRole::ReadOnly)
         );
-        let open = Service::new(inbox, settings(Some(CertRole::ReadWrite)));
-        assert_eq!(open.role_of(Caller::Anonymous), Ok(CertRole::ReadWrite));
+        let open = Service::new(
+            inbox,
+            settings(Some(CertRole::ReadWrite)),
+            memory_credentials(),
+        );
+        assert_eq!(open.role_of(&Caller::Anonymous), Ok(CertRole::ReadWrite));
     }
 }
 
@@ -608,6 +690,7 @@ mod forwarding_tests {
                 tls: TlsFiles::for_node(&config.certs_dir, 2),
                 metrics: Arc::new(Metrics::new()),
             },
+            super::tests::memory_credentials(),
         );
         let admin = Client::with_tls(
             vec![config.client_addr.clone()],
@@ -627,7 +710,7 @@ mod forwarding_tests {
             },
         );
         let redirected = service
-            .call(caller, put.clone(), Forwarding::Redirect)
+            .call(caller.clone(), put.clone(), Forwarding::Redirect)
             .await;
         assert!(
             matches!(redirected, Response::Error(Error::NotPrimary { .. })),
@@ -637,7 +720,7 @@ mod forwarding_tests {
         // Forwarded: the primary applies it, and it is there to read.
         let first = written(
             service
-                .call(caller, put.clone(), Forwarding::ToPrimary)
+                .call(caller.clone(), put.clone(), Forwarding::ToPrimary)
                 .await,
         );
         let (value, _) = admin
@@ -651,13 +734,17 @@ mod forwarding_tests {
         let delete = write(ids.next(), Write::Delete { key: b"k".to_vec() });
         let deleted = written(
             service
-                .call(caller, delete.clone(), Forwarding::ToPrimary)
+                .call(caller.clone(), delete.clone(), Forwarding::ToPrimary)
                 .await,
         );
         assert!(deleted.existed);
         assert!(deleted.index > first.index);
         let last_index = admin.status().await.unwrap().last_index;
-        let resent = written(service.call(caller, delete, Forwarding::ToPrimary).await);
+        let resent = written(
+            service
+                .call(caller.clone(), delete, Forwarding::ToPrimary)
+                .await,
+        );
         assert_eq!(
             resent, deleted,
             "a resent write is answered with its first result"
@@ -666,7 +753,11 @@ mod forwarding_tests {
 
         // A new delete of the same key is a new write: the key is gone by now.
         let again = write(ids.next(), Write::Delete { key: b"k".to_vec() });
-        let second = written(service.call(caller, again, Forwarding::ToPrimary).await);
+        let second = written(
+            service
+                .call(caller.clone(), again, Forwarding::ToPrimary)
+                .await,
+        );
         assert!(!second.existed);
         assert!(second.index > deleted.index);
 
@@ -677,7 +768,10 @@ mod forwarding_tests {
             key: b"k".to_vec(),
             consistency: crate::ReadConsistency::Linearizable,
         };
-        match service.call(caller, read, Forwarding::ToPrimary).await {
+        match service
+            .call(caller.clone(), read, Forwarding::ToPrimary)
+            .await
+        {
             Response::Value { value: None, meta } => assert_eq!(meta.node_id, 1),
             other => panic!("expected the primary's empty value, got {other:?}"),
         }

@@ -127,6 +127,116 @@ pub enum Request {
     /// Removes a member. Allowed to `admin` certificates only. Removing the primary makes it step
     /// down once the change is committed.
     RemoveMember { id: NodeId },
+    /// Adds a user with a password (hashed by the node that serves it) and a role. Users and
+    /// tokens are replicated state (docs/ARCHITECTURE.md, "Users and API tokens"); every request
+    /// about them is allowed to the `admin` role only and is served by the primary.
+    UserAdd {
+        request_id: RequestId,
+        name: String,
+        role: ClientRole,
+        password: Secret,
+    },
+    /// Sets a user's password, keeping the role.
+    UserPasswd {
+        request_id: RequestId,
+        name: String,
+        password: Secret,
+    },
+    /// Removes a user: from the index it applies at, no node accepts its password.
+    UserRemove { request_id: RequestId, name: String },
+    /// Every user, by name; answered [`Response::Users`].
+    UserList,
+    /// Records an API token. The client draws the secret and sends only its SHA-256 digest, so
+    /// the token is shown once, by the client, and never crosses the network.
+    TokenCreate {
+        request_id: RequestId,
+        digest: [u8; 32],
+        name: String,
+        role: ClientRole,
+        /// How long the token is valid, from when the primary records it; `None` never expires.
+        ttl_ms: Option<u64>,
+    },
+    /// Every token (never its secret); answered [`Response::Tokens`].
+    TokenList,
+    /// Revokes the one token whose id starts with `token`, or whose name is `token`.
+    TokenRevoke {
+        request_id: RequestId,
+        token: String,
+    },
+}
+
+/// The role of a user or an API token: what a client certificate's role can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientRole {
+    ReadOnly,
+    ReadWrite,
+    Admin,
+}
+
+impl ClientRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientRole::ReadOnly => "readonly",
+            ClientRole::ReadWrite => "readwrite",
+            ClientRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ClientRole {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self, Error> {
+        [
+            ClientRole::ReadOnly,
+            ClientRole::ReadWrite,
+            ClientRole::Admin,
+        ]
+        .into_iter()
+        .find(|role| role.name() == text.trim().to_ascii_lowercase())
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "role {text:?} is not one of readonly, readwrite, admin"
+            ))
+        })
+    }
+}
+
+/// A password on its way to the node: shown as `<secret>` by `Debug`, so no log prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// One user, as [`Request::UserList`] answers it (never the password hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: ClientRole,
+    /// When the user was added, in milliseconds since the Unix epoch (the primary's clock).
+    pub created_ms: u64,
+}
+
+/// One API token, as [`Request::TokenList`] answers it (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first hex digits of the token's digest: enough to name it in `kvctl token revoke`.
+    pub id: String,
+    pub name: String,
+    pub role: ClientRole,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
 }
 
 /// The write part of [`Request::Write`].
@@ -165,6 +275,10 @@ pub enum Response {
     },
     Status(Box<ClusterStatus>),
     Error(Error),
+    /// Answers [`Request::UserList`].
+    Users(Vec<UserInfo>),
+    /// Answers [`Request::TokenList`].
+    Tokens(Vec<TokenInfo>),
 }
 
 /// The role a node plays.

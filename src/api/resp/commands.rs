@@ -19,6 +19,7 @@ use bytes::Bytes;
 use super::pattern;
 use super::reply::{error_reply, Protocol, Reply};
 use super::{Door, MAX_RESP_CLIENTS};
+use crate::api::auth::WRONG_CREDENTIALS;
 use crate::api::service::{Caller, Forwarding, RequestIds};
 use crate::client::check_write_size;
 use crate::config::tuning::CLIENT_TIMEOUT_MS;
@@ -31,6 +32,9 @@ use crate::wire::client::{
 
 /// The Redis version the door reports (`HELLO`, `INFO`): the command set it follows.
 pub const REDIS_COMPATIBLE_VERSION: &str = "7.2.0";
+
+/// The user `AUTH <password>` authenticates as, as in Redis.
+pub const DEFAULT_USER: &[u8] = b"default";
 
 /// Most keys `KEYS` returns (past it, it refuses: use `SCAN`), and the largest `SCAN` COUNT.
 pub const SCAN_KEY_LIMIT: u32 = 10_000;
@@ -133,7 +137,7 @@ const COMMANDS: &[CommandSpec] = &[
         CONNECTION,
         NO_KEYS,
         "connection",
-        "Not supported yet: users land with the replicated user store.",
+        "Authenticates the connection as a user (`AUTH pass` is user `default`).",
     ),
     spec(
         "select",
@@ -465,8 +469,8 @@ impl Connection {
             return wrong_arity(&name).into();
         }
         if !matches!(name.as_str(), "auth" | "hello" | "quit") {
-            if let Err(err) = door.service.role_of(self.caller) {
-                return error_reply(&err).into();
+            if let Err(err) = door.service.role_of(&self.caller) {
+                return unauthenticated(&err).into();
             }
         }
         let reply = match name.as_str() {
@@ -483,7 +487,11 @@ impl Connection {
                 }
             }
             "hello" => self.hello(door, args).await,
-            "auth" => auth_not_supported(door),
+            "auth" => match args {
+                [_, password] => self.authenticate(door, DEFAULT_USER, password).await,
+                [_, user, password] => self.authenticate(door, user, password).await,
+                _ => Reply::Error("ERR syntax error".into()),
+            },
             "select" => match parse_integer(&args[1]) {
                 Some(0) => Reply::ok(),
                 Some(_) => Reply::err("DB index is out of range"),
@@ -539,6 +547,29 @@ impl Connection {
         reply.into()
     }
 
+    /// `AUTH`: checks the password against the node's users; the connection then acts as that
+    /// user. A failed attempt leaves the connection as it was, as in Redis.
+    async fn authenticate(&mut self, door: &Door, user: &[u8], password: &[u8]) -> Reply {
+        let Ok(user) = std::str::from_utf8(user) else {
+            return Reply::Error(format!("WRONGPASS {WRONG_CREDENTIALS}"));
+        };
+        match door
+            .service
+            .credentials()
+            .authenticate(user, password)
+            .await
+        {
+            Ok(verified) => {
+                self.caller = Caller::User(verified);
+                Reply::ok()
+            }
+            Err(Error::Unauthenticated(_)) => {
+                Reply::Error(format!("WRONGPASS {WRONG_CREDENTIALS}"))
+            }
+            Err(err) => error_reply(&err),
+        }
+    }
+
     async fn hello(&mut self, door: &Door, args: &[Bytes]) -> Reply {
         let mut protocol = self.protocol;
         let mut name = None;
@@ -555,7 +586,13 @@ impl Connection {
         while i < args.len() {
             let option = String::from_utf8_lossy(&args[i]).to_ascii_lowercase();
             match option.as_str() {
-                "auth" if i + 2 < args.len() => return auth_not_supported(door),
+                "auth" if i + 2 < args.len() => {
+                    let reply = self.authenticate(door, &args[i + 1], &args[i + 2]).await;
+                    if matches!(reply, Reply::Error(_)) {
+                        return reply;
+                    }
+                    i += 3;
+                }
                 "setname" if i + 1 < args.len() => {
                     if let Err(reply) = check_client_name(&args[i + 1]) {
                         return reply;
@@ -573,8 +610,8 @@ impl Connection {
         }
         // Without a role the caller still learns it must authenticate, as Redis answers a
         // HELLO without AUTH when a password is required.
-        if let Err(err) = door.service.role_of(self.caller) {
-            return error_reply(&err);
+        if let Err(err) = door.service.role_of(&self.caller) {
+            return unauthenticated(&err);
         }
         self.protocol = protocol;
         if name.is_some() {
@@ -716,7 +753,7 @@ impl Connection {
         // This node's own view: never forwarded.
         match door
             .service
-            .call(self.caller, Request::Status, Forwarding::Redirect)
+            .call(self.caller.clone(), Request::Status, Forwarding::Redirect)
             .await
         {
             Response::Status(status) => Ok(*status),
@@ -732,7 +769,7 @@ impl Connection {
         };
         match door
             .service
-            .call(self.caller, request, Forwarding::ToPrimary)
+            .call(self.caller.clone(), request, Forwarding::ToPrimary)
             .await
         {
             Response::Value { value, .. } => Ok(value),
@@ -751,7 +788,7 @@ impl Connection {
         };
         let response = door
             .service
-            .call(self.caller, request.clone(), Forwarding::ToPrimary)
+            .call(self.caller.clone(), request.clone(), Forwarding::ToPrimary)
             .await;
         // A write that reached the log is what WAIT asks about, acknowledged or not.
         if matches!(
@@ -917,7 +954,7 @@ impl Connection {
         };
         match door
             .service
-            .call(self.caller, request, Forwarding::ToPrimary)
+            .call(self.caller.clone(), request, Forwarding::ToPrimary)
             .await
         {
             Response::Pairs { pairs, more, .. } => Ok(ScanPage { pairs, more }),
@@ -993,7 +1030,7 @@ impl Connection {
             };
             let response = door
                 .service
-                .call(self.caller, request, Forwarding::ToPrimary)
+                .call(self.caller.clone(), request, Forwarding::ToPrimary)
                 .await;
             return match response {
                 Response::Written { .. } => Reply::Integer(i64::from(voters) - 1),
@@ -1177,15 +1214,13 @@ fn config(args: &[Bytes]) -> Reply {
     Reply::Map(pairs)
 }
 
-fn auth_not_supported(door: &Door) -> Reply {
-    let serves = match door.service.role_of(Caller::Anonymous) {
-        Ok(role) => format!("this node serves connections without credentials as {role}"),
-        Err(_) => "this node serves no connection without credentials".to_string(),
-    };
-    Reply::err(format!(
-        "AUTH is not supported yet: replikv has no users or passwords until its replicated user \
-         store lands; {serves}"
-    ))
+/// The reply to a command of a connection that has no role: Redis's own `NOAUTH` text for a
+/// caller without credentials (or whose user was removed since).
+fn unauthenticated(err: &Error) -> Reply {
+    match err {
+        Error::Unauthenticated(_) => Reply::Error("NOAUTH Authentication required.".into()),
+        other => error_reply(other),
+    }
 }
 
 fn check_client_name(name: &[u8]) -> Result<(), Reply> {
