@@ -19,7 +19,7 @@
 mod node;
 mod progress;
 
-pub use node::{Node, MAX_REQUEST_TIMEOUT_MS};
+pub use node::{Node, SnapshotCounters, MAX_REQUEST_TIMEOUT_MS};
 
 use crate::wire::client::Response;
 use crate::wire::message::{Epoch, LogIndex, Membership, Message, NodeId};
