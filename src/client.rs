@@ -41,8 +41,8 @@ use crate::credentials;
 use crate::error::{Error, Result};
 use crate::net::tls::{self, connection_error};
 use crate::wire::client::{
-    ClientRole, ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Secret, TokenInfo,
-    Topology, UserInfo, Write, WriteConcern, WriteResult,
+    ClientRole, ClusterStatus, CredentialsRequest, ReadConsistency, Request, Response,
+    ResponseMeta, Secret, TokenInfo, Topology, UserInfo, Write, WriteConcern, WriteResult,
 };
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
 use crate::wire::message::{Epoch, Member, NodeId, RequestId};
@@ -535,11 +535,13 @@ impl Client {
         password: &str,
     ) -> Result<WriteResult> {
         let (name, password) = (name.to_string(), Secret(password.to_string()));
-        self.change_credentials(|request_id| Request::UserAdd {
-            request_id,
-            name: name.clone(),
-            role,
-            password: password.clone(),
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserAdd {
+                request_id,
+                name: name.clone(),
+                role,
+                password: password.clone(),
+            })
         })
         .await
     }
@@ -547,10 +549,12 @@ impl Client {
     /// Sets the password of user `name`.
     pub async fn user_passwd(&self, name: &str, password: &str) -> Result<WriteResult> {
         let (name, password) = (name.to_string(), Secret(password.to_string()));
-        self.change_credentials(|request_id| Request::UserPasswd {
-            request_id,
-            name: name.clone(),
-            password: password.clone(),
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserPasswd {
+                request_id,
+                name: name.clone(),
+                password: password.clone(),
+            })
         })
         .await
     }
@@ -558,16 +562,21 @@ impl Client {
     /// Removes user `name`.
     pub async fn user_remove(&self, name: &str) -> Result<WriteResult> {
         let name = name.to_string();
-        self.change_credentials(|request_id| Request::UserRemove {
-            request_id,
-            name: name.clone(),
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserRemove {
+                request_id,
+                name: name.clone(),
+            })
         })
         .await
     }
 
     /// Every user, by name.
     pub async fn users(&self) -> Result<Vec<UserInfo>> {
-        match self.primary_call(Request::UserList).await? {
+        match self
+            .primary_call(Request::Credentials(CredentialsRequest::UserList))
+            .await?
+        {
             Response::Users(users) => Ok(users),
             other => Err(unexpected("a list of users", &other)),
         }
@@ -586,12 +595,14 @@ impl Client {
         let digest = credentials::token_digest(&token);
         let name = name.to_string();
         let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        self.change_credentials(|request_id| Request::TokenCreate {
-            request_id,
-            digest,
-            name: name.clone(),
-            role,
-            ttl_ms,
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::TokenCreate {
+                request_id,
+                digest,
+                name: name.clone(),
+                role,
+                ttl_ms,
+            })
         })
         .await?;
         Ok((token, credentials::token_id(&digest)))
@@ -599,7 +610,10 @@ impl Client {
 
     /// Every API token (never a secret), oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
-        match self.primary_call(Request::TokenList).await? {
+        match self
+            .primary_call(Request::Credentials(CredentialsRequest::TokenList))
+            .await?
+        {
             Response::Tokens(tokens) => Ok(tokens),
             other => Err(unexpected("a list of tokens", &other)),
         }
@@ -608,9 +622,11 @@ impl Client {
     /// Revokes the one token whose id starts with `token`, or whose name is `token`.
     pub async fn token_revoke(&self, token: &str) -> Result<WriteResult> {
         let token = token.to_string();
-        self.change_credentials(|request_id| Request::TokenRevoke {
-            request_id,
-            token: token.clone(),
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::TokenRevoke {
+                request_id,
+                token: token.clone(),
+            })
         })
         .await
     }
@@ -621,17 +637,20 @@ impl Client {
         &self,
         build: impl Fn(RequestId) -> Request,
     ) -> Result<WriteResult> {
-        let request_id = {
-            let mut session = self.session.lock().await;
-            session.last_sequence += 1;
-            RequestId {
-                client_id: session.client_id,
-                sequence: session.last_sequence,
-            }
-        };
+        let request_id = self.next_request_id().await;
         match self.primary_call(build(request_id)).await? {
             Response::Written { result, .. } => Ok(result),
             other => Err(unexpected("a write acknowledgement", &other)),
+        }
+    }
+
+    /// The id of this session's next write.
+    async fn next_request_id(&self) -> RequestId {
+        let mut session = self.session.lock().await;
+        session.last_sequence += 1;
+        RequestId {
+            client_id: session.client_id,
+            sequence: session.last_sequence,
         }
     }
 
@@ -756,14 +775,7 @@ impl Client {
     ) -> Result<(WriteResult, ResponseMeta)> {
         check_write_size(&write)?;
         let deadline = Instant::now() + timeout;
-        let request_id = {
-            let mut session = self.session.lock().await;
-            session.last_sequence += 1;
-            RequestId {
-                client_id: session.client_id,
-                sequence: session.last_sequence,
-            }
-        };
+        let request_id = self.next_request_id().await;
         let target = match &self.pinned {
             Some(addr) => Target::Pinned(addr.clone()),
             None => Target::Primary,
@@ -1304,7 +1316,7 @@ fn unexpected(wanted: &str, got: &Response) -> Error {
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it: every value kept
 /// behind these locks is valid after any single update.
-fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

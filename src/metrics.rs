@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 
 use crate::core::Node;
 use crate::error::{Error, ErrorKind};
-use crate::wire::client::{ClusterStatus, Request, Response, Role, Write};
+use crate::wire::client::{ClusterStatus, CredentialsRequest, Request, Response, Role, Write};
 use crate::wire::message::{LogIndex, Message, MessageBody, NodeId};
 
 /// The `Content-Type` of [`Metrics::encode`]: Prometheus text format 0.0.4.
@@ -452,13 +452,15 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::AddMember { .. } => "add_member",
         Request::RemoveMember { .. } => "remove_member",
-        Request::UserAdd { .. } => "user_add",
-        Request::UserPasswd { .. } => "user_passwd",
-        Request::UserRemove { .. } => "user_remove",
-        Request::UserList => "user_list",
-        Request::TokenCreate { .. } => "token_create",
-        Request::TokenList => "token_list",
-        Request::TokenRevoke { .. } => "token_revoke",
+        Request::Credentials(request) => match request {
+            CredentialsRequest::UserAdd { .. } => "user_add",
+            CredentialsRequest::UserPasswd { .. } => "user_passwd",
+            CredentialsRequest::UserRemove { .. } => "user_remove",
+            CredentialsRequest::UserList => "user_list",
+            CredentialsRequest::TokenCreate { .. } => "token_create",
+            CredentialsRequest::TokenList => "token_list",
+            CredentialsRequest::TokenRevoke { .. } => "token_revoke",
+        },
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::service::Service;
 use crate::certs::CertRole;
+use crate::client::lock;
 use crate::config::tuning::CLIENT_TIMEOUT_MS;
 use crate::credentials::{
     self, check_name, check_password, decode, encode, now_ms, record_name, token_key, user_key,
@@ -30,7 +31,9 @@ use crate::credentials::{
 use crate::error::{Error, Result};
 use crate::storage::system_keys::system_family_prefix;
 use crate::storage::Storage;
-use crate::wire::client::{ReadConsistency, Request, Response, Write, WriteConcern};
+use crate::wire::client::{
+    CredentialsRequest, ReadConsistency, Request, Response, Write, WriteConcern,
+};
 use crate::wire::message::RequestId;
 
 /// Verified passwords remembered at most; past it the cache starts over.
@@ -183,33 +186,19 @@ impl Credentials {
     }
 }
 
-/// Whether `request` is one of the user and token requests this module serves.
-pub fn is_credentials_request(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::UserAdd { .. }
-            | Request::UserPasswd { .. }
-            | Request::UserRemove { .. }
-            | Request::UserList
-            | Request::TokenCreate { .. }
-            | Request::TokenList
-            | Request::TokenRevoke { .. }
-    )
-}
-
 /// Serves a user or token request, already authorized (admin only), on this node: a backup
 /// answers `NotPrimary` (the client follows it), the primary reads and writes system keys.
-pub(crate) async fn serve(service: &Service, request: Request) -> Response {
+pub(crate) async fn serve(service: &Service, request: CredentialsRequest) -> Response {
     match serve_checked(service, request).await {
         Ok(response) => response,
         Err(err) => Response::Error(err),
     }
 }
 
-async fn serve_checked(service: &Service, request: Request) -> Result<Response> {
+async fn serve_checked(service: &Service, request: CredentialsRequest) -> Result<Response> {
     let credentials = service.credentials();
     match request {
-        Request::UserAdd {
+        CredentialsRequest::UserAdd {
             request_id,
             name,
             role,
@@ -233,7 +222,7 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
             };
             put(service, request_id, user_key(&name), encode(&record)?).await
         }
-        Request::UserPasswd {
+        CredentialsRequest::UserPasswd {
             request_id,
             name,
             password,
@@ -249,13 +238,13 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
             };
             put(service, request_id, user_key(&name), encode(&record)?).await
         }
-        Request::UserRemove { request_id, name } => {
+        CredentialsRequest::UserRemove { request_id, name } => {
             if read_user(service, &name).await?.is_none() {
                 return Err(no_such_user(&name));
             }
             delete(service, request_id, user_key(&name)).await
         }
-        Request::UserList => {
+        CredentialsRequest::UserList => {
             barrier(service, USER_FAMILY).await?;
             let users = credentials.users()?;
             Ok(Response::Users(
@@ -265,7 +254,7 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
                     .collect(),
             ))
         }
-        Request::TokenCreate {
+        CredentialsRequest::TokenCreate {
             request_id,
             digest,
             name,
@@ -282,7 +271,7 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
             };
             put(service, request_id, token_key(&digest), encode(&record)?).await
         }
-        Request::TokenList => {
+        CredentialsRequest::TokenList => {
             barrier(service, TOKEN_FAMILY).await?;
             let mut tokens: Vec<_> = credentials
                 .tokens()?
@@ -292,7 +281,7 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
             tokens.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
             Ok(Response::Tokens(tokens))
         }
-        Request::TokenRevoke { request_id, token } => {
+        CredentialsRequest::TokenRevoke { request_id, token } => {
             barrier(service, TOKEN_FAMILY).await?;
             let tokens = credentials.tokens()?;
             let by_id = token.len() >= 4 && token.chars().all(|c| c.is_ascii_hexdigit());
@@ -316,9 +305,6 @@ async fn serve_checked(service: &Service, request: Request) -> Result<Response> 
                 ))),
             }
         }
-        other => Err(Error::Internal(format!(
-            "not a user or token request: {other:?}"
-        ))),
     }
 }
 
@@ -387,12 +373,6 @@ async fn write(service: &Service, request_id: RequestId, write: Write) -> Result
         Response::Error(err) => Err(err),
         written => Ok(written),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -165,10 +165,11 @@ impl Service {
         if let Err(err) = checked {
             return Response::Error(err);
         }
-        if auth::is_credentials_request(&request) {
+        let request = match request {
             // Served on the primary: a backup's `NotPrimary` is the answer (kvctl follows it).
-            return auth::serve(self, request).await;
-        }
+            Request::Credentials(credentials) => return auth::serve(self, credentials).await,
+            other => other,
+        };
         let local = match forwarding {
             // The request is needed again only if it may be forwarded.
             Forwarding::Redirect => return self.ask_node(request).await,
@@ -275,13 +276,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             Request::RemoveMember { .. } => Err(Error::Refused(format!(
                 "the certificate of node {id} may not remove members: use an admin certificate"
             ))),
-            Request::UserAdd { .. }
-            | Request::UserPasswd { .. }
-            | Request::UserRemove { .. }
-            | Request::UserList
-            | Request::TokenCreate { .. }
-            | Request::TokenList
-            | Request::TokenRevoke { .. } => Err(Error::Refused(format!(
+            Request::Credentials(_) => Err(Error::Refused(format!(
                 "the certificate of node {id} may not manage users and tokens: use an admin \
                  certificate, user or token"
             ))),
@@ -303,13 +298,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             "change membership",
             "an admin certificate",
         ),
-        Request::UserAdd { .. }
-        | Request::UserPasswd { .. }
-        | Request::UserRemove { .. }
-        | Request::UserList
-        | Request::TokenCreate { .. }
-        | Request::TokenList
-        | Request::TokenRevoke { .. } => (
+        Request::Credentials(_) => (
             role.can_manage_credentials(),
             "manage users and tokens",
             "an admin certificate, user or token",
@@ -384,7 +373,7 @@ fn check_request(request: &Request) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::client::{ReadConsistency, Write, WriteConcern};
+    use crate::wire::client::{CredentialsRequest, ReadConsistency, Write, WriteConcern};
     use crate::wire::message::{Member, RequestId};
 
     fn put() -> Request {
@@ -451,16 +440,17 @@ mod tests {
     #[test]
     fn only_admin_may_manage_users_and_tokens() {
         let requests = [
-            Request::UserList,
-            Request::TokenList,
-            Request::UserRemove {
+            CredentialsRequest::UserList,
+            CredentialsRequest::TokenList,
+            CredentialsRequest::UserRemove {
                 request_id: RequestId {
                     client_id: 1,
                     sequence: 1,
                 },
                 name: "alice".into(),
             },
-        ];
+        ]
+        .map(Request::Credentials);
         for request in &requests {
             assert!(authorize(CertRole::Admin, request).is_ok(), "{request:?}");
             for role in [CertRole::ReadWrite, CertRole::ReadOnly, CertRole::Node(1)] {

@@ -299,29 +299,43 @@ async fn make_dev_credentials(cluster: &DevCluster, client: &Client) -> Result<D
         .await?
         .iter()
         .any(|user| user.name == DEV_ADMIN_USER);
-    let kept = (
-        std::fs::read_to_string(&password_path),
-        std::fs::read_to_string(&token_path),
-    );
-    if let (true, Ok(password), Ok(token)) = (admin_known, &kept.0, &kept.1) {
-        return Ok(DevAccess {
-            password: password.trim().to_string(),
-            token: token.trim().to_string(),
+    // What an earlier run kept, if the cluster still knows it.
+    let kept_password = std::fs::read_to_string(&password_path)
+        .ok()
+        .map(|password| password.trim().to_string())
+        .filter(|password| admin_known && !password.is_empty());
+    let known_tokens: Vec<String> = client.tokens().await?.into_iter().map(|t| t.id).collect();
+    let kept_token = std::fs::read_to_string(&token_path)
+        .ok()
+        .map(|token| token.trim().to_string())
+        .filter(|token| {
+            known_tokens.contains(&credentials::token_id(&credentials::token_digest(token)))
         });
-    }
-    let password = credentials::hex(&rand::random::<[u8; 16]>());
-    if admin_known {
-        client.user_passwd(DEV_ADMIN_USER, &password).await?;
-    } else {
-        client
-            .user_add(DEV_ADMIN_USER, ClientRole::Admin, &password)
-            .await?;
-    }
-    certs::write_secret(&password_path, password.as_bytes())?;
-    let (token, _) = client
-        .token_create(DEV_ADMIN_TOKEN_NAME, ClientRole::Admin, None)
-        .await?;
-    certs::write_secret(&token_path, token.as_bytes())?;
+    let password = match kept_password {
+        Some(password) => password,
+        None => {
+            let password = credentials::hex(&rand::random::<[u8; 16]>());
+            if admin_known {
+                client.user_passwd(DEV_ADMIN_USER, &password).await?;
+            } else {
+                client
+                    .user_add(DEV_ADMIN_USER, ClientRole::Admin, &password)
+                    .await?;
+            }
+            certs::write_secret(&password_path, password.as_bytes())?;
+            password
+        }
+    };
+    let token = match kept_token {
+        Some(token) => token,
+        None => {
+            let (token, _) = client
+                .token_create(DEV_ADMIN_TOKEN_NAME, ClientRole::Admin, None)
+                .await?;
+            certs::write_secret(&token_path, token.as_bytes())?;
+            token
+        }
+    };
     Ok(DevAccess { password, token })
 }
 

@@ -127,9 +127,16 @@ pub enum Request {
     /// Removes a member. Allowed to `admin` certificates only. Removing the primary makes it step
     /// down once the change is committed.
     RemoveMember { id: NodeId },
-    /// Adds a user with a password (hashed by the node that serves it) and a role. Users and
-    /// tokens are replicated state (docs/ARCHITECTURE.md, "Users and API tokens"); every request
-    /// about them is allowed to the `admin` role only and is served by the primary.
+    /// A change or listing of users and API tokens (admin only; served by the primary).
+    Credentials(CredentialsRequest),
+}
+
+/// The requests about users and API tokens, which are replicated state (docs/ARCHITECTURE.md,
+/// "Users and API tokens"). Every one is allowed to the `admin` role only and is served by the
+/// primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialsRequest {
+    /// Adds a user with a password (hashed by the primary) and a role.
     UserAdd {
         request_id: RequestId,
         name: String,

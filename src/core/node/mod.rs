@@ -535,13 +535,7 @@ impl Node {
             }
             // The service turns these into reads and writes of system keys (api/auth.rs); one
             // that reaches the core is a caller's mistake, answered as such.
-            Request::UserAdd { .. }
-            | Request::UserPasswd { .. }
-            | Request::UserRemove { .. }
-            | Request::UserList
-            | Request::TokenCreate { .. }
-            | Request::TokenList
-            | Request::TokenRevoke { .. } => self.reply(
+            Request::Credentials(_) => self.reply(
                 token,
                 Response::Error(Error::InvalidRequest(
                     "user and token requests are served by a node's service, not its core".into(),
