@@ -437,6 +437,7 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::AddMember { .. } => "add_member",
         Request::RemoveMember { .. } => "remove_member",
+        Request::Watch { .. } => "watch",
     }
 }
 

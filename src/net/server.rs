@@ -31,6 +31,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::api::http::{self, HttpDoor};
 use crate::api::resp;
 use crate::api::service::{Service, ServiceSettings};
+use crate::api::watch::WatchHub;
 use crate::certs::TlsFiles;
 use crate::config::tuning::{
     CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
@@ -94,7 +95,7 @@ where
     let dial_tls = tls::client_config(&files, PEER_ALPN)?;
 
     let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir)?);
-    // The HTTP door's liveness check reads it; only the event loop writes.
+    // The HTTP door's liveness check and the watch hub read it; only the event loop writes.
     let health_storage = Arc::clone(&storage);
     let clock = Clock::start();
     let node = Node::new(
@@ -173,6 +174,10 @@ where
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
     let service = Service::new(client_inbox, service_settings(&config, metrics.clone()));
+    service.serve_watches(WatchHub::start(
+        Arc::clone(&health_storage),
+        view_rx.clone(),
+    ));
     if let Some(listener) = resp_listener {
         let door = resp::serve(listener, service.clone(), controller.handle());
         tokio::spawn(door.in_current_span());

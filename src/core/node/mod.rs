@@ -501,6 +501,13 @@ impl Node {
             Request::RemoveMember { id } => {
                 self.change_membership(token, MembershipChange::Remove(id))?
             }
+            // Watches are served off the protocol, from the applied log (`api/watch.rs`).
+            Request::Watch { .. } => self.reply(
+                token,
+                Response::Error(Error::InvalidRequest(
+                    "a watch is served by the node's watch hub, not by the protocol core".into(),
+                )),
+            ),
         }
         Ok(())
     }
