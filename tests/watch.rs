@@ -296,3 +296,121 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_pace() {
     assert!(frames < WRITES, "the slow watcher got only part: {frames}");
     connection.close(0u32.into(), b"done");
 }
+
+/// `kvctl watch` until `lines` lines are printed (it runs until killed), with `args`.
+async fn kvctl_watch_lines(args: &[&str], lines: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kvctl watch");
+    let stdout = child.stdout.take().expect("kvctl stdout");
+    let mut reader = tokio::io::BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    while printed.len() < lines {
+        let line = tokio::time::timeout(Duration::from_secs(30), reader.next_line())
+            .await
+            .expect("kvctl watch printed in time")
+            .expect("read kvctl's output")
+            .expect("kvctl watch still running");
+        printed.push(line);
+    }
+    child.kill().await.expect("stop kvctl watch");
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
+    let cluster = Cluster::start(ClusterSpec::new(3, 191, 25330));
+    cluster.wait_for_primary().await;
+    let writer = cluster.client(READWRITE_CLIENT);
+    let put = |key: &'static str, value: &'static str| {
+        let writer = &writer;
+        async move {
+            writer
+                .put(key, value, WriteConcern::Majority, common::CLIENT_TIMEOUT)
+                .await
+                .expect("write")
+                .0
+                .index
+        }
+    };
+    put("k/a", "1").await;
+    let listed_b = put("k/b", "1").await;
+    let config = cluster.write_client_config(READONLY_CLIENT);
+    let config = config.to_str().expect("utf-8 path");
+
+    let watch = tokio::spawn({
+        let args: Vec<String> = ["--config", config, "--json", "watch", "k/", "--initial"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kvctl_watch_lines(&args, 3).await
+        }
+    });
+    // Let the listing happen before the changes (the watch prints them after it either way).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let changed_a = put("k/a", "2").await;
+    put("other/x", "1").await;
+    let deleted_b = writer
+        .delete("k/b", WriteConcern::Majority, common::CLIENT_TIMEOUT)
+        .await
+        .expect("delete")
+        .0
+        .index;
+    let lines = watch.await.expect("kvctl watch");
+    let json: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let listed_at = json[0]["index"].as_u64().expect("the listing's index");
+    assert!(
+        listed_at >= listed_b && listed_at < changed_a,
+        "{}",
+        lines[0]
+    );
+    let listed: Vec<(&str, &str)> = json[0]["initial"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .map(|pair| {
+            (
+                pair["key"].as_str().expect("key"),
+                pair["value"].as_str().expect("value"),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("k/a", "1"), ("k/b", "1")]);
+    assert_eq!(
+        (
+            json[1]["op"].as_str(),
+            json[1]["key"].as_str(),
+            json[1]["value"].as_str()
+        ),
+        (Some("put"), Some("k/a"), Some("2"))
+    );
+    assert_eq!(json[1]["index"].as_u64(), Some(changed_a));
+    assert_eq!(
+        (json[2]["op"].as_str(), json[2]["key"].as_str()),
+        (Some("delete"), Some("k/b"))
+    );
+    assert_eq!(json[2]["index"].as_u64(), Some(deleted_b));
+
+    // From the index a write answered: text lines, the same changes.
+    let from = changed_a.to_string();
+    let lines = kvctl_watch_lines(&["--config", config, "watch", "k/", "--from", &from], 2).await;
+    assert!(
+        lines[0].starts_with(&format!("put\tk/a\t2\tindex={changed_a}\tepoch=")),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("delete\tk/b\tindex={deleted_b}\t")),
+        "{}",
+        lines[1]
+    );
+}
