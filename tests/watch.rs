@@ -414,3 +414,123 @@ async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
         lines[1]
     );
 }
+
+/// One Server-Sent Event: its id, name and JSON data.
+type Sse = (Option<u64>, String, serde_json::Value);
+
+/// Reads `count` events from a `text/event-stream` response.
+async fn read_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    count: usize,
+) -> Vec<Sse> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut name, mut data) = (None, String::new(), serde_json::Value::Null);
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id: ") {
+                    id = Some(value.parse().expect("a numeric id"));
+                } else if let Some(value) = line.strip_prefix("event: ") {
+                    name = value.to_string();
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(value).expect("JSON data");
+                }
+            }
+            events.push((id, name, data));
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("an event in time")
+            .expect("the stream")
+            .expect("the stream goes on");
+        buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_door_serves_a_watch_as_server_sent_events() {
+    let cluster = Cluster::start(ClusterSpec::new(3, 194, 25340));
+    let (primary, _) = cluster.wait_for_primary().await;
+    let backup = (1..=3).find(|id| *id != primary).expect("a backup");
+    let writer = cluster.client(READWRITE_CLIENT);
+    let first = writer
+        .put("e/a", "1", WriteConcern::Majority, common::CLIENT_TIMEOUT)
+        .await
+        .expect("write")
+        .0
+        .index;
+    let ca = std::fs::read(cluster.certs_dir.join("ca.pem")).expect("the CA");
+    let files = cluster.client_files(READONLY_CLIENT);
+    let mut pem = std::fs::read(&files.cert).expect("certificate");
+    pem.extend(std::fs::read(&files.key).expect("key"));
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
+        .identity(reqwest::Identity::from_pem(&pem).expect("identity"))
+        .build()
+        .expect("HTTP client");
+    let url = format!("https://{}/v1/watch", cluster.spec.http_addr(backup));
+
+    let mut response = http
+        .get(format!("{url}?prefix=e/&from={first}"))
+        .send()
+        .await
+        .expect("the watch");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().ok(),
+        Some("text/event-stream")
+    );
+    let mut buffer = String::new();
+    let events = read_events(&mut response, &mut buffer, 2).await;
+    assert_eq!(
+        (events[0].0, events[0].1.as_str()),
+        (Some(first - 1), "progress")
+    );
+    assert_eq!((events[1].0, events[1].1.as_str()), (Some(first), "change"));
+    assert_eq!(events[1].2["key"], "e/a");
+    assert_eq!(events[1].2["value"], "1");
+    let second = writer
+        .delete("e/a", WriteConcern::Majority, common::CLIENT_TIMEOUT)
+        .await
+        .expect("delete")
+        .0
+        .index;
+    let events = read_events(&mut response, &mut buffer, 1).await;
+    assert_eq!(
+        (events[0].0, events[0].1.as_str()),
+        (Some(second), "change")
+    );
+    assert_eq!(events[0].2["op"], "delete");
+    drop(response);
+
+    // An EventSource resumes after the last id it saw.
+    let mut resumed = http
+        .get(format!("{url}?prefix=e/"))
+        .header("last-event-id", first.to_string())
+        .send()
+        .await
+        .expect("the resumed watch");
+    let mut buffer = String::new();
+    let events = read_events(&mut resumed, &mut buffer, 2).await;
+    assert_eq!(
+        (events[0].0, events[0].1.as_str()),
+        (Some(first), "progress")
+    );
+    assert_eq!(
+        (events[1].0, events[1].1.as_str()),
+        (Some(second), "change")
+    );
+
+    let bad = http
+        .get(format!("{url}?from=soon"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+}
