@@ -12,11 +12,9 @@ use std::time::Duration;
 
 use common::{eventually, Cluster, ClusterSpec, READONLY_CLIENT, READWRITE_CLIENT};
 use replikv::client::Client;
-use replikv::net::tls;
 use replikv::net::WATCH_LAGGING_CODE;
 use replikv::wire::client::{Change, Request, WatchEvent};
 use replikv::wire::frame::{write_frame, MAX_CLIENT_FRAME_BYTES};
-use replikv::wire::CLIENT_ALPN;
 use replikv::{Error, WriteConcern};
 
 /// The next change of `stream`, skipping progress notifications, within `limit`.
@@ -202,19 +200,7 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_pace() {
     let addr = cluster.node(1).client_addr.clone();
 
     // The slow one: a raw watch stream on node 1 that is never read.
-    let config = tls::client_config(&cluster.client_files(READONLY_CLIENT), CLIENT_ALPN)
-        .expect("client TLS config");
-    let mut endpoint =
-        quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
-    endpoint.set_default_client_config(config);
-    let connection = endpoint
-        .connect(
-            addr.parse().expect("address"),
-            &tls::server_name(&addr).expect("name"),
-        )
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, connection) = cluster.raw_connection(1, READONLY_CLIENT).await;
     let (mut send, mut slow) = connection.open_bi().await.expect("open a stream");
     let watch = Request::Watch {
         prefix: b"s/".to_vec(),
