@@ -210,6 +210,11 @@ if wants_replikv; then
     ips=(127.0.0.41 127.0.0.42 127.0.0.43)
     args+=(--replikv-http "$(join "${ips[@]/%/:$((replikv_port + 2))}")")
     args+=(--replikv-resp "$(join "${ips[@]/%/:$((replikv_port + 3))}")")
+    # The doors take the dev cluster's admin credentials, which `kvnode dev` keeps beside
+    # client.toml once a primary has accepted them.
+    wait_for 60 test -s "$dir/admin.token"
+    args+=(--replikv-http-authorization "Bearer $(cat "$dir/admin.token")")
+    args+=(--replikv-resp-auth "admin:$(cat "$dir/admin.password")")
     for system in replikv replikv-http replikv-resp; do
         if wants "$system"; then driven+=("$system"); fi
     done

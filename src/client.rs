@@ -22,6 +22,9 @@
 //! write in flight when its primary dies does not wait out its deadline.
 
 pub mod join;
+mod watch;
+
+pub use watch::WatchStream;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -45,7 +48,7 @@ use crate::wire::client::{
     ResponseMeta, Secret, TokenInfo, Topology, UserInfo, Write, WriteConcern, WriteResult,
 };
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
-use crate::wire::message::{Epoch, Member, NodeId, RequestId};
+use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
 
 /// One page of a scan ([`Client::scan_page`]).
@@ -369,6 +372,21 @@ impl Client {
     /// This session's client id (the first half of every request id it sends).
     pub async fn client_id(&self) -> u64 {
         self.session.lock().await.client_id
+    }
+
+    /// Watches the committed changes of the keys under `prefix`, from log index `from` (after
+    /// what the serving node has applied when `None`), in index order. With `initial`, the values
+    /// under the prefix at one index come first, then every change after it. Any node serves it;
+    /// the stream resumes by itself on another node after a disconnect, a failover or a cut-off,
+    /// from the last index it delivered + 1 (see [`WatchStream`]).
+    pub fn watch(&self, prefix: &[u8], from: Option<LogIndex>, initial: bool) -> WatchStream {
+        WatchStream::new(
+            self.shared.clone(),
+            prefix.to_vec(),
+            from,
+            initial,
+            self.timeout,
+        )
     }
 
     /// The options this client was made with.

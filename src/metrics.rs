@@ -461,6 +461,7 @@ pub fn request_kind(request: &Request) -> &'static str {
             CredentialsRequest::TokenList => "token_list",
             CredentialsRequest::TokenRevoke { .. } => "token_revoke",
         },
+        Request::Watch { .. } => "watch",
     }
 }
 

@@ -63,7 +63,7 @@ enum Command {
     },
 }
 
-#[derive(Args, Debug, Serialize)]
+#[derive(Args, Clone, Debug, Serialize)]
 struct RunArgs {
     /// Systems to drive (each needs its address below).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [System::Replikv, System::Redis, System::Etcd])]
@@ -101,10 +101,15 @@ struct RunArgs {
     replikv_http: Vec<String>,
     /// The `Authorization` header the HTTP door's requests carry, if any (`Bearer <token>`).
     #[arg(long)]
+    #[serde(skip)]
     replikv_http_authorization: Option<String>,
     /// `host:port` of every replikv node's RESP door, in node id order; the primary's is driven.
     #[arg(long, value_delimiter = ',')]
     replikv_resp: Vec<String>,
+    /// `USER:PASSWORD` each RESP connection to replikv sends in `AUTH`, if any.
+    #[arg(long)]
+    #[serde(skip)]
+    replikv_resp_auth: Option<String>,
     /// Pids of the replikv nodes, for CPU per operation.
     #[arg(long, value_delimiter = ',')]
     replikv_pids: Vec<u32>,
@@ -162,6 +167,13 @@ impl RunArgs {
         }
         if self.timeout_ms == 0 {
             return invalid("--timeout-ms must be positive".into());
+        }
+        if self
+            .replikv_resp_auth
+            .as_deref()
+            .is_some_and(|auth| !auth.contains(':'))
+        {
+            return invalid("--replikv-resp-auth must be USER:PASSWORD".into());
         }
         for system in &self.systems {
             let missing = match system {
@@ -374,29 +386,36 @@ async fn measure_one(args: &RunArgs, workload: Workload, system: System) -> Resu
         | System::ReplikvHttp
         | System::ReplikvResp => {
             let addr = tcp_target(args, system).await?;
-            let authorization = args.replikv_http_authorization.clone();
             let connections = open_connections(
-                &tcp_endpoint(system, &addr, authorization.as_deref()),
+                &tcp_endpoint(system, &addr, args),
                 shape.clients,
                 shape.key_space,
             )
             .await?;
+            let reopen_args = args.clone();
             Ok(measure(connections, step, shape, pids, move || {
-                let (addr, authorization) = (addr.clone(), authorization.clone());
-                async move {
-                    Connection::open(&tcp_endpoint(system, &addr, authorization.as_deref())).await
-                }
+                let (addr, args) = (addr.clone(), reopen_args.clone());
+                async move { Connection::open(&tcp_endpoint(system, &addr, &args)).await }
             })
             .await)
         }
     }
 }
 
-/// How `system`, reached over TCP at `addr`, is spoken to.
-fn tcp_endpoint<'a>(system: System, addr: &'a str, authorization: Option<&'a str>) -> Endpoint<'a> {
+/// How `system`, reached over TCP at `addr`, is spoken to (with the credentials `args` give
+/// replikv's doors).
+fn tcp_endpoint<'a>(system: System, addr: &'a str, args: &'a RunArgs) -> Endpoint<'a> {
     match system {
-        System::Redis | System::NoopResp | System::ReplikvResp => Endpoint::Resp(addr),
-        System::ReplikvHttp => Endpoint::ReplikvHttp(addr, authorization),
+        System::Redis | System::NoopResp => Endpoint::Resp(addr),
+        System::ReplikvResp => Endpoint::ReplikvResp(
+            addr,
+            args.replikv_resp_auth
+                .as_deref()
+                .and_then(|auth| auth.split_once(':')),
+        ),
+        System::ReplikvHttp => {
+            Endpoint::ReplikvHttp(addr, args.replikv_http_authorization.as_deref())
+        }
         System::Etcd | System::NoopHttp | System::Replikv => Endpoint::Http(addr),
     }
 }
@@ -481,7 +500,7 @@ async fn prefill(args: &RunArgs, system: System) -> Result<()> {
     };
     let endpoint = match &client {
         Some(client) => Endpoint::Replikv(client),
-        None => tcp_endpoint(system, &addr, args.replikv_http_authorization.as_deref()),
+        None => tcp_endpoint(system, &addr, args),
     };
     let connections = open_connections(&endpoint, args.clients, args.key_space).await?;
     let stride = connections.len() as u64;

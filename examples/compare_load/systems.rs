@@ -179,6 +179,9 @@ pub enum Endpoint<'a> {
     /// `host:port` of a replikv node's HTTP door (plain HTTP, as `kvnode dev` serves it), and
     /// the `Authorization` header value to send, if any.
     ReplikvHttp(&'a str, Option<&'a str>),
+    /// `host:port` of a replikv node's RESP door, and the user and password each connection
+    /// sends in `AUTH`, if any.
+    ReplikvResp(&'a str, Option<(&'a str, &'a str)>),
 }
 
 impl Connection {
@@ -187,6 +190,13 @@ impl Connection {
             Endpoint::Replikv(client) => Connection::Replikv(client.session()),
             Endpoint::Resp(addr) => Connection::Redis(RespConnection::connect(addr).await?),
             Endpoint::Http(addr) => Connection::Etcd(EtcdConnection::connect(addr).await?),
+            Endpoint::ReplikvResp(addr, credentials) => {
+                let mut connection = RespConnection::connect(addr).await?;
+                if let Some((user, password)) = credentials {
+                    connection.auth(user, password).await?;
+                }
+                Connection::Redis(connection)
+            }
             Endpoint::ReplikvHttp(addr, authorization) => Connection::ReplikvHttp(
                 HttpConnection::connect(addr, authorization.map(str::to_string)).await?,
             ),

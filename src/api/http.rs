@@ -9,6 +9,7 @@
 //! - `GET /v1/status`, `GET /v1/members`: the node's view of the cluster, as `kvctl status --json`
 //!   and `kvctl member list --json` print it;
 //! - `GET|PUT|DELETE /v1/kv/{key}` and `GET /v1/kv?prefix=&limit=`: keys and values.
+//! - `GET /v1/watch?prefix=&from=&initial=`: a watch as Server-Sent Events (the node's own).
 //!
 //! Invariants:
 //! - The door only translates. Every key-value, status and member request goes to the one
@@ -56,7 +57,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::auth::{TokenDigest, WRONG_CREDENTIALS};
-use crate::api::json::{get_json, scan_json, write_json};
+use crate::api::json::{change_json, get_json, pairs_json, scan_json, write_json};
 use crate::api::service::{Caller, Forwarding, RequestIds, Service};
 use crate::certs::TlsFiles;
 use crate::core::MAX_REQUEST_TIMEOUT_MS;
@@ -66,7 +67,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::tls;
 use crate::storage::Storage;
 use crate::wire::client::{
-    ReadConsistency, Request, Response, ResponseMeta, Role, Write, WriteConcern,
+    ReadConsistency, Request, Response, ResponseMeta, Role, WatchEvent, Write, WriteConcern,
 };
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
 
@@ -116,6 +117,9 @@ pub struct HttpDoor {
 struct Connection {
     caller: Caller,
     request_ids: Arc<RequestIds>,
+    /// Ends the connection's watch streams when the node shuts down (graceful shutdown waits for
+    /// responses in flight, and a watch never finishes by itself).
+    shutdown: Shutdown,
 }
 
 /// Binds the HTTP door on `addr`. Separate from [`serve_http`] so that a port in use stops the
@@ -202,6 +206,7 @@ where
     let connection = Connection {
         caller,
         request_ids: Arc::new(RequestIds::new()),
+        shutdown: shutdown.clone(),
     };
     let service = TowerToHyperService::new(router.layer(Extension(connection)));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -232,6 +237,7 @@ fn router(door: HttpDoor) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/kv", get(scan))
+        .route("/v1/watch", get(watch_events))
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(door.clone(), authenticate))
@@ -749,6 +755,129 @@ async fn scan(
         }
         Response::Error(err) => error_response(&err),
         other => unexpected(&other),
+    }
+}
+
+/// Events of one watch stream encoded and not yet taken by hyper: the rest waits in the watcher
+/// (which the hub cuts off if it falls behind).
+const WATCH_EVENTS_BUFFERED: usize = 16;
+
+/// `GET /v1/watch?prefix=…&from=…&initial=true`: the watch as Server-Sent Events, one event per
+/// [`WatchEvent`] (`change`, `progress`, `initial`, `end`), each with the index as its `id`, so a
+/// browser's `EventSource` resumes after a disconnect from the last one (`Last-Event-ID`, which
+/// wins over `from`). Served by this node from its applied log, never forwarded.
+async fn watch_events(
+    State(door): State<HttpDoor>,
+    Extension(connection): Extension<Connection>,
+    headers: axum::http::HeaderMap,
+    params: std::result::Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> HttpResponse {
+    let parsed = query(params, &["prefix", "from", "initial"]).and_then(|params| {
+        let number = |name: &str, text: &str| {
+            text.parse::<u64>()
+                .map_err(|_| bad_request(format!("{name} {text:?} is not a log index")))
+        };
+        let from = match params.get("from") {
+            Some(text) => Some(number("from", text)?),
+            None => None,
+        };
+        let last_event = headers
+            .get("last-event-id")
+            .map(|value| number("Last-Event-ID", value.to_str().unwrap_or_default()))
+            .transpose()?;
+        let initial = match params.get("initial").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "initial {other:?} is not true or false"
+                )))
+            }
+        };
+        Ok(Request::Watch {
+            prefix: params
+                .get("prefix")
+                .cloned()
+                .unwrap_or_default()
+                .into_bytes(),
+            from: last_event.map(|index| index + 1).or(from),
+            initial: initial && last_event.is_none(),
+        })
+    });
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return error_response(&err),
+    };
+    let mut watcher = match door.service.watch(&connection.caller, request).await {
+        Ok(watcher) => watcher,
+        Err(err) => return error_response(&err),
+    };
+    let (events, body) = tokio::sync::mpsc::channel::<Bytes>(WATCH_EVENTS_BUFFERED);
+    let mut shutdown = connection.shutdown;
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = watcher.next() => event,
+                _ = shutdown.requested() => Err(Error::ShuttingDown),
+                () = events.closed() => return,
+            };
+            let last = event.is_err();
+            let event = event.unwrap_or_else(WatchEvent::End);
+            tokio::select! {
+                sent = events.send(server_sent_event(&event)) => if sent.is_err() { return },
+                // The client stopped reading: cut off, as the QUIC door does.
+                () = watcher.fallen_behind() => return,
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    let mut response = Body::new(EventBody(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// One Server-Sent Event: `id` (the index, where the event completes one), `event`, and the
+/// JSON on one `data` line.
+fn server_sent_event(event: &WatchEvent) -> Bytes {
+    let (id, name, data) = match event {
+        WatchEvent::Change(change) => (Some(change.index), "change", change_json(change)),
+        WatchEvent::Progress { index } => (Some(*index), "progress", json!({ "index": index })),
+        WatchEvent::Initial { pairs, index, more } => (
+            (!more).then_some(*index),
+            "initial",
+            json!({ "initial": pairs_json(pairs), "index": index, "more": more }),
+        ),
+        WatchEvent::End(err) => (
+            None,
+            "end",
+            json!({ "kind": err.kind().name(), "message": err.to_string() }),
+        ),
+    };
+    let id = id.map(|index| format!("id: {index}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {name}\ndata: {data}\n\n"))
+}
+
+/// A response body fed by a channel of encoded events.
+struct EventBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|event| event.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
     }
 }
 

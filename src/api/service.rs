@@ -28,21 +28,22 @@
 //!   and the event loop has the node forget the request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use crate::api::auth::{self, Credentials, TokenDigest, VerifiedUser};
+use crate::api::watch::{ListedPage, WatchHub, Watcher};
 use crate::certs::{CertRole, TlsFiles};
 use crate::client::{Client, ClientOptions};
 use crate::config::is_host_port;
-use crate::config::tuning::CLIENT_TIMEOUT_MS;
+use crate::config::tuning::{CLIENT_TIMEOUT_MS, WATCH_MAX_INITIAL_BYTES};
 use crate::error::{Error, Result};
 use crate::metrics::{request_kind, Metrics};
 use crate::net::event_loop::ClientRequest;
 use crate::storage::system_keys::{is_system_key, SYSTEM_PREFIX};
-use crate::wire::client::{Request, Response, Write};
+use crate::wire::client::{ReadConsistency, Request, Response, Write};
 use crate::wire::frame::MAX_KEY_BYTES;
 use crate::wire::message::RequestId;
 
@@ -97,6 +98,8 @@ struct Inner {
     credentials: Credentials,
     /// The client that forwards to the primary, made on the first forward.
     forwarder: OnceCell<Client>,
+    /// The node's watch hub, once the node has started it.
+    watches: OnceLock<WatchHub>,
 }
 
 impl Service {
@@ -113,6 +116,7 @@ impl Service {
                 settings,
                 credentials,
                 forwarder: OnceCell::new(),
+                watches: OnceLock::new(),
             }),
         }
     }
@@ -120,6 +124,81 @@ impl Service {
     /// The users and tokens this node knows, for doors that verify a password.
     pub fn credentials(&self) -> &Credentials {
         &self.inner.credentials
+    }
+
+    /// Serves watches from `hub` (set once, when the node starts; later calls change nothing).
+    pub(crate) fn serve_watches(&self, hub: WatchHub) {
+        let _ = self.inner.watches.set(hub);
+    }
+
+    /// Opens the watch `request` ([`Request::Watch`]) for `caller`, authorized as any request.
+    /// A watch is served by this node from its own applied log, never forwarded. With `initial`,
+    /// the prefix is first listed page by page through the event loop (each page a stale read at
+    /// its own index) and the hub brings the listing to one index; `from` is then unused.
+    pub async fn watch(&self, caller: &Caller, request: Request) -> Result<Watcher> {
+        self.role_of(caller)
+            .and_then(|role| authorize(role, &request))
+            .and_then(|()| check_request(&request))?;
+        let Request::Watch {
+            prefix,
+            from,
+            initial,
+        } = request
+        else {
+            return Err(Error::InvalidRequest("not a watch request".into()));
+        };
+        let hub = self
+            .inner
+            .watches
+            .get()
+            .ok_or_else(|| Error::Unavailable("this node serves no watches yet".into()))?
+            .clone();
+        if !initial {
+            return hub.watch(prefix, from).await;
+        }
+        let mut pages: Vec<ListedPage> = Vec::new();
+        let mut listed_bytes = 0usize;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let scan = Request::Scan {
+                prefix: prefix.clone(),
+                start_after: after.clone(),
+                limit: u32::MAX,
+                consistency: ReadConsistency::Stale,
+            };
+            let (pairs, more, index) = match self.ask_node(scan).await {
+                Response::Pairs { pairs, more, meta } => (pairs, more, meta.index),
+                Response::Error(err) => return Err(err),
+                other => {
+                    return Err(Error::Internal(format!(
+                        "a scan was answered with {other:?}"
+                    )))
+                }
+            };
+            listed_bytes += pairs
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>();
+            if listed_bytes > WATCH_MAX_INITIAL_BYTES {
+                return Err(Error::InvalidRequest(format!(
+                    "the values under this prefix are over {} MiB, too many to list for a \
+                     watch: scan them, then watch from the scan's index",
+                    WATCH_MAX_INITIAL_BYTES >> 20
+                )));
+            }
+            let last_key = pairs.last().map(|(key, _)| key.clone());
+            pages.push(ListedPage {
+                after: after.take(),
+                pairs,
+                more,
+                index,
+            });
+            match last_key {
+                Some(key) if more => after = Some(key),
+                _ => break,
+            }
+        }
+        hub.watch_listed(prefix, pages).await
     }
 
     /// The role `caller` acts with now, or [`Error::Unauthenticated`] for a caller without
@@ -266,6 +345,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             Request::Get { .. }
             | Request::Scan { .. }
             | Request::Status
+            | Request::Watch { .. }
             | Request::Write { .. } => Ok(()),
             Request::AddMember { member } if member.id == id => Ok(()),
             Request::AddMember { member } => Err(Error::Refused(format!(
@@ -283,7 +363,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
         };
     }
     let (allowed, action, needed) = match request {
-        Request::Get { .. } | Request::Scan { .. } | Request::Status => (
+        Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::Watch { .. } => (
             role.can_read(),
             "read",
             "a readonly, readwrite or admin certificate",
@@ -323,6 +403,7 @@ fn check_request(request: &Request) -> Result<()> {
             start_after,
             ..
         } => std::iter::once(prefix).chain(start_after).collect(),
+        Request::Watch { prefix, .. } => vec![prefix],
         Request::Write {
             write: Write::Put { key, .. } | Write::Delete { key },
             ..
@@ -339,6 +420,8 @@ fn check_request(request: &Request) -> Result<()> {
     // named outright may not start with it.
     let named = match request {
         Request::Scan { start_after, .. } => start_after.iter().collect(),
+        // A watch, as a scan, skips the system keys under a shorter prefix.
+        Request::Watch { prefix, .. } if prefix.len() < SYSTEM_PREFIX.len() => Vec::new(),
         _ => keys,
     };
     if named.iter().any(|key| is_system_key(key)) {

@@ -32,6 +32,7 @@ use crate::api::auth::Credentials;
 use crate::api::http::{self, HttpDoor};
 use crate::api::resp;
 use crate::api::service::{Service, ServiceSettings};
+use crate::api::watch::WatchHub;
 use crate::certs::TlsFiles;
 use crate::config::tuning::{
     CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
@@ -95,7 +96,7 @@ where
     let dial_tls = tls::client_config(&files, PEER_ALPN)?;
 
     let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir)?);
-    // The HTTP door's liveness check reads it; only the event loop writes.
+    // The HTTP door's liveness check and the watch hub read it; only the event loop writes.
     let health_storage = Arc::clone(&storage);
     // The service verifies users and tokens against the applied state.
     let credentials = Credentials::new(Arc::clone(&storage));
@@ -186,6 +187,10 @@ where
         service_settings(&config, metrics.clone()),
         credentials,
     );
+    service.serve_watches(WatchHub::start(
+        Arc::clone(&health_storage),
+        view_rx.clone(),
+    ));
     if let Some((listener, tls)) = resp_listener {
         let door = resp::serve(listener, tls, service.clone(), controller.handle());
         tokio::spawn(door.in_current_span());

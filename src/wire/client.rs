@@ -129,6 +129,17 @@ pub enum Request {
     RemoveMember { id: NodeId },
     /// A change or listing of users and API tokens (admin only; served by the primary).
     Credentials(CredentialsRequest),
+    /// Opens a change feed: the stream is answered with [`WatchEvent`] frames, not one
+    /// [`Response`], until the watch ends. Every committed change of a key under `prefix` with a
+    /// log index of at least `from` (or, when `None`, after the index the node has applied), in
+    /// index order. With `initial`, the values under the prefix at one index come first
+    /// ([`WatchEvent::Initial`]), then every change after that index. Any node serves it, from its
+    /// own applied log; a `readonly` certificate may watch.
+    Watch {
+        prefix: Vec<u8>,
+        from: Option<LogIndex>,
+        initial: bool,
+    },
 }
 
 /// The requests about users and API tokens, which are replicated state (docs/ARCHITECTURE.md,
@@ -244,6 +255,40 @@ pub struct TokenInfo {
     pub role: ClientRole,
     pub created_ms: u64,
     pub expires_ms: Option<u64>,
+}
+
+/// One committed change a watch delivers: the revision is the log index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The log index of the entry that made the change.
+    pub index: LogIndex,
+    /// The epoch in which the entry was appended.
+    pub epoch: Epoch,
+    pub key: Vec<u8>,
+    /// The new value; `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A frame of a watch stream ([`Request::Watch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchEvent {
+    /// Every change up to `index` under the prefix has been delivered. Sent first (where the
+    /// watch starts: `from - 1`), and then whenever the watch has been idle for a while (etcd's
+    /// progress notification), so a client knows how fresh it is and resumes after `index`.
+    Progress { index: LogIndex },
+    /// A committed change.
+    Change(Change),
+    /// A page of the values under the prefix at `index` (a watch with `initial`); `more` says
+    /// whether pages follow. After the last one come the changes after `index`.
+    Initial {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        index: LogIndex,
+        more: bool,
+    },
+    /// The watch ended: [`Error::Compacted`] (the log no longer holds `from`),
+    /// [`Error::WatchLagging`] (the watcher fell too far behind; resume after its last index),
+    /// [`Error::ShuttingDown`], or a refusal. Last frame of the stream.
+    End(Error),
 }
 
 /// The write part of [`Request::Write`].

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{ClientConfig, NodeConfig};
+use replikv::net::tls;
 use replikv::wire::client::{ClusterStatus, Role};
 use replikv::wire::message::Member;
+use replikv::wire::CLIENT_ALPN;
 use replikv::{NodeId, WriteConcern};
 
 /// How long a test waits for anything (an election, a catch-up) before it fails. Generous on
@@ -240,6 +242,30 @@ impl Cluster {
             test_options(),
         )
         .expect("build a client")
+    }
+
+    /// A QUIC connection of its own to node `id`'s client port, authenticated as client `name`,
+    /// for tests that speak frames directly. Keep the endpoint as long as the connection.
+    pub async fn raw_connection(
+        &self,
+        id: NodeId,
+        name: &str,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let addr = self.node(id).client_addr.clone();
+        let config =
+            tls::client_config(&self.client_files(name), CLIENT_ALPN).expect("client TLS config");
+        let mut endpoint =
+            quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
+        endpoint.set_default_client_config(config);
+        let connection = endpoint
+            .connect(
+                addr.parse().expect("address"),
+                &tls::server_name(&addr).expect("name"),
+            )
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (endpoint, connection)
     }
 
     /// Writes a client configuration for `kvctl --config` and returns its path.

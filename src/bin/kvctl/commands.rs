@@ -10,16 +10,52 @@ use std::time::Duration;
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
 use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
-use replikv::wire::client::{ClientRole, ClusterStatus, ResponseMeta, WriteResult};
+use replikv::wire::client::{ClientRole, ClusterStatus, ResponseMeta, WatchEvent, WriteResult};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
 
 use crate::bench::{self, BenchOptions, StopAfter};
 use crate::output::{
-    print_json, print_pairs, print_text, print_value, progress_text, render_bench_report,
-    render_members, render_status,
+    print_json, print_json_line, print_pairs, print_text, print_value, progress_text,
+    render_bench_report, render_members, render_status,
 };
 use crate::{output, BenchArgs, EXIT_NOT_FOUND, EXIT_OK};
+
+/// What `kvctl watch` was asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchOptions {
+    pub from: Option<u64>,
+    pub initial: bool,
+    pub progress: bool,
+    pub json: bool,
+}
+
+/// `kvctl watch`: one line per change until interrupted, or until the watch fails (compacted).
+pub async fn watch(client: &Client, prefix: &str, options: WatchOptions) -> Result<u8, Error> {
+    let mut stream = client.watch(prefix.as_bytes(), options.from, options.initial);
+    loop {
+        match stream.next().await? {
+            WatchEvent::Change(change) if options.json => {
+                print_json_line(&output::change_json(&change))?
+            }
+            WatchEvent::Change(change) => print_text(&output::change_text(&change))?,
+            WatchEvent::Initial { pairs, index, .. } if options.json => print_json_line(
+                &serde_json::json!({ "initial": output::pairs_json(&pairs), "index": index }),
+            )?,
+            WatchEvent::Initial { pairs, index, .. } => {
+                print_pairs(&pairs)?;
+                print_text(&format!("# the values above are at index {index}\n"))?;
+            }
+            WatchEvent::Progress { index } if options.progress && options.json => {
+                print_json_line(&serde_json::json!({ "progress": index }))?
+            }
+            WatchEvent::Progress { index } if options.progress => {
+                print_text(&format!("# up to date at index {index}\n"))?
+            }
+            WatchEvent::Progress { .. } | WatchEvent::End(_) => {}
+        }
+    }
+}
 
 /// `kvctl get`: the bare value on stdout, or exit code 3 when the key does not exist.
 pub async fn get(

@@ -122,6 +122,23 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         node: Option<String>,
     },
+    /// Print every committed change of the keys under PREFIX as it commits, in log index order:
+    /// `put KEY VALUE` or `delete KEY`, with its index and epoch (--json: one object per line).
+    /// Runs until interrupted; resumes by itself on another node after a failover.
+    Watch {
+        /// Key prefix; all keys when omitted.
+        prefix: Option<String>,
+        /// Start at this log index (an index a write answered, for example) instead of now.
+        #[arg(long, value_name = "INDEX")]
+        from: Option<u64>,
+        /// First print the current values under the prefix, at one index, then every change
+        /// after it.
+        #[arg(long)]
+        initial: bool,
+        /// Also print the progress notifications an idle watch receives.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Show the cluster: members, roles, log positions, lag and health.
     Status {
         /// Ask this node (client address) for its own view instead of the primary's.
@@ -364,6 +381,24 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let prefix = prefix.unwrap_or_default();
             with_client(config, timeout, async |client| {
                 commands::scan(client, &prefix, limit, consistency, node.as_deref(), json).await
+            })
+            .await
+        }
+        Command::Watch {
+            prefix,
+            from,
+            initial,
+            progress,
+        } => {
+            let prefix = prefix.unwrap_or_default();
+            let options = commands::WatchOptions {
+                from,
+                initial,
+                progress,
+                json,
+            };
+            with_client(config, timeout, async |client| {
+                commands::watch(client, &prefix, options).await
             })
             .await
         }

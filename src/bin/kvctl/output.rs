@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-pub use replikv::api::json::{get_json, meta_json, printable, scan_json, write_json};
+pub use replikv::api::json::{
+    change_json, get_json, meta_json, pairs_json, printable, scan_json, write_json,
+};
 use replikv::wire::client::{
-    ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role, TokenInfo, UserInfo, WriteResult,
+    Change, ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role, TokenInfo, UserInfo,
+    WriteResult,
 };
 use replikv::{Error, NodeId};
 
@@ -31,6 +34,32 @@ pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Error> 
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| Error::Internal(format!("cannot format JSON: {err}")))?;
     print_text(&format!("{text}\n"))
+}
+
+/// Compact JSON on one line of stdout (a stream of objects, as `kvctl watch --json` prints).
+pub fn print_json_line<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Error> {
+    let text = serde_json::to_string(value)
+        .map_err(|err| Error::Internal(format!("cannot format JSON: {err}")))?;
+    print_text(&format!("{text}\n"))
+}
+
+/// The text line of one watched change: `put KEY VALUE` or `delete KEY`, then the index and the
+/// epoch, tab-separated.
+pub fn change_text(change: &Change) -> String {
+    let (key, _) = printable(&change.key);
+    match &change.value {
+        Some(value) => {
+            let (value, _) = printable(value);
+            format!(
+                "put\t{key}\t{value}\tindex={}\tepoch={}\n",
+                change.index, change.epoch
+            )
+        }
+        None => format!(
+            "delete\t{key}\tindex={}\tepoch={}\n",
+            change.index, change.epoch
+        ),
+    }
 }
 
 /// Writes to stdout, turning a closed pipe into an error instead of a panic.

@@ -541,6 +541,13 @@ impl Node {
                     "user and token requests are served by a node's service, not its core".into(),
                 )),
             ),
+            // Watches are served off the protocol, from the applied log (`api/watch.rs`).
+            Request::Watch { .. } => self.reply(
+                token,
+                Response::Error(Error::InvalidRequest(
+                    "a watch is served by the node's watch hub, not by the protocol core".into(),
+                )),
+            ),
         }
         Ok(())
     }
