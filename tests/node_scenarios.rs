@@ -1869,3 +1869,31 @@ fn a_lost_acknowledgement_of_the_final_chunk_does_not_restart_the_transfer() {
     cluster.run_until(until);
     assert_same_state(&cluster, 1, primary);
 }
+
+#[test]
+fn a_backup_restarted_in_the_middle_of_a_transfer_resumes_it() {
+    let (mut cluster, primary) = cluster_with_node_1_behind();
+    let staged_pairs = stage_part_of_a_snapshot(&mut cluster, primary, 8);
+    let sent_before = snapshot_pairs(&cluster, primary, 1, u64::MAX);
+    let storage = cluster.storage(1).clone();
+    cluster.start(1, voters(3), storage);
+    cluster.isolated.clear();
+    let until = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+
+    // What node 1 did not stage, plus at most the window of chunks (4 of 1 KiB, under 50 pairs)
+    // resent before node 1 said it follows no transfer; a restart sends all.
+    let resent = snapshot_pairs(&cluster, primary, 1, u64::MAX) - sent_before;
+    assert!(
+        resent <= BEHIND_KEYS - staged_pairs + 50 && resent < BEHIND_KEYS,
+        "{resent} pairs sent after the restart, not the {} node 1 did not stage",
+        BEHIND_KEYS - staged_pairs
+    );
+    assert_eq!(
+        cluster.node(primary).snapshot_counters().resumed,
+        1,
+        "{:?}",
+        cluster.node(primary).snapshot_counters()
+    );
+    assert_same_state(&cluster, 1, primary);
+}

@@ -56,9 +56,7 @@ use crate::storage::Storage;
 use crate::wire::client::{
     ClusterStatus, MemberHealth, MemberStatus, Request, Response, ResponseMeta, Role,
 };
-use crate::wire::message::{
-    Epoch, LogIndex, Membership, Message, MessageBody, NodeId, RequestId, StagedSnapshot,
-};
+use crate::wire::message::{Epoch, LogIndex, Membership, Message, MessageBody, NodeId, RequestId};
 
 use self::log::Log;
 use self::membership::MembershipChange;
@@ -159,8 +157,6 @@ pub struct Node {
     next_compaction: Timestamp,
     /// Backup: the snapshot transfer being received, if any.
     incoming_snapshot: Option<IncomingSnapshot>,
-    /// Backup: how far the snapshot staged in storage got, if a transfer may resume on it.
-    staged_snapshot: Option<StagedSnapshot>,
     /// Snapshot transfers sent, resumed and installed since this node started.
     snapshot_counters: SnapshotCounters,
     /// Entries this node ever moved to the rollback tree, for status.
@@ -215,7 +211,6 @@ impl Node {
             election_deadline: now,
             next_compaction: now,
             incoming_snapshot: None,
-            staged_snapshot: None,
             snapshot_counters: SnapshotCounters::default(),
             rolled_back_entries,
             now,
@@ -462,7 +457,7 @@ impl Node {
             MessageBody::Coordinator => self.follow(message.from)?,
             MessageBody::SnapshotOffer { transfer } => {
                 self.follow(message.from)?;
-                self.on_snapshot_offer(message.from, transfer);
+                self.on_snapshot_offer(message.from, transfer)?;
             }
             MessageBody::SnapshotStaged { transfer, staged } => {
                 self.on_snapshot_staged(message.from, transfer, staged)?

@@ -31,6 +31,9 @@
 //!   index: keys and sessions changed since the begin index are sent again, as they are then;
 //!   the final chunk is built only once every change has been sent, at the applied index of that
 //!   moment.
+//! - A member's staging record (begin index, position) lives in storage beside the staging, never
+//!   ahead of it and never with a begin index above that of a staged value, so a member that
+//!   restarted resumes too; only a transfer from scratch discards the staging.
 //! - A backup stages only the chunks of the transfer it last answered an offer for, in its
 //!   current epoch, strictly in sequence order (go-back-N): it acknowledges the next sequence it
 //!   expects for every chunk it receives, and the primary resends every unacknowledged chunk,
@@ -132,7 +135,8 @@ pub(super) struct ChunkHeader {
 ///
 /// A transfer is named by `(epoch, from, transfer)`: transfer ids restart in every primary term,
 /// so without the epoch a chunk of a new term's transfer could continue a stale one of an earlier
-/// term. What is staged outlives the transfer: it is in [`Node::staged_snapshot`].
+/// term. What is staged outlives the transfer, and the node: storage keeps it with its record
+/// ([`crate::storage::Storage::staged_snapshot`]).
 #[derive(Debug)]
 pub(super) struct IncomingSnapshot {
     /// This node's epoch when the offer came.
@@ -297,8 +301,16 @@ impl Node {
         let Some(transfer) = self.transfer_to(member) else {
             return Ok(());
         };
-        if transfer.id != transfer_id || !matches!(transfer.phase, TransferPhase::Offered) {
-            return Ok(()); // a late answer to an earlier offer, or a repeated one
+        if transfer.id != transfer_id {
+            return Ok(()); // a late answer to an earlier offer
+        }
+        if !matches!(transfer.phase, TransferPhase::Offered) {
+            // The member does not follow this transfer (it restarted), or this is a repeated
+            // answer: either way a new offer learns where its staging stands, and resumes there.
+            if let Some(state) = self.primary_state() {
+                state.transfers.remove(&member);
+            }
+            return self.send_snapshot(member);
         }
         // The member's begin index was an applied (so committed) index of some primary; every
         // committed index is in this node's log, so one past its end cannot be resumed from.
@@ -681,7 +693,7 @@ impl Node {
     // --- the backup: receiving ---
 
     /// An offer opens a transfer: this backup follows it from now on, and says what it staged.
-    pub(super) fn on_snapshot_offer(&mut self, from: NodeId, transfer: u64) {
+    pub(super) fn on_snapshot_offer(&mut self, from: NodeId, transfer: u64) -> Result<()> {
         let epoch = self.epoch;
         let current = self
             .incoming_snapshot
@@ -696,8 +708,9 @@ impl Node {
                 finished: false,
             });
         }
-        let staged = self.staged_snapshot.clone();
+        let staged = self.storage.staged_snapshot()?;
         self.send(from, MessageBody::SnapshotStaged { transfer, staged });
+        Ok(())
     }
 
     /// A backup stages the chunks of the transfer it follows, in sequence order, and installs the
@@ -715,7 +728,12 @@ impl Node {
             .as_ref()
             .filter(|s| s.epoch == epoch && s.from == from && s.transfer == header.transfer)
         else {
-            return Ok(()); // a chunk of a transfer this node answered no offer for
+            // A chunk of a transfer this node answered no offer for (it restarted since): say
+            // what is staged, so the primary offers again and resumes there.
+            let staged = self.storage.staged_snapshot()?;
+            let transfer = header.transfer;
+            self.send(from, MessageBody::SnapshotStaged { transfer, staged });
+            return Ok(());
         };
         let (next_sequence, finished) = (incoming.next_sequence, incoming.finished);
         let transfer = header.transfer;
@@ -737,8 +755,7 @@ impl Node {
         if header.sequence == 0 {
             if header.discard_staged {
                 self.storage.begin_snapshot()?;
-                self.staged_snapshot = None;
-            } else if self.staged_snapshot.is_none() {
+            } else if self.storage.staged_snapshot()?.is_none() {
                 return Ok(()); // nothing to resume on; the primary's next offer starts afresh
             }
         }
@@ -747,11 +764,11 @@ impl Node {
             sessions,
             finish,
         } = chunk;
-        self.storage.stage_snapshot(&pairs, &sessions)?;
-        self.staged_snapshot = Some(StagedSnapshot {
+        let progress = StagedSnapshot {
             begin_index: header.begin_index,
             position: header.position,
-        });
+        };
+        self.storage.stage_snapshot(&pairs, &sessions, &progress)?;
         if let Some(incoming) = self.incoming_snapshot.as_mut() {
             incoming.next_sequence += 1;
             incoming.finished = finish.is_some();
@@ -770,9 +787,9 @@ impl Node {
     }
 
     fn install_snapshot(&mut self, finish: SnapshotFinish) -> Result<()> {
-        // The staging is used up either way; the transfer record stays, to acknowledge a resent
-        // final chunk.
-        self.staged_snapshot = None;
+        // The transfer record stays, to acknowledge a resent final chunk. Storage drops the
+        // staging record as it installs; a snapshot not installed stays staged, as good as any to
+        // resume on.
         if finish.index <= self.commit_index {
             // This node already holds everything the snapshot holds: its committed prefix is in
             // the log of every later primary (invariant 2), so it matches this primary's log up to
