@@ -449,7 +449,7 @@ async fn python_redis_package_works_against_a_backup() {
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("python3")
-            .args([script, &host, &port])
+            .args([script, &host, &port, RESP_USER, RESP_PASSWORD])
             .stdin(Stdio::null())
             .output(),
     )
@@ -476,7 +476,9 @@ async fn write_unique_keys(
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if connection.is_none() {
-            let client = redis::Client::open(format!("redis://{addr}")).expect("a redis client");
+            let client =
+                redis::Client::open(format!("redis://{RESP_USER}:{RESP_PASSWORD}@{addr}/"))
+                    .expect("a redis client");
             connection = client.get_multiplexed_async_connection().await.ok();
             if connection.is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -517,6 +519,7 @@ async fn redis_benchmark_against_a_backup_finishes_through_a_failover() {
     let mut benchmark = tokio::process::Command::new("redis-benchmark")
         .args(["-h", &host, "-p", &port])
         // -r spreads the keys. redis-benchmark exits non-zero on the first error answer.
+        .args(["--user", RESP_USER, "-a", RESP_PASSWORD])
         .args(["-t", "set", "-n", "60000", "-c", "20", "-r", "100000", "-q"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

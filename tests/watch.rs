@@ -285,6 +285,15 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_pace() {
 
 /// `kvctl watch` until `lines` lines are printed (it runs until killed), with `args`.
 async fn kvctl_watch_lines(args: &[&str], lines: usize) -> Vec<String> {
+    kvctl_watch_lines_signalling(args, lines, None).await
+}
+
+/// As [`kvctl_watch_lines`], telling `first_line` once kvctl has printed its first line.
+async fn kvctl_watch_lines_signalling(
+    args: &[&str],
+    lines: usize,
+    mut first_line: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Vec<String> {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
         .args(args)
@@ -302,6 +311,9 @@ async fn kvctl_watch_lines(args: &[&str], lines: usize) -> Vec<String> {
             .expect("read kvctl's output")
             .expect("kvctl watch still running");
         printed.push(line);
+        if let Some(first_line) = first_line.take() {
+            let _ = first_line.send(());
+        }
     }
     child.kill().await.expect("stop kvctl watch");
     printed
@@ -328,6 +340,7 @@ async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
     let config = cluster.write_client_config(READONLY_CLIENT);
     let config = config.to_str().expect("utf-8 path");
 
+    let (listed, listing_printed) = tokio::sync::oneshot::channel();
     let watch = tokio::spawn({
         let args: Vec<String> = ["--config", config, "--json", "watch", "k/", "--initial"]
             .iter()
@@ -335,11 +348,15 @@ async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
             .collect();
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            kvctl_watch_lines(&args, 3).await
+            kvctl_watch_lines_signalling(&args, 3, Some(listed)).await
         }
     });
-    // Let the listing happen before the changes (the watch prints them after it either way).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The changes come once the listing is printed (a slow start of kvctl on a busy machine
+    // would otherwise list them too).
+    tokio::time::timeout(Duration::from_secs(30), listing_printed)
+        .await
+        .expect("kvctl printed its listing in time")
+        .expect("kvctl watch still running");
     let changed_a = put("k/a", "2").await;
     put("other/x", "1").await;
     let deleted_b = writer

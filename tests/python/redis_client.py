@@ -1,7 +1,8 @@
 """Python's `redis` package (PyPI) against one node's RESP door, as its own users write it.
 
 Run by tests/resp.rs (`python_redis_package_works_against_a_backup`) with the door's host and
-port, on a 3-node cluster whose RESP doors serve callers without credentials as `readwrite`.
+port and a `readwrite` user's name and password, on a 3-node cluster whose RESP doors serve only
+authenticated callers.
 Exits non-zero, with the reason, on the first answer that differs from what Redis gives.
 """
 
@@ -16,8 +17,23 @@ def expect(what, got, want):
 
 
 def main():
-    host, port = sys.argv[1], int(sys.argv[2])
-    r = redis.Redis(host=host, port=port, socket_timeout=30, decode_responses=True)
+    host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    # Without credentials the door answers every command but AUTH/HELLO/QUIT with NOAUTH.
+    anonymous = redis.Redis(host=host, port=port, socket_timeout=30)
+    try:
+        anonymous.ping()
+        sys.exit("an unauthenticated PING was answered")
+    except (redis.AuthenticationError, redis.ResponseError) as error:
+        if "Authentication required" not in str(error):
+            sys.exit(f"an unauthenticated PING got an unexpected error: {error}")
+    r = redis.Redis(
+        host=host,
+        port=port,
+        username=user,
+        password=password,
+        socket_timeout=30,
+        decode_responses=True,
+    )
 
     expect("PING", r.ping(), True)
     expect("SET", r.set("py:greeting", "hello"), True)
