@@ -166,6 +166,7 @@ fn write_seed_corpus() {
                         result: WriteResult {
                             index: 42,
                             existed: true,
+                            answer: None,
                         },
                     }),
                 ),

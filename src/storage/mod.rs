@@ -17,6 +17,7 @@
 //! keeps appending (group commit).
 
 pub mod apply;
+pub mod expiry;
 pub mod memory;
 mod rules;
 pub mod sled_engine;
@@ -123,6 +124,8 @@ pub trait Storage: Send + Sync {
     /// prefix's first key when `None`), in key order: at most `max_pairs` pairs and `max_bytes` of
     /// encoded pairs ([`framed_pair_bytes`]), but at least one pair if any is left and
     /// `max_pairs > 0`. Reads at most one pair past the page, to say whether more remain.
+    /// Skips the system keyspace unless `prefix` lies inside it
+    /// ([`system_keys::shown_by_scan`]).
     fn scan_page(
         &self,
         prefix: &[u8],

@@ -398,8 +398,9 @@ impl Node {
         for transfer in state.transfers.values_mut().filter(streaming) {
             for entry in entries {
                 match &entry.operation {
-                    Operation::Put { key, .. } | Operation::Delete { key } => {
-                        transfer.dirty_keys.insert(key.clone());
+                    Operation::Put { .. } | Operation::Delete { .. } | Operation::Batch { .. } => {
+                        let keys = entry.operation.touched_keys().into_iter();
+                        transfer.dirty_keys.extend(keys.map(<[u8]>::to_vec));
                     }
                     Operation::ExpireSessions(expired) => {
                         let clients = expired.iter().map(|expired| expired.client_id);
