@@ -100,7 +100,7 @@ async fn redis_cli_scripts_run_against_a_backup() {
     let output = redis_cli(
         &addr,
         &[],
-        "GET\nNOSUCHCOMMAND a b\nMULTI\nEXEC\nSET k v NX\n",
+        "GET\nNOSUCHCOMMAND a b\nMULTI\nEXEC\nSETEX k 10 v\n",
     )
     .await;
     let lines: Vec<&str> = output.lines().filter(|line| !line.is_empty()).collect();
@@ -115,7 +115,7 @@ async fn redis_cli_scripts_run_against_a_backup() {
     );
     assert_eq!(lines[3], "ERR EXEC without MULTI");
     assert!(
-        lines[4].starts_with("ERR SET option 'NX' is not supported yet"),
+        lines[4].starts_with("ERR 'SETEX' is not supported yet"),
         "{output}"
     );
 
