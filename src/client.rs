@@ -638,7 +638,10 @@ impl Client {
         }
     }
 
-    async fn write(
+    /// Sends any [`Write`] (a read-modify-write, an expiry change, a batch) with one request id
+    /// kept over every retry, acknowledged once `write_concern` is met; the primary's answer is
+    /// in [`WriteResult::answer`].
+    pub async fn write(
         &self,
         write: Write,
         write_concern: WriteConcern,

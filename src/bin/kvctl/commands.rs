@@ -10,7 +10,7 @@ use std::time::Duration;
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
 use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
-use replikv::wire::client::{ClusterStatus, ResponseMeta, WriteResult};
+use replikv::wire::client::{Answer, ClusterStatus, ResponseMeta, Write, WriteResult};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
 
@@ -81,6 +81,34 @@ pub async fn put(
         .put(key, value, write_concern, client.timeout())
         .await?;
     report_write(key, write_concern, answer, json)
+}
+
+/// `kvctl incr`: prints the new value (as `{"key": …, "value": n}` with `--json`).
+pub async fn incr(
+    client: &Client,
+    key: &str,
+    by: i64,
+    write_concern: Option<WriteConcern>,
+    json: bool,
+) -> Result<u8, Error> {
+    let write_concern = write_concern.unwrap_or(client.options().default_write_concern);
+    let write = Write::Increment {
+        key: key.as_bytes().to_vec(),
+        by,
+    };
+    let (result, _) = client.write(write, write_concern, client.timeout()).await?;
+    let Some(Answer::Integer(value)) = result.answer else {
+        return Err(Error::Protocol(format!(
+            "the primary answered an increment with {:?}",
+            result.answer
+        )));
+    };
+    if json {
+        println!("{}", serde_json::json!({ "key": key, "value": value }));
+    } else {
+        println!("{value}");
+    }
+    Ok(0)
 }
 
 /// `kvctl delete`: succeeds whether or not the key existed; `--json` says which.

@@ -100,6 +100,16 @@ enum Command {
         #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
         write_concern: Option<WriteConcern>,
     },
+    /// Add BY (default 1) to the decimal integer at KEY (0 if absent), atomically on the
+    /// primary; prints the new value.
+    Incr {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        by: Option<i64>,
+        /// Write concern: 1, N (a number of voters), majority or all. Default from the config.
+        #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
+        write_concern: Option<WriteConcern>,
+    },
     /// Remove KEY (succeeds whether or not it existed; --json says which).
     Delete {
         key: String,
@@ -298,6 +308,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let value = commands::put_value(value)?;
             with_client(config, timeout, async |client| {
                 commands::put(client, &key, &value, write_concern, json).await
+            })
+            .await
+        }
+        Command::Incr {
+            key,
+            by,
+            write_concern,
+        } => {
+            with_client(config, timeout, async |client| {
+                commands::incr(client, &key, by.unwrap_or(1), write_concern, json).await
             })
             .await
         }
