@@ -7,6 +7,8 @@
 #
 # Usage: scripts/compare.sh [--rounds 3] [--seconds 10] [--warmup 2] [--clients 64]
 #                           [--systems replikv,redis,etcd] [--workloads put-majority,...]
+#                           (systems also: replikv-http, replikv-resp: replikv's HTTP and RESP
+#                           doors, on the same kvnode dev cluster)
 #                           [--json FILE] [--dir BASE] [--keep] [--no-noop] [--no-build]
 #                           [-- more flags of `compare_load run`]
 # Installs nothing: it names what is missing. On Debian:
@@ -24,7 +26,7 @@ systems=replikv,redis,etcd
 workloads=put-majority,put-all,put-one,put-single-client,get-linearizable
 json="" base="${TMPDIR:-/tmp}" keep=0 noop=1 build=1
 extra=()
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -44,6 +46,8 @@ while (($#)); do
     esac
 done
 wants() { [[ ",$systems," == *",$1,"* ]]; }
+# Any replikv system (its QUIC client, or one of its doors) needs the dev cluster.
+wants_replikv() { wants replikv || wants replikv-http || wants replikv-resp; }
 
 # --- what is needed, and what is missing ---
 missing=()
@@ -189,12 +193,13 @@ if wants etcd; then
     driven+=(etcd)
 fi
 
-# --- replikv: kvnode dev, three nodes ---
-if wants replikv; then
+# --- replikv: kvnode dev, three nodes (HTTP door on the port after the peer port, RESP door on
+# the one after that) ---
+if wants_replikv; then
     dir="$work/replikv"
     mkdir -p "$dir"
     "$bin/kvnode" dev --dir "$dir" --base-port "$replikv_port" --first-ip "$replikv_first_ip" \
-        >"$dir/dev.out" 2>&1 &
+        --resp-port "$((replikv_port + 3))" >"$dir/dev.out" 2>&1 &
     dev_pid=$!
     started+=("$dev_pid")
     wait_for 60 test -f "$dir/client.toml"
@@ -202,7 +207,17 @@ if wants replikv; then
     node_pids=$(pgrep -P "$dev_pid" | paste -sd, -)
     echo "replikv: kvnode dev on $replikv_first_ip-43:$replikv_port (node pids $node_pids)" >&2
     args+=(--replikv-config "$dir/client.toml" --replikv-pids "$node_pids")
-    driven+=(replikv)
+    ips=(127.0.0.41 127.0.0.42 127.0.0.43)
+    args+=(--replikv-http "$(join "${ips[@]/%/:$((replikv_port + 2))}")")
+    args+=(--replikv-resp "$(join "${ips[@]/%/:$((replikv_port + 3))}")")
+    # The doors take the dev cluster's admin credentials, which `kvnode dev` keeps beside
+    # client.toml once a primary has accepted them.
+    wait_for 60 test -s "$dir/admin.token"
+    args+=(--replikv-http-authorization "Bearer $(cat "$dir/admin.token")")
+    args+=(--replikv-resp-auth "admin:$(cat "$dir/admin.password")")
+    for system in replikv replikv-http replikv-resp; do
+        if wants "$system"; then driven+=("$system"); fi
+    done
 fi
 
 # --- the no-op server: the generator's own ceiling ---
@@ -217,7 +232,7 @@ if [[ -n "$json" ]]; then args+=(--json "$json"); fi
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; data in $work ($filesystem)" >&2
 # The systems in one fixed order, whatever order they were started in.
 order=()
-for system in replikv redis etcd; do
+for system in replikv replikv-http replikv-resp redis etcd; do
     if [[ " ${driven[*]} " == *" $system "* ]]; then order+=("$system"); fi
 done
 # In the background and waited for, so that a signal to this script stops the run at once (bash

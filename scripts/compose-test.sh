@@ -83,15 +83,25 @@ for id in 1 2 3; do
 done
 echo "every node is healthy"
 
-# The certificates live in the shared volume; the finished init container still holds it.
+# The admin token: the one-shot admin-token service records it once the nodes are healthy.
+token_service="$("${compose[@]}" ps -q admin-token)"
+[ -n "$token_service" ] || fail "no admin-token container"
+[ "$(docker wait "$token_service")" = 0 ] || fail "the admin-token service failed: $(docker logs "$token_service" 2>&1 | tail -5)"
+# The certificates and the token live in the shared volume; the finished setup containers hold it.
 docker cp "$("${compose[@]}" ps -q certs):/certs" "$work/certs"
-kv() { # kv NODE METHOD PATH [curl args...]
+docker cp "$token_service:/certs/admin.token" "$work/certs/admin.token"
+token="$(cat "$work/certs/admin.token")"
+[ -n "$token" ] || fail "the admin token is empty"
+kv() { # kv NODE METHOD PATH [curl args...]: with the admin token, as an HTTP client would
     local id=$1 method=$2 path=$3
     shift 3
     curl --silent --show-error --max-time 30 --request "$method" \
-        --cacert "$work/certs/ca.pem" --cert "$work/certs/client-admin.pem" --key "$work/certs/client-admin.key" \
+        --cacert "$work/certs/ca.pem" --header "Authorization: Bearer $token" \
         "https://127.0.0.1:$(published_port "$id")$path" "$@"
 }
+# Without the token (and without a client certificate) the door refuses: 401.
+[ "$(curl --silent --output /dev/null --write-out '%{http_code}' --cacert "$work/certs/ca.pem" \
+    "https://127.0.0.1:$(published_port 1)/v1/kv/compose-key")" = 401 ] || fail "a request without a token was not refused with 401"
 
 # Anything from the status: the primary's id.
 primary_of() {

@@ -34,6 +34,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
+use crate::wire::client::ClientRole;
 use crate::wire::message::NodeId;
 
 // Validity periods are properties of the certificates issued, not settings of a running node,
@@ -101,6 +102,11 @@ impl CertRole {
         matches!(self, CertRole::Admin)
     }
 
+    /// Whether the holder may add, change and remove users and API tokens.
+    pub fn can_manage_credentials(&self) -> bool {
+        matches!(self, CertRole::Admin)
+    }
+
     /// Whether the holder is a cluster member, allowed on the peer protocol.
     pub fn is_node(&self) -> bool {
         matches!(self, CertRole::Node(_))
@@ -128,6 +134,17 @@ impl CertRole {
     }
 }
 
+impl From<ClientRole> for CertRole {
+    /// Users and API tokens carry the client roles of certificates, with the same permissions.
+    fn from(role: ClientRole) -> CertRole {
+        match role {
+            ClientRole::ReadOnly => CertRole::ReadOnly,
+            ClientRole::ReadWrite => CertRole::ReadWrite,
+            ClientRole::Admin => CertRole::Admin,
+        }
+    }
+}
+
 impl fmt::Display for CertRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -149,6 +166,11 @@ impl FromStr for CertRole {
             ))
         })
     }
+}
+
+/// Writes a secret (a key, a password, a token) to `path`, mode 0600, replacing it atomically.
+pub fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
+    write_file(path, contents, true)
 }
 
 // --- names: the one rule for the common names and file names of certificates ---
@@ -566,7 +588,7 @@ fn issue(
 
 /// Writes `contents` to a temporary file and renames it over `path`, so a crash never leaves a
 /// half-written key. `private` files are created with mode 0600 and never exist with a looser one.
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let cannot_write =
         |err: io::Error| Error::Config(format!("cannot write {}: {err}", path.display()));
     let mut temporary = path.as_os_str().to_owned();

@@ -22,6 +22,9 @@
 //! write in flight when its primary dies does not wait out its deadline.
 
 pub mod join;
+mod watch;
+
+pub use watch::WatchStream;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,15 +40,16 @@ use crate::config::tuning::{
     CLIENT_READ_ATTEMPT_LIMIT, CLIENT_TIMEOUT_MS, CLIENT_WRITE_ANSWER_GRACE,
 };
 use crate::config::ClientConfig;
+use crate::credentials;
 use crate::error::{Error, Result};
 use crate::net::tls::{self, connection_error};
 use crate::storage::PAIR_FRAMING_BYTES;
 use crate::wire::client::{
-    ClusterStatus, ReadConsistency, Request, Response, ResponseMeta, Topology, Write, WriteConcern,
-    WriteResult,
+    ClientRole, ClusterStatus, CredentialsRequest, ReadConsistency, Request, Response,
+    ResponseMeta, Secret, TokenInfo, Topology, UserInfo, Write, WriteConcern, WriteResult,
 };
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
-use crate::wire::message::{Epoch, Member, NodeId, RequestId};
+use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
 use crate::wire::CLIENT_ALPN;
 
 /// One page of a scan ([`Client::scan_page`]).
@@ -383,6 +387,21 @@ impl Client {
         self.session.lock().await.client_id
     }
 
+    /// Watches the committed changes of the keys under `prefix`, from log index `from` (after
+    /// what the serving node has applied when `None`), in index order. With `initial`, the values
+    /// under the prefix at one index come first, then every change after it. Any node serves it;
+    /// the stream resumes by itself on another node after a disconnect, a failover or a cut-off,
+    /// from the last index it delivered + 1 (see [`WatchStream`]).
+    pub fn watch(&self, prefix: &[u8], from: Option<LogIndex>, initial: bool) -> WatchStream {
+        WatchStream::new(
+            self.shared.clone(),
+            prefix.to_vec(),
+            from,
+            initial,
+            self.timeout,
+        )
+    }
+
     /// The options this client was made with.
     pub fn options(&self) -> &ClientOptions {
         &self.shared.options
@@ -536,6 +555,147 @@ impl Client {
         }
     }
 
+    // --- users and API tokens (admin role; served by the primary) ---
+
+    /// Adds user `name` with `role` and `password` (hashed by the primary, never stored in clear).
+    /// Refused if the name is taken; a retry of this same request is recognised.
+    pub async fn user_add(
+        &self,
+        name: &str,
+        role: ClientRole,
+        password: &str,
+    ) -> Result<WriteResult> {
+        let (name, password) = (name.to_string(), Secret(password.to_string()));
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserAdd {
+                request_id,
+                name: name.clone(),
+                role,
+                password: password.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Sets the password of user `name`.
+    pub async fn user_passwd(&self, name: &str, password: &str) -> Result<WriteResult> {
+        let (name, password) = (name.to_string(), Secret(password.to_string()));
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserPasswd {
+                request_id,
+                name: name.clone(),
+                password: password.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Removes user `name`.
+    pub async fn user_remove(&self, name: &str) -> Result<WriteResult> {
+        let name = name.to_string();
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::UserRemove {
+                request_id,
+                name: name.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Every user, by name.
+    pub async fn users(&self) -> Result<Vec<UserInfo>> {
+        match self
+            .primary_call(Request::Credentials(CredentialsRequest::UserList))
+            .await?
+        {
+            Response::Users(users) => Ok(users),
+            other => Err(unexpected("a list of users", &other)),
+        }
+    }
+
+    /// Makes an API token with `role`, valid for `ttl` (or until revoked), named `name`. The
+    /// token is drawn here and only its digest is sent: the returned token is the one and only
+    /// copy. Also returns the token's id, as `kvctl token list` shows it.
+    pub async fn token_create(
+        &self,
+        name: &str,
+        role: ClientRole,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String)> {
+        let token = credentials::new_token();
+        let digest = credentials::token_digest(&token);
+        let name = name.to_string();
+        let ttl_ms = ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::TokenCreate {
+                request_id,
+                digest,
+                name: name.clone(),
+                role,
+                ttl_ms,
+            })
+        })
+        .await?;
+        Ok((token, credentials::token_id(&digest)))
+    }
+
+    /// Every API token (never a secret), oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        match self
+            .primary_call(Request::Credentials(CredentialsRequest::TokenList))
+            .await?
+        {
+            Response::Tokens(tokens) => Ok(tokens),
+            other => Err(unexpected("a list of tokens", &other)),
+        }
+    }
+
+    /// Revokes the one token whose id starts with `token`, or whose name is `token`.
+    pub async fn token_revoke(&self, token: &str) -> Result<WriteResult> {
+        let token = token.to_string();
+        self.change_credentials(|request_id| {
+            Request::Credentials(CredentialsRequest::TokenRevoke {
+                request_id,
+                token: token.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Sends a change of users or tokens to the primary under a new request id of this session,
+    /// the same id on every attempt.
+    async fn change_credentials(
+        &self,
+        build: impl Fn(RequestId) -> Request,
+    ) -> Result<WriteResult> {
+        let request_id = self.next_request_id().await;
+        match self.primary_call(build(request_id)).await? {
+            Response::Written { result, .. } => Ok(result),
+            other => Err(unexpected("a write acknowledgement", &other)),
+        }
+    }
+
+    /// The id of this session's next write.
+    async fn next_request_id(&self) -> RequestId {
+        let mut session = self.session.lock().await;
+        session.last_sequence += 1;
+        RequestId {
+            client_id: session.client_id,
+            sequence: session.last_sequence,
+        }
+    }
+
+    /// Sends `request` to the primary (or the pinned node), following redirects until the
+    /// session's deadline.
+    async fn primary_call(&self, request: Request) -> Result<Response> {
+        let target = match &self.pinned {
+            Some(addr) => Target::Pinned(addr.clone()),
+            None => Target::Primary,
+        };
+        let deadline = Instant::now() + self.timeout;
+        self.call(target, deadline, |_| request.clone()).await
+    }
+
     /// The cluster's status from any reachable node, preferring the primary's view (it alone
     /// knows each member's lag and health).
     pub async fn status(&self) -> Result<ClusterStatus> {
@@ -649,14 +809,7 @@ impl Client {
     ) -> Result<(WriteResult, ResponseMeta)> {
         check_write_size(&write)?;
         let deadline = Instant::now() + timeout;
-        let request_id = {
-            let mut session = self.session.lock().await;
-            session.last_sequence += 1;
-            RequestId {
-                client_id: session.client_id,
-                sequence: session.last_sequence,
-            }
-        };
+        let request_id = self.next_request_id().await;
         let target = match &self.pinned {
             Some(addr) => Target::Pinned(addr.clone()),
             None => Target::Primary,
@@ -1180,7 +1333,7 @@ fn response_meta(response: &Response) -> Option<ResponseMeta> {
         | Response::Pairs { meta, .. }
         | Response::Written { meta, .. }
         | Response::Expiry { meta, .. } => Some(*meta),
-        Response::Status(_) | Response::Error(_) => None,
+        Response::Status(_) | Response::Error(_) | Response::Users(_) | Response::Tokens(_) => None,
     }
 }
 
@@ -1192,13 +1345,15 @@ fn unexpected(wanted: &str, got: &Response) -> Error {
         Response::Expiry { .. } => "an expiry",
         Response::Status(_) => "a status",
         Response::Error(_) => "an error",
+        Response::Users(_) => "a list of users",
+        Response::Tokens(_) => "a list of tokens",
     };
     Error::Protocol(format!("expected {wanted} from the node but got {kind}"))
 }
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it: every value kept
 /// behind these locks is valid after any single update.
-fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

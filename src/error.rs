@@ -97,6 +97,16 @@ pub enum Error {
     /// variants so that older peers still decode the others.
     #[error("authentication required: {0}")]
     Unauthenticated(String),
+
+    /// A watch asked for changes from an index the node's log no longer holds (compacted into the
+    /// state, as etcd answers `ErrCompacted`). `oldest` is the first index still available there.
+    #[error("compacted: the log starts at index {oldest}, after the requested index {requested}: watch from {oldest} or later (with --initial to start from the current values)")]
+    Compacted { requested: u64, oldest: u64 },
+
+    /// A watcher fell too far behind the changes it was sent (its client did not read them), and
+    /// the node cut it off rather than buffer more. Resume after the last index delivered.
+    #[error("the watcher lagged too far behind and was cut off: resume from index {next}")]
+    WatchLagging { next: u64 },
 }
 
 /// What kind of failure an [`Error`] is: what its callers decide from.
@@ -177,12 +187,13 @@ impl Error {
             Error::NotPrimary { .. }
             | Error::Unavailable(_)
             | Error::Network(_)
-            | Error::ShuttingDown => ErrorKind::Unavailable,
+            | Error::ShuttingDown
+            | Error::WatchLagging { .. } => ErrorKind::Unavailable,
             Error::WriteConcernNotMet { .. } => ErrorKind::WriteConcernNotMet,
             Error::Refused(_) | Error::Unauthenticated(_) => ErrorKind::Refused,
-            Error::InvalidRequest(_) | Error::WriteConcernImpossible { .. } => {
-                ErrorKind::InvalidRequest
-            }
+            Error::InvalidRequest(_)
+            | Error::WriteConcernImpossible { .. }
+            | Error::Compacted { .. } => ErrorKind::InvalidRequest,
             Error::Config(_) => ErrorKind::Config,
             Error::Storage(_) => ErrorKind::Storage,
             Error::Protocol(_) | Error::StaleRequest { .. } => ErrorKind::Protocol,
@@ -253,6 +264,11 @@ mod tests {
             },
             Error::Internal("?".into()),
             Error::Unauthenticated("no credentials".into()),
+            Error::Compacted {
+                requested: 1,
+                oldest: 5,
+            },
+            Error::WatchLagging { next: 7 },
         ]
     }
 
@@ -265,6 +281,7 @@ mod tests {
                     | Error::Unavailable(_)
                     | Error::Network(_)
                     | Error::ShuttingDown
+                    | Error::WatchLagging { .. }
             );
             assert_eq!(error.is_transient(), transient, "{error:?}");
         }
@@ -296,7 +313,8 @@ mod tests {
                 ErrorKind::Refused,
                 ErrorKind::InvalidRequest,
                 ErrorKind::Config,
-                ErrorKind::Refused
+                ErrorKind::Refused,
+                ErrorKind::InvalidRequest
             ]
         );
     }

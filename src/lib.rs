@@ -28,6 +28,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod credentials;
 pub mod error;
 pub mod metrics;
 pub mod net;

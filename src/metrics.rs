@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 
 use crate::core::Node;
 use crate::error::{Error, ErrorKind};
-use crate::wire::client::{ClusterStatus, Request, Response, Role, Write};
+use crate::wire::client::{ClusterStatus, CredentialsRequest, Request, Response, Role, Write};
 use crate::wire::message::{LogIndex, Message, MessageBody, NodeId};
 
 /// The `Content-Type` of [`Metrics::encode`]: Prometheus text format 0.0.4.
@@ -106,6 +106,7 @@ pub struct Metrics {
     pub peer_sent_bytes: Family<ToPeer, Counter>,
     pub peer_received_bytes: Family<FromPeer, Counter>,
     pub peer_sent_failures: Family<ToPeer, Counter>,
+    pub peer_round_trip_time: HistogramFamily<ToPeer>,
     pub snapshot_sent_chunks: Family<ToPeer, Counter>,
     pub snapshot_sent_bytes: Family<ToPeer, Counter>,
     pub snapshot_send_success: Family<ToPeer, Counter>,
@@ -148,6 +149,7 @@ impl Metrics {
             peer_sent_bytes: Family::default(),
             peer_received_bytes: Family::default(),
             peer_sent_failures: Family::default(),
+            peer_round_trip_time: Family::new_with_constructor(|| Histogram::new(disk_buckets())),
             snapshot_sent_chunks: Family::default(),
             snapshot_sent_bytes: Family::default(),
             snapshot_send_success: Family::default(),
@@ -257,6 +259,12 @@ impl Metrics {
             "peer_sent_failures",
             "Peer messages dropped before sending (queue full or no link)",
             self.peer_sent_failures.clone(),
+        );
+        network.register(
+            "peer_round_trip_time_seconds",
+            "Round-trip time to each peer: the QUIC connection's smoothed estimate, sampled once \
+             a second while the link is up",
+            self.peer_round_trip_time.clone(),
         );
         network.register(
             "snapshot_sent_chunks",
@@ -374,6 +382,13 @@ impl Metrics {
         }
     }
 
+    /// Records one sample of the round-trip time to `to`.
+    pub fn observe_peer_round_trip(&self, to: NodeId, round_trip: Duration) {
+        self.peer_round_trip_time
+            .get_or_create(&ToPeer { To: to })
+            .observe(round_trip.as_secs_f64());
+    }
+
     /// Counts a peer message of `bytes` framed bytes read from `from`.
     pub fn observe_peer_received(&self, from: NodeId, message: &Message, bytes: usize) {
         let label = FromPeer { From: from };
@@ -440,6 +455,16 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::AddMember { .. } => "add_member",
         Request::RemoveMember { .. } => "remove_member",
+        Request::Credentials(request) => match request {
+            CredentialsRequest::UserAdd { .. } => "user_add",
+            CredentialsRequest::UserPasswd { .. } => "user_passwd",
+            CredentialsRequest::UserRemove { .. } => "user_remove",
+            CredentialsRequest::UserList => "user_list",
+            CredentialsRequest::TokenCreate { .. } => "token_create",
+            CredentialsRequest::TokenList => "token_list",
+            CredentialsRequest::TokenRevoke { .. } => "token_revoke",
+        },
+        Request::Watch { .. } => "watch",
     }
 }
 

@@ -18,7 +18,7 @@ use replikv::wire::client::{ReadConsistency, Request, Write, WriteConcern};
 use replikv::wire::frame::{encode, MAX_PEER_FRAME_BYTES};
 use replikv::wire::message::{
     Entry, ExpiredSession, Member, Membership, Message, MessageBody, Operation, Rank, RequestId,
-    Session, SnapshotFinish, WriteResult,
+    Session, SnapshotFinish, SnapshotPosition, StagedSnapshot, WriteResult,
 };
 
 /// A fuzz entry point.
@@ -134,7 +134,17 @@ fn write_seed_corpus() {
         MessageBody::StaleEpoch,
         MessageBody::SnapshotAck {
             transfer: 1,
-            sequence: 0,
+            next_sequence: 0,
+        },
+        MessageBody::SnapshotOffer { transfer: 2 },
+        MessageBody::SnapshotStaged {
+            transfer: 2,
+            staged: Some(StagedSnapshot {
+                begin_index: 40,
+                position: SnapshotPosition::State {
+                    after: Some(b"key".to_vec()),
+                },
+            }),
         },
         MessageBody::Append {
             base_index: 42,
@@ -154,6 +164,9 @@ fn write_seed_corpus() {
         MessageBody::SnapshotChunk {
             transfer: 1,
             sequence: 2,
+            begin_index: 40,
+            discard_staged: false,
+            position: SnapshotPosition::Sessions { after: Some(7) },
             pairs: vec![
                 (b"key".to_vec(), Some(b"value".to_vec())),
                 (b"gone".to_vec(), None),

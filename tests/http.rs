@@ -404,6 +404,21 @@ async fn every_endpoint_and_error_kind_over_https() {
             &sent_to_backup
         ) > 0.0
     );
+    // The link to the backup sampled its round-trip time (etcd's peer_round_trip_time_seconds).
+    assert!(
+        value(
+            &after,
+            "replikv_network_peer_round_trip_time_seconds_count",
+            &sent_to_backup
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &after,
+            "replikv_network_peer_round_trip_time_seconds_sum",
+            &sent_to_backup
+        ) > 0.0
+    );
 
     // A write concern that cannot be met: with one backup down, w=3 times out with 504 and says
     // how many acknowledged.
@@ -496,6 +511,20 @@ async fn the_curl_line_kvnode_dev_prints_works() {
         printed.starts_with("{\"") && printed.ends_with("}1"),
         "{printed}"
     );
+    // The line carries the admin token: without it, the same URL is refused.
+    let url = curl_line.split_whitespace().last().unwrap();
+    let anonymous = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401", "{url}");
     // SIGTERM: kvnode dev stops its nodes.
     let _ = Command::new("kill").arg(dev.id().to_string()).status();
     let _ = dev.wait();

@@ -1,11 +1,14 @@
 //! The RESP door against real `kvnode` processes: `redis-cli` and `redis-benchmark` (Debian's
-//! `redis-tools`) and the `redis` crate, on a 3-node cluster whose RESP doors serve callers
-//! without credentials as `readwrite`.
+//! `redis-tools`) and the `redis` crate, on a 3-node cluster whose RESP doors serve only
+//! authenticated callers: every client authenticates as a `readwrite` user.
 //!
 //! The Redis tools must be installed (`apt-get install redis-tools`): a test that needs one fails
 //! when it is missing under `CI=true`, and elsewhere says it skips.
 //!
-//! Address blocks: 127.0.0.181-189, ports 24181-24193.
+//! Python's `redis` package (PyPI) runs `tests/python/redis_client.py`; under `CI=true` a missing
+//! package fails the test (`.ci/run` installs it).
+//!
+//! Address blocks: 127.0.0.181-189, ports 24181-24193; 127.0.0.241-246, ports 25450-25463.
 
 mod common;
 
@@ -47,6 +50,13 @@ async fn redis_cli(addr: &str, extra: &[&str], script: &str) -> String {
     let (host, port) = host_port(addr);
     let mut child = tokio::process::Command::new("redis-cli")
         .args(["-h", &host, "-p", &port])
+        .args([
+            "--user",
+            RESP_USER,
+            "--pass",
+            RESP_PASSWORD,
+            "--no-auth-warning",
+        ])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -72,10 +82,26 @@ async fn redis_cli(addr: &str, extra: &[&str], script: &str) -> String {
     stdout
 }
 
-/// A 3-node cluster with RESP doors, its primary's id, and a backup's id.
+/// The user every RESP client of these tests authenticates as (role readwrite).
+const RESP_USER: &str = "resp-tester";
+const RESP_PASSWORD: &str = "resp-tester-password";
+
+/// A 3-node cluster with RESP doors that serve only authenticated callers and the user
+/// [`RESP_USER`], its primary's id, and a backup's id.
 async fn cluster(first_ip: u8, client_port: u16) -> (Cluster, NodeId, NodeId) {
-    let cluster = Cluster::start(ClusterSpec::new(3, first_ip, client_port).with_resp());
+    let cluster =
+        Cluster::start(ClusterSpec::new(3, first_ip, client_port).with_authenticated_resp());
     let (primary, _) = cluster.wait_for_primary().await;
+    let admin = cluster.client(common::ADMIN_CLIENT);
+    admin
+        .user_add(
+            RESP_USER,
+            replikv::wire::client::ClientRole::ReadWrite,
+            RESP_PASSWORD,
+        )
+        .await
+        .expect("add the RESP user");
+    admin.close().await;
     let backup = (1..=3).find(|&id| id != primary).expect("a backup");
     (cluster, primary, backup)
 }
@@ -97,10 +123,12 @@ async fn redis_cli_scripts_run_against_a_backup() {
     assert_eq!(output, expected);
 
     // Redis's own texts for what is wrong or missing.
+    // A refused MULTI refuses what follows it up to EXEC, so no part of the transaction runs.
     let output = redis_cli(
         &addr,
         &[],
-        "GET\nNOSUCHCOMMAND a b\nMULTI\nEXEC\nSETEX k 10 v\n",
+        "GET\nNOSUCHCOMMAND a b\nMULTI\nSET inside-multi yes\nEXEC\nEXEC\nSETEX k 10 v\n\
+         EXISTS inside-multi\n",
     )
     .await;
     let lines: Vec<&str> = output.lines().filter(|line| !line.is_empty()).collect();
@@ -113,10 +141,22 @@ async fn redis_cli_scripts_run_against_a_backup() {
         lines[2].starts_with("ERR MULTI is not supported"),
         "{output}"
     );
-    assert_eq!(lines[3], "ERR EXEC without MULTI");
     assert!(
-        lines[4].starts_with("ERR 'SETEX' is not supported yet"),
+        lines[3].starts_with("ERR SET refused: it follows a MULTI"),
         "{output}"
+    );
+    assert_eq!(
+        lines[4],
+        "EXECABORT Transaction discarded because of previous errors."
+    );
+    assert_eq!(lines[5], "ERR EXEC without MULTI");
+    assert!(
+        lines[6].starts_with("ERR 'SETEX' is not supported yet"),
+        "{output}"
+    );
+    assert_eq!(
+        lines[7], "0",
+        "the SET inside the refused MULTI ran: {output}"
     );
 
     // The write sent to the backup reached the primary: the QUIC client reads it there.
@@ -139,7 +179,10 @@ async fn redis_cli_scripts_run_against_a_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
     let (cluster, primary, backup) = cluster(184, 24184).await;
-    let backup_url = format!("redis://{}/", cluster.spec.resp_addr(backup));
+    let backup_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(backup)
+    );
     let redis_client = redis::Client::open(backup_url.as_str()).expect("a redis client");
     let mut backup_connection = redis_client
         .get_multiplexed_async_connection()
@@ -153,7 +196,10 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
         .query_async(&mut backup_connection)
         .await
         .expect("SET through a backup");
-    let primary_url = format!("redis://{}/", cluster.spec.resp_addr(primary));
+    let primary_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(primary)
+    );
     let mut primary_connection = redis::Client::open(primary_url.as_str())
         .expect("a redis client")
         .get_multiplexed_async_connection()
@@ -187,6 +233,10 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
         refused.to_string().contains("MULTI is not supported"),
         "{refused}"
     );
+    let () = redis::cmd("DISCARD")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("DISCARD ends the refused MULTI");
     let unknown = redis::cmd("FLUSHALL")
         .query_async::<()>(&mut backup_connection)
         .await
@@ -296,7 +346,10 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
     assert_eq!(stale.as_deref(), Some("1"));
 
     // RESP3: HELLO 3 answers a map, and nulls are RESP3 nulls.
-    let resp3_url = format!("redis://{}/?protocol=resp3", cluster.spec.resp_addr(backup));
+    let resp3_url = format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/?protocol=resp3",
+        cluster.spec.resp_addr(backup)
+    );
     let mut resp3 = redis::Client::open(resp3_url.as_str())
         .expect("a RESP3 client")
         .get_multiplexed_async_connection()
@@ -326,7 +379,16 @@ async fn redis_benchmark_completes_without_errors_against_a_backup() {
     let output = tokio::time::timeout(
         Duration::from_secs(300),
         tokio::process::Command::new("redis-benchmark")
-            .args(["-h", &host, "-p", &port])
+            .args([
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "--user",
+                RESP_USER,
+                "-a",
+                RESP_PASSWORD,
+            ])
             .args(["-t", "ping,set,get", "-n", "20000", "-c", "20", "-q"])
             .stdin(Stdio::null())
             .output(),
@@ -354,4 +416,177 @@ async fn redis_benchmark_completes_without_errors_against_a_backup() {
     let combined = format!("{stdout}\n{stderr}").to_ascii_lowercase();
     assert!(!combined.contains("error"), "{stdout}\n{stderr}");
     eprintln!("{stdout}");
+}
+
+/// Whether `python3` can import the `redis` package; under `CI=true` a missing one fails the test.
+fn have_python_redis() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import redis"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    assert!(
+        !ci,
+        "CI=true, and Python's redis package is missing: `python3 -m pip install redis` (.ci/run does)"
+    );
+    eprintln!("skipping: Python's redis package is not installed (python3 -m pip install redis)");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_redis_package_works_against_a_backup() {
+    if !have_python_redis() {
+        return;
+    }
+    let (cluster, _, backup) = cluster(241, 25450).await;
+    let (host, port) = host_port(&cluster.spec.resp_addr(backup));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/redis_client.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .args([script, &host, &port])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python client failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+}
+
+/// Unique keys written through one RESP door until `stop`: the ones acknowledged, and when.
+async fn write_unique_keys(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, std::time::Instant)> {
+    let mut acknowledged = Vec::new();
+    let mut connection = None;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if connection.is_none() {
+            let client = redis::Client::open(format!("redis://{addr}")).expect("a redis client");
+            connection = client.get_multiplexed_async_connection().await.ok();
+            if connection.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let Some(open) = connection.as_mut() else {
+            continue;
+        };
+        n += 1;
+        let key = format!("unique/{n:08}");
+        let written = tokio::time::timeout(
+            Duration::from_secs(10),
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(n)
+                .query_async::<String>(open),
+        )
+        .await;
+        match written {
+            Ok(Ok(status)) if status == "OK" => acknowledged.push((key, std::time::Instant::now())),
+            // Indeterminate: the write may or may not be applied; only acknowledged ones count.
+            _ => connection = None,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_against_a_backup_finishes_through_a_failover() {
+    if !have("redis-benchmark") {
+        return;
+    }
+    let (mut cluster, primary, backup) = cluster(244, 25460).await;
+    let resp_addr = cluster.spec.resp_addr(backup);
+    let (host, port) = host_port(&resp_addr);
+    let mut benchmark = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", &host, "-p", &port])
+        // -r spreads the keys. redis-benchmark exits non-zero on the first error answer.
+        .args(["-t", "set", "-n", "60000", "-c", "20", "-r", "100000", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start redis-benchmark");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(write_unique_keys(resp_addr.clone(), stop.clone()));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        benchmark
+            .try_wait()
+            .expect("poll redis-benchmark")
+            .is_none(),
+        "redis-benchmark ended before the failover: make it longer"
+    );
+    cluster.kill(primary);
+    let killed_at = std::time::Instant::now();
+
+    let output = tokio::time::timeout(Duration::from_secs(300), benchmark.wait_with_output())
+        .await
+        .expect("redis-benchmark finishes through the failover")
+        .expect("redis-benchmark runs");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.expect("the unique-key writer");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "redis-benchmark failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout
+            .split(['\r', '\n'])
+            .any(|line| line.starts_with("SET: ") && line.contains("requests per second")),
+        "no SET result:\n{stdout}\n{stderr}"
+    );
+    let combined = format!("{stdout}\n{stderr}").to_ascii_lowercase();
+    assert!(!combined.contains("error"), "{stdout}\n{stderr}");
+
+    // The new primary holds every key the second client was told was written.
+    let (new_primary, _) = cluster.wait_for_primary().await;
+    assert_ne!(new_primary, primary, "the killed node cannot lead");
+    let after_kill = acknowledged
+        .iter()
+        .filter(|(_, at)| *at > killed_at)
+        .count();
+    assert!(
+        after_kill > 0,
+        "no write was acknowledged after the kill ({} before)",
+        acknowledged.len()
+    );
+    let client = cluster.client(READWRITE_CLIENT);
+    for (key, _) in &acknowledged {
+        let (value, _) = client
+            .get(key, ReadConsistency::Linearizable)
+            .await
+            .expect("read back an acknowledged key");
+        let n: u64 = key["unique/".len()..].parse().expect("the key's number");
+        assert_eq!(
+            value.as_deref(),
+            Some(n.to_string().as_bytes()),
+            "acknowledged write {key} lost"
+        );
+    }
+    eprintln!(
+        "{} unique writes acknowledged, {after_kill} after the kill of node {primary}; every one \
+         read back from node {new_primary}\n{stdout}",
+        acknowledged.len()
+    );
 }

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use replikv::core::{FlushTicket, Node, Options, Output, Timestamp};
+use replikv::core::{FlushTicket, Node, Options, Output, SnapshotCounters, Timestamp};
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
 use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
@@ -191,6 +191,8 @@ struct Simulation {
     /// Clients write and read keys `k0 .. k{keys - 1}` (an `i32`, the type this draw always had,
     /// so that the histories of a seed stay the same).
     keys: i32,
+    /// Snapshot transfer counts of the node incarnations that crashed.
+    retired_snapshot_counters: Vec<SnapshotCounters>,
 }
 
 /// One client session: a client id, its write sequence, and its operations in flight.
@@ -317,6 +319,7 @@ impl Simulation {
             clock_drift_ppm,
             clock_rng,
             keys: 8,
+            retired_snapshot_counters: Vec::new(),
         }
     }
 
@@ -514,6 +517,32 @@ impl Simulation {
             self.step(true);
         }
         self.settle();
+        let counters = self.snapshot_counters();
+        println!(
+            "seed {}: {} entries committed; snapshot transfers offered {}, started from scratch \
+             {}, resumed {}, completed {}; chunks sent {}; snapshots installed {}",
+            self.seed,
+            self.committed.len(),
+            counters.offered,
+            counters.started_from_scratch,
+            counters.resumed,
+            counters.completed,
+            counters.chunks_sent,
+            counters.installed
+        );
+    }
+
+    /// The snapshot transfer counts of every node incarnation of this history, summed.
+    fn snapshot_counters(&self) -> SnapshotCounters {
+        let live = self
+            .nodes
+            .values()
+            .filter_map(|sim| sim.node.as_ref().map(Node::snapshot_counters));
+        let mut total = SnapshotCounters::default();
+        for counters in self.retired_snapshot_counters.iter().copied().chain(live) {
+            total += counters;
+        }
+        total
     }
 
     /// Heals every fault, stops the load, waits for the cluster to converge, and checks the end
@@ -840,11 +869,12 @@ impl Simulation {
         if sim.node.is_none() {
             return;
         }
-        sim.node = None;
+        let retired = sim.node.take().map(|node| node.snapshot_counters());
         sim.flush = None;
         // The disk wrote some prefix of its queue, maybe nothing.
         sim.storage.crash_keeping(keep);
         sim.restart_at = Some(self.now + self.rng.gen_range(self.faults.outage_ms.clone()));
+        self.retired_snapshot_counters.extend(retired);
         // Requests in flight at the crashed node are indeterminate; their clients retry.
         let lost: Vec<(NodeId, u64)> = self
             .pending

@@ -1,32 +1,18 @@
 //! A minimal etcd v3 client over the JSON gateway that etcd 3.4 serves on its client port
-//! (`POST /v3/kv/put`, `/v3/kv/range`, `/v3/maintenance/status`; keys and values in base64):
-//! plain HTTP/1.1 with keep-alive, one connection per worker, one request in flight.
-//!
-//! Hand-written rather than a general HTTP client so that the generator adds little CPU of its
-//! own and needs no new dependency; it understands exactly what the gateway sends (a status
-//! line, headers, a body framed by `Content-Length` or chunked) and bounds every length it reads.
-//! A `Connection: close` from the server makes the next request reconnect.
+//! (`POST /v3/kv/put`, `/v3/kv/range`, `/v3/maintenance/status`; keys and values in base64), on
+//! the generator's own HTTP/1.1 connection ([`crate::http`]).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde::Deserialize;
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use replikv::{Error, Result};
 
-use crate::resp::{network, read_line, MAX_BULK_BYTES};
+use crate::http::HttpConnection;
 
-/// Most header lines of one response.
-const MAX_HEADERS: usize = 100;
-
-/// One connection to an etcd member's client port (`host:port`).
+/// One connection to an etcd member's client port.
 pub struct EtcdConnection {
-    addr: String,
-    reader: Option<BufReader<TcpStream>>,
-    out: Vec<u8>,
-    line: Vec<u8>,
-    body: Vec<u8>,
+    http: HttpConnection,
 }
 
 /// The part of a range response the comparison reads.
@@ -52,24 +38,8 @@ struct StatusHeader {
 
 impl EtcdConnection {
     pub async fn connect(addr: &str) -> Result<EtcdConnection> {
-        let mut connection = EtcdConnection {
-            addr: addr.to_string(),
-            reader: None,
-            out: Vec::with_capacity(512),
-            line: Vec::with_capacity(128),
-            body: Vec::with_capacity(512),
-        };
-        connection.reconnect().await?;
-        Ok(connection)
-    }
-
-    async fn reconnect(&mut self) -> Result<()> {
-        let stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|err| Error::Network(format!("cannot connect to {}: {err}", self.addr)))?;
-        stream.set_nodelay(true).map_err(network)?;
-        self.reader = Some(BufReader::new(stream));
-        Ok(())
+        let http = HttpConnection::connect(addr, None).await?;
+        Ok(EtcdConnection { http })
     }
 
     /// `put key value`: acknowledged by etcd once committed by a majority (Raft).
@@ -101,161 +71,18 @@ impl EtcdConnection {
 
     /// Sends one POST with a JSON body; the response body, if the status is 200.
     async fn post(&mut self, path: &str, json: &[u8]) -> Result<&[u8]> {
-        if self.reader.is_none() {
-            self.reconnect().await?;
-        }
-        self.out.clear();
-        self.out.extend_from_slice(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                self.addr,
-                json.len()
-            )
-            .as_bytes(),
-        );
-        self.out.extend_from_slice(json);
-        let Some(reader) = self.reader.as_mut() else {
-            return Err(Error::Network("not connected".into()));
-        };
-        let outcome = exchange(reader, &self.out, &mut self.line, &mut self.body).await;
-        match outcome {
-            Ok(response) => {
-                if response.close {
-                    self.reader = None;
-                }
-                if response.status == 200 {
-                    Ok(self.body.as_slice())
-                } else {
-                    Err(Error::Unavailable(format!(
-                        "etcd answered {} to {path}: {}",
-                        response.status,
-                        String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
-                    )))
-                }
-            }
-            Err(error) => {
-                // The stream may be half-way through a response: start afresh next time.
-                self.reader = None;
-                Err(error)
-            }
+        match self
+            .http
+            .request("POST", path, "application/json", json)
+            .await?
+        {
+            (200, body) => Ok(body),
+            (status, body) => Err(Error::Unavailable(format!(
+                "etcd answered {status} to {path}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))),
         }
     }
-}
-
-/// What a response said besides its body.
-#[derive(Debug, PartialEq, Eq)]
-struct ResponseHead {
-    status: u16,
-    /// The server will close the connection after this response.
-    close: bool,
-}
-
-/// Writes `request`, reads one response into `body`.
-async fn exchange(
-    reader: &mut BufReader<TcpStream>,
-    request: &[u8],
-    line: &mut Vec<u8>,
-    body: &mut Vec<u8>,
-) -> Result<ResponseHead> {
-    reader.get_mut().write_all(request).await.map_err(network)?;
-    read_response(reader, line, body).await
-}
-
-/// Reads one HTTP/1.1 response: status line, headers, and a body framed by `Content-Length` or
-/// chunked transfer coding (the two the gateway uses).
-async fn read_response<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    line: &mut Vec<u8>,
-    body: &mut Vec<u8>,
-) -> Result<ResponseHead> {
-    read_line(reader, line).await?;
-    let status = parse_status_line(line)?;
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut close = false;
-    let mut headers = 0;
-    loop {
-        read_line(reader, line).await?;
-        if line.is_empty() {
-            break;
-        }
-        headers += 1;
-        if headers > MAX_HEADERS {
-            return Err(Error::Protocol("too many response headers".into()));
-        }
-        let text = String::from_utf8_lossy(line);
-        let Some((name, value)) = text.split_once(':') else {
-            return Err(Error::Protocol(format!("bad header line {text:?}")));
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(parse_length(value, 10)?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    body.clear();
-    if chunked {
-        loop {
-            read_line(reader, line).await?;
-            let size_text = String::from_utf8_lossy(line);
-            let size_text = size_text.split(';').next().unwrap_or_default();
-            let size = parse_length(size_text.trim(), 16)?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                loop {
-                    read_line(reader, line).await?;
-                    if line.is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            if body.len() + size > MAX_BULK_BYTES {
-                return Err(Error::Protocol("response body too large".into()));
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader
-                .read_exact(&mut body[start..])
-                .await
-                .map_err(network)?;
-            read_line(reader, line).await?;
-            if !line.is_empty() {
-                return Err(Error::Protocol("a chunk does not end in CRLF".into()));
-            }
-        }
-    } else {
-        let length = content_length.ok_or_else(|| {
-            Error::Protocol("a response with neither Content-Length nor chunks".into())
-        })?;
-        if length > MAX_BULK_BYTES {
-            return Err(Error::Protocol("response body too large".into()));
-        }
-        body.resize(length, 0);
-        reader.read_exact(body).await.map_err(network)?;
-    }
-    Ok(ResponseHead { status, close })
-}
-
-/// The status code of `HTTP/1.1 200 OK`.
-fn parse_status_line(line: &[u8]) -> Result<u16> {
-    let text = String::from_utf8_lossy(line);
-    let mut parts = text.split(' ');
-    match (
-        parts.next(),
-        parts.next().and_then(|code| code.parse().ok()),
-    ) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => Ok(code),
-        _ => Err(Error::Protocol(format!("bad status line {text:?}"))),
-    }
-}
-
-fn parse_length(text: &str, radix: u32) -> Result<usize> {
-    usize::from_str_radix(text, radix)
-        .map_err(|_| Error::Protocol(format!("bad length {text:?} in a response")))
 }
 
 /// `value` in base64, as the gateway wants it (computed once per worker, not per request).
@@ -266,68 +93,6 @@ pub fn encode_value(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn parse(bytes: &[u8]) -> Result<(ResponseHead, Vec<u8>)> {
-        let mut reader = BufReader::new(bytes);
-        let mut body = Vec::new();
-        let head = read_response(&mut reader, &mut Vec::new(), &mut body).await?;
-        Ok((head, body))
-    }
-
-    #[tokio::test]
-    async fn a_content_length_body_is_read_exactly() {
-        let (head, body) =
-            parse(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}extra")
-                .await
-                .unwrap();
-        assert_eq!(
-            head,
-            ResponseHead {
-                status: 200,
-                close: false
-            }
-        );
-        assert_eq!(body, b"{}");
-    }
-
-    #[tokio::test]
-    async fn a_chunked_body_is_reassembled() {
-        let (head, body) = parse(
-            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            head,
-            ResponseHead {
-                status: 503,
-                close: true
-            }
-        );
-        assert_eq!(body, b"abcde");
-    }
-
-    #[tokio::test]
-    async fn malformed_responses_are_errors_not_panics() {
-        for bytes in [
-            &b""[..],
-            b"SMTP 200\r\n\r\n",
-            b"HTTP/1.1 abc OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
-        ] {
-            assert!(
-                parse(bytes).await.is_err(),
-                "{:?} parsed",
-                String::from_utf8_lossy(bytes)
-            );
-        }
-    }
 
     #[test]
     fn range_and_status_bodies_decode() {

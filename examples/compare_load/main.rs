@@ -12,6 +12,7 @@
 //! push. See `docs/BENCHMARKS.md`, "Side by side with Redis and etcd".
 
 mod etcd;
+mod http;
 mod measure;
 mod noop;
 mod report;
@@ -32,7 +33,7 @@ use replikv::{Error, ErrorKind, Result, WriteConcern};
 
 use crate::etcd::EtcdConnection;
 use crate::measure::{measure, open_connections, Measurement, Shape};
-use crate::report::{render, render_ceiling, render_cpu, summarize, Record};
+use crate::report::{render, render_ceiling, render_cpu, render_doors, summarize, Record};
 use crate::systems::{
     key_name, step_for, Connection, Endpoint, RedisPlan, Step, System, Value, Workload,
 };
@@ -62,7 +63,7 @@ enum Command {
     },
 }
 
-#[derive(Args, Debug, Serialize)]
+#[derive(Args, Clone, Debug, Serialize)]
 struct RunArgs {
     /// Systems to drive (each needs its address below).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [System::Replikv, System::Redis, System::Etcd])]
@@ -94,6 +95,21 @@ struct RunArgs {
     /// replikv's client configuration (`client.toml` of `kvnode dev`).
     #[arg(long)]
     replikv_config: Option<PathBuf>,
+    /// `host:port` of every replikv node's HTTP door, in node id order (plain HTTP, as `kvnode dev`
+    /// serves it); the primary's is driven.
+    #[arg(long, value_delimiter = ',')]
+    replikv_http: Vec<String>,
+    /// The `Authorization` header the HTTP door's requests carry, if any (`Bearer <token>`).
+    #[arg(long)]
+    #[serde(skip)]
+    replikv_http_authorization: Option<String>,
+    /// `host:port` of every replikv node's RESP door, in node id order; the primary's is driven.
+    #[arg(long, value_delimiter = ',')]
+    replikv_resp: Vec<String>,
+    /// `USER:PASSWORD` each RESP connection to replikv sends in `AUTH`, if any.
+    #[arg(long)]
+    #[serde(skip)]
+    replikv_resp_auth: Option<String>,
     /// Pids of the replikv nodes, for CPU per operation.
     #[arg(long, value_delimiter = ',')]
     replikv_pids: Vec<u32>,
@@ -152,12 +168,25 @@ impl RunArgs {
         if self.timeout_ms == 0 {
             return invalid("--timeout-ms must be positive".into());
         }
+        if self
+            .replikv_resp_auth
+            .as_deref()
+            .is_some_and(|auth| !auth.contains(':'))
+        {
+            return invalid("--replikv-resp-auth must be USER:PASSWORD".into());
+        }
         for system in &self.systems {
             let missing = match system {
                 System::Replikv => self.replikv_config.is_none().then_some("--replikv-config"),
                 System::Redis => self.redis.is_none().then_some("--redis"),
                 System::Etcd => self.etcd.is_empty().then_some("--etcd"),
                 System::NoopResp | System::NoopHttp => self.noop.is_none().then_some("--noop"),
+                System::ReplikvHttp if self.replikv_http.is_empty() => Some("--replikv-http"),
+                System::ReplikvResp if self.replikv_resp.is_empty() => Some("--replikv-resp"),
+                // The doors' primary is found through the QUIC client.
+                System::ReplikvHttp | System::ReplikvResp => {
+                    self.replikv_config.is_none().then_some("--replikv-config")
+                }
             };
             if let Some(flag) = missing {
                 return invalid(format!("{system} is to be driven but {flag} is not given"));
@@ -191,7 +220,7 @@ impl RunArgs {
 
     fn pids(&self, system: System) -> &[u32] {
         match system {
-            System::Replikv => &self.replikv_pids,
+            System::Replikv | System::ReplikvHttp | System::ReplikvResp => &self.replikv_pids,
             System::Redis => &self.redis_pids,
             System::Etcd => &self.etcd_pids,
             System::NoopResp | System::NoopHttp => &self.noop_pids,
@@ -284,6 +313,13 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     println!();
     println!("{}", render(&summaries, &args.workloads));
+    if args
+        .systems
+        .iter()
+        .any(|system| matches!(system, System::ReplikvHttp | System::ReplikvResp))
+    {
+        println!("{}", render_doors(&summaries, &args.workloads));
+    }
     println!("{}", render_cpu(&summaries));
     if args.noop.is_some() {
         println!("{}", render_ceiling(&summaries, &args.workloads));
@@ -343,29 +379,44 @@ async fn measure_one(args: &RunArgs, workload: Workload, system: System) -> Resu
             client.close().await;
             measured
         }
-        System::Redis | System::NoopResp | System::Etcd | System::NoopHttp => {
+        System::Redis
+        | System::NoopResp
+        | System::Etcd
+        | System::NoopHttp
+        | System::ReplikvHttp
+        | System::ReplikvResp => {
             let addr = tcp_target(args, system).await?;
-            let endpoint = if matches!(system, System::Redis | System::NoopResp) {
-                Endpoint::Resp(&addr)
-            } else {
-                Endpoint::Http(&addr)
-            };
-            let connections = open_connections(&endpoint, shape.clients, shape.key_space).await?;
-            let is_resp = matches!(endpoint, Endpoint::Resp(_));
-            let reopen_addr = addr.clone();
+            let connections = open_connections(
+                &tcp_endpoint(system, &addr, args),
+                shape.clients,
+                shape.key_space,
+            )
+            .await?;
+            let reopen_args = args.clone();
             Ok(measure(connections, step, shape, pids, move || {
-                let addr = reopen_addr.clone();
-                async move {
-                    let endpoint = if is_resp {
-                        Endpoint::Resp(&addr)
-                    } else {
-                        Endpoint::Http(&addr)
-                    };
-                    Connection::open(&endpoint).await
-                }
+                let (addr, args) = (addr.clone(), reopen_args.clone());
+                async move { Connection::open(&tcp_endpoint(system, &addr, &args)).await }
             })
             .await)
         }
+    }
+}
+
+/// How `system`, reached over TCP at `addr`, is spoken to (with the credentials `args` give
+/// replikv's doors).
+fn tcp_endpoint<'a>(system: System, addr: &'a str, args: &'a RunArgs) -> Endpoint<'a> {
+    match system {
+        System::Redis | System::NoopResp => Endpoint::Resp(addr),
+        System::ReplikvResp => Endpoint::ReplikvResp(
+            addr,
+            args.replikv_resp_auth
+                .as_deref()
+                .and_then(|auth| auth.split_once(':')),
+        ),
+        System::ReplikvHttp => {
+            Endpoint::ReplikvHttp(addr, args.replikv_http_authorization.as_deref())
+        }
+        System::Etcd | System::NoopHttp | System::Replikv => Endpoint::Http(addr),
     }
 }
 
@@ -386,10 +437,27 @@ async fn tcp_target(args: &RunArgs, system: System) -> Result<String> {
         System::Redis => args.redis.clone().ok_or_else(|| missing("--redis")),
         System::NoopResp | System::NoopHttp => args.noop.clone().ok_or_else(|| missing("--noop")),
         System::Etcd => etcd_leader(&args.etcd).await,
+        System::ReplikvHttp => replikv_primary_door(args, &args.replikv_http).await,
+        System::ReplikvResp => replikv_primary_door(args, &args.replikv_resp).await,
         System::Replikv => Err(Error::InvalidRequest(
             "replikv is not driven over TCP".into(),
         )),
     }
+}
+
+/// The door of replikv's primary among `doors` (in node id order), as the QUIC client finds it.
+async fn replikv_primary_door(args: &RunArgs, doors: &[String]) -> Result<String> {
+    let client = replikv_client(args).await?;
+    let status = client.status().await;
+    client.close().await;
+    let primary = status?
+        .primary
+        .ok_or_else(|| Error::Unavailable("replikv has no primary".into()))?;
+    usize::try_from(primary)
+        .ok()
+        .and_then(|id| doors.get(id.checked_sub(1)?))
+        .cloned()
+        .ok_or_else(|| Error::Config(format!("no door given for node {primary} in {doors:?}")))
 }
 
 /// The member of `members` that reports itself the leader.
@@ -417,8 +485,9 @@ async fn etcd_leader(members: &[String]) -> Result<String> {
 async fn prefill(args: &RunArgs, system: System) -> Result<()> {
     let step = match system {
         System::Replikv => Step::ReplikvPut(WriteConcern::Majority),
-        System::Redis | System::NoopResp => Step::RedisSet(None),
+        System::Redis | System::NoopResp | System::ReplikvResp => Step::RedisSet(None),
         System::Etcd | System::NoopHttp => Step::EtcdPut,
+        System::ReplikvHttp => Step::HttpPut(WriteConcern::Majority),
     };
     let started = std::time::Instant::now();
     let client = match system {
@@ -429,10 +498,9 @@ async fn prefill(args: &RunArgs, system: System) -> Result<()> {
         System::Replikv => String::new(),
         _ => tcp_target(args, system).await?,
     };
-    let endpoint = match (&client, system) {
-        (Some(client), _) => Endpoint::Replikv(client),
-        (None, System::Redis | System::NoopResp) => Endpoint::Resp(&addr),
-        (None, _) => Endpoint::Http(&addr),
+    let endpoint = match &client {
+        Some(client) => Endpoint::Replikv(client),
+        None => tcp_endpoint(system, &addr, args),
     };
     let connections = open_connections(&endpoint, args.clients, args.key_space).await?;
     let stride = connections.len() as u64;

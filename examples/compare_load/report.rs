@@ -270,6 +270,45 @@ pub fn render(summaries: &BTreeMap<(Workload, System), Summary>, workloads: &[Wo
     out
 }
 
+/// replikv's three doors side by side, from the same run: the QUIC client, the HTTP door and the
+/// RESP door, each with its throughput relative to QUIC's (every door reaches the same request
+/// path; the difference is the protocol and its client).
+pub fn render_doors(
+    summaries: &BTreeMap<(Workload, System), Summary>,
+    workloads: &[Workload],
+) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| workload | replikv, QUIC client | HTTP door | HTTP ÷ QUIC | RESP door | RESP ÷ QUIC |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|\n");
+    for &workload in workloads {
+        let get = |system| summaries.get(&(workload, system));
+        let quic = get(System::Replikv);
+        let relative = |door: Option<&Summary>| match (door, quic) {
+            (Some(door), Some(quic)) if compares_latency(workload) && door.p50_ms > 0.0 => {
+                format!("p50 {:.2}×", door.p50_ms / quic.p50_ms)
+            }
+            (Some(door), Some(quic)) if quic.throughput > 0.0 => {
+                format!("{:.2}×", door.throughput / quic.throughput)
+            }
+            _ => "-".into(),
+        };
+        let (http, resp) = (get(System::ReplikvHttp), get(System::ReplikvResp));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            workload.describe(),
+            cell(workload, quic),
+            cell(workload, http),
+            relative(http),
+            cell(workload, resp),
+            relative(resp),
+        );
+    }
+    out
+}
+
 /// etcd has no `w=1` or `w=all`.
 fn etcd_applies(workload: Workload) -> bool {
     !matches!(workload, Workload::PutAll | Workload::PutOne)

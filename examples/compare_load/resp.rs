@@ -166,6 +166,16 @@ impl RespConnection {
     }
 
     /// `PING`: a round trip that touches no data.
+    /// `AUTH user password`: a failure (`-WRONGPASS`, ...) is an error.
+    pub async fn auth(&mut self, user: &str, password: &str) -> Result<()> {
+        encode_command(
+            &mut self.out,
+            &[b"AUTH", user.as_bytes(), password.as_bytes()],
+        );
+        self.send().await?;
+        self.reply().await.map(|_| ())
+    }
+
     pub async fn ping(&mut self) -> Result<()> {
         encode_command(&mut self.out, &[b"PING"]);
         self.send().await?;

@@ -13,6 +13,7 @@ use replikv::{Error, ReadConsistency, Result, WriteConcern};
 use serde::Serialize;
 
 use crate::etcd::{encode_value, EtcdConnection};
+use crate::http::HttpConnection;
 use crate::resp::{RespConnection, WaitFor};
 
 /// A system under test. The two no-op ones are the generator's own ceiling.
@@ -26,6 +27,12 @@ pub enum System {
     NoopResp,
     /// The etcd driver against the no-op server.
     NoopHttp,
+    /// replikv through the primary's HTTP door (`PUT`/`GET /v1/kv/{key}`), on the generator's
+    /// own HTTP/1.1 client.
+    ReplikvHttp,
+    /// replikv through the primary's RESP door, on the Redis driver (`SET` at the door's
+    /// default, `majority`; a linearizable `GET`).
+    ReplikvResp,
 }
 
 impl fmt::Display for System {
@@ -36,6 +43,8 @@ impl fmt::Display for System {
             System::Etcd => "etcd",
             System::NoopResp => "no-op (RESP driver)",
             System::NoopHttp => "no-op (HTTP driver)",
+            System::ReplikvHttp => "replikv (HTTP door)",
+            System::ReplikvResp => "replikv (RESP door)",
         })
     }
 }
@@ -89,6 +98,10 @@ pub enum Step {
     RedisGet,
     EtcdPut,
     EtcdGet,
+    /// `PUT /v1/kv/{key}?w=…` on replikv's HTTP door.
+    HttpPut(WriteConcern),
+    /// `GET /v1/kv/{key}` (linearizable, the default) on replikv's HTTP door.
+    HttpGet,
 }
 
 /// How the workloads map onto Redis.
@@ -103,7 +116,8 @@ pub struct RedisPlan {
 }
 
 /// The operation of `workload` on `system`, or `None` where the system has no such mode (etcd
-/// commits every put through Raft: it has no `w=1` or `w=all`).
+/// commits every put through Raft: it has no `w=1` or `w=all`; replikv's RESP door writes at
+/// `majority`, its default, as Redis's protocol has no per-command write concern).
 pub fn step_for(system: System, workload: Workload, redis: RedisPlan) -> Option<Step> {
     let wait = |replicas| {
         Some(WaitFor {
@@ -118,6 +132,17 @@ pub fn step_for(system: System, workload: Workload, redis: RedisPlan) -> Option<
         (System::Replikv, Workload::PutAll) => Some(Step::ReplikvPut(WriteConcern::All)),
         (System::Replikv, Workload::PutOne) => Some(Step::ReplikvPut(WriteConcern::One)),
         (System::Replikv, Workload::GetLinearizable) => Some(Step::ReplikvGet),
+        (System::ReplikvHttp, Workload::PutMajority | Workload::PutSingleClient) => {
+            Some(Step::HttpPut(WriteConcern::Majority))
+        }
+        (System::ReplikvHttp, Workload::PutAll) => Some(Step::HttpPut(WriteConcern::All)),
+        (System::ReplikvHttp, Workload::PutOne) => Some(Step::HttpPut(WriteConcern::One)),
+        (System::ReplikvHttp, Workload::GetLinearizable) => Some(Step::HttpGet),
+        (System::ReplikvResp, Workload::PutMajority | Workload::PutSingleClient) => {
+            Some(Step::RedisSet(None))
+        }
+        (System::ReplikvResp, Workload::GetLinearizable) => Some(Step::RedisGet),
+        (System::ReplikvResp, Workload::PutAll | Workload::PutOne) => None,
         (System::Redis | System::NoopResp, Workload::PutMajority | Workload::PutSingleClient) => {
             Some(Step::RedisSet(wait(redis.majority_replicas)))
         }
@@ -139,6 +164,8 @@ pub enum Connection {
     Replikv(Client),
     Redis(RespConnection),
     Etcd(EtcdConnection),
+    /// A connection to a replikv node's HTTP door.
+    ReplikvHttp(HttpConnection),
 }
 
 /// Where each system is reached during one run.
@@ -149,6 +176,12 @@ pub enum Endpoint<'a> {
     Resp(&'a str),
     /// `host:port` of an etcd member (the leader), or of the no-op server.
     Http(&'a str),
+    /// `host:port` of a replikv node's HTTP door (plain HTTP, as `kvnode dev` serves it), and
+    /// the `Authorization` header value to send, if any.
+    ReplikvHttp(&'a str, Option<&'a str>),
+    /// `host:port` of a replikv node's RESP door, and the user and password each connection
+    /// sends in `AUTH`, if any.
+    ReplikvResp(&'a str, Option<(&'a str, &'a str)>),
 }
 
 impl Connection {
@@ -157,6 +190,16 @@ impl Connection {
             Endpoint::Replikv(client) => Connection::Replikv(client.session()),
             Endpoint::Resp(addr) => Connection::Redis(RespConnection::connect(addr).await?),
             Endpoint::Http(addr) => Connection::Etcd(EtcdConnection::connect(addr).await?),
+            Endpoint::ReplikvResp(addr, credentials) => {
+                let mut connection = RespConnection::connect(addr).await?;
+                if let Some((user, password)) = credentials {
+                    connection.auth(user, password).await?;
+                }
+                Connection::Redis(connection)
+            }
+            Endpoint::ReplikvHttp(addr, authorization) => Connection::ReplikvHttp(
+                HttpConnection::connect(addr, authorization.map(str::to_string)).await?,
+            ),
         })
     }
 
@@ -169,6 +212,7 @@ impl Connection {
             }
             Connection::Redis(connection) => connection.ping().await,
             Connection::Etcd(connection) => connection.get(key).await.map(|_| ()),
+            Connection::ReplikvHttp(connection) => http_get(connection, key).await.map(|_| ()),
         }
     }
 
@@ -205,6 +249,22 @@ impl Connection {
             (Connection::Etcd(connection), Step::EtcdGet) => {
                 bounded(timeout, connection.get(key)).await
             }
+            (Connection::ReplikvHttp(connection), Step::HttpPut(write_concern)) => {
+                let path = format!(
+                    "/v1/kv/{}?w={write_concern}&timeout={}ms",
+                    String::from_utf8_lossy(key),
+                    timeout.as_millis()
+                );
+                let request =
+                    connection.request("PUT", &path, "application/octet-stream", &value.raw);
+                match bounded(timeout, request).await? {
+                    (200, _) => Ok(false),
+                    (status, body) => Err(http_error(status, body)),
+                }
+            }
+            (Connection::ReplikvHttp(connection), Step::HttpGet) => {
+                bounded(timeout, http_get(connection, key)).await
+            }
             (_, step) => Err(Error::InvalidRequest(format!(
                 "{step:?} does not apply to this connection"
             ))),
@@ -216,6 +276,25 @@ impl Connection {
     pub fn reopen_after_error(&self) -> bool {
         !matches!(self, Connection::Replikv(_))
     }
+}
+
+/// A linearizable `GET /v1/kv/{key}` on replikv's HTTP door: whether the key has a value.
+/// (Keys are the generator's own `bench-<n>` names: nothing in them needs escaping.)
+async fn http_get(connection: &mut HttpConnection, key: &[u8]) -> Result<bool> {
+    let path = format!("/v1/kv/{}", String::from_utf8_lossy(key));
+    match connection.request("GET", &path, "text/plain", b"").await? {
+        (200, _) => Ok(true),
+        (404, _) => Ok(false),
+        (status, body) => Err(http_error(status, body)),
+    }
+}
+
+/// A non-success answer of replikv's HTTP door, with the start of its JSON error.
+fn http_error(status: u16, body: &[u8]) -> Error {
+    Error::Unavailable(format!(
+        "the HTTP door answered {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+    ))
 }
 
 /// The deadline of one operation, the same for every system: replikv's client enforces its own;
@@ -301,6 +380,25 @@ mod tests {
             step_for(System::Replikv, Workload::GetLinearizable, PLAN),
             Some(Step::ReplikvGet)
         );
+    }
+
+    #[test]
+    fn replikv_doors_map_onto_the_same_workloads() {
+        assert_eq!(
+            step_for(System::ReplikvHttp, Workload::PutAll, PLAN),
+            Some(Step::HttpPut(WriteConcern::All))
+        );
+        assert_eq!(
+            step_for(System::ReplikvHttp, Workload::GetLinearizable, PLAN),
+            Some(Step::HttpGet)
+        );
+        assert_eq!(
+            step_for(System::ReplikvResp, Workload::PutMajority, PLAN),
+            Some(Step::RedisSet(None))
+        );
+        // RESP has no per-command write concern: no w=1 or w=all through that door.
+        assert_eq!(step_for(System::ReplikvResp, Workload::PutAll, PLAN), None);
+        assert_eq!(step_for(System::ReplikvResp, Workload::PutOne, PLAN), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `GET /v1/status`, `GET /v1/members`: the node's view of the cluster, as `kvctl status --json`
 //!   and `kvctl member list --json` print it;
 //! - `GET|PUT|DELETE /v1/kv/{key}` and `GET /v1/kv?prefix=&limit=`: keys and values.
+//! - `GET /v1/watch?prefix=&from=&initial=`: a watch as Server-Sent Events (the node's own).
 //!
 //! Invariants:
 //! - The door only translates. Every key-value, status and member request goes to the one
@@ -16,8 +17,10 @@
 //!   accepts any request; the service authorizes it and forwards it with the client library's
 //!   retries. Writes carry request ids from one [`RequestIds`] per connection (HTTP/1.1 serves a
 //!   connection's requests in order, so its sequence numbers reach the primary in order).
-//! - The caller is the role of the client certificate of the TLS connection, or anonymous (plain
-//!   HTTP, or TLS without a certificate); the service decides what an anonymous caller may do.
+//! - The caller is an API token (`Authorization: Bearer`, `x-token`) or a user's password
+//!   (`Authorization: Basic`) if the request carries one, else the role of the client
+//!   certificate of the TLS connection, else anonymous (plain HTTP, or TLS without a
+//!   certificate); the service decides what each may do. Bad credentials are a 401.
 //! - Every error is a JSON body `{kind, message}` whose status comes from [`http_status`], the one
 //!   place that maps an error to HTTP: the same [`crate::error::ErrorKind`] that `kvctl`'s exit
 //!   codes come from.
@@ -43,6 +46,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -51,7 +56,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::api::json::{get_json, scan_json, write_json};
+use crate::api::auth::{TokenDigest, WRONG_CREDENTIALS};
+use crate::api::json::{change_json, get_json, pairs_json, scan_json, write_json};
 use crate::api::service::{Caller, Forwarding, RequestIds, Service};
 use crate::certs::TlsFiles;
 use crate::core::MAX_REQUEST_TIMEOUT_MS;
@@ -61,7 +67,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::tls;
 use crate::storage::Storage;
 use crate::wire::client::{
-    ReadConsistency, Request, Response, ResponseMeta, Role, Write, WriteConcern,
+    ReadConsistency, Request, Response, ResponseMeta, Role, WatchEvent, Write, WriteConcern,
 };
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
 
@@ -111,6 +117,9 @@ pub struct HttpDoor {
 struct Connection {
     caller: Caller,
     request_ids: Arc<RequestIds>,
+    /// Ends the connection's watch streams when the node shuts down (graceful shutdown waits for
+    /// responses in flight, and a watch never finishes by itself).
+    shutdown: Shutdown,
 }
 
 /// Binds the HTTP door on `addr`. Separate from [`serve_http`] so that a port in use stops the
@@ -197,6 +206,7 @@ where
     let connection = Connection {
         caller,
         request_ids: Arc::new(RequestIds::new()),
+        shutdown: shutdown.clone(),
     };
     let service = TowerToHyperService::new(router.layer(Extension(connection)));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -227,8 +237,10 @@ fn router(door: HttpDoor) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/kv", get(scan))
+        .route("/v1/watch", get(watch_events))
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(door.clone(), authenticate))
         .layer(middleware::from_fn(deadline))
         .layer(DefaultBodyLimit::max(MAX_CLIENT_FRAME_BYTES))
         .with_state(door)
@@ -242,6 +254,81 @@ async fn deadline(request: HttpRequest, next: Next) -> HttpResponse {
         Err(_) => error_response(&Error::Unavailable(format!(
             "the request took longer than {} s",
             REQUEST_DEADLINE.as_secs()
+        ))),
+    }
+}
+
+// --- credentials ---
+
+/// The header that carries an API token, as the seed's web services took it.
+pub const TOKEN_HEADER: &str = "x-token";
+
+/// Credentials in the request's headers take the place of the connection's caller (its client
+/// certificate, or anonymous): `x-token: <token>`, `Authorization: Bearer <token>`, or
+/// `Authorization: Basic` with a user's password. Bad ones are a 401, whatever the endpoint; a
+/// token is only digested here, and looked up by the service on every request.
+async fn authenticate(
+    State(door): State<HttpDoor>,
+    mut request: HttpRequest,
+    next: Next,
+) -> HttpResponse {
+    match caller_from_headers(&door, request.headers()).await {
+        Ok(None) => {}
+        Ok(Some(caller)) => {
+            if let Some(connection) = request.extensions_mut().get_mut::<Connection>() {
+                connection.caller = caller;
+            }
+        }
+        Err(err) => {
+            let mut response = error_response(&err);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"replikv\", Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn caller_from_headers(
+    door: &HttpDoor,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Caller>> {
+    let text = |name: &str, value: &HeaderValue| {
+        value
+            .to_str()
+            .map(str::to_string)
+            .map_err(|_| Error::Unauthenticated(format!("the {name} header is not plain text")))
+    };
+    if let Some(token) = headers.get(TOKEN_HEADER) {
+        let token = text(TOKEN_HEADER, token)?;
+        return Ok(Some(Caller::Token(TokenDigest::of(&token))));
+    }
+    let Some(authorization) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let authorization = text("Authorization", authorization)?;
+    let (scheme, credentials) = authorization
+        .trim()
+        .split_once(' ')
+        .unwrap_or((authorization.trim(), ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Ok(Some(Caller::Token(TokenDigest::of(credentials.trim())))),
+        "basic" => {
+            let wrong = || Error::Unauthenticated(WRONG_CREDENTIALS.into());
+            let decoded = BASE64.decode(credentials.trim()).map_err(|_| wrong())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| wrong())?;
+            let (user, password) = decoded.split_once(':').ok_or_else(wrong)?;
+            let verified = door
+                .service
+                .credentials()
+                .authenticate(user, password.as_bytes())
+                .await?;
+            Ok(Some(Caller::User(verified)))
+        }
+        other => Err(Error::Unauthenticated(format!(
+            "the authorization scheme {other:?} is not Bearer or Basic"
         ))),
     }
 }
@@ -471,7 +558,7 @@ async fn ask(door: &HttpDoor, connection: &Connection, request: Request) -> Resp
     let started = Instant::now();
     let response = door
         .service
-        .call(connection.caller, request, Forwarding::ToPrimary)
+        .call(connection.caller.clone(), request, Forwarding::ToPrimary)
         .await;
     door.metrics
         .observe_request(kind, &response, started.elapsed());
@@ -668,6 +755,129 @@ async fn scan(
         }
         Response::Error(err) => error_response(&err),
         other => unexpected(&other),
+    }
+}
+
+/// Events of one watch stream encoded and not yet taken by hyper: the rest waits in the watcher
+/// (which the hub cuts off if it falls behind).
+const WATCH_EVENTS_BUFFERED: usize = 16;
+
+/// `GET /v1/watch?prefix=…&from=…&initial=true`: the watch as Server-Sent Events, one event per
+/// [`WatchEvent`] (`change`, `progress`, `initial`, `end`), each with the index as its `id`, so a
+/// browser's `EventSource` resumes after a disconnect from the last one (`Last-Event-ID`, which
+/// wins over `from`). Served by this node from its applied log, never forwarded.
+async fn watch_events(
+    State(door): State<HttpDoor>,
+    Extension(connection): Extension<Connection>,
+    headers: axum::http::HeaderMap,
+    params: std::result::Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> HttpResponse {
+    let parsed = query(params, &["prefix", "from", "initial"]).and_then(|params| {
+        let number = |name: &str, text: &str| {
+            text.parse::<u64>()
+                .map_err(|_| bad_request(format!("{name} {text:?} is not a log index")))
+        };
+        let from = match params.get("from") {
+            Some(text) => Some(number("from", text)?),
+            None => None,
+        };
+        let last_event = headers
+            .get("last-event-id")
+            .map(|value| number("Last-Event-ID", value.to_str().unwrap_or_default()))
+            .transpose()?;
+        let initial = match params.get("initial").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(bad_request(format!(
+                    "initial {other:?} is not true or false"
+                )))
+            }
+        };
+        Ok(Request::Watch {
+            prefix: params
+                .get("prefix")
+                .cloned()
+                .unwrap_or_default()
+                .into_bytes(),
+            from: last_event.map(|index| index + 1).or(from),
+            initial: initial && last_event.is_none(),
+        })
+    });
+    let request = match parsed {
+        Ok(request) => request,
+        Err(err) => return error_response(&err),
+    };
+    let mut watcher = match door.service.watch(&connection.caller, request).await {
+        Ok(watcher) => watcher,
+        Err(err) => return error_response(&err),
+    };
+    let (events, body) = tokio::sync::mpsc::channel::<Bytes>(WATCH_EVENTS_BUFFERED);
+    let mut shutdown = connection.shutdown;
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = watcher.next() => event,
+                _ = shutdown.requested() => Err(Error::ShuttingDown),
+                () = events.closed() => return,
+            };
+            let last = event.is_err();
+            let event = event.unwrap_or_else(WatchEvent::End);
+            tokio::select! {
+                sent = events.send(server_sent_event(&event)) => if sent.is_err() { return },
+                // The client stopped reading: cut off, as the QUIC door does.
+                () = watcher.fallen_behind() => return,
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    let mut response = Body::new(EventBody(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// One Server-Sent Event: `id` (the index, where the event completes one), `event`, and the
+/// JSON on one `data` line.
+fn server_sent_event(event: &WatchEvent) -> Bytes {
+    let (id, name, data) = match event {
+        WatchEvent::Change(change) => (Some(change.index), "change", change_json(change)),
+        WatchEvent::Progress { index } => (Some(*index), "progress", json!({ "index": index })),
+        WatchEvent::Initial { pairs, index, more } => (
+            (!more).then_some(*index),
+            "initial",
+            json!({ "initial": pairs_json(pairs), "index": index, "more": more }),
+        ),
+        WatchEvent::End(err) => (
+            None,
+            "end",
+            json!({ "kind": err.kind().name(), "message": err.to_string() }),
+        ),
+    };
+    let id = id.map(|index| format!("id: {index}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {name}\ndata: {data}\n\n"))
+}
+
+/// A response body fed by a channel of encoded events.
+struct EventBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|event| event.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::wire::client::{ResponseMeta, WriteConcern, WriteResult};
+use crate::wire::client::{Change, ResponseMeta, WriteConcern, WriteResult};
 
 /// Bytes as text: UTF-8 as is, anything else as `0x` hex. Returns the text and its encoding.
 pub fn printable(bytes: &[u8]) -> (String, &'static str) {
@@ -43,7 +43,12 @@ pub fn get_json(key: &str, value: Option<&[u8]>, meta: &ResponseMeta) -> serde_j
 
 /// The JSON answer of `scan`: every pair with the encoding of its key and value.
 pub fn scan_json(pairs: &[(Vec<u8>, Vec<u8>)], meta: &ResponseMeta) -> serde_json::Value {
-    let rows: Vec<_> = pairs
+    json!({ "pairs": pairs_json(pairs), "meta": meta_json(meta) })
+}
+
+/// Pairs as a JSON array, each with the encoding of its key and value.
+pub fn pairs_json(pairs: &[(Vec<u8>, Vec<u8>)]) -> serde_json::Value {
+    pairs
         .iter()
         .map(|(key, value)| {
             let (key, key_encoding) = printable(key);
@@ -53,8 +58,7 @@ pub fn scan_json(pairs: &[(Vec<u8>, Vec<u8>)], meta: &ResponseMeta) -> serde_jso
                 "value": value, "value_encoding": value_encoding,
             })
         })
-        .collect();
-    json!({ "pairs": rows, "meta": meta_json(meta) })
+        .collect()
 }
 
 /// The JSON answer of `put` and `delete`.
@@ -70,5 +74,25 @@ pub fn write_json(
         "existed": result.existed,
         "write_concern": write_concern.to_string(),
         "meta": meta_json(meta),
+    })
+}
+
+/// The JSON of one watched change (`kvctl watch --json`, one object per line): `op` is `put` or
+/// `delete`, `index` the log index that made it, `epoch` the epoch it was appended in.
+pub fn change_json(change: &Change) -> serde_json::Value {
+    let (key, key_encoding) = printable(&change.key);
+    let (op, value, value_encoding) = match &change.value {
+        Some(bytes) => {
+            let (text, encoding) = printable(bytes);
+            ("put", json!(text), json!(encoding))
+        }
+        None => ("delete", serde_json::Value::Null, serde_json::Value::Null),
+    };
+    json!({
+        "op": op,
+        "key": key, "key_encoding": key_encoding,
+        "value": value, "value_encoding": value_encoding,
+        "index": change.index,
+        "epoch": change.epoch,
     })
 }

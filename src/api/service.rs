@@ -15,9 +15,11 @@
 //!   certificate may read, write and ask for the status (how one node forwards for another: it
 //!   can replicate anything to its peers already, so this grants nothing new); of membership
 //!   changes it may only add *that node itself* (`kvnode --join`).
-//! - A caller without credentials is served only with the role the node's `anonymous_role` names;
-//!   without one it is refused with [`Error::Unauthenticated`]. Interim, until users and tokens
-//!   live in the replicated state.
+//! - A user or an API token acts with the role its record in this node's applied state gives it
+//!   now (looked up on every request, so a removal or revocation holds for open connections);
+//!   users and tokens are managed by the `admin` role only ([`crate::api::auth`]).
+//! - A caller without credentials is served only with the role the node's `anonymous_role` names
+//!   (an operator's opt-in); without one it is refused with [`Error::Unauthenticated`].
 //! - A forwarded write keeps its [`RequestId`] on every attempt, so however often it is resent
 //!   (failover included) the primary applies it at most once.
 //! - Forwarding never chains: the primary gets the request on its QUIC door, which answers what
@@ -26,29 +28,34 @@
 //!   and the event loop has the node forget the request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
+use crate::api::auth::{self, Credentials, TokenDigest, VerifiedUser};
+use crate::api::watch::{ListedPage, WatchHub, Watcher};
 use crate::certs::{CertRole, TlsFiles};
 use crate::client::{Client, ClientOptions};
 use crate::config::is_host_port;
-use crate::config::tuning::CLIENT_TIMEOUT_MS;
+use crate::config::tuning::{CLIENT_TIMEOUT_MS, WATCH_MAX_INITIAL_BYTES};
 use crate::error::{Error, Result};
 use crate::metrics::{request_kind, Metrics};
 use crate::net::event_loop::ClientRequest;
 use crate::storage::system_keys::{is_system_key, SYSTEM_PREFIX};
-use crate::wire::client::{Request, Response};
+use crate::wire::client::{ReadConsistency, Request, Response};
 use crate::wire::frame::MAX_KEY_BYTES;
 use crate::wire::message::RequestId;
 
-/// Who a door authenticated. Today a certificate role; users and API tokens will map onto the
-/// same roles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who a door authenticated: a certificate, a user, or an API token, each with a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
     /// A verified certificate of the cluster CA, with the role it carries.
     Certificate(CertRole),
+    /// A user whose password the door verified ([`Credentials::authenticate`]).
+    User(VerifiedUser),
+    /// The digest of the API token the caller presented, looked up on every request.
+    Token(TokenDigest),
     /// No credentials at all (plain-TCP RESP, plain HTTP): served with the node's
     /// `anonymous_role`, if it names one.
     Anonymous,
@@ -87,31 +94,126 @@ pub struct Service {
 struct Inner {
     node_inbox: mpsc::Sender<ClientRequest>,
     settings: ServiceSettings,
+    /// Users and tokens as this node has applied them.
+    credentials: Credentials,
     /// The client that forwards to the primary, made on the first forward.
     forwarder: OnceCell<Client>,
+    /// The node's watch hub, once the node has started it.
+    watches: OnceLock<WatchHub>,
 }
 
 impl Service {
-    /// The service of the node whose event loop reads `node_inbox`.
-    pub(crate) fn new(node_inbox: mpsc::Sender<ClientRequest>, settings: ServiceSettings) -> Self {
+    /// The service of the node whose event loop reads `node_inbox` and who verifies users and
+    /// tokens with `credentials` (over the node's storage).
+    pub(crate) fn new(
+        node_inbox: mpsc::Sender<ClientRequest>,
+        settings: ServiceSettings,
+        credentials: Credentials,
+    ) -> Self {
         Service {
             inner: Arc::new(Inner {
                 node_inbox,
                 settings,
+                credentials,
                 forwarder: OnceCell::new(),
+                watches: OnceLock::new(),
             }),
         }
     }
 
-    /// The role `caller` acts with, or [`Error::Unauthenticated`] for a caller without
-    /// credentials on a node that names no `anonymous_role`.
-    pub fn role_of(&self, caller: Caller) -> Result<CertRole> {
+    /// The users and tokens this node knows, for doors that verify a password.
+    pub fn credentials(&self) -> &Credentials {
+        &self.inner.credentials
+    }
+
+    /// Serves watches from `hub` (set once, when the node starts; later calls change nothing).
+    pub(crate) fn serve_watches(&self, hub: WatchHub) {
+        let _ = self.inner.watches.set(hub);
+    }
+
+    /// Opens the watch `request` ([`Request::Watch`]) for `caller`, authorized as any request.
+    /// A watch is served by this node from its own applied log, never forwarded. With `initial`,
+    /// the prefix is first listed page by page through the event loop (each page a stale read at
+    /// its own index) and the hub brings the listing to one index; `from` is then unused.
+    pub async fn watch(&self, caller: &Caller, request: Request) -> Result<Watcher> {
+        self.role_of(caller)
+            .and_then(|role| authorize(role, &request))
+            .and_then(|()| check_request(&request))?;
+        let Request::Watch {
+            prefix,
+            from,
+            initial,
+        } = request
+        else {
+            return Err(Error::InvalidRequest("not a watch request".into()));
+        };
+        let hub = self
+            .inner
+            .watches
+            .get()
+            .ok_or_else(|| Error::Unavailable("this node serves no watches yet".into()))?
+            .clone();
+        if !initial {
+            return hub.watch(prefix, from).await;
+        }
+        let mut pages: Vec<ListedPage> = Vec::new();
+        let mut listed_bytes = 0usize;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let scan = Request::Scan {
+                prefix: prefix.clone(),
+                start_after: after.clone(),
+                limit: u32::MAX,
+                consistency: ReadConsistency::Stale,
+            };
+            let (pairs, more, index) = match self.ask_node(scan).await {
+                Response::Pairs { pairs, more, meta } => (pairs, more, meta.index),
+                Response::Error(err) => return Err(err),
+                other => {
+                    return Err(Error::Internal(format!(
+                        "a scan was answered with {other:?}"
+                    )))
+                }
+            };
+            listed_bytes += pairs
+                .iter()
+                .map(|(key, value)| key.len() + value.len())
+                .sum::<usize>();
+            if listed_bytes > WATCH_MAX_INITIAL_BYTES {
+                return Err(Error::InvalidRequest(format!(
+                    "the values under this prefix are over {} MiB, too many to list for a \
+                     watch: scan them, then watch from the scan's index",
+                    WATCH_MAX_INITIAL_BYTES >> 20
+                )));
+            }
+            let last_key = pairs.last().map(|(key, _)| key.clone());
+            pages.push(ListedPage {
+                after: after.take(),
+                pairs,
+                more,
+                index,
+            });
+            match last_key {
+                Some(key) if more => after = Some(key),
+                _ => break,
+            }
+        }
+        hub.watch_listed(prefix, pages).await
+    }
+
+    /// The role `caller` acts with now, or [`Error::Unauthenticated`] for a caller without
+    /// credentials on a node that names no `anonymous_role`, a removed user, or an unknown,
+    /// revoked or expired token.
+    pub fn role_of(&self, caller: &Caller) -> Result<CertRole> {
         match caller {
-            Caller::Certificate(role) => Ok(role),
+            Caller::Certificate(role) => Ok(*role),
+            Caller::User(user) => self.inner.credentials.role_of_user(user),
+            Caller::Token(digest) => self.inner.credentials.role_of_token(*digest),
             Caller::Anonymous => self.inner.settings.anonymous_role.ok_or_else(|| {
                 Error::Unauthenticated(
-                    "this node serves no unauthenticated callers: authenticate with a \
-                     certificate of the cluster CA (or set anonymous_role in the node's config)"
+                    "this node serves no unauthenticated callers: authenticate with a user's \
+                     password, an API token or a certificate of the cluster CA (or set \
+                     anonymous_role in the node's config)"
                         .into(),
                 )
             }),
@@ -126,7 +228,7 @@ impl Service {
     pub async fn call(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
         let kind = request_kind(&request);
         let started = Instant::now();
-        let response = self.serve(caller, request, forwarding).await;
+        let response = self.serve(&caller, request, forwarding).await;
         self.inner
             .settings
             .metrics
@@ -134,7 +236,7 @@ impl Service {
         response
     }
 
-    async fn serve(&self, caller: Caller, request: Request, forwarding: Forwarding) -> Response {
+    async fn serve(&self, caller: &Caller, request: Request, forwarding: Forwarding) -> Response {
         let checked = self
             .role_of(caller)
             .and_then(|role| authorize(role, &request))
@@ -142,6 +244,11 @@ impl Service {
         if let Err(err) = checked {
             return Response::Error(err);
         }
+        let request = match request {
+            // Served on the primary: a backup's `NotPrimary` is the answer (kvctl follows it).
+            Request::Credentials(credentials) => return auth::serve(self, credentials).await,
+            other => other,
+        };
         let local = match forwarding {
             // The request is needed again only if it may be forwarded.
             Forwarding::Redirect => return self.ask_node(request).await,
@@ -154,7 +261,7 @@ impl Service {
     }
 
     /// Hands the request to the event loop and waits for its answer.
-    async fn ask_node(&self, request: Request) -> Response {
+    pub(crate) async fn ask_node(&self, request: Request) -> Response {
         let (reply, answer) = oneshot::channel();
         if self
             .inner
@@ -239,6 +346,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             | Request::GetExpiry { .. }
             | Request::Scan { .. }
             | Request::Status
+            | Request::Watch { .. }
             | Request::Write { .. } => Ok(()),
             Request::AddMember { member } if member.id == id => Ok(()),
             Request::AddMember { member } => Err(Error::Refused(format!(
@@ -249,13 +357,18 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             Request::RemoveMember { .. } => Err(Error::Refused(format!(
                 "the certificate of node {id} may not remove members: use an admin certificate"
             ))),
+            Request::Credentials(_) => Err(Error::Refused(format!(
+                "the certificate of node {id} may not manage users and tokens: use an admin \
+                 certificate, user or token"
+            ))),
         };
     }
     let (allowed, action, needed) = match request {
         Request::Get { .. }
         | Request::GetExpiry { .. }
         | Request::Scan { .. }
-        | Request::Status => (
+        | Request::Status
+        | Request::Watch { .. } => (
             role.can_read(),
             "read",
             "a readonly, readwrite or admin certificate",
@@ -270,12 +383,17 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             "change membership",
             "an admin certificate",
         ),
+        Request::Credentials(_) => (
+            role.can_manage_credentials(),
+            "manage users and tokens",
+            "an admin certificate, user or token",
+        ),
     };
     if allowed {
         Ok(())
     } else {
         Err(Error::Refused(format!(
-            "certificate role {role} may not {action}: use {needed}"
+            "role {role} may not {action}: use {needed}"
         )))
     }
 }
@@ -293,6 +411,7 @@ fn check_request(request: &Request) -> Result<()> {
             .chain(start_after)
             .map(Vec::as_slice)
             .collect(),
+        Request::Watch { prefix, .. } => vec![prefix.as_slice()],
         Request::Write { write, .. } => write.keys(),
         _ => Vec::new(),
     };
@@ -303,8 +422,8 @@ fn check_request(request: &Request) -> Result<()> {
         )));
     }
     // A scan's prefix may be shorter than the system prefix (scans skip system keys); a key
-    // named outright may not start with it, nor may a prefix (a scan inside the system keyspace
-    // returns its records).
+    // named outright may not start with it, nor may a scan's or a watch's prefix (a scan inside
+    // the system keyspace returns its records; a shorter prefix skips them).
     let named = keys;
     if named.iter().any(|key| is_system_key(key)) {
         return Err(Error::InvalidRequest(format!(
@@ -338,7 +457,7 @@ fn check_request(request: &Request) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::client::{ReadConsistency, Write, WriteConcern};
+    use crate::wire::client::{CredentialsRequest, ReadConsistency, Write, WriteConcern};
     use crate::wire::message::{Member, RequestId};
 
     fn put() -> Request {
@@ -399,6 +518,33 @@ mod tests {
                 peer_addr: format!("127.0.0.{}:7380", 10 + id),
                 voter: false,
             },
+        }
+    }
+
+    #[test]
+    fn only_admin_may_manage_users_and_tokens() {
+        let requests = [
+            CredentialsRequest::UserList,
+            CredentialsRequest::TokenList,
+            CredentialsRequest::UserRemove {
+                request_id: RequestId {
+                    client_id: 1,
+                    sequence: 1,
+                },
+                name: "alice".into(),
+            },
+        ]
+        .map(Request::Credentials);
+        for request in &requests {
+            assert!(authorize(CertRole::Admin, request).is_ok(), "{request:?}");
+            for role in [CertRole::ReadWrite, CertRole::ReadOnly, CertRole::Node(1)] {
+                match authorize(role, request) {
+                    Err(Error::Refused(message)) => {
+                        assert!(message.contains("users and tokens"), "{message}")
+                    }
+                    other => panic!("{role} making {request:?}: got {other:?}"),
+                }
+            }
         }
     }
 
@@ -521,6 +667,10 @@ mod tests {
         assert_eq!((first.sequence, second.sequence), (1, 2));
     }
 
+    pub(super) fn memory_credentials() -> Credentials {
+        Credentials::new(Arc::new(crate::storage::MemoryStorage::new()))
+    }
+
     #[test]
     fn anonymous_callers_get_only_the_configured_role() {
         let (inbox, _requests) = mpsc::channel(1);
@@ -530,19 +680,23 @@ mod tests {
             tls: TlsFiles::for_node(std::path::Path::new("certs"), 1),
             metrics: Arc::new(Metrics::new()),
         };
-        let closed = Service::new(inbox.clone(), settings(None));
-        match closed.role_of(Caller::Anonymous) {
+        let closed = Service::new(inbox.clone(), settings(None), memory_credentials());
+        match closed.role_of(&Caller::Anonymous) {
             Err(Error::Unauthenticated(message)) => {
                 assert!(message.contains("anonymous_role"), "{message}")
             }
             other => panic!("an anonymous caller without anonymous_role: got {other:?}"),
         }
         assert_eq!(
-            closed.role_of(Caller::Certificate(CertRole::ReadOnly)),
+            closed.role_of(&Caller::Certificate(CertRole::ReadOnly)),
             Ok(CertRole::ReadOnly)
         );
-        let open = Service::new(inbox, settings(Some(CertRole::ReadWrite)));
-        assert_eq!(open.role_of(Caller::Anonymous), Ok(CertRole::ReadWrite));
+        let open = Service::new(
+            inbox,
+            settings(Some(CertRole::ReadWrite)),
+            memory_credentials(),
+        );
+        assert_eq!(open.role_of(&Caller::Anonymous), Ok(CertRole::ReadWrite));
     }
 }
 
@@ -644,6 +798,7 @@ mod forwarding_tests {
                 tls: TlsFiles::for_node(&config.certs_dir, 2),
                 metrics: Arc::new(Metrics::new()),
             },
+            super::tests::memory_credentials(),
         );
         let admin = Client::with_tls(
             vec![config.client_addr.clone()],
@@ -663,7 +818,7 @@ mod forwarding_tests {
             },
         );
         let redirected = service
-            .call(caller, put.clone(), Forwarding::Redirect)
+            .call(caller.clone(), put.clone(), Forwarding::Redirect)
             .await;
         assert!(
             matches!(redirected, Response::Error(Error::NotPrimary { .. })),
@@ -673,7 +828,7 @@ mod forwarding_tests {
         // Forwarded: the primary applies it, and it is there to read.
         let first = written(
             service
-                .call(caller, put.clone(), Forwarding::ToPrimary)
+                .call(caller.clone(), put.clone(), Forwarding::ToPrimary)
                 .await,
         );
         let (value, _) = admin
@@ -687,13 +842,17 @@ mod forwarding_tests {
         let delete = write(ids.next(), Write::Delete { key: b"k".to_vec() });
         let deleted = written(
             service
-                .call(caller, delete.clone(), Forwarding::ToPrimary)
+                .call(caller.clone(), delete.clone(), Forwarding::ToPrimary)
                 .await,
         );
         assert!(deleted.existed);
         assert!(deleted.index > first.index);
         let last_index = admin.status().await.unwrap().last_index;
-        let resent = written(service.call(caller, delete, Forwarding::ToPrimary).await);
+        let resent = written(
+            service
+                .call(caller.clone(), delete, Forwarding::ToPrimary)
+                .await,
+        );
         assert_eq!(
             resent, deleted,
             "a resent write is answered with its first result"
@@ -702,7 +861,11 @@ mod forwarding_tests {
 
         // A new delete of the same key is a new write: the key is gone by now.
         let again = write(ids.next(), Write::Delete { key: b"k".to_vec() });
-        let second = written(service.call(caller, again, Forwarding::ToPrimary).await);
+        let second = written(
+            service
+                .call(caller.clone(), again, Forwarding::ToPrimary)
+                .await,
+        );
         assert!(!second.existed);
         assert!(second.index > deleted.index);
 
@@ -713,7 +876,10 @@ mod forwarding_tests {
             key: b"k".to_vec(),
             consistency: crate::ReadConsistency::Linearizable,
         };
-        match service.call(caller, read, Forwarding::ToPrimary).await {
+        match service
+            .call(caller.clone(), read, Forwarding::ToPrimary)
+            .await
+        {
             Response::Value { value: None, meta } => assert_eq!(meta.node_id, 1),
             other => panic!("expected the primary's empty value, got {other:?}"),
         }

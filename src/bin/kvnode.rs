@@ -19,14 +19,17 @@ use tokio::sync::{mpsc, watch};
 use replikv::api::http;
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::join;
+use replikv::client::Client;
 use replikv::config::client::CLIENT_CONFIG_ENV;
 use replikv::config::dev::{
     DevCluster, DEFAULT_DEV_BASE_PORT, DEFAULT_DEV_DIR, DEFAULT_DEV_FIRST_IP, DEFAULT_DEV_NODES,
-    DEFAULT_DEV_RESP_PORT, DEV_ANONYMOUS_ROLE, DEV_CLIENT_NAME,
+    DEFAULT_DEV_RESP_PORT, DEV_ADMIN_TOKEN_NAME, DEV_ADMIN_USER, DEV_CLIENT_NAME,
 };
 use replikv::config::tuning::{DEFAULT_LOG_LEVEL, DEV_STOP_GRACE_MS};
 use replikv::config::{NodeConfig, NodeOverrides};
+use replikv::credentials;
 use replikv::net::server::{run_node, shutdown_signal};
+use replikv::wire::client::ClientRole;
 use replikv::wire::message::NodeId;
 use replikv::{Error, ErrorKind, Result};
 
@@ -220,7 +223,17 @@ async fn supervise(cluster: &DevCluster, exe: &Path, dir_flag: &Path) -> Result<
         watchers.push(tokio::spawn(watcher));
     }
     drop(events);
-    print_table(cluster, &started, dir_flag);
+    let access = match dev_credentials(cluster).await {
+        Ok(access) => Some(access),
+        Err(err) => {
+            say(&format!(
+                "could not make the admin user and token ({err}); kvctl still works with the \
+                 admin certificate"
+            ));
+            None
+        }
+    };
+    print_table(cluster, &started, dir_flag, access.as_ref());
 
     let mut running = started.len();
     let all_exited = loop {
@@ -256,6 +269,74 @@ async fn supervise(cluster: &DevCluster, exe: &Path, dir_flag: &Path) -> Result<
         cluster.dir.display()
     ));
     Ok(())
+}
+
+/// The admin user's password and an admin API token of a dev cluster.
+struct DevAccess {
+    password: String,
+    token: String,
+}
+
+/// How long `kvnode dev` waits for a primary to record the admin user and token.
+const DEV_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The admin user and token of the dev cluster: read from beside `client.toml` if an earlier run
+/// made them and the cluster still knows the user; otherwise made now (once the cluster has a
+/// primary, through the admin certificate) and written there, mode 0600.
+async fn dev_credentials(cluster: &DevCluster) -> Result<DevAccess> {
+    let client = Client::connect(&cluster.client)
+        .await?
+        .with_timeout(DEV_CREDENTIALS_TIMEOUT);
+    let access = make_dev_credentials(cluster, &client).await;
+    client.close().await;
+    access
+}
+
+async fn make_dev_credentials(cluster: &DevCluster, client: &Client) -> Result<DevAccess> {
+    let (password_path, token_path) = (cluster.admin_password_path(), cluster.admin_token_path());
+    let admin_known = client
+        .users()
+        .await?
+        .iter()
+        .any(|user| user.name == DEV_ADMIN_USER);
+    // What an earlier run kept, if the cluster still knows it.
+    let kept_password = std::fs::read_to_string(&password_path)
+        .ok()
+        .map(|password| password.trim().to_string())
+        .filter(|password| admin_known && !password.is_empty());
+    let known_tokens: Vec<String> = client.tokens().await?.into_iter().map(|t| t.id).collect();
+    let kept_token = std::fs::read_to_string(&token_path)
+        .ok()
+        .map(|token| token.trim().to_string())
+        .filter(|token| {
+            known_tokens.contains(&credentials::token_id(&credentials::token_digest(token)))
+        });
+    let password = match kept_password {
+        Some(password) => password,
+        None => {
+            let password = credentials::hex(&rand::random::<[u8; 16]>());
+            if admin_known {
+                client.user_passwd(DEV_ADMIN_USER, &password).await?;
+            } else {
+                client
+                    .user_add(DEV_ADMIN_USER, ClientRole::Admin, &password)
+                    .await?;
+            }
+            certs::write_secret(&password_path, password.as_bytes())?;
+            password
+        }
+    };
+    let token = match kept_token {
+        Some(token) => token,
+        None => {
+            let (token, _) = client
+                .token_create(DEV_ADMIN_TOKEN_NAME, ClientRole::Admin, None)
+                .await?;
+            certs::write_secret(&token_path, token.as_bytes())?;
+            token
+        }
+    };
+    Ok(DevAccess { password, token })
 }
 
 /// Prints a line of the supervisor's report; a closed stdout (the terminal went away) must not
@@ -401,7 +482,12 @@ async fn send_sigterm(pid: u32) -> std::result::Result<(), String> {
     Err(last_failure)
 }
 
-fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
+fn print_table(
+    cluster: &DevCluster,
+    started: &[Started],
+    dir_flag: &Path,
+    access: Option<&DevAccess>,
+) {
     println!(
         "replikv dev cluster: {} nodes in {}\n",
         started.len(),
@@ -440,9 +526,12 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         .first()
         .and_then(|node| node.http_addr.as_deref())
     {
-        println!(
-            "HTTP:      curl -X PUT --data-binary 1 http://{http}/v1/kv/a && curl http://{http}/v1/kv/a"
-        );
+        if let Some(DevAccess { token, .. }) = access {
+            let header = format!("-H 'Authorization: Bearer {token}'");
+            println!(
+                "HTTP:      curl {header} -X PUT --data-binary 1 http://{http}/v1/kv/a && curl {header} http://{http}/v1/kv/a"
+            );
+        }
         println!("Metrics:   curl http://{http}/metrics");
     }
     println!("Status:    kvctl status");
@@ -452,20 +541,25 @@ fn print_table(cluster: &DevCluster, started: &[Started], dir_flag: &Path) {
         .and_then(|node| node.resp_addr.as_deref())
         .and_then(|addr| addr.rsplit_once(':'))
     {
-        println!(
-            "Redis:     redis-cli -h {host} -p {port}    (any node; writes reach the primary)"
-        );
+        if let Some(DevAccess { password, .. }) = access {
+            println!(
+                "Redis:     redis-cli -h {host} -p {port} --user {DEV_ADMIN_USER} --pass {password}    (any node; writes reach the primary)"
+            );
+        }
     }
     println!(
         "Failover:  kill -9 the primary's pid, then run kvctl status again; a node that dies is \
          restarted after {}s (its new pid is printed here)",
         DEV_RESTART_DELAY.as_secs()
     );
-    println!(
-        "Access:    callers without credentials (plain-TCP doors) act as {DEV_ANONYMOUS_ROLE}, as \
-         anonymous_role in each node-<id>.toml says: fine on these loopback addresses, never on \
-         a network"
-    );
+    if access.is_some() {
+        println!(
+            "Access:    user {DEV_ADMIN_USER} (password in {}) and an admin token (in {}); more \
+             with kvctl user add / kvctl token create",
+            cluster.admin_password_path().display(),
+            cluster.admin_token_path().display()
+        );
+    }
     println!(
         "Ctrl-C stops the cluster; data is kept in {}/node-<id>/ for the next run.",
         cluster.dir.display()

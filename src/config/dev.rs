@@ -9,8 +9,10 @@
 //! - Every node runs with the default tunables and log level ([`NodeConfig::default`]).
 //! - `kvnode dev` gives every node a RESP door ([`DevCluster::with_resp_port`], port 6379 of its
 //!   own address); a plan alone has none, so tests that plan clusters bind no fixed TCP port.
-//! - Every node serves callers without credentials as [`DEV_ANONYMOUS_ROLE`] (interim, until
-//!   users land); `kvnode dev` says so when it starts.
+//! - No node serves callers without credentials: `kvnode dev` makes an admin user
+//!   ([`DEV_ADMIN_USER`]) with a generated password and an admin API token once the cluster has
+//!   a primary, and keeps them beside `client.toml` ([`DevCluster::admin_password_path`],
+//!   [`DevCluster::admin_token_path`], mode 0600) for redis-cli and curl.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,6 @@ use std::path::{Path, PathBuf};
 use super::client::{ClientConfig, CLIENT_CONFIG_FILE};
 use super::node::NodeConfig;
 use super::tuning::CLIENT_TIMEOUT_MS;
-use crate::certs::CertRole;
 use crate::error::{Error, Result};
 use crate::wire::client::WriteConcern;
 use crate::wire::message::{Member, NodeId};
@@ -42,9 +43,11 @@ pub const DEFAULT_DEV_FIRST_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 /// Name of the client certificate `kvnode dev` makes (role admin).
 pub const DEV_CLIENT_NAME: &str = "admin";
 
-/// The role a dev node gives callers without credentials (`anonymous_role`): the cluster listens
-/// on loopback addresses only.
-pub const DEV_ANONYMOUS_ROLE: CertRole = CertRole::ReadWrite;
+/// The user `kvnode dev` makes (role admin), whose password it keeps in `admin.password`.
+pub const DEV_ADMIN_USER: &str = "admin";
+
+/// The name of the admin API token `kvnode dev` makes and keeps in `admin.token`.
+pub const DEV_ADMIN_TOKEN_NAME: &str = "kvnode-dev";
 
 /// Most nodes of a dev cluster: one loopback address each, 127.0.0.11 to 127.0.0.255.
 const MAX_DEV_NODES: u64 = 245;
@@ -123,9 +126,6 @@ impl DevCluster {
                 data_dir: dir.join(format!("node-{}", member.id)),
                 certs_dir: certs_dir.clone(),
                 members: members.clone(),
-                // Interim, until users land: the loopback cluster serves callers without
-                // credentials (redis-cli, curl) as readwrite, and says so in its banner.
-                anonymous_role: Some(DEV_ANONYMOUS_ROLE),
                 http_addr: Some(format!(
                     "{}:{http_port}",
                     dev_http_host(&member.client_addr)
@@ -174,6 +174,16 @@ impl DevCluster {
     /// `dir/node-<id>.log`.
     pub fn node_log_path(&self, id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{id}.log"))
+    }
+
+    /// `dir/admin.password`: the password of [`DEV_ADMIN_USER`], beside `client.toml`.
+    pub fn admin_password_path(&self) -> PathBuf {
+        self.dir.join("admin.password")
+    }
+
+    /// `dir/admin.token`: the admin API token, beside `client.toml`.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.dir.join("admin.token")
     }
 
     /// `dir/client.toml`.
@@ -227,7 +237,7 @@ mod tests {
             cluster.nodes[1].resp_addr.as_deref(),
             Some("127.0.0.12:6379")
         );
-        assert_eq!(cluster.nodes[1].anonymous_role, Some(DEV_ANONYMOUS_ROLE));
+        assert_eq!(cluster.nodes[1].anonymous_role, None);
         assert_eq!(
             cluster.nodes[1].http_addr.as_deref(),
             Some("127.0.0.12:7381")

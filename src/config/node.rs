@@ -61,10 +61,14 @@ macro_rules! declare_node_config {
             /// the node speaks no RESP.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub resp_addr: Option<String>,
-            /// The role of callers that present no credentials (plain-TCP RESP, plain HTTP):
-            /// `readonly`, `readwrite` or `admin`. Left out, such callers are refused and told to
-            /// authenticate. Interim, until users and tokens live in the replicated state; `kvnode
-            /// dev` sets `readwrite` on its loopback cluster.
+            /// Whether the RESP door speaks TLS with the node's certificate (the cluster CA), for
+            /// `redis-cli --tls`; a client certificate, if presented, gives the connection its
+            /// role. Left out, it does not: plain TCP, as Redis.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub resp_tls: Option<bool>,
+            /// The role of callers that present no credentials (no AUTH on RESP, no token,
+            /// password or certificate on HTTP): `readonly`, `readwrite` or `admin`. Left out,
+            /// such callers are refused and told to authenticate: an operator's opt-in.
             #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_client_role")]
             pub anonymous_role: Option<CertRole>,
             /// Address the HTTP door binds (`ip:port`): health, metrics and the HTTP/JSON API.
@@ -101,6 +105,7 @@ macro_rules! declare_node_config {
                     anonymous_role: None,
                     http_addr: None,
                     http_tls: None,
+                    resp_tls: None,
                     $($name: None,)*
                     log_level: default_log_level(),
                 }
@@ -219,8 +224,11 @@ pub struct NodeOverrides {
     /// Address of the RESP door, ip:port (TCP): Redis clients connect here.
     #[arg(long, value_name = "ADDR")]
     pub resp_addr: Option<String>,
-    /// Serve callers without credentials (plain-TCP RESP, plain HTTP) with this role: readonly,
-    /// readwrite or admin. Without it they are refused. Interim, until users land.
+    /// Whether the RESP door speaks TLS with the cluster CA (default false: plain TCP).
+    #[arg(long, value_name = "BOOL")]
+    pub resp_tls: Option<bool>,
+    /// Serve callers without any credentials with this role: readonly, readwrite or admin.
+    /// Without it they are refused (an opt-in for trusted networks).
     #[arg(long, value_name = "ROLE")]
     pub anonymous_role: Option<CertRole>,
     /// Address of the HTTP door, ip:port (health, metrics, the HTTP/JSON API).
@@ -299,6 +307,7 @@ impl NodeConfig {
             anonymous_role: overrides.anonymous_role,
             http_addr: overrides.http_addr,
             http_tls: overrides.http_tls,
+            resp_tls: overrides.resp_tls,
             log_level: overrides.log_level.unwrap_or_else(default_log_level),
             ..NodeConfig::default()
         };
@@ -329,6 +338,9 @@ impl NodeConfig {
         }
         if overrides.http_tls.is_some() {
             self.http_tls = overrides.http_tls;
+        }
+        if overrides.resp_tls.is_some() {
+            self.resp_tls = overrides.resp_tls;
         }
         if !overrides.members.is_empty() {
             self.members = overrides.members;
@@ -452,6 +464,11 @@ impl NodeConfig {
     /// Whether the HTTP door (if any) speaks TLS: unless `http_tls = false`.
     pub fn http_uses_tls(&self) -> bool {
         self.http_tls.unwrap_or(true)
+    }
+
+    /// Whether the RESP door (if any) speaks TLS: only with `resp_tls = true`.
+    pub fn resp_uses_tls(&self) -> bool {
+        self.resp_tls.unwrap_or(false)
     }
 
     /// This node's certificate, key and CA.

@@ -143,6 +143,24 @@ pub const MIN_SESSION_TTL_MS: u64 = crate::core::MAX_REQUEST_TIMEOUT_MS;
 /// failure timeout, and clocks that bad are broken rather than drifting.
 pub const MAX_CLOCK_DRIFT_PPM: u64 = 500_000;
 
+/// Applied log entries a node keeps in memory for its watchers (the watch hub's ring): a live
+/// watcher that falls further behind than the ring is cut off ([`crate::error::Error::WatchLagging`])
+/// and its client resumes from its last index, catching up from the stored log.
+pub const WATCH_RING_ENTRIES: usize = 4096;
+
+/// Bytes of keys and values the watch ring holds at most; the oldest entries leave first.
+pub const WATCH_RING_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes of log entries one read of the stored log takes, for the hub or a catching-up watcher.
+pub const WATCH_READ_BYTES: usize = 1024 * 1024;
+
+/// An idle watch is told the index it has seen up to this often (progress notification).
+pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Most bytes of values a watch with `initial` lists (held while the listing is brought to one
+/// index); a larger prefix is refused: list it with a scan and watch from the scan's index.
+pub const WATCH_MAX_INITIAL_BYTES: usize = 64 * 1024 * 1024;
+
 /// Checks that the protocol can work with `options`. The error names the tunable at fault.
 pub fn check_options(options: &Options) -> Result<()> {
     if options.heartbeat_interval_ms == 0 {

@@ -19,7 +19,9 @@
 mod node;
 mod progress;
 
-pub use node::{parse_integer, Node, MAX_REQUEST_TIMEOUT_MS, NOT_AN_INTEGER, OVERFLOW};
+pub use node::{
+    parse_integer, Node, SnapshotCounters, MAX_REQUEST_TIMEOUT_MS, NOT_AN_INTEGER, OVERFLOW,
+};
 
 use crate::wire::client::Response;
 use crate::wire::message::{Epoch, LogIndex, Membership, Message, NodeId};

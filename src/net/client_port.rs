@@ -41,8 +41,8 @@ use crate::certs::CertRole;
 use crate::error::{Error, Result};
 use crate::net::shutdown::Shutdown;
 use crate::net::tls;
-use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED};
-use crate::wire::client::{Request, Response, Topology};
+use crate::net::{CLOSE_PROTOCOL_ERROR, CLOSE_REFUSED, WATCH_LAGGING_CODE};
+use crate::wire::client::{Request, Response, Topology, WatchEvent};
 use crate::wire::frame::{self, MAX_CLIENT_FRAME_BYTES, MAX_READ_REQUEST_BYTES};
 
 /// Request bytes the node buffers at once from the node-wide budget, over every client stream: a
@@ -246,6 +246,10 @@ impl ClientConnection {
                     return;
                 }
             };
+            if matches!(request, Request::Watch { .. }) {
+                // A watch takes the stream over: event frames until it ends.
+                return self.serve_watch(send, role, request).await;
+            }
             let client_gone = send.stopped();
             let response = tokio::select! {
                 response = self.service.call(
@@ -266,6 +270,54 @@ impl ClientConnection {
             }
         }
         let _ = send.finish();
+    }
+
+    /// One watch: [`WatchEvent`] frames until the watch ends (its last frame is
+    /// [`WatchEvent::End`]), the client stops the stream, or the node shuts down. A client that
+    /// stops reading holds the watcher in its write; once the watcher has fallen behind the hub's
+    /// ring the stream is reset with [`WATCH_LAGGING_CODE`], the same cut-off as
+    /// [`Error::WatchLagging`], since no frame can reach that client any more.
+    async fn serve_watch(mut self, mut send: SendStream, role: CertRole, request: Request) {
+        let mut client_gone = std::pin::pin!(send.stopped());
+        let caller = Caller::Certificate(role);
+        let opened = tokio::select! {
+            opened = self.service.watch(&caller, request) => opened,
+            _ = &mut client_gone => return,
+        };
+        let mut watcher = match opened {
+            Ok(watcher) => watcher,
+            Err(err) => {
+                let _ = write_watch_event(&mut send, &WatchEvent::End(err)).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                event = watcher.next() => event,
+                _ = self.shutdown.requested() => Err(Error::ShuttingDown),
+                _ = &mut client_gone => return,
+            };
+            let (event, last) = match event {
+                Ok(event) => (event, false),
+                Err(err) => (WatchEvent::End(err), true),
+            };
+            tokio::select! {
+                written = write_watch_event(&mut send, &event) => if let Err(err) = written {
+                    debug!(%err, "cannot write to a watcher; closing its stream");
+                    return;
+                },
+                () = watcher.fallen_behind() => {
+                    debug!("cutting off a watcher that stopped reading");
+                    let _ = send.reset(WATCH_LAGGING_CODE);
+                    return;
+                }
+            }
+            if last {
+                let _ = send.finish();
+                return;
+            }
+        }
     }
 
     /// Pushes every new topology to the client, best effort, until the connection closes.
@@ -349,6 +401,14 @@ async fn write_response(send: &mut SendStream, response: &Response) -> Result<()
             frame::encode(&too_large, MAX_CLIENT_FRAME_BYTES)?
         }
     };
+    send.write_all(&bytes)
+        .await
+        .map_err(|err| Error::Network(err.to_string()))
+}
+
+/// Writes one watch frame. A change too large for a frame cannot be (a value fits a request frame).
+async fn write_watch_event(send: &mut SendStream, event: &WatchEvent) -> Result<()> {
+    let bytes = frame::encode(event, MAX_CLIENT_FRAME_BYTES)?;
     send.write_all(&bytes)
         .await
         .map_err(|err| Error::Network(err.to_string()))

@@ -42,3 +42,8 @@ pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(1);
 
 /// QUIC close (or stream stop) code: the peer sent bytes that are not a valid frame.
 pub const CLOSE_PROTOCOL_ERROR: VarInt = VarInt::from_u32(2);
+
+/// QUIC stream reset code: a watcher whose client stopped reading fell behind the node's watch
+/// ring and was cut off; the client resumes from its last index, as after
+/// [`crate::error::Error::WatchLagging`].
+pub const WATCH_LAGGING_CODE: VarInt = VarInt::from_u32(0x5741);

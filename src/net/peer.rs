@@ -303,6 +303,7 @@ impl Link {
             end = forward(replication_stream, &mut self.replication_queue, peer, activity, metrics) => end,
             end = forward(resync_stream, &mut self.resync_queue, peer, activity, metrics) => end,
             end = watch_silence(activity) => end,
+            never = sample_round_trips(connection, peer, metrics) => match never {},
             lost = connection.closed() => connection_lost(lost),
             _ = self.shutdown.requested() => LinkEnd::Stopped,
         }
@@ -328,6 +329,21 @@ impl Link {
         while self.heartbeat_queue.try_recv().is_ok() {}
         while self.replication_queue.try_recv().is_ok() {}
         while self.resync_queue.try_recv().is_ok() {}
+    }
+}
+
+/// Samples the connection's round-trip time (QUIC's smoothed estimate, kept by quinn from every
+/// acknowledgement) once a second, for `replikv_network_peer_round_trip_time_seconds`. Runs
+/// until the link's other branches end it.
+async fn sample_round_trips(
+    connection: &Connection,
+    peer: NodeId,
+    metrics: &Metrics,
+) -> std::convert::Infallible {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every_second.tick().await;
+        metrics.observe_peer_round_trip(peer, connection.rtt());
     }
 }
 

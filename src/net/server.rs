@@ -28,9 +28,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::api::auth::Credentials;
 use crate::api::http::{self, HttpDoor};
 use crate::api::resp;
 use crate::api::service::{Service, ServiceSettings};
+use crate::api::watch::WatchHub;
 use crate::certs::TlsFiles;
 use crate::config::tuning::{
     CLIENT_INBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_RESYNC_INBOX_CAPACITY, SHUTDOWN_DRAIN_MS,
@@ -94,8 +96,10 @@ where
     let dial_tls = tls::client_config(&files, PEER_ALPN)?;
 
     let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir)?);
-    // The HTTP door's liveness check reads it; only the event loop writes.
+    // The HTTP door's liveness check and the watch hub read it; only the event loop writes.
     let health_storage = Arc::clone(&storage);
+    // The service verifies users and tokens against the applied state.
+    let credentials = Credentials::new(Arc::clone(&storage));
     let clock = Clock::start();
     let node = Node::new(
         config.id,
@@ -110,7 +114,13 @@ where
     let client_endpoint = restart_identity.bind(client_tls, client_addr, "client")?;
     let mut peer_endpoint = restart_identity.bind(peer_tls, peer_addr, "peer")?;
     let resp_listener = match &config.resp_addr {
-        Some(addr) => Some(resp::bind(parse_addr(addr)?).await?),
+        Some(addr) => {
+            let tls = match config.resp_uses_tls() {
+                true => Some(resp::resp_tls(&files)?),
+                false => None,
+            };
+            Some((resp::bind(parse_addr(addr)?).await?, tls))
+        }
         None => None,
     };
     // Peers are dialled from the peer endpoint, so they see this node's own peer address as the
@@ -172,9 +182,17 @@ where
         metrics.clone(),
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
-    let service = Service::new(client_inbox, service_settings(&config, metrics.clone()));
-    if let Some(listener) = resp_listener {
-        let door = resp::serve(listener, service.clone(), controller.handle());
+    let service = Service::new(
+        client_inbox,
+        service_settings(&config, metrics.clone()),
+        credentials,
+    );
+    service.serve_watches(WatchHub::start(
+        Arc::clone(&health_storage),
+        view_rx.clone(),
+    ));
+    if let Some((listener, tls)) = resp_listener {
+        let door = resp::serve(listener, tls, service.clone(), controller.handle());
         tokio::spawn(door.in_current_span());
     }
     if let Some((listener, tls)) = http_door {

@@ -48,6 +48,12 @@ pub fn http_server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
     rustls_server_config(files, b"http/1.1", ClientCertificate::Optional)
 }
 
+/// rustls server config of the RESP door (`resp_tls`): as the HTTP door's, a client certificate
+/// of the cluster CA optional, but no ALPN (Redis clients offer none).
+pub fn resp_server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
+    rustls_server_config(files, b"", ClientCertificate::Optional)
+}
+
 /// Whether a server asks a client certificate of the cluster CA of every client, or verifies one
 /// only if presented.
 enum ClientCertificate {
@@ -79,7 +85,12 @@ fn rustls_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|err| key_pair_error(files, err))?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    // An empty ALPN means none: the RESP door's clients offer none.
+    tls.alpn_protocols = [alpn]
+        .into_iter()
+        .filter(|alpn| !alpn.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
     Ok(tls)
 }
 

@@ -23,7 +23,8 @@ use crate::storage::rules::{
 use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    WriteResult,
 };
 
 /// A [`Storage`] held in memory. Share it as `Arc<MemoryStorage>`: after [`MemoryStorage::crash`]
@@ -52,7 +53,11 @@ enum Write {
     Apply(Vec<Entry>),
     Compact(LogIndex),
     BeginSnapshot,
-    StageSnapshot(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<(u64, Option<Session>)>),
+    StageSnapshot(
+        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        Vec<(u64, Option<Session>)>,
+        StagedSnapshot,
+    ),
     InstallSnapshot {
         finish: SnapshotFinish,
         commit_index: LogIndex,
@@ -73,6 +78,9 @@ struct Contents {
     staged: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Its sessions, beside the live ones.
     staged_sessions: BTreeMap<u64, Session>,
+    /// How far the staging got (staged in the same write as the pairs it covers, so a crash
+    /// keeps both or neither: stricter than sled's order, which the contract allows).
+    staged_progress: Option<StagedSnapshot>,
 }
 
 impl MemoryStorage {
@@ -158,6 +166,7 @@ impl Contents {
             },
             staged: BTreeMap::new(),
             staged_sessions: BTreeMap::new(),
+            staged_progress: None,
         }
     }
 
@@ -181,7 +190,9 @@ impl Contents {
             }
             Write::Compact(through) => self.compact(through)?,
             Write::BeginSnapshot => self.begin_snapshot(),
-            Write::StageSnapshot(pairs, sessions) => self.stage(&pairs, &sessions),
+            Write::StageSnapshot(pairs, sessions, progress) => {
+                self.stage(&pairs, &sessions, progress)
+            }
             Write::InstallSnapshot {
                 finish,
                 commit_index,
@@ -213,9 +224,16 @@ impl Contents {
     fn begin_snapshot(&mut self) {
         self.staged.clear();
         self.staged_sessions.clear();
+        self.staged_progress = None;
     }
 
-    fn stage(&mut self, pairs: &[(Vec<u8>, Option<Vec<u8>>)], sessions: &[(u64, Option<Session>)]) {
+    fn stage(
+        &mut self,
+        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        sessions: &[(u64, Option<Session>)],
+        progress: StagedSnapshot,
+    ) {
+        self.staged_progress = Some(progress);
         for (key, value) in pairs {
             match value {
                 Some(value) => self.staged.insert(key.clone(), value.clone()),
@@ -244,6 +262,7 @@ impl Contents {
         }));
         self.state = std::mem::take(&mut self.staged);
         self.sessions = std::mem::take(&mut self.staged_sessions);
+        self.staged_progress = None;
         self.meta.applied_index = finish.index;
         self.meta.commit_index = self.meta.commit_index.max(finish.index);
         self.meta.log_start = finish.index + 1;
@@ -517,12 +536,17 @@ impl Storage for MemoryStorage {
         &self,
         pairs: &[(Vec<u8>, Option<Vec<u8>>)],
         sessions: &[(u64, Option<Session>)],
+        progress: &StagedSnapshot,
     ) -> Result<()> {
-        let write = Write::StageSnapshot(pairs.to_vec(), sessions.to_vec());
+        let write = Write::StageSnapshot(pairs.to_vec(), sessions.to_vec(), progress.clone());
         self.write(write, |contents| {
-            contents.stage(pairs, sessions);
+            contents.stage(pairs, sessions, progress.clone());
             Ok(())
         })
+    }
+
+    fn staged_snapshot(&self) -> Result<Option<StagedSnapshot>> {
+        Ok(self.lock().live.staged_progress.clone())
     }
 
     fn install_snapshot(

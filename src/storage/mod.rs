@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    WriteResult,
 };
 
 /// Metadata a node persists besides its log (the `meta` tree).
@@ -170,19 +171,27 @@ pub trait Storage: Send + Sync {
         max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    /// Discards any staged snapshot and starts staging a new one, beside the live state and
-    /// sessions.
+    /// Discards any staged snapshot and its record, and starts staging a new one, beside the
+    /// live state and sessions.
     fn begin_snapshot(&self) -> Result<()>;
 
-    /// Stages snapshot pairs and session records; `None` removes a staged key or session.
+    /// Stages snapshot pairs and session records (`None` removes a staged key or session), then
+    /// records `progress` as how far the staging got. After a crash the record found is never
+    /// ahead of the staged pairs, and never names a begin index above that of a staged value: a
+    /// lower begin index is recorded before the pairs, the new position after them.
     fn stage_snapshot(
         &self,
         pairs: &[(Vec<u8>, Option<Vec<u8>>)],
         sessions: &[(u64, Option<Session>)],
+        progress: &StagedSnapshot,
     ) -> Result<()>;
 
-    /// Replaces state and sessions with the staged ones, as one step that a crash
-    /// either completes (on reopening) or never started: applied index, commit index and the log
+    /// The record of the staged snapshot (see [`Storage::stage_snapshot`]), if any: a transfer
+    /// may resume on the staging, across restarts.
+    fn staged_snapshot(&self) -> Result<Option<StagedSnapshot>>;
+
+    /// Replaces state and sessions with the staged ones (and drops the staging record), as one
+    /// step that a crash either completes (on reopening) or never started: applied index, commit index and the log
     /// start move to `finish.index`, the membership to `finish.membership`. The old log is dropped;
     /// its entries above `commit_index` are moved to `rollback`, tagged `epoch`, and returned.
     fn install_snapshot(

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `log` | index, u64 big-endian | [`Entry`] |
 //! | `state` | user key | user value (raw bytes) |
-//! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch |
+//! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch, install marker, staged-snapshot record |
 //! | `sessions` | client id, u64 big-endian | [`Session`] |
 //! | `rollback` | sequence number, u64 big-endian | [`RolledBack`] |
 //! | `snapshot` | user key | user value: the state of a snapshot being received |
@@ -25,6 +25,9 @@
 //!   that remain, so the state is always what the log `log_start ..= applied_index` produces.
 //! - sled's concurrency control is one process-wide lock that transactions and batches take for
 //!   writing, so nothing reads a plain tree inside a transaction (that would deadlock).
+//! - The staged-snapshot record is written after the staged pairs it covers, lowered (its begin
+//!   index) before them, and removed before the staging is cleared, so after a crash it never
+//!   vouches for more than is staged.
 //! - Bytes read from disk are decoded as untrusted: corruption is an [`Error::Storage`] naming the
 //!   tree and key, never a panic.
 
@@ -45,7 +48,8 @@ use crate::storage::rules::{
 use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, WriteResult,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    WriteResult,
 };
 
 const META_EPOCH_AND_VOTE: &[u8] = b"epoch_and_vote";
@@ -56,6 +60,8 @@ const META_LOG_START: &[u8] = b"log_start";
 const META_SNAPSHOT_EPOCH: &[u8] = b"snapshot_epoch";
 /// Present while a snapshot is being installed: what to finish after a crash.
 const META_INSTALLING: &[u8] = b"installing_snapshot";
+/// The record of the staged snapshot ([`StagedSnapshot`]): how far its transfer got.
+const META_STAGED_SNAPSHOT: &[u8] = b"staged_snapshot";
 
 /// Large enough for any postcard-encoded `u64` or [`Session`] (at most 21 bytes), so the hot
 /// path encodes them without allocating; values this small are stored inline by sled's `IVec`.
@@ -505,6 +511,8 @@ impl Storage for SledStorage {
     }
 
     fn begin_snapshot(&self) -> Result<()> {
+        // The record goes first: a crash then leaves staged pairs that no record vouches for.
+        self.meta.remove(META_STAGED_SNAPSHOT)?;
         self.snapshot.clear()?;
         self.snapshot_sessions.clear()?;
         Ok(())
@@ -514,7 +522,20 @@ impl Storage for SledStorage {
         &self,
         pairs: &[(Vec<u8>, Option<Vec<u8>>)],
         sessions: &[(u64, Option<Session>)],
+        progress: &StagedSnapshot,
     ) -> Result<()> {
+        // sled keeps a prefix of the writes in a crash: a lower begin index is recorded before
+        // the pairs read at it, and the new position after them.
+        if let Some(recorded) = self.staged_snapshot()? {
+            if progress.begin_index < recorded.begin_index {
+                let lowered = StagedSnapshot {
+                    begin_index: progress.begin_index,
+                    position: recorded.position,
+                };
+                let encoded = encode(&lowered, || "staged snapshot record".to_string())?;
+                self.meta.insert(META_STAGED_SNAPSHOT, encoded)?;
+            }
+        }
         let mut batch = Batch::default();
         for (key, value) in pairs {
             match value {
@@ -535,7 +556,13 @@ impl Storage for SledStorage {
             }
         }
         self.snapshot_sessions.apply_batch(batch)?;
+        let encoded = encode(progress, || "staged snapshot record".to_string())?;
+        self.meta.insert(META_STAGED_SNAPSHOT, encoded)?;
         Ok(())
+    }
+
+    fn staged_snapshot(&self) -> Result<Option<StagedSnapshot>> {
+        read_value(&self.meta, META_STAGED_SNAPSHOT)
     }
 
     fn install_snapshot(
@@ -655,6 +682,7 @@ impl SledStorage {
             encode(&finish.membership, || "membership".into())?,
         );
         batch.remove(META_INSTALLING);
+        batch.remove(META_STAGED_SNAPSHOT);
         self.meta.apply_batch(batch)?;
         self.snapshot.clear()?;
         self.snapshot_sessions.clear()?;

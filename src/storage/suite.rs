@@ -12,7 +12,7 @@ use super::{Meta, RolledBack, Storage};
 use crate::error::Error;
 use crate::wire::message::{
     Answer, Change, Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session,
-    SnapshotFinish, WriteResult,
+    SnapshotFinish, SnapshotPosition, StagedSnapshot, WriteResult,
 };
 
 // --- entry builders ---
@@ -637,6 +637,7 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
                 (bytes("b"), Some(bytes("2"))),
             ],
             &[(20, Some(session(3, 40))), (21, Some(session(1, 41)))],
+            &staged(30, "b"),
         )
         .unwrap();
     // A later chunk deletes what an earlier one staged, and changes what it sent.
@@ -644,6 +645,7 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
         .stage_snapshot(
             &[(bytes("b"), None), (bytes("c"), Some(bytes("3")))],
             &[(21, None), (20, Some(session(4, 50)))],
+            &staged(30, "c"),
         )
         .unwrap();
     let finish = SnapshotFinish {
@@ -661,7 +663,7 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
     assert_eq!((meta.applied_index, meta.log_start), (60, 61));
     // The next transfer starts from nothing staged.
     storage.begin_snapshot().unwrap();
-    storage.stage_snapshot(&[], &[]).unwrap();
+    storage.stage_snapshot(&[], &[], &staged(60, "")).unwrap();
     let finish = SnapshotFinish {
         index: 70,
         ..finish
@@ -669,6 +671,53 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
     storage.install_snapshot(&finish, 60, 2).unwrap();
     assert_eq!(storage.scan(b"", 10).unwrap(), vec![]);
     assert_eq!(storage.sessions().unwrap(), vec![]);
+}
+
+/// A staging record at `begin_index`, with the state scanned up to `after`.
+fn staged(begin_index: LogIndex, after: &str) -> StagedSnapshot {
+    StagedSnapshot {
+        begin_index,
+        position: SnapshotPosition::State {
+            after: Some(bytes(after)),
+        },
+    }
+}
+
+fn the_staging_record_follows_the_staged_chunks(storage: &dyn Storage) {
+    assert_eq!(storage.staged_snapshot().unwrap(), None);
+    storage.begin_snapshot().unwrap();
+    assert_eq!(storage.staged_snapshot().unwrap(), None);
+    let pair = |key: &str| (bytes(key), Some(bytes("v")));
+    storage
+        .stage_snapshot(&[pair("a")], &[], &staged(10, "a"))
+        .unwrap();
+    assert_eq!(storage.staged_snapshot().unwrap(), Some(staged(10, "a")));
+    // A transfer resumed by a primary that applied less lowers the begin index.
+    storage
+        .stage_snapshot(&[pair("b")], &[], &staged(8, "b"))
+        .unwrap();
+    assert_eq!(storage.staged_snapshot().unwrap(), Some(staged(8, "b")));
+    // A new transfer from scratch discards the staging and its record.
+    storage.begin_snapshot().unwrap();
+    assert_eq!(storage.staged_snapshot().unwrap(), None);
+    storage
+        .stage_snapshot(&[pair("c")], &[], &staged(20, "c"))
+        .unwrap();
+    let finish = SnapshotFinish {
+        index: 30,
+        epoch: 2,
+        membership: membership(&[1, 2]),
+    };
+    storage.install_snapshot(&finish, 0, 2).unwrap();
+    assert_eq!(
+        storage.staged_snapshot().unwrap(),
+        None,
+        "installing uses the staging up"
+    );
+    assert_eq!(
+        storage.scan(b"", 10).unwrap(),
+        vec![(bytes("c"), bytes("v"))]
+    );
 }
 
 fn truncating_applied_entries_rebuilds_the_state(storage: &dyn Storage) {
@@ -743,6 +792,7 @@ macro_rules! engine_suite {
             sessions_are_read_in_pages,
             expiring_sessions_removes_those_unchanged_since,
             a_staged_snapshot_replaces_the_state_and_the_sessions,
+            the_staging_record_follows_the_staged_chunks,
             truncating_applied_entries_rebuilds_the_state,
             truncating_unapplied_entries_keeps_the_state,
         );
@@ -847,6 +897,33 @@ mod memory_engine {
     }
 
     #[test]
+    fn a_crash_keeps_the_staging_record_with_the_chunks_it_covers() {
+        let storage = MemoryStorage::new();
+        storage.begin_snapshot().unwrap();
+        let chunk = |key: &str| vec![(bytes(key), Some(bytes("v")))];
+        storage
+            .stage_snapshot(&chunk("a"), &[], &staged(10, "a"))
+            .unwrap();
+        storage.flush().unwrap();
+        storage
+            .stage_snapshot(&chunk("b"), &[], &staged(10, "b"))
+            .unwrap();
+        storage.crash();
+        assert_eq!(storage.staged_snapshot().unwrap(), Some(staged(10, "a")));
+        // What is staged is installed as it was: chunk "b" was lost with its record.
+        let finish = SnapshotFinish {
+            index: 30,
+            epoch: 2,
+            membership: membership(&[1]),
+        };
+        storage.install_snapshot(&finish, 0, 2).unwrap();
+        assert_eq!(
+            storage.scan(b"", 10).unwrap(),
+            vec![(bytes("a"), bytes("v"))]
+        );
+    }
+
+    #[test]
     fn flushed_writes_survive_repeated_crashes() {
         let storage = MemoryStorage::new();
         write_everything(&storage, 1, 1);
@@ -911,6 +988,23 @@ mod sled_engine {
         let rolled_back = reopened.rolled_back().unwrap();
         assert_eq!(rolled_back.len(), 3);
         assert_eq!(rolled_back[2].entry, noop(3, 7));
+    }
+
+    #[test]
+    fn reopen_finds_the_staging_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = SledStorage::open(dir.path()).unwrap();
+            storage.begin_snapshot().unwrap();
+            storage
+                .stage_snapshot(&[(bytes("a"), Some(bytes("v")))], &[], &staged(10, "a"))
+                .unwrap();
+            storage.flush().unwrap();
+        }
+        let reopened = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(reopened.staged_snapshot().unwrap(), Some(staged(10, "a")));
+        reopened.begin_snapshot().unwrap();
+        assert_eq!(reopened.staged_snapshot().unwrap(), None);
     }
 
     #[test]

@@ -132,6 +132,168 @@ pub enum Request {
     /// Removes a member. Allowed to `admin` certificates only. Removing the primary makes it step
     /// down once the change is committed.
     RemoveMember { id: NodeId },
+    /// A change or listing of users and API tokens (admin only; served by the primary).
+    Credentials(CredentialsRequest),
+    /// Opens a change feed: the stream is answered with [`WatchEvent`] frames, not one
+    /// [`Response`], until the watch ends. Every committed change of a key under `prefix` with a
+    /// log index of at least `from` (or, when `None`, after the index the node has applied), in
+    /// index order. With `initial`, the values under the prefix at one index come first
+    /// ([`WatchEvent::Initial`]), then every change after that index. Any node serves it, from its
+    /// own applied log; a `readonly` certificate may watch.
+    Watch {
+        prefix: Vec<u8>,
+        from: Option<LogIndex>,
+        initial: bool,
+    },
+}
+
+/// The requests about users and API tokens, which are replicated state (docs/ARCHITECTURE.md,
+/// "Users and API tokens"). Every one is allowed to the `admin` role only and is served by the
+/// primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialsRequest {
+    /// Adds a user with a password (hashed by the primary) and a role.
+    UserAdd {
+        request_id: RequestId,
+        name: String,
+        role: ClientRole,
+        password: Secret,
+    },
+    /// Sets a user's password, keeping the role.
+    UserPasswd {
+        request_id: RequestId,
+        name: String,
+        password: Secret,
+    },
+    /// Removes a user: from the index it applies at, no node accepts its password.
+    UserRemove { request_id: RequestId, name: String },
+    /// Every user, by name; answered [`Response::Users`].
+    UserList,
+    /// Records an API token. The client draws the secret and sends only its SHA-256 digest, so
+    /// the token is shown once, by the client, and never crosses the network.
+    TokenCreate {
+        request_id: RequestId,
+        digest: [u8; 32],
+        name: String,
+        role: ClientRole,
+        /// How long the token is valid, from when the primary records it; `None` never expires.
+        ttl_ms: Option<u64>,
+    },
+    /// Every token (never its secret); answered [`Response::Tokens`].
+    TokenList,
+    /// Revokes the one token whose id starts with `token`, or whose name is `token`.
+    TokenRevoke {
+        request_id: RequestId,
+        token: String,
+    },
+}
+
+/// The role of a user or an API token: what a client certificate's role can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientRole {
+    ReadOnly,
+    ReadWrite,
+    Admin,
+}
+
+impl ClientRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientRole::ReadOnly => "readonly",
+            ClientRole::ReadWrite => "readwrite",
+            ClientRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ClientRole {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self, Error> {
+        [
+            ClientRole::ReadOnly,
+            ClientRole::ReadWrite,
+            ClientRole::Admin,
+        ]
+        .into_iter()
+        .find(|role| role.name() == text.trim().to_ascii_lowercase())
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "role {text:?} is not one of readonly, readwrite, admin"
+            ))
+        })
+    }
+}
+
+/// A password on its way to the node: shown as `<secret>` by `Debug`, so no log prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// One user, as [`Request::UserList`] answers it (never the password hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: ClientRole,
+    /// When the user was added, in milliseconds since the Unix epoch (the primary's clock).
+    pub created_ms: u64,
+}
+
+/// One API token, as [`Request::TokenList`] answers it (never the secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The first hex digits of the token's digest: enough to name it in `kvctl token revoke`.
+    pub id: String,
+    pub name: String,
+    pub role: ClientRole,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+}
+
+/// One committed change a watch delivers: the revision is the log index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The log index of the entry that made the change.
+    pub index: LogIndex,
+    /// The epoch in which the entry was appended.
+    pub epoch: Epoch,
+    pub key: Vec<u8>,
+    /// The new value; `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A frame of a watch stream ([`Request::Watch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchEvent {
+    /// Every change up to `index` under the prefix has been delivered. Sent first (where the
+    /// watch starts: `from - 1`), and then whenever the watch has been idle for a while (etcd's
+    /// progress notification), so a client knows how fresh it is and resumes after `index`.
+    Progress { index: LogIndex },
+    /// A committed change.
+    Change(Change),
+    /// A page of the values under the prefix at `index` (a watch with `initial`); `more` says
+    /// whether pages follow. After the last one come the changes after `index`.
+    Initial {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        index: LogIndex,
+        more: bool,
+    },
+    /// The watch ended: [`Error::Compacted`] (the log no longer holds `from`),
+    /// [`Error::WatchLagging`] (the watcher fell too far behind; resume after its last index),
+    /// [`Error::ShuttingDown`], or a refusal. Last frame of the stream.
+    End(Error),
 }
 
 /// The write part of [`Request::Write`]. Every write is decided by the primary against its state
@@ -262,6 +424,10 @@ pub enum Response {
     },
     Status(Box<ClusterStatus>),
     Error(Error),
+    /// Answers [`Request::UserList`].
+    Users(Vec<UserInfo>),
+    /// Answers [`Request::TokenList`].
+    Tokens(Vec<TokenInfo>),
 }
 
 /// The role a node plays.

@@ -252,22 +252,63 @@ pub enum MessageBody {
     Coordinator,
     /// Reply to a message from a lower epoch; the message epoch tells the sender the current one.
     StaleEpoch,
-    /// Primary → member whose next entry was compacted away, on the resync stream: one chunk of a
-    /// snapshot of the primary's state and sessions. Chunks of one `transfer` are numbered from 0
-    /// and staged by the member; the chunk carrying `finish` installs the whole snapshot
+    /// Primary → member whose next entry was compacted away, on the resync stream: opens snapshot
+    /// transfer `transfer`. The member answers [`MessageBody::SnapshotStaged`] with what it has
+    /// staged from earlier transfers, so the transfer can resume there instead of from the first
+    /// key. Resent until answered.
+    SnapshotOffer { transfer: u64 },
+    /// Member → primary: answer to [`MessageBody::SnapshotOffer`]: how far the member's staged
+    /// snapshot got, if it holds one that a transfer may continue.
+    SnapshotStaged {
+        transfer: u64,
+        staged: Option<StagedSnapshot>,
+    },
+    /// Primary → member, on the resync stream: one chunk of a snapshot of the primary's state and
+    /// sessions. Chunks of one `transfer` are numbered from 0 and staged by the member strictly in
+    /// sequence order (go-back-N); the chunk carrying `finish` installs the whole snapshot
     /// atomically. Every chunk, the last included, stays within the sender's `max_append_bytes`
-    /// (plus at most one pair), so it always fits a peer frame.
+    /// (plus at most one pair and the key of `position`), so it always fits a peer frame.
     SnapshotChunk {
         transfer: u64,
         sequence: u64,
+        /// Every value staged so far, this chunk's included, is the committed value at an index
+        /// at or above this one (the transfer's begin index).
+        begin_index: LogIndex,
+        /// Chunk 0 only: discard whatever is staged first (the transfer does not resume).
+        discard_staged: bool,
+        /// Where the transfer stands once this chunk is staged (what a resumed transfer sends
+        /// next).
+        position: SnapshotPosition,
         /// Keys and values; `None` deletes a key staged by an earlier chunk.
         pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         /// Session records by client id; `None` deletes a session staged by an earlier chunk.
         sessions: Vec<(u64, Option<Session>)>,
         finish: Option<SnapshotFinish>,
     },
-    /// Member → primary: chunk `sequence` of `transfer` is staged (flow control).
-    SnapshotAck { transfer: u64, sequence: u64 },
+    /// Member → primary: every chunk of `transfer` before `next_sequence` is staged. Sent for
+    /// every chunk received, in order or not, so a gap shows as a repeated `next_sequence` and
+    /// the primary resends from there.
+    SnapshotAck { transfer: u64, next_sequence: u64 },
+}
+
+/// How far a snapshot transfer got through the primary's state: what it sends next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotPosition {
+    /// The state, in key order, after `after` (from the first key when `None`).
+    State { after: Option<Vec<u8>> },
+    /// The sessions table, by client id, after `after`.
+    Sessions { after: Option<u64> },
+    /// The keys and sessions changed since the transfer began, until none is left.
+    Changes,
+}
+
+/// What a member has staged of a snapshot: a transfer that resumes here stages on top of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSnapshot {
+    /// Every staged value is the committed value at an index at or above this one.
+    pub begin_index: LogIndex,
+    /// Where the transfer that staged it stood.
+    pub position: SnapshotPosition,
 }
 
 /// The end of a snapshot: the log position that the staged state and sessions reflect, and the
@@ -287,6 +328,8 @@ impl MessageBody {
     pub fn stream(&self) -> StreamKind {
         match self {
             MessageBody::Append { catch_up: true, .. }
+            | MessageBody::SnapshotOffer { .. }
+            | MessageBody::SnapshotStaged { .. }
             | MessageBody::SnapshotChunk { .. }
             | MessageBody::SnapshotAck { .. } => StreamKind::Resync,
             MessageBody::Append { .. }

@@ -16,4 +16,4 @@ pub mod message;
 pub const CLIENT_ALPN: &[u8] = b"replikv-client/1";
 
 /// ALPN id of the peer protocol (internal port, `node` certificates only).
-pub const PEER_ALPN: &[u8] = b"replikv-peer/1";
+pub const PEER_ALPN: &[u8] = b"replikv-peer/2";

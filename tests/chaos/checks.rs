@@ -377,10 +377,12 @@ pub fn seconds(at: Nanos) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Door;
 
     fn write(key: &str, value: &str, concern: WriteConcern, outcome: Outcome) -> Record {
         Record {
             process: 1,
+            door: Door::Quic,
             op: Op::Write {
                 key: key.into(),
                 value: value.into(),

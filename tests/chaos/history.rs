@@ -95,11 +95,35 @@ pub struct Served {
     pub index: u64,
 }
 
+/// The door a worker's operations go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Door {
+    /// The Rust client over QUIC (retries, sessions, failover).
+    Quic,
+    /// Redis's protocol, `SET` and `GET`, on a plain TCP connection to one node.
+    Resp,
+    /// The HTTP/JSON API over TLS, `PUT` and `GET /v1/kv/{key}`, on one node.
+    Http,
+}
+
+impl Door {
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Quic => "quic",
+            Door::Resp => "resp",
+            Door::Http => "http",
+        }
+    }
+}
+
 /// One operation, from invocation to completion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Record {
     /// The logical client that issued it; it has no other operation in flight meanwhile.
     pub process: u64,
+    /// The door it went through ([`crate::doors`]).
+    pub door: Door,
     pub op: Op,
     pub invoked_at: Nanos,
     pub completed_at: Nanos,
@@ -186,6 +210,7 @@ mod tests {
         for (process, invoked_at) in [(1, 30), (2, 10), (3, 20)] {
             history.record(Record {
                 process,
+                door: Door::Quic,
                 op: Op::Read { key: "k".into() },
                 invoked_at,
                 completed_at: invoked_at + 5,
@@ -201,6 +226,7 @@ mod tests {
     fn records_serialize_as_json_lines() {
         let record = Record {
             process: 4,
+            door: Door::Quic,
             op: Op::Write {
                 key: "r/1".into(),
                 value: "v9".into(),

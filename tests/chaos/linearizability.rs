@@ -453,6 +453,7 @@ pub fn describe_record(record: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Door;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -470,6 +471,7 @@ mod tests {
     ) -> Record {
         Record {
             process,
+            door: Door::Quic,
             op: Op::Write {
                 key: key.into(),
                 value: value.into(),
@@ -485,6 +487,7 @@ mod tests {
     fn read(process: u64, key: &str, seen: Option<&str>, call: Nanos, ret: Nanos) -> Record {
         Record {
             process,
+            door: Door::Quic,
             op: Op::Read { key: key.into() },
             invoked_at: call,
             completed_at: ret,

@@ -24,6 +24,7 @@
 mod common;
 
 mod checks;
+mod doors;
 mod history;
 mod large_state;
 mod linearizability;
@@ -46,7 +47,8 @@ use tokio::task::{block_in_place, JoinSet};
 
 use checks::Dump;
 use common::{Cluster, ClusterSpec, READWRITE_CLIENT};
-use history::{History, Nanos, Op, Outcome, Record};
+use doors::DoorAddresses;
+use history::{Door, History, Nanos, Op, Outcome, Record};
 use large_state::{LargeStateConfig, LargeStateReport};
 use nemesis::{FaultRecord, Firewall, Nemesis};
 use report::ChaosReport;
@@ -135,7 +137,8 @@ fn progress(history: &History, message: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_chaos_run_keeps_every_invariant() {
     let settings = settings();
-    let mut spec = ClusterSpec::new(settings.nodes, FIRST_IP, CLIENT_PORT);
+    // Every node opens its RESP door too (its HTTP door is always open): some workers use them.
+    let mut spec = ClusterSpec::new(settings.nodes, FIRST_IP, CLIENT_PORT).with_resp();
     spec.log_retention_bytes = settings
         .large
         .as_ref()
@@ -207,7 +210,14 @@ async fn bounded_chaos_run_keeps_every_invariant() {
 
     // --- the faulty phase ---
     let workload_started = history.now();
-    let workload = Workload::start(client.session(), history.clone(), settings.seed, config);
+    let doors = DoorAddresses::of(&cluster, READWRITE_CLIENT, config.op_timeout);
+    let workload = Workload::start(
+        client.session(),
+        doors,
+        history.clone(),
+        settings.seed,
+        config,
+    );
     let load = settings
         .large
         .as_ref()
@@ -602,6 +612,7 @@ fn record_final_register_reads(history: &History, state: &FinalState) {
         history.record(Record {
             // One process per read: a process never has two operations in flight.
             process: history.new_process(),
+            door: Door::Quic,
             outcome: Outcome::ReadOk {
                 value: state.linearizable.get(&key).cloned(),
             },

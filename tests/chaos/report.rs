@@ -13,7 +13,7 @@ use replikv::NodeId;
 use serde::Serialize;
 
 use crate::checks::{seconds, DivergenceReport, LostWriteReport, PrimaryReport};
-use crate::history::{Nanos, Op, Outcome, OutcomeClass, Record};
+use crate::history::{Door, Nanos, Op, Outcome, OutcomeClass, Record};
 use crate::large_state::LargeStateReport;
 use crate::linearizability::LinearizabilityReport;
 use crate::nemesis::{FaultKind, FaultRecord};
@@ -70,9 +70,12 @@ impl ChaosReport {
     pub fn count_operations(&mut self, records: &[Record]) {
         for record in records {
             let workload = match &record.op {
-                // The final reads of the registers are added without a serving node.
+                // The final reads of the registers are added without a serving node (a QUIC
+                // read that succeeds always names one).
                 Op::Read { .. }
-                    if record.served.is_none() && record.outcome.class() == OutcomeClass::Ok =>
+                    if record.door == Door::Quic
+                        && record.served.is_none()
+                        && record.outcome.class() == OutcomeClass::Ok =>
                 {
                     "register-final-read"
                 }
@@ -80,9 +83,13 @@ impl ChaosReport {
                 Op::Write { key, .. } if key.starts_with(REGISTER_PREFIX) => "register-write",
                 Op::Write { .. } => "write-once",
             };
+            let workload = match record.door {
+                Door::Quic => workload.to_string(),
+                door => format!("{workload} via {}", door.name()),
+            };
             *self
                 .operations
-                .entry(workload.to_string())
+                .entry(workload)
                 .or_default()
                 .entry(record.outcome.class().to_string())
                 .or_default() += 1;
@@ -367,6 +374,7 @@ mod tests {
     fn ack(at: Nanos) -> Record {
         Record {
             process: 0,
+            door: Door::Quic,
             op: Op::Write {
                 key: "w/00/1".into(),
                 value: "v".into(),

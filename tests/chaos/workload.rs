@@ -7,7 +7,10 @@
 //!
 //! Two workloads run side by side:
 //! - **Registers** (`r/<n>`): linearizable reads and `majority`/`all` writes of unique values on a
-//!   small set of keys that rotates, so each key's history stays short enough to check.
+//!   small set of keys that rotates, so each key's history stays short enough to check. Besides
+//!   the QUIC client's workers, some register workers go through the RESP door (`SET`/`GET`) and
+//!   the HTTP door (`PUT`/`GET /v1/kv/…`) of a node chosen at random ([`crate::doors`]), so the
+//!   linearizability checker covers every door.
 //! - **Write-once keys** (`w/<bucket>/<n>`): each key written once, with `majority`, `all` or
 //!   `w=1`, and read back at the end to find lost writes. The bucket keeps each final scan small.
 
@@ -22,7 +25,8 @@ use replikv::wire::client::ResponseMeta;
 use replikv::{Error, ReadConsistency, WriteConcern};
 use tokio::task::JoinSet;
 
-use crate::history::{History, Op, Outcome, Record, Served};
+use crate::doors::{DoorAddresses, DoorClient};
+use crate::history::{Door, History, Op, Outcome, Record, Served};
 
 /// Prefix of the register keys.
 pub const REGISTER_PREFIX: &str = "r/";
@@ -42,7 +46,12 @@ pub fn all_prefixes() -> Vec<String> {
 /// The shape of the load.
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
+    /// Register workers using the Rust client over QUIC.
     pub register_workers: usize,
+    /// Register workers using the RESP door (writes at its default write concern, `majority`).
+    pub resp_register_workers: usize,
+    /// Register workers using the HTTP door.
+    pub http_register_workers: usize,
     pub write_once_workers: usize,
     /// Deadline of each operation, retries included.
     pub op_timeout: Duration,
@@ -58,6 +67,8 @@ impl Default for WorkloadConfig {
     fn default() -> Self {
         WorkloadConfig {
             register_workers: 4,
+            resp_register_workers: 1,
+            http_register_workers: 1,
             write_once_workers: 2,
             op_timeout: Duration::from_secs(3),
             active_registers: 3,
@@ -76,6 +87,8 @@ pub struct Workload {
 /// What every worker shares.
 struct Shared {
     client: Client,
+    /// The RESP and HTTP doors, for the workers that use them.
+    doors: DoorAddresses,
     history: Arc<History>,
     config: WorkloadConfig,
     stop: Arc<AtomicBool>,
@@ -86,9 +99,11 @@ struct Shared {
 }
 
 impl Workload {
-    /// Starts the workers on `client`; each draws from its own generator seeded from `seed`.
+    /// Starts the workers on `client` and `doors`; each draws from its own generator seeded from
+    /// `seed`.
     pub fn start(
         client: Client,
+        doors: DoorAddresses,
         history: Arc<History>,
         seed: u64,
         config: WorkloadConfig,
@@ -96,6 +111,7 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             client,
+            doors,
             history,
             config: config.clone(),
             stop: stop.clone(),
@@ -103,9 +119,19 @@ impl Workload {
             sequence: AtomicU64::new(0),
         });
         let mut workers = JoinSet::new();
-        let kinds = std::iter::repeat_n(Kind::Register, config.register_workers).chain(
-            std::iter::repeat_n(Kind::WriteOnce, config.write_once_workers),
-        );
+        let kinds = std::iter::repeat_n(Kind::Register(Door::Quic), config.register_workers)
+            .chain(std::iter::repeat_n(
+                Kind::Register(Door::Resp),
+                config.resp_register_workers,
+            ))
+            .chain(std::iter::repeat_n(
+                Kind::Register(Door::Http),
+                config.http_register_workers,
+            ))
+            .chain(std::iter::repeat_n(
+                Kind::WriteOnce,
+                config.write_once_workers,
+            ));
         for (worker, kind) in kinds.enumerate() {
             let rng = StdRng::seed_from_u64(
                 seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(worker as u64 + 1)),
@@ -130,24 +156,70 @@ impl Workload {
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Register,
+    /// Register operations through this door.
+    Register(Door),
+    /// Write-once keys, through the Rust client.
     WriteOnce,
 }
 
+impl Kind {
+    fn door(self) -> Door {
+        match self {
+            Kind::Register(door) => door,
+            Kind::WriteOnce => Door::Quic,
+        }
+    }
+}
+
+/// A logical process's connection: a client session, or one connection through a door.
+enum Connection {
+    Quic(Client),
+    Door(DoorClient),
+}
+
+impl Connection {
+    fn open(shared: &Shared, kind: Kind, rng: &mut StdRng) -> Connection {
+        match kind {
+            Kind::Register(door @ (Door::Resp | Door::Http)) => {
+                Connection::Door(DoorClient::connect(door, &shared.doors, rng))
+            }
+            Kind::Register(Door::Quic) | Kind::WriteOnce => {
+                Connection::Quic(shared.client.session())
+            }
+        }
+    }
+
+    async fn perform(&mut self, op: &Op, timeout: Duration) -> (Outcome, Option<Served>) {
+        match (self, op) {
+            (Connection::Quic(session), op) => perform(session, op, timeout).await,
+            (Connection::Door(door), Op::Read { key }) => door.read(key, timeout).await,
+            (
+                Connection::Door(door),
+                Op::Write {
+                    key,
+                    value,
+                    concern,
+                },
+            ) => door.write(key, value, *concern, timeout).await,
+        }
+    }
+}
+
 async fn run_worker(shared: Arc<Shared>, kind: Kind, mut rng: StdRng) {
-    let mut session = shared.client.session();
+    let mut connection = Connection::open(&shared, kind, &mut rng);
     let mut process = shared.history.new_process();
     while !shared.stop.load(Ordering::Relaxed) {
         let op = match kind {
-            Kind::Register => next_register_op(&shared, &mut rng, process),
+            Kind::Register(door) => next_register_op(&shared, &mut rng, process, door),
             Kind::WriteOnce => next_write_once_op(&shared, &mut rng, process),
         };
         let invoked_at = shared.history.now();
-        let (outcome, served) = perform(&session, &op, shared.config.op_timeout).await;
+        let (outcome, served) = connection.perform(&op, shared.config.op_timeout).await;
         let completed_at = shared.history.now();
         let indeterminate = matches!(outcome, Outcome::Info { .. });
         shared.history.record(Record {
             process,
+            door: kind.door(),
             op,
             invoked_at,
             completed_at,
@@ -155,7 +227,7 @@ async fn run_worker(shared: Arc<Shared>, kind: Kind, mut rng: StdRng) {
             served,
         });
         if indeterminate {
-            session = shared.client.session();
+            connection = Connection::open(&shared, kind, &mut rng);
             process = shared.history.new_process();
         }
         let think = rng.gen_range(Duration::ZERO..=shared.config.max_think);
@@ -163,7 +235,7 @@ async fn run_worker(shared: Arc<Shared>, kind: Kind, mut rng: StdRng) {
     }
 }
 
-fn next_register_op(shared: &Shared, rng: &mut StdRng, process: u64) -> Op {
+fn next_register_op(shared: &Shared, rng: &mut StdRng, process: u64, door: Door) -> Op {
     let config = &shared.config;
     let count = shared.register_ops.fetch_add(1, Ordering::Relaxed);
     let generation = count / (config.ops_per_register * config.active_registers).max(1);
@@ -174,7 +246,8 @@ fn next_register_op(shared: &Shared, rng: &mut StdRng, process: u64) -> Op {
     if rng.gen_bool(0.5) {
         Op::Read { key }
     } else {
-        let concern = if rng.gen_bool(0.8) {
+        // RESP has no per-request write concern: its writes use the node's default, majority.
+        let concern = if door == Door::Resp || rng.gen_bool(0.8) {
             WriteConcern::Majority
         } else {
             WriteConcern::All

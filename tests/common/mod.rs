@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use replikv::certs::{self, CertRole, CertsInit, TlsFiles};
 use replikv::client::{Client, ClientOptions};
 use replikv::config::{ClientConfig, NodeConfig};
+use replikv::net::tls;
 use replikv::wire::client::{ClusterStatus, Role};
 use replikv::wire::message::Member;
+use replikv::wire::CLIENT_ALPN;
 use replikv::{NodeId, WriteConcern};
 
 /// How long a test waits for anything (an election, a catch-up) before it fails. Generous on
@@ -52,9 +54,12 @@ pub struct ClusterSpec {
     pub client_port: u16,
     /// The nodes' `log_retention_bytes`, if not the default.
     pub log_retention_bytes: Option<u64>,
-    /// Whether every node opens a RESP door (TCP, on the port after the peer port) serving
-    /// callers without credentials as `readwrite`.
+    /// Whether every node opens a RESP door (TCP, on the port after the peer port).
     pub resp: bool,
+    /// The role the nodes give callers without credentials (`anonymous_role`), if any.
+    pub anonymous_role: Option<CertRole>,
+    /// Whether the RESP doors speak TLS with the cluster CA.
+    pub resp_tls: bool,
 }
 
 impl ClusterSpec {
@@ -65,12 +70,29 @@ impl ClusterSpec {
             client_port,
             log_retention_bytes: None,
             resp: false,
+            anonymous_role: None,
+            resp_tls: false,
         }
     }
 
-    /// This cluster with a RESP door on every node ([`ClusterSpec::resp_addr`]).
+    /// This cluster with a RESP door on every node ([`ClusterSpec::resp_addr`]), serving callers
+    /// without credentials as `readwrite` (the operator's opt-in `anonymous_role`).
     pub fn with_resp(mut self) -> ClusterSpec {
         self.resp = true;
+        self.anonymous_role = Some(CertRole::ReadWrite);
+        self
+    }
+
+    /// This cluster with a RESP door on every node that serves only authenticated callers.
+    pub fn with_authenticated_resp(mut self) -> ClusterSpec {
+        self.resp = true;
+        self.anonymous_role = None;
+        self
+    }
+
+    /// RESP doors over TLS with the cluster CA.
+    pub fn with_resp_tls(mut self) -> ClusterSpec {
+        self.resp_tls = true;
         self
     }
 
@@ -155,9 +177,10 @@ impl Cluster {
                 members: members.clone(),
                 join: Vec::new(),
                 resp_addr: spec.resp.then(|| spec.resp_addr(member.id)),
-                anonymous_role: spec.resp.then_some(CertRole::ReadWrite),
+                anonymous_role: spec.anonymous_role,
                 http_addr: Some(spec.http_addr(member.id)),
                 http_tls: None,
+                resp_tls: spec.resp_tls.then_some(true),
                 heartbeat_interval_ms: None,
                 failure_timeout_ms: None,
                 failure_jitter_ms: None,
@@ -219,6 +242,30 @@ impl Cluster {
             test_options(),
         )
         .expect("build a client")
+    }
+
+    /// A QUIC connection of its own to node `id`'s client port, authenticated as client `name`,
+    /// for tests that speak frames directly. Keep the endpoint as long as the connection.
+    pub async fn raw_connection(
+        &self,
+        id: NodeId,
+        name: &str,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let addr = self.node(id).client_addr.clone();
+        let config =
+            tls::client_config(&self.client_files(name), CLIENT_ALPN).expect("client TLS config");
+        let mut endpoint =
+            quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
+        endpoint.set_default_client_config(config);
+        let connection = endpoint
+            .connect(
+                addr.parse().expect("address"),
+                &tls::server_name(&addr).expect("name"),
+            )
+            .expect("connect")
+            .await
+            .expect("handshake");
+        (endpoint, connection)
     }
 
     /// Writes a client configuration for `kvctl --config` and returns its path.

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use super::pattern;
 use super::reply::{error_reply, Protocol, Reply};
 use super::{Door, MAX_RESP_CLIENTS};
+use crate::api::auth::WRONG_CREDENTIALS;
 use crate::api::service::{Caller, Forwarding, RequestIds};
 use crate::client::check_write_size;
 use crate::config::tuning::CLIENT_TIMEOUT_MS;
@@ -34,6 +35,9 @@ use crate::wire::client::{
 
 /// The Redis version the door reports (`HELLO`, `INFO`): the command set it follows.
 pub const REDIS_COMPATIBLE_VERSION: &str = "7.2.0";
+
+/// The user `AUTH <password>` authenticates as, as in Redis.
+pub const DEFAULT_USER: &[u8] = b"default";
 
 /// Most keys `KEYS` returns (past it, it refuses: use `SCAN`), and the largest `SCAN` COUNT.
 pub const SCAN_KEY_LIMIT: u32 = 10_000;
@@ -136,7 +140,7 @@ const COMMANDS: &[CommandSpec] = &[
         CONNECTION,
         NO_KEYS,
         "connection",
-        "Not supported yet: users land with the replicated user store.",
+        "Authenticates the connection as a user (`AUTH pass` is user `default`).",
     ),
     spec(
         "select",
@@ -453,6 +457,10 @@ pub struct Connection {
     /// it). Only the newest [`SCAN_CURSORS_KEPT`] are kept, so a client cannot grow the table.
     scan_cursors: std::collections::BTreeMap<u64, Vec<u8>>,
     next_scan_cursor: u64,
+    /// A `MULTI` was refused: every command up to `EXEC` or `DISCARD` is refused too, so none of
+    /// a transaction's commands runs on its own, and `EXEC` answers `EXECABORT`, as Redis does
+    /// for a transaction with an error in it.
+    in_refused_transaction: bool,
 }
 
 impl Connection {
@@ -471,6 +479,30 @@ impl Connection {
             last_write: None,
             scan_cursors: std::collections::BTreeMap::new(),
             next_scan_cursor: 1,
+            in_refused_transaction: false,
+        }
+    }
+
+    /// Inside a refused `MULTI`: `EXEC` and `DISCARD` end it, `QUIT` goes through, and any other
+    /// command is refused (`None`: run the command as usual).
+    fn refuse_in_transaction(&mut self, name: &str) -> Option<Reply> {
+        match name {
+            "exec" => {
+                self.in_refused_transaction = false;
+                Some(Reply::Error(
+                    "EXECABORT Transaction discarded because of previous errors.".into(),
+                ))
+            }
+            "discard" => {
+                self.in_refused_transaction = false;
+                Some(Reply::Status("OK".into()))
+            }
+            "quit" => None,
+            _ => Some(Reply::err(format!(
+                "{} refused: it follows a MULTI, which replikv does not support; send EXEC or \
+                 DISCARD",
+                name.to_ascii_uppercase()
+            ))),
         }
     }
 
@@ -480,6 +512,11 @@ impl Connection {
             return Reply::err("empty command").into();
         };
         let name = String::from_utf8_lossy(first).to_ascii_lowercase();
+        if self.in_refused_transaction {
+            if let Some(reply) = self.refuse_in_transaction(&name) {
+                return reply.into();
+            }
+        }
         let Some(command) = COMMANDS.iter().find(|command| command.name == name) else {
             if NOT_YET.contains(&name.as_str()) {
                 return Reply::err(format!(
@@ -495,8 +532,8 @@ impl Connection {
             return wrong_arity(&name).into();
         }
         if !matches!(name.as_str(), "auth" | "hello" | "quit") {
-            if let Err(err) = door.service.role_of(self.caller) {
-                return error_reply(&err).into();
+            if let Err(err) = door.service.role_of(&self.caller) {
+                return unauthenticated(&err).into();
             }
         }
         let reply = match name.as_str() {
@@ -513,7 +550,11 @@ impl Connection {
                 }
             }
             "hello" => self.hello(door, args).await,
-            "auth" => auth_not_supported(door),
+            "auth" => match args {
+                [_, password] => self.authenticate(door, DEFAULT_USER, password).await,
+                [_, user, password] => self.authenticate(door, user, password).await,
+                _ => Reply::Error("ERR syntax error".into()),
+            },
             "select" => match parse_integer(&args[1]) {
                 Some(0) => Reply::ok(),
                 Some(_) => Reply::err("DB index is out of range"),
@@ -558,7 +599,14 @@ impl Connection {
                 "DBSIZE is not supported yet: replikv keeps no count of its keys, and counting \
                  them would mean scanning the whole store",
             ),
-            "multi" | "watch" | "unwatch" => Reply::err(format!(
+            "multi" => {
+                self.in_refused_transaction = true;
+                Reply::err(
+                    "MULTI is not supported: replikv has no transactions; every command up to \
+                     EXEC or DISCARD is refused, so none of them runs on its own",
+                )
+            }
+            "watch" | "unwatch" => Reply::err(format!(
                 "{} is not supported: replikv has no transactions; every command runs on its own",
                 name.to_ascii_uppercase()
             )),
@@ -567,6 +615,29 @@ impl Connection {
             other => unknown_command_named(other, args),
         };
         reply.into()
+    }
+
+    /// `AUTH`: checks the password against the node's users; the connection then acts as that
+    /// user. A failed attempt leaves the connection as it was, as in Redis.
+    async fn authenticate(&mut self, door: &Door, user: &[u8], password: &[u8]) -> Reply {
+        let Ok(user) = std::str::from_utf8(user) else {
+            return Reply::Error(format!("WRONGPASS {WRONG_CREDENTIALS}"));
+        };
+        match door
+            .service
+            .credentials()
+            .authenticate(user, password)
+            .await
+        {
+            Ok(verified) => {
+                self.caller = Caller::User(verified);
+                Reply::ok()
+            }
+            Err(Error::Unauthenticated(_)) => {
+                Reply::Error(format!("WRONGPASS {WRONG_CREDENTIALS}"))
+            }
+            Err(err) => error_reply(&err),
+        }
     }
 
     async fn hello(&mut self, door: &Door, args: &[Bytes]) -> Reply {
@@ -585,7 +656,13 @@ impl Connection {
         while i < args.len() {
             let option = String::from_utf8_lossy(&args[i]).to_ascii_lowercase();
             match option.as_str() {
-                "auth" if i + 2 < args.len() => return auth_not_supported(door),
+                "auth" if i + 2 < args.len() => {
+                    let reply = self.authenticate(door, &args[i + 1], &args[i + 2]).await;
+                    if matches!(reply, Reply::Error(_)) {
+                        return reply;
+                    }
+                    i += 3;
+                }
                 "setname" if i + 1 < args.len() => {
                     if let Err(reply) = check_client_name(&args[i + 1]) {
                         return reply;
@@ -603,8 +680,8 @@ impl Connection {
         }
         // Without a role the caller still learns it must authenticate, as Redis answers a
         // HELLO without AUTH when a password is required.
-        if let Err(err) = door.service.role_of(self.caller) {
-            return error_reply(&err);
+        if let Err(err) = door.service.role_of(&self.caller) {
+            return unauthenticated(&err);
         }
         self.protocol = protocol;
         if name.is_some() {
@@ -746,7 +823,7 @@ impl Connection {
         // This node's own view: never forwarded.
         match door
             .service
-            .call(self.caller, Request::Status, Forwarding::Redirect)
+            .call(self.caller.clone(), Request::Status, Forwarding::Redirect)
             .await
         {
             Response::Status(status) => Ok(*status),
@@ -762,7 +839,7 @@ impl Connection {
         };
         match door
             .service
-            .call(self.caller, request, Forwarding::ToPrimary)
+            .call(self.caller.clone(), request, Forwarding::ToPrimary)
             .await
         {
             Response::Value { value, .. } => Ok(value),
@@ -781,7 +858,7 @@ impl Connection {
         };
         let response = door
             .service
-            .call(self.caller, request.clone(), Forwarding::ToPrimary)
+            .call(self.caller.clone(), request.clone(), Forwarding::ToPrimary)
             .await;
         // A write that reached the log is what WAIT asks about, acknowledged or not.
         if matches!(
@@ -923,7 +1000,7 @@ impl Connection {
         };
         match door
             .service
-            .call(self.caller, request, Forwarding::ToPrimary)
+            .call(self.caller.clone(), request, Forwarding::ToPrimary)
             .await
         {
             Response::Pairs { pairs, more, .. } => Ok(ScanPage { pairs, more }),
@@ -999,7 +1076,7 @@ impl Connection {
             };
             let response = door
                 .service
-                .call(self.caller, request, Forwarding::ToPrimary)
+                .call(self.caller.clone(), request, Forwarding::ToPrimary)
                 .await;
             return match response {
                 Response::Written { .. } => Reply::Integer(i64::from(voters) - 1),
@@ -1183,15 +1260,13 @@ fn config(args: &[Bytes]) -> Reply {
     Reply::Map(pairs)
 }
 
-fn auth_not_supported(door: &Door) -> Reply {
-    let serves = match door.service.role_of(Caller::Anonymous) {
-        Ok(role) => format!("this node serves connections without credentials as {role}"),
-        Err(_) => "this node serves no connection without credentials".to_string(),
-    };
-    Reply::err(format!(
-        "AUTH is not supported yet: replikv has no users or passwords until its replicated user \
-         store lands; {serves}"
-    ))
+/// The reply to a command of a connection that has no role: Redis's own `NOAUTH` text for a
+/// caller without credentials (or whose user was removed since).
+fn unauthenticated(err: &Error) -> Reply {
+    match err {
+        Error::Unauthenticated(_) => Reply::Error("NOAUTH Authentication required.".into()),
+        other => error_reply(other),
+    }
 }
 
 fn check_client_name(name: &[u8]) -> Result<(), Reply> {

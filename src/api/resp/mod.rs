@@ -1,5 +1,6 @@
-//! The RESP door: the Redis protocol (RESP2, and RESP3 after `HELLO 3`) on a plain TCP port, so
-//! that `redis-cli`, `redis-benchmark` and Redis client libraries work against any node.
+//! The RESP door: the Redis protocol (RESP2, and RESP3 after `HELLO 3`) on a TCP port, plain or
+//! (`resp_tls`) TLS with the cluster CA, so that `redis-cli` (`--tls` too), `redis-benchmark` and
+//! Redis client libraries work against any node.
 //!
 //! Each connection has two tasks. The reader takes commands off the socket ([`request`]) and
 //! queues them, at most [`PIPELINE_DEPTH`] deep; the executor runs them one at a time, in order,
@@ -8,8 +9,10 @@
 //! replies come in command order, and one connection's writes enter the log in its order.
 //!
 //! Invariants:
-//! - The caller is [`Caller::Anonymous`] (no credentials on plain TCP): the service serves it with
-//!   the node's `anonymous_role`, or every command but `AUTH`, `HELLO` and `QUIT` gets `NOAUTH`.
+//! - A connection starts as [`Caller::Anonymous`], or over TLS with a client certificate of the
+//!   cluster CA as that certificate's role: the service serves an anonymous one with the node's
+//!   `anonymous_role` (an operator's opt-in), or every command but `AUTH`, `HELLO` and `QUIT`
+//!   gets `NOAUTH`. `AUTH` (or `HELLO … AUTH`) with a user's password makes it that user.
 //! - What clients can make the node hold is bounded before it is buffered: a command is at most
 //!   [`request::MAX_COMMAND_BYTES`] (limits on its parts refused with Redis's texts), commands
 //!   parsed but not yet run hold a share of a node-wide budget ([`MAX_QUEUED_COMMAND_BYTES`]),
@@ -29,14 +32,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::service::{Caller, Service};
+use crate::certs::TlsFiles;
 use crate::net::shutdown::Shutdown;
+use crate::net::tls;
 
 pub use commands::{REDIS_COMPATIBLE_VERSION, SCAN_KEY_LIMIT};
 pub use request::{MAX_ARGUMENTS, MAX_BULK_BYTES, MAX_COMMAND_BYTES, MAX_INLINE_BYTES};
@@ -79,8 +84,22 @@ pub async fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
     })
 }
 
-/// Serves RESP connections on `listener` until shutdown.
-pub(crate) async fn serve(listener: TcpListener, service: Service, mut shutdown: Shutdown) {
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS acceptor of the RESP door (`resp_tls`): the node's certificate, client certificates
+/// of the cluster CA optional.
+pub fn resp_tls(files: &TlsFiles) -> crate::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(Arc::new(tls::resp_server_config(files)?)))
+}
+
+/// Serves RESP connections on `listener` until shutdown: over TLS if `tls` is given.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: Service,
+    mut shutdown: Shutdown,
+) {
     let port = listener.local_addr().map_or(0, |addr| addr.port());
     let door = Arc::new(Door {
         service,
@@ -103,11 +122,46 @@ pub(crate) async fn serve(listener: TcpListener, service: Service, mut shutdown:
         let _ = stream.set_nodelay(true);
         let door = door.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(
             async move {
                 let _slot = slot; // held for as long as the connection is served
                 door.connected.fetch_add(1, Ordering::Relaxed);
-                serve_connection(&door, stream, remote, shutdown).await;
+                let local = stream
+                    .local_addr()
+                    .map_or_else(|_| String::new(), |addr| addr.to_string());
+                match tls {
+                    None => {
+                        let connection = (stream, Caller::Anonymous, remote, local);
+                        serve_connection(&door, connection, shutdown).await
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                let caller = match stream.get_ref().1.peer_certificates() {
+                                    Some([end_entity, ..]) => {
+                                        match tls::role_from_certificate(end_entity) {
+                                            Ok(role) => Some(Caller::Certificate(role)),
+                                            Err(err) => {
+                                                warn!(%remote, %err, "refusing a RESP client certificate");
+                                                None
+                                            }
+                                        }
+                                    }
+                                    _ => Some(Caller::Anonymous),
+                                };
+                                if let Some(caller) = caller {
+                                    let connection = (stream, caller, remote, local);
+                                    serve_connection(&door, connection, shutdown).await
+                                }
+                            }
+                            Ok(Err(err)) => debug!(%remote, %err, "RESP TLS handshake failed"),
+                            Err(_) => debug!(%remote, "RESP TLS handshake timed out"),
+                        }
+                    }
+                }
                 door.connected.fetch_sub(1, Ordering::Relaxed);
             }
             .in_current_span(),
@@ -132,22 +186,22 @@ enum Incoming {
     ProtocolError(String),
 }
 
-async fn serve_connection(
-    door: &Door,
-    stream: TcpStream,
-    remote: SocketAddr,
-    mut shutdown: Shutdown,
-) {
-    let local = stream
-        .local_addr()
-        .map_or_else(|_| String::new(), |addr| addr.to_string());
+/// One connection: its byte stream (TCP, or TLS over it), its caller so far, and its remote and
+/// local addresses.
+type Accepted<S> = (S, Caller, SocketAddr, String);
+
+async fn serve_connection<S>(door: &Door, accepted: Accepted<S>, mut shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (stream, caller, remote, local) = accepted;
     let id = door.next_connection_id.fetch_add(1, Ordering::Relaxed);
     debug!(%remote, id, "RESP client connected");
-    let (reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = tokio::io::split(stream);
     let (queue, mut commands) = mpsc::channel(PIPELINE_DEPTH);
     let reading =
         tokio::spawn(read_commands(reader, queue, door.queued_bytes.clone()).in_current_span());
-    let mut connection = Connection::new(id, Caller::Anonymous, remote.to_string(), local);
+    let mut connection = Connection::new(id, caller, remote.to_string(), local);
     let mut out = BytesMut::new();
     loop {
         let incoming = tokio::select! {
@@ -186,7 +240,10 @@ async fn serve_connection(
     debug!(%remote, id, "RESP client disconnected");
 }
 
-async fn write_out(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+async fn write_out<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -197,8 +254,8 @@ async fn write_out(writer: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::
 
 /// Reads commands until the client stops sending, the executor stops listening, or the input
 /// breaks the protocol.
-async fn read_commands(
-    mut reader: OwnedReadHalf,
+async fn read_commands<R: AsyncRead + Unpin>(
+    mut reader: R,
     queue: mpsc::Sender<Incoming>,
     budget: Arc<Semaphore>,
 ) {

@@ -11,17 +11,54 @@ use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
 use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
 use replikv::wire::client::{
-    Answer, ClusterStatus, Condition, Expiry, ResponseMeta, Write, WriteResult,
+    Answer, ClientRole, ClusterStatus, Condition, Expiry, ResponseMeta, WatchEvent, Write,
+    WriteResult,
 };
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
 
 use crate::bench::{self, BenchOptions, StopAfter};
 use crate::output::{
-    print_json, print_pairs, print_text, print_value, progress_text, render_bench_report,
-    render_members, render_status,
+    print_json, print_json_line, print_pairs, print_text, print_value, progress_text,
+    render_bench_report, render_members, render_status,
 };
 use crate::{output, BenchArgs, EXIT_NOT_FOUND, EXIT_OK};
+
+/// What `kvctl watch` was asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchOptions {
+    pub from: Option<u64>,
+    pub initial: bool,
+    pub progress: bool,
+    pub json: bool,
+}
+
+/// `kvctl watch`: one line per change until interrupted, or until the watch fails (compacted).
+pub async fn watch(client: &Client, prefix: &str, options: WatchOptions) -> Result<u8, Error> {
+    let mut stream = client.watch(prefix.as_bytes(), options.from, options.initial);
+    loop {
+        match stream.next().await? {
+            WatchEvent::Change(change) if options.json => {
+                print_json_line(&output::change_json(&change))?
+            }
+            WatchEvent::Change(change) => print_text(&output::change_text(&change))?,
+            WatchEvent::Initial { pairs, index, .. } if options.json => print_json_line(
+                &serde_json::json!({ "initial": output::pairs_json(&pairs), "index": index }),
+            )?,
+            WatchEvent::Initial { pairs, index, .. } => {
+                print_pairs(&pairs)?;
+                print_text(&format!("# the values above are at index {index}\n"))?;
+            }
+            WatchEvent::Progress { index } if options.progress && options.json => {
+                print_json_line(&serde_json::json!({ "progress": index }))?
+            }
+            WatchEvent::Progress { index } if options.progress => {
+                print_text(&format!("# up to date at index {index}\n"))?
+            }
+            WatchEvent::Progress { .. } | WatchEvent::End(_) => {}
+        }
+    }
+}
 
 /// `kvctl get`: the bare value on stdout, or exit code 3 when the key does not exist.
 pub async fn get(
@@ -458,6 +495,127 @@ fn node_certificates(
 /// The loopback address `kvnode dev` gives node `id`.
 fn default_node_host(id: NodeId) -> String {
     dev_node_ip(DEFAULT_DEV_FIRST_IP, id).map_or_else(|| format!("node-{id}"), |ip| ip.to_string())
+}
+
+// --- users and tokens ---
+
+/// A password from a prompt without echo when stdin is a terminal, else the first line of stdin
+/// (for scripts: `echo "$PASSWORD" | kvctl user add ...`).
+pub fn read_password(prompt: &str) -> Result<String, Error> {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)
+            .map_err(|err| Error::InvalidRequest(format!("cannot read the password: {err}")))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|err| {
+            Error::InvalidRequest(format!("cannot read the password from stdin: {err}"))
+        })?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        return Err(Error::InvalidRequest("the password is empty".into()));
+    }
+    Ok(password)
+}
+
+/// `kvctl user add`: silent on success unless `--json`.
+pub async fn user_add(
+    client: &Client,
+    name: &str,
+    role: ClientRole,
+    password: &str,
+    json: bool,
+) -> Result<u8, Error> {
+    let result = client.user_add(name, role, password).await?;
+    credentials_changed(
+        json,
+        serde_json::json!({"user": name, "role": role.name(), "index": result.index}),
+    )
+}
+
+/// `kvctl user passwd`.
+pub async fn user_passwd(
+    client: &Client,
+    name: &str,
+    password: &str,
+    json: bool,
+) -> Result<u8, Error> {
+    let result = client.user_passwd(name, password).await?;
+    credentials_changed(
+        json,
+        serde_json::json!({"user": name, "index": result.index}),
+    )
+}
+
+/// `kvctl user remove`.
+pub async fn user_remove(client: &Client, name: &str, json: bool) -> Result<u8, Error> {
+    let result = client.user_remove(name).await?;
+    credentials_changed(
+        json,
+        serde_json::json!({"user": name, "removed": true, "index": result.index}),
+    )
+}
+
+/// `kvctl user list`: a table of names and roles.
+pub async fn user_list(client: &Client, json: bool) -> Result<u8, Error> {
+    let users = client.users().await?;
+    if json {
+        print_json(&users)?;
+    } else {
+        print_text(&output::render_users(&users))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `kvctl token create`: prints the token (the only time it is shown).
+pub async fn token_create(
+    client: &Client,
+    name: &str,
+    role: ClientRole,
+    ttl: Option<Duration>,
+    output: Option<&std::path::Path>,
+    json: bool,
+) -> Result<u8, Error> {
+    let (token, id) = client.token_create(name, role, ttl).await?;
+    if let Some(path) = output {
+        certs::write_secret(path, token.as_bytes())?;
+        eprintln!("token {id} ({name}, {role}) written to {}", path.display());
+    } else if json {
+        print_json(
+            &serde_json::json!({"token": token, "id": id, "name": name, "role": role.name()}),
+        )?;
+    } else {
+        print_text(&format!("{token}\n"))?;
+        eprintln!("token {id} ({name}, {role}): shown this once; keep it secret");
+    }
+    Ok(EXIT_OK)
+}
+
+/// `kvctl token list`: a table of ids, names, roles and expiries.
+pub async fn token_list(client: &Client, json: bool) -> Result<u8, Error> {
+    let tokens = client.tokens().await?;
+    if json {
+        print_json(&tokens)?;
+    } else {
+        print_text(&output::render_tokens(&tokens))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `kvctl token revoke`.
+pub async fn token_revoke(client: &Client, token: &str, json: bool) -> Result<u8, Error> {
+    let result = client.token_revoke(token).await?;
+    credentials_changed(
+        json,
+        serde_json::json!({"revoked": token, "index": result.index}),
+    )
+}
+
+fn credentials_changed(json: bool, answer: serde_json::Value) -> Result<u8, Error> {
+    if json {
+        print_json(&answer)?;
+    }
+    Ok(EXIT_OK)
 }
 
 #[cfg(test)]

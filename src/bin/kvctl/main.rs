@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 use replikv::certs::CertRole;
 use replikv::client::Client;
 use replikv::config::ClientConfig;
+use replikv::wire::client::ClientRole;
 use replikv::wire::message::Member;
 use replikv::{Error, ErrorKind, NodeId, ReadConsistency, WriteConcern};
 
@@ -141,6 +142,23 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         node: Option<String>,
     },
+    /// Print every committed change of the keys under PREFIX as it commits, in log index order:
+    /// `put KEY VALUE` or `delete KEY`, with its index and epoch (--json: one object per line).
+    /// Runs until interrupted; resumes by itself on another node after a failover.
+    Watch {
+        /// Key prefix; all keys when omitted.
+        prefix: Option<String>,
+        /// Start at this log index (an index a write answered, for example) instead of now.
+        #[arg(long, value_name = "INDEX")]
+        from: Option<u64>,
+        /// First print the current values under the prefix, at one index, then every change
+        /// after it.
+        #[arg(long)]
+        initial: bool,
+        /// Also print the progress notifications an idle watch receives.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Show the cluster: members, roles, log positions, lag and health.
     Status {
         /// Ask this node (client address) for its own view instead of the primary's.
@@ -150,6 +168,12 @@ enum Command {
     /// Cluster membership.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Users with passwords (for `AUTH` on the RESP port and HTTP Basic); admin only.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens (for HTTP `Authorization: Bearer` or `x-token`); admin only.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Certificates for nodes and clients.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -213,6 +237,47 @@ enum MemberCommand {
     /// Remove node ID (admin certificate). Removing the primary makes it step down once the
     /// change is committed; the others elect a new primary.
     Remove { id: NodeId },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add user NAME. The password is read from a prompt, or from the first line of stdin when
+    /// stdin is not a terminal.
+    Add {
+        name: String,
+        /// readonly, readwrite or admin.
+        #[arg(long, value_parser = parse_client_role)]
+        role: ClientRole,
+    },
+    /// List the users and their roles.
+    List,
+    /// Set the password of user NAME (prompted, or the first line of stdin).
+    Passwd { name: String },
+    /// Remove user NAME: no node accepts its password once the removal is applied.
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make an API token and print it: it is shown this once, and only its digest is kept.
+    Create {
+        /// readonly, readwrite or admin.
+        #[arg(long, value_parser = parse_client_role)]
+        role: ClientRole,
+        /// How long the token is valid, e.g. 12h, 30d; without it, until revoked.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// A name to recognise the token by in `kvctl token list`.
+        #[arg(long, default_value = "token")]
+        name: String,
+        /// Write the token to FILE (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the tokens: id, name, role, creation and expiry (never the secret).
+    List,
+    /// Revoke a token, named by its id (or the start of it) or its name.
+    Revoke { token: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +441,24 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             })
             .await
         }
+        Command::Watch {
+            prefix,
+            from,
+            initial,
+            progress,
+        } => {
+            let prefix = prefix.unwrap_or_default();
+            let options = commands::WatchOptions {
+                from,
+                initial,
+                progress,
+                json,
+            };
+            with_client(config, timeout, async |client| {
+                commands::watch(client, &prefix, options).await
+            })
+            .await
+        }
         Command::Status { node } => {
             with_client(config, timeout, async |client| {
                 commands::status(client, node.as_deref(), json).await
@@ -408,6 +491,55 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Member(MemberCommand::Remove { id }) => {
             with_client(config, timeout, async |client| {
                 commands::member_remove(client, id, json).await
+            })
+            .await
+        }
+        Command::User(UserCommand::Add { name, role }) => {
+            let password = commands::read_password(&format!("password for {name}: "))?;
+            with_client(config, timeout, async |client| {
+                commands::user_add(client, &name, role, &password, json).await
+            })
+            .await
+        }
+        Command::User(UserCommand::Passwd { name }) => {
+            let password = commands::read_password(&format!("new password for {name}: "))?;
+            with_client(config, timeout, async |client| {
+                commands::user_passwd(client, &name, &password, json).await
+            })
+            .await
+        }
+        Command::User(UserCommand::Remove { name }) => {
+            with_client(config, timeout, async |client| {
+                commands::user_remove(client, &name, json).await
+            })
+            .await
+        }
+        Command::User(UserCommand::List) => {
+            with_client(config, timeout, async |client| {
+                commands::user_list(client, json).await
+            })
+            .await
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            ttl,
+            name,
+            output,
+        }) => {
+            with_client(config, timeout, async |client| {
+                commands::token_create(client, &name, role, ttl, output.as_deref(), json).await
+            })
+            .await
+        }
+        Command::Token(TokenCommand::List) => {
+            with_client(config, timeout, async |client| {
+                commands::token_list(client, json).await
+            })
+            .await
+        }
+        Command::Token(TokenCommand::Revoke { token }) => {
+            with_client(config, timeout, async |client| {
+                commands::token_revoke(client, &token, json).await
             })
             .await
         }
@@ -447,6 +579,13 @@ fn parse_host_port(text: &str) -> Result<String, String> {
 }
 
 fn parse_write_concern(text: &str) -> Result<WriteConcern, String> {
+    text.parse().map_err(|err: Error| match err {
+        Error::InvalidRequest(message) => message,
+        other => other.to_string(),
+    })
+}
+
+fn parse_client_role(text: &str) -> Result<ClientRole, String> {
     text.parse().map_err(|err: Error| match err {
         Error::InvalidRequest(message) => message,
         other => other.to_string(),
@@ -503,9 +642,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h (e.g. 5s)"
+                "unknown unit {other:?} in {text:?}: use ms, s, m, h or d (e.g. 5s, 30d)"
             ))
         }
     };

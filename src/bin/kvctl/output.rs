@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-pub use replikv::api::json::{get_json, meta_json, printable, scan_json, write_json};
+pub use replikv::api::json::{
+    change_json, get_json, meta_json, pairs_json, printable, scan_json, write_json,
+};
 use replikv::wire::client::{
-    ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role, WriteResult,
+    Change, ClusterStatus, MemberHealth, MemberStatus, ResponseMeta, Role, TokenInfo, UserInfo,
+    WriteResult,
 };
 use replikv::{Error, NodeId};
 
@@ -31,6 +34,32 @@ pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Error> 
     let text = serde_json::to_string_pretty(value)
         .map_err(|err| Error::Internal(format!("cannot format JSON: {err}")))?;
     print_text(&format!("{text}\n"))
+}
+
+/// Compact JSON on one line of stdout (a stream of objects, as `kvctl watch --json` prints).
+pub fn print_json_line<T: serde::Serialize + ?Sized>(value: &T) -> Result<(), Error> {
+    let text = serde_json::to_string(value)
+        .map_err(|err| Error::Internal(format!("cannot format JSON: {err}")))?;
+    print_text(&format!("{text}\n"))
+}
+
+/// The text line of one watched change: `put KEY VALUE` or `delete KEY`, then the index and the
+/// epoch, tab-separated.
+pub fn change_text(change: &Change) -> String {
+    let (key, _) = printable(&change.key);
+    match &change.value {
+        Some(value) => {
+            let (value, _) = printable(value);
+            format!(
+                "put\t{key}\t{value}\tindex={}\tepoch={}\n",
+                change.index, change.epoch
+            )
+        }
+        None => format!(
+            "delete\t{key}\tindex={}\tepoch={}\n",
+            change.index, change.epoch
+        ),
+    }
 }
 
 /// Writes to stdout, turning a closed pipe into an error instead of a panic.
@@ -201,6 +230,65 @@ pub fn progress_text(status: &ClusterStatus, row: &MemberStatus) -> String {
     }
 }
 
+/// The rows of `kvctl user list`.
+pub fn render_users(users: &[UserInfo]) -> String {
+    let mut rows = vec![["NAME", "ROLE", "CREATED (UTC)"].map(String::from).to_vec()];
+    for user in users {
+        rows.push(vec![
+            user.name.clone(),
+            user.role.to_string(),
+            utc_time(user.created_ms),
+        ]);
+    }
+    table(&rows)
+}
+
+/// The rows of `kvctl token list`.
+pub fn render_tokens(tokens: &[TokenInfo]) -> String {
+    let mut rows = vec![["ID", "NAME", "ROLE", "CREATED (UTC)", "EXPIRES (UTC)"]
+        .map(String::from)
+        .to_vec()];
+    for token in tokens {
+        rows.push(vec![
+            token.id.clone(),
+            token.name.clone(),
+            token.role.to_string(),
+            utc_time(token.created_ms),
+            token
+                .expires_ms
+                .map_or_else(|| "never".to_string(), utc_time),
+        ]);
+    }
+    table(&rows)
+}
+
+/// "2026-12-07 01:02:03" for milliseconds since the Unix epoch (proleptic Gregorian, UTC).
+pub fn utc_time(millis: u64) -> String {
+    let seconds = millis / 1000;
+    let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        of_day / 3600,
+        (of_day % 3600) / 60,
+        of_day % 60
+    )
+}
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -306,6 +394,13 @@ mod tests {
     use replikv::wire::message::Member;
 
     use super::*;
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_796_605_323_000), "2026-12-07 01:02:03");
+    }
 
     #[test]
     fn non_utf8_values_print_as_hex() {

@@ -69,7 +69,8 @@ use self::membership::MembershipChange;
 pub use self::requests::MAX_REQUEST_TIMEOUT_MS;
 use self::requests::{PendingRead, PendingWrite};
 use self::sessions::SessionExpiry;
-use self::snapshot::{Chunk, IncomingSnapshot, SnapshotTransfer};
+pub use self::snapshot::SnapshotCounters;
+use self::snapshot::{Chunk, ChunkHeader, IncomingSnapshot, SnapshotTransfer};
 
 /// This node's part in the current epoch.
 #[derive(Debug)]
@@ -162,8 +163,10 @@ pub struct Node {
     election_deadline: Timestamp,
     /// No compaction step before this time.
     next_compaction: Timestamp,
-    /// Backup: the snapshot being received, if any.
+    /// Backup: the snapshot transfer being received, if any.
     incoming_snapshot: Option<IncomingSnapshot>,
+    /// Snapshot transfers sent, resumed and installed since this node started.
+    snapshot_counters: SnapshotCounters,
     /// Entries this node ever moved to the rollback tree, for status.
     rolled_back_entries: u64,
     /// The time of the entry point being handled.
@@ -218,6 +221,7 @@ impl Node {
             election_deadline: now,
             next_compaction: now,
             incoming_snapshot: None,
+            snapshot_counters: SnapshotCounters::default(),
             rolled_back_entries,
             now,
             wall_clock: 0,
@@ -284,6 +288,11 @@ impl Node {
 
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Snapshot transfers sent, resumed and installed since this node started.
+    pub fn snapshot_counters(&self) -> SnapshotCounters {
+        self.snapshot_counters
     }
 
     /// The storage the node runs on (the driver flushes it).
@@ -458,24 +467,42 @@ impl Node {
                 }
             }
             MessageBody::Coordinator => self.follow(message.from)?,
+            MessageBody::SnapshotOffer { transfer } => {
+                self.follow(message.from)?;
+                self.on_snapshot_offer(message.from, transfer)?;
+            }
+            MessageBody::SnapshotStaged { transfer, staged } => {
+                self.on_snapshot_staged(message.from, transfer, staged)?
+            }
             MessageBody::SnapshotChunk {
                 transfer,
                 sequence,
+                begin_index,
+                discard_staged,
+                position,
                 pairs,
                 sessions,
                 finish,
             } => {
                 self.follow(message.from)?;
+                let header = ChunkHeader {
+                    transfer,
+                    sequence,
+                    begin_index,
+                    discard_staged,
+                    position,
+                };
                 let chunk = Chunk {
                     pairs,
                     sessions,
                     finish,
                 };
-                self.on_snapshot_chunk(message.from, transfer, sequence, chunk)?;
+                self.on_snapshot_chunk(message.from, header, chunk)?;
             }
-            MessageBody::SnapshotAck { transfer, sequence } => {
-                self.on_snapshot_ack(message.from, transfer, sequence)?
-            }
+            MessageBody::SnapshotAck {
+                transfer,
+                next_sequence,
+            } => self.on_snapshot_ack(message.from, transfer, next_sequence)?,
             // The epoch was adopted above; a pre-vote from a higher epoch only carried it.
             MessageBody::StaleEpoch
             | MessageBody::PreElection { .. }
@@ -515,6 +542,21 @@ impl Node {
             Request::RemoveMember { id } => {
                 self.change_membership(token, MembershipChange::Remove(id))?
             }
+            // The service turns these into reads and writes of system keys (api/auth.rs); one
+            // that reaches the core is a caller's mistake, answered as such.
+            Request::Credentials(_) => self.reply(
+                token,
+                Response::Error(Error::InvalidRequest(
+                    "user and token requests are served by a node's service, not its core".into(),
+                )),
+            ),
+            // Watches are served off the protocol, from the applied log (`api/watch.rs`).
+            Request::Watch { .. } => self.reply(
+                token,
+                Response::Error(Error::InvalidRequest(
+                    "a watch is served by the node's watch hub, not by the protocol core".into(),
+                )),
+            ),
         }
         Ok(())
     }
