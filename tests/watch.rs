@@ -337,6 +337,19 @@ async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
     };
     put("k/a", "1").await;
     let listed_b = put("k/b", "1").await;
+    // kvctl may list on a backup, from what that node has applied (a listing is a stale read at
+    // one index): wait until every node has applied both writes, so the listing holds them
+    // whichever node serves it.
+    for addr in cluster.client_addrs() {
+        eventually("every node applied the writes to list", || {
+            let (writer, addr) = (&writer, addr.clone());
+            async move {
+                let status = writer.status_of(&addr).await.ok()?;
+                (status.applied_index >= listed_b).then_some(())
+            }
+        })
+        .await;
+    }
     let config = cluster.write_client_config(READONLY_CLIENT);
     let config = config.to_str().expect("utf-8 path");
 
