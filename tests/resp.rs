@@ -21,8 +21,24 @@ use tokio::io::AsyncWriteExt;
 
 /// Whether `tool` can run; under `CI=true` a missing tool fails the test instead.
 fn have(tool: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
+    available(tool, &["--version"], tool, "apt-get install redis-tools")
+}
+
+/// Whether `python3` can import the `redis` package; under `CI=true` a missing one fails the test.
+fn have_python_redis() -> bool {
+    available(
+        "python3",
+        &["-c", "import redis"],
+        "Python's redis package",
+        "python3 -m pip install redis",
+    )
+}
+
+/// Whether `program args` succeeds. If not, under `CI=true` the test fails (`.ci/run` installs
+/// what it needs with `install`); elsewhere it says it skips.
+fn available(program: &str, args: &[&str], what: &str, install: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -33,9 +49,9 @@ fn have(tool: &str) -> bool {
     let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
     assert!(
         !ci,
-        "CI=true, and {tool} is missing: install redis-tools (.ci/run does)"
+        "CI=true, and {what} is missing: `{install}` (.ci/run does)"
     );
-    eprintln!("skipping: {tool} is not installed (apt-get install redis-tools)");
+    eprintln!("skipping: {what} is not installed ({install})");
     false
 }
 
@@ -416,26 +432,6 @@ async fn redis_benchmark_completes_without_errors_against_a_backup() {
     let combined = format!("{stdout}\n{stderr}").to_ascii_lowercase();
     assert!(!combined.contains("error"), "{stdout}\n{stderr}");
     eprintln!("{stdout}");
-}
-
-/// Whether `python3` can import the `redis` package; under `CI=true` a missing one fails the test.
-fn have_python_redis() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import redis"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
-    assert!(
-        !ci,
-        "CI=true, and Python's redis package is missing: `python3 -m pip install redis` (.ci/run does)"
-    );
-    eprintln!("skipping: Python's redis package is not installed (python3 -m pip install redis)");
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
