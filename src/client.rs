@@ -962,13 +962,23 @@ impl Client {
                 .iter()
                 .filter(|addr| self.shared.live_connection(addr).is_some())
                 .collect();
-            // The known primary whenever it is connected: rotating onto another connected node
-            // could pick a dead former primary whose connection has not timed out yet.
-            let primary = lock(&self.shared.topology).primary.clone();
-            if let Some((_, addr)) =
-                primary.filter(|(_, addr)| primary_first && connected.contains(&addr))
-            {
-                return addr;
+            // The known primary whenever it is connected, and while a dial to it is under way:
+            // rotating onto another connected node could pick a dead former primary whose
+            // connection has not timed out yet, and a write would wait there for its whole
+            // timeout. Only a failed dial (the primary is marked down) lets the rotation go on.
+            let primary = lock(&self.shared.topology)
+                .primary
+                .clone()
+                .filter(|_| primary_first);
+            if let Some((_, addr)) = primary {
+                if connected.contains(&&addr) {
+                    return addr;
+                }
+                if self.shared.is_dialling(&addr) && Instant::now() < deadline {
+                    let _ =
+                        tokio::time::timeout_at(deadline.into(), dials_finished.changed()).await;
+                    continue;
+                }
             }
             if !connected.is_empty() {
                 return connected[attempt_number % connected.len()].clone();
@@ -1151,6 +1161,10 @@ impl Shared {
                 shared.dials_finished.send_modify(|count| *count += 1);
             });
         }
+    }
+
+    fn is_dialling(&self, addr: &str) -> bool {
+        lock(&self.dialling).contains(addr)
     }
 
     fn dial_under_way(&self) -> bool {

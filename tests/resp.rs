@@ -8,7 +8,7 @@
 //! Python's `redis` package (PyPI) runs `tests/python/redis_client.py`; under `CI=true` a missing
 //! package fails the test (`.ci/run` installs it).
 //!
-//! Address blocks: 127.0.0.181-189, ports 24181-24193; 127.0.0.241-246, ports 25450-25463.
+//! Address blocks: 127.0.0.181-189, ports 24181-24193; 127.0.0.241-249, ports 25450-25473.
 
 mod common;
 
@@ -460,6 +460,80 @@ async fn python_redis_package_works_against_a_backup() {
         output.status
     );
     assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+}
+
+/// A backup's door forwards writes to the primary with the client library, which holds
+/// connections to the other nodes. When the primary freezes and the door's own node is elected
+/// in its place, a write forwarded in that window must go to the new primary (the door's node),
+/// not rotate onto the frozen one, whose connection stays open until its idle timeout: that
+/// takes as long as the write's whole default timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_as_its_door_node_takes_over_goes_to_that_node() {
+    let (cluster, primary, _) = cluster(247, 25470).await;
+    // Among backups with the same log the one with the highest id wins the election.
+    let door = (1..=3).rev().find(|&id| id != primary).expect("a backup");
+    let client = redis::Client::open(format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(door)
+    ))
+    .expect("a redis client");
+    // The crate gives up on an answer after 500 ms by default; the door may take a failover.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .expect("connect to the backup's RESP door");
+    // The door's forwarder connects to the other nodes.
+    let warm: String = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query_async(&mut connection)
+        .await
+        .expect("a forwarded write before the failover");
+    assert_eq!(warm, "OK");
+    let reader = cluster.client(READWRITE_CLIENT);
+    let (_, meta) = reader
+        .get("before", ReadConsistency::Linearizable)
+        .await
+        .expect("read the write back");
+    for addr in cluster.client_addrs() {
+        eventually("every node applied the write", || {
+            let (reader, addr) = (&reader, addr.clone());
+            async move {
+                let status = reader.status_of(&addr).await.ok()?;
+                (status.applied_index >= meta.index).then_some(())
+            }
+        })
+        .await;
+    }
+
+    // SIGSTOP: unlike a killed process, a frozen one leaves no trace on the wire (no ICMP
+    // "port unreachable"), so only silence tells the other nodes and the forwarder.
+    cluster.pause(primary);
+    let written = tokio::time::timeout(
+        Duration::from_secs(30),
+        redis::cmd("SET")
+            .arg("after")
+            .arg("2")
+            .query_async::<String>(&mut connection),
+    )
+    .await
+    .expect("the door answers");
+    let (new_primary, _) = cluster.wait_for_primary().await;
+    cluster.resume(primary);
+    assert_eq!(new_primary, door, "the door's node took over");
+    assert_eq!(
+        written.as_deref().map_err(|err| err.to_string()),
+        Ok("OK"),
+        "a write forwarded as the door's node took over"
+    );
+    for (key, expected) in [("before", "1"), ("after", "2")] {
+        let (value, _) = reader
+            .get(key, ReadConsistency::Linearizable)
+            .await
+            .expect("read back a forwarded write");
+        assert_eq!(value.as_deref(), Some(expected.as_bytes()), "{key}");
+    }
 }
 
 /// Unique keys written through one RESP door until `stop`: the ones acknowledged, and when.

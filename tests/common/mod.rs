@@ -3,7 +3,8 @@
 //! Each test gets its own block of loopback addresses (`127.0.0.{first_ip + i}`) and ports, so
 //! tests in one binary, or in several binaries, can run in parallel without meeting. Certificates
 //! are made with `certs::init_certs` in a temporary directory, configurations are written with
-//! `NodeConfig::to_toml`, and each node's output goes to `node-<id>.log` next to them.
+//! `NodeConfig::to_toml`, and each node's output goes to `node-<id>.log` next to them, at the
+//! level `REPLIKV_TEST_LOG` names (a tracing filter, `info` when unset).
 //!
 //! A [`Cluster`] owns its child processes: dropping it kills every one of them, and if the test
 //! is panicking it first prints the tail of every node's log, so a failure explains itself.
@@ -192,7 +193,7 @@ impl Cluster {
                 max_scan_page_pairs: None,
                 max_scan_page_bytes: None,
                 session_ttl_ms: None,
-                log_level: "info".to_string(),
+                log_level: std::env::var("REPLIKV_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
             };
             let config_path = dir.path().join(format!("node-{}.toml", member.id));
             let toml = config.to_toml().expect("node configuration as TOML");
