@@ -43,6 +43,7 @@ use crate::config::ClientConfig;
 use crate::credentials;
 use crate::error::{Error, Result};
 use crate::net::tls::{self, connection_error};
+use crate::storage::PAIR_FRAMING_BYTES;
 use crate::wire::client::{
     ClientRole, ClusterStatus, CredentialsRequest, ReadConsistency, Request, Response,
     ResponseMeta, Secret, TokenInfo, Topology, UserInfo, Write, WriteConcern, WriteResult,
@@ -76,21 +77,33 @@ const CLOSE_FLUSH_LIMIT: Duration = Duration::from_millis(100);
 /// Refuses a write whose key or value is over its limit, naming the limit, before anything is
 /// sent: the node would refuse it too, but only after the whole frame crossed the network.
 pub fn check_write_size(write: &Write) -> Result<()> {
-    let (key, value) = match write {
-        Write::Put { key, value } => (key, Some(value)),
-        Write::Delete { key } => (key, None),
-    };
-    if key.len() > MAX_KEY_BYTES {
+    if let Some(key) = write
+        .keys()
+        .into_iter()
+        .find(|key| key.len() > MAX_KEY_BYTES)
+    {
         return Err(Error::InvalidRequest(format!(
             "a key of {} bytes is longer than the limit of {MAX_KEY_BYTES} bytes",
             key.len()
         )));
     }
-    if let Some(value) = value.filter(|value| value.len() > MAX_VALUE_BYTES) {
+    // What the request carries besides one key: its value, or a batch's pairs.
+    let payload = match write {
+        Write::Put { value, .. } | Write::Set { value, .. } => value.len(),
+        Write::Append { suffix, .. } => suffix.len(),
+        Write::PutMany { pairs } => pairs
+            .iter()
+            .map(|(key, value)| key.len() + value.len() + PAIR_FRAMING_BYTES)
+            .sum(),
+        Write::Delete { .. }
+        | Write::Increment { .. }
+        | Write::GetDelete { .. }
+        | Write::Expire { .. } => 0,
+    };
+    if payload > MAX_VALUE_BYTES {
         return Err(Error::InvalidRequest(format!(
-            "a value of {} bytes is larger than the limit of {MAX_VALUE_BYTES} bytes \
-             (a request must fit in one {MAX_CLIENT_FRAME_BYTES}-byte client frame)",
-            value.len()
+            "a value of {payload} bytes is larger than the limit of {MAX_VALUE_BYTES} bytes \
+             (a request must fit in one {MAX_CLIENT_FRAME_BYTES}-byte client frame)"
         )));
     }
     Ok(())
@@ -743,9 +756,9 @@ impl Client {
         let target = match &self.pinned {
             Some(addr) => Target::Pinned(addr.clone()),
             None => match &request {
-                Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
-                    self.read_target(*consistency)
-                }
+                Request::Get { consistency, .. }
+                | Request::Scan { consistency, .. }
+                | Request::GetExpiry { consistency, .. } => self.read_target(*consistency),
                 Request::Status => Target::Any {
                     primary_first: true,
                 },
@@ -785,7 +798,10 @@ impl Client {
         }
     }
 
-    async fn write(
+    /// Sends any [`Write`] (a read-modify-write, an expiry change, a batch) with one request id
+    /// kept over every retry, acknowledged once `write_concern` is met; the primary's answer is
+    /// in [`WriteResult::answer`].
+    pub async fn write(
         &self,
         write: Write,
         write_concern: WriteConcern,
@@ -858,9 +874,10 @@ impl Client {
             // concern is met or not); a read is answered at once or not at all, so a node that
             // died or froze mid-read is given up on quickly and the read goes elsewhere.
             let wait = match request {
-                Request::Get { .. } | Request::Scan { .. } | Request::Status => {
-                    remaining.min(CLIENT_READ_ATTEMPT_LIMIT)
-                }
+                Request::Get { .. }
+                | Request::Scan { .. }
+                | Request::GetExpiry { .. }
+                | Request::Status => remaining.min(CLIENT_READ_ATTEMPT_LIMIT),
                 _ => remaining + CLIENT_WRITE_ANSWER_GRACE,
             };
             let follows_primary = matches!(target, Target::Primary);
@@ -1328,7 +1345,8 @@ fn response_meta(response: &Response) -> Option<ResponseMeta> {
     match response {
         Response::Value { meta, .. }
         | Response::Pairs { meta, .. }
-        | Response::Written { meta, .. } => Some(*meta),
+        | Response::Written { meta, .. }
+        | Response::Expiry { meta, .. } => Some(*meta),
         Response::Status(_) | Response::Error(_) | Response::Users(_) | Response::Tokens(_) => None,
     }
 }
@@ -1338,6 +1356,7 @@ fn unexpected(wanted: &str, got: &Response) -> Error {
         Response::Value { .. } => "a value",
         Response::Pairs { .. } => "key-value pairs",
         Response::Written { .. } => "a write acknowledgement",
+        Response::Expiry { .. } => "an expiry",
         Response::Status(_) => "a status",
         Response::Error(_) => "an error",
         Response::Users(_) => "a list of users",

@@ -440,15 +440,18 @@ impl NodeView {
 pub fn request_kind(request: &Request) -> &'static str {
     match request {
         Request::Get { .. } => "get",
+        Request::GetExpiry { .. } => "get_expiry",
         Request::Scan { .. } => "scan",
-        Request::Write {
-            write: Write::Put { .. },
-            ..
-        } => "put",
-        Request::Write {
-            write: Write::Delete { .. },
-            ..
-        } => "delete",
+        Request::Write { write, .. } => match write {
+            Write::Put { .. } => "put",
+            Write::Delete { .. } => "delete",
+            Write::Set { .. } => "set",
+            Write::Increment { .. } => "increment",
+            Write::Append { .. } => "append",
+            Write::GetDelete { .. } => "get_delete",
+            Write::Expire { .. } => "expire",
+            Write::PutMany { .. } => "put_many",
+        },
         Request::Status => "status",
         Request::AddMember { .. } => "add_member",
         Request::RemoveMember { .. } => "remove_member",

@@ -179,6 +179,7 @@ fn write_seed_corpus() {
                         result: WriteResult {
                             index: 42,
                             existed: true,
+                            answer: None,
                         },
                     }),
                 ),

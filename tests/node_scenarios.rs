@@ -12,10 +12,12 @@ use std::sync::Arc;
 use replikv::core::{ClientToken, Node, Options, Output, Timestamp};
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
-use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
+use replikv::wire::client::{
+    Answer, Condition, Expiry, ReadConsistency, Request, Response, Role, Write, WriteConcern,
+};
 use replikv::wire::message::{
-    Entry, Epoch, ExpiredSession, LogIndex, Member, Membership, Message, MessageBody, NodeId,
-    Operation, Rank, RequestId,
+    Change, Entry, Epoch, ExpiredSession, LogIndex, Member, Membership, Message, MessageBody,
+    NodeId, Operation, Rank, RequestId,
 };
 use replikv::Error;
 
@@ -1577,6 +1579,326 @@ fn idle_sessions_expire_on_every_node_at_one_index_and_only_later_retries_count_
             .expect("session")
             .map(|s| s.result.index),
         Some(late_index)
+    );
+}
+
+// --- read-modify-write and expiring keys (issue 12) ---
+
+/// A write of `write` by client `client_id` at `sequence`, on node `id`, at `w=majority`.
+fn write_as(
+    cluster: &mut Cluster,
+    id: NodeId,
+    write: Write,
+    client_id: u64,
+    sequence: u64,
+) -> ClientToken {
+    cluster.request(
+        id,
+        Request::Write {
+            request_id: RequestId {
+                client_id,
+                sequence,
+            },
+            write,
+            write_concern: WriteConcern::Majority,
+            timeout_ms: 1_000,
+        },
+    )
+}
+
+fn increment(key: &str, by: i64) -> Write {
+    Write::Increment {
+        key: key.into(),
+        by,
+    }
+}
+
+/// The answer of a write acknowledgement.
+fn answer(response: Option<&Response>) -> Option<Answer> {
+    match response {
+        Some(Response::Written { result, .. }) => result.answer.clone(),
+        other => panic!("expected a write acknowledgement, got {other:?}"),
+    }
+}
+
+/// A session remembers its write's answer, and a `GETDEL`'s answer is a whole value: a snapshot
+/// chunk counts such sessions by their size, so it stays within its budget.
+#[test]
+fn sessions_that_remember_whole_values_are_counted_by_size_in_snapshot_chunks() {
+    const CHUNK_BUDGET: usize = 1024;
+    const VALUE_BYTES: usize = 600;
+    let storages = (1..=3)
+        .map(|id| (id, Arc::new(MemoryStorage::new())))
+        .collect();
+    let small_chunks = Options {
+        log_retention_bytes: 200,
+        max_append_bytes: CHUNK_BUDGET,
+        ..options()
+    };
+    let mut cluster = Cluster::with_options(voters(3), storages, small_chunks);
+    cluster.elect(3);
+    cluster.isolated.insert(1);
+    for i in 0..20u64 {
+        let key = format!("key-{i:02}");
+        put_as(&mut cluster, 3, &key, &[b'v'; VALUE_BYTES], 100 + i, 1);
+        cluster.deliver();
+        let deleted = write_as(
+            &mut cluster,
+            3,
+            Write::GetDelete {
+                key: key.into_bytes(),
+            },
+            100 + i,
+            2,
+        );
+        cluster.deliver();
+        assert_eq!(
+            answer(cluster.reply(deleted)),
+            Some(Answer::Previous(Some(vec![b'v'; VALUE_BYTES])))
+        );
+    }
+    let until = cluster.now + 2 * HEARTBEAT_MS;
+    cluster.run_until(until);
+    let primary = restart_node_3_and_elect(&mut cluster);
+    cluster.isolated.clear();
+    let until = cluster.now + 10 * FAILURE_TIMEOUT_MS;
+    cluster.run_until(until);
+
+    let sizes: Vec<usize> = cluster
+        .sent_between(primary, 1)
+        .into_iter()
+        .filter(|body| matches!(body, MessageBody::SnapshotChunk { .. }))
+        .map(|body| postcard::to_allocvec(body).expect("encodes").len())
+        .collect();
+    assert!(!sizes.is_empty(), "node 1 caught up from a snapshot");
+    assert!(
+        sizes.iter().all(|&size| size <= CHUNK_BUDGET + 256),
+        "every chunk stays within the budget: {sizes:?}"
+    );
+    assert_eq!(
+        cluster.node(1).applied_index(),
+        cluster.node(primary).applied_index()
+    );
+    let session = cluster
+        .storage(1)
+        .session(100)
+        .expect("read a session")
+        .expect("node 1 has client 100's session");
+    assert_eq!(
+        session.result.answer,
+        Some(Answer::Previous(Some(vec![b'v'; VALUE_BYTES])))
+    );
+}
+
+/// Tells every node of the cluster that the wall clock reads `unix_ms`.
+fn set_wall_clock(cluster: &mut Cluster, unix_ms: u64) {
+    for node in cluster.nodes.values_mut() {
+        node.set_wall_clock(unix_ms);
+    }
+}
+
+#[test]
+fn read_modify_writes_are_decided_on_pending_writes_and_retries_get_the_first_answer() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.held_flushes.extend([1, 2, 3]);
+    // Neither increment is applied when the second is decided: it builds on the first anyway.
+    let first = write_as(&mut cluster, 3, increment("n", 5), 21, 1);
+    let second = write_as(&mut cluster, 3, increment("n", 2), 22, 1);
+    let last = cluster.node(3).last_index();
+    // A retry while in flight joins its entry and gets its answer, appending nothing.
+    let retry_in_flight = write_as(&mut cluster, 3, increment("n", 5), 21, 1);
+    assert_eq!(cluster.node(3).last_index(), last);
+    cluster.release_flushes();
+    cluster.deliver();
+    assert_eq!(answer(cluster.reply(first)), Some(Answer::Integer(5)));
+    assert_eq!(answer(cluster.reply(second)), Some(Answer::Integer(7)));
+    assert_eq!(
+        answer(cluster.reply(retry_in_flight)),
+        Some(Answer::Integer(5))
+    );
+    // Once applied, a retry is answered from the session: not incremented again.
+    let retry_applied = write_as(&mut cluster, 3, increment("n", 5), 21, 1);
+    assert_eq!(
+        answer(cluster.reply(retry_applied)),
+        Some(Answer::Integer(5))
+    );
+    assert_eq!(cluster.node(3).last_index(), last);
+    cluster.run_until(cluster.now + 2 * HEARTBEAT_MS);
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.storage(id).get(b"n").expect("get"),
+            Some(b"7".to_vec()),
+            "node {id} applied the outcomes, not the increments"
+        );
+    }
+    // The logged operations are outcomes: puts of the new value.
+    let logged = cluster
+        .storage(1)
+        .entry(last)
+        .expect("entry")
+        .expect("present");
+    assert!(
+        matches!(&logged.operation, Operation::Batch { changes, .. }
+            if changes == &vec![Change::Put { key: b"n".to_vec(), value: b"7".to_vec() }]),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn a_failed_condition_or_a_refused_increment_keeps_its_answer_or_appends_nothing() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    put_as(&mut cluster, 3, "k", b"text", 30, 1);
+    cluster.deliver();
+    let if_absent = Write::Set {
+        key: b"k".to_vec(),
+        value: b"new".to_vec(),
+        condition: Condition::IfAbsent,
+        expiry: Expiry::Clear,
+        get: false,
+    };
+    let refused = write_as(&mut cluster, 3, if_absent.clone(), 31, 1);
+    cluster.deliver();
+    assert_eq!(answer(cluster.reply(refused)), Some(Answer::Applied(false)));
+    // The key goes away; a retry of the refused write still gets its first answer.
+    write_as(&mut cluster, 3, Write::Delete { key: b"k".to_vec() }, 30, 2);
+    cluster.deliver();
+    let retry = write_as(&mut cluster, 3, if_absent, 31, 1);
+    cluster.deliver();
+    assert_eq!(answer(cluster.reply(retry)), Some(Answer::Applied(false)));
+    assert_eq!(cluster.storage(3).get(b"k").expect("get"), None);
+    // An increment of a value that is not an integer is refused and logs nothing.
+    put_as(&mut cluster, 3, "word", b"abc", 30, 3);
+    cluster.deliver();
+    let last = cluster.node(3).last_index();
+    let not_integer = write_as(&mut cluster, 3, increment("word", 1), 32, 1);
+    assert!(
+        matches!(cluster.reply(not_integer), Some(Response::Error(Error::InvalidRequest(m))) if m == replikv::core::NOT_AN_INTEGER),
+        "{:?}",
+        cluster.reply(not_integer)
+    );
+    put_as(
+        &mut cluster,
+        3,
+        "max",
+        i64::MAX.to_string().as_bytes(),
+        30,
+        4,
+    );
+    cluster.deliver();
+    let last_after_put = cluster.node(3).last_index();
+    assert_eq!(last_after_put, last + 1);
+    let overflow = write_as(&mut cluster, 3, increment("max", 1), 32, 2);
+    assert!(
+        matches!(cluster.reply(overflow), Some(Response::Error(Error::InvalidRequest(m))) if m == replikv::core::OVERFLOW),
+        "{:?}",
+        cluster.reply(overflow)
+    );
+    assert_eq!(cluster.node(3).last_index(), last_after_put);
+}
+
+#[test]
+fn an_expired_key_is_hidden_from_every_read_then_deleted_by_the_primary_on_every_node() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let start = 1_700_000_000_000;
+    set_wall_clock(&mut cluster, start);
+    let with_ttl = Write::Set {
+        key: b"session".to_vec(),
+        value: b"token".to_vec(),
+        condition: Condition::Always,
+        expiry: Expiry::At(start + 5_000),
+        get: false,
+    };
+    write_as(&mut cluster, 3, with_ttl, 40, 1);
+    put_as(&mut cluster, 3, "plain", b"stays", 40, 2);
+    cluster.run_until(cluster.now + 2 * HEARTBEAT_MS);
+    let stale_read = |cluster: &mut Cluster, id| {
+        let token = cluster.get(id, "session", ReadConsistency::Stale);
+        match cluster.reply(token) {
+            Some(Response::Value { value, .. }) => value.clone(),
+            other => panic!("a stale read: {other:?}"),
+        }
+    };
+    assert_eq!(stale_read(&mut cluster, 1), Some(b"token".to_vec()));
+    let expiry = cluster.request(
+        1,
+        Request::GetExpiry {
+            key: b"session".to_vec(),
+            consistency: ReadConsistency::Stale,
+        },
+    );
+    assert!(
+        matches!(cluster.reply(expiry), Some(Response::Expiry { exists: true, deadline: Some(d), .. }) if *d == start + 5_000),
+        "{:?}",
+        cluster.reply(expiry)
+    );
+    // Past the deadline on node 1's clock only: node 1 hides the key before anyone deletes it.
+    cluster
+        .nodes
+        .get_mut(&1)
+        .expect("node 1")
+        .set_wall_clock(start + 5_000);
+    assert_eq!(stale_read(&mut cluster, 1), None);
+    assert!(cluster.storage(1).get(b"session").expect("get").is_some());
+    assert_eq!(stale_read(&mut cluster, 2), Some(b"token".to_vec()));
+    // Past it on every clock: the primary's sweep deletes the key and its records everywhere.
+    set_wall_clock(&mut cluster, start + 5_000);
+    cluster.run_until(cluster.now + 3 * HEARTBEAT_MS);
+    for id in 1..=3 {
+        let storage = cluster.storage(id);
+        assert_eq!(storage.get(b"session").expect("get"), None, "node {id}");
+        assert_eq!(
+            storage
+                .get(&replikv::storage::expiry::deadline_key(b"session"))
+                .expect("get"),
+            None
+        );
+        assert!(storage
+            .scan(&replikv::storage::expiry::due_prefix(), 10)
+            .expect("scan")
+            .is_empty());
+        assert_eq!(storage.get(b"plain").expect("get"), Some(b"stays".to_vec()));
+    }
+}
+
+#[test]
+fn a_plain_put_clears_a_deadline_and_keepttl_keeps_it() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let start = 1_700_000_000_000;
+    set_wall_clock(&mut cluster, start);
+    let set = |value: &str, expiry| Write::Set {
+        key: b"k".to_vec(),
+        value: value.into(),
+        condition: Condition::Always,
+        expiry,
+        get: true,
+    };
+    let first = write_as(&mut cluster, 3, set("1", Expiry::At(start + 1_000)), 50, 1);
+    let kept = write_as(&mut cluster, 3, set("2", Expiry::Keep), 50, 2);
+    cluster.deliver();
+    assert_eq!(answer(cluster.reply(first)), Some(Answer::Previous(None)));
+    assert_eq!(
+        answer(cluster.reply(kept)),
+        Some(Answer::Previous(Some(b"1".to_vec())))
+    );
+    let deadline_key = replikv::storage::expiry::deadline_key(b"k");
+    assert!(cluster
+        .storage(3)
+        .get(&deadline_key)
+        .expect("get")
+        .is_some());
+    put_as(&mut cluster, 3, "k", b"3", 50, 3);
+    cluster.deliver();
+    assert_eq!(cluster.storage(3).get(&deadline_key).expect("get"), None);
+    set_wall_clock(&mut cluster, start + 2_000);
+    let token = cluster.get(3, "k", ReadConsistency::Local);
+    assert!(
+        matches!(cluster.reply(token), Some(Response::Value { value: Some(v), .. }) if v == b"3"),
+        "{:?}",
+        cluster.reply(token)
     );
 }
 

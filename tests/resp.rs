@@ -143,7 +143,7 @@ async fn redis_cli_scripts_run_against_a_backup() {
     let output = redis_cli(
         &addr,
         &[],
-        "GET\nNOSUCHCOMMAND a b\nMULTI\nSET inside-multi yes\nEXEC\nEXEC\nSET k v NX\n\
+        "GET\nNOSUCHCOMMAND a b\nMULTI\nSET inside-multi yes\nEXEC\nEXEC\nSETEX k 10 v\n\
          EXISTS inside-multi\n",
     )
     .await;
@@ -167,7 +167,7 @@ async fn redis_cli_scripts_run_against_a_backup() {
     );
     assert_eq!(lines[5], "ERR EXEC without MULTI");
     assert!(
-        lines[6].starts_with("ERR SET option 'NX' is not supported yet"),
+        lines[6].starts_with("ERR 'SETEX' is not supported yet"),
         "{output}"
     );
     assert_eq!(

@@ -1067,6 +1067,7 @@ impl Simulation {
                 let (key, value) = match write {
                     Write::Put { key, value } => (key.clone(), Some(value.clone())),
                     Write::Delete { key } => (key.clone(), None),
+                    other => panic!("the simulated clients issue only puts and deletes: {other:?}"),
                 };
                 self.acked.push(AckedWrite {
                     request_id: *request_id,

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{request_kind, Metrics};
 use crate::net::event_loop::ClientRequest;
 use crate::storage::system_keys::{is_system_key, SYSTEM_PREFIX};
-use crate::wire::client::{ReadConsistency, Request, Response, Write};
+use crate::wire::client::{ReadConsistency, Request, Response};
 use crate::wire::frame::MAX_KEY_BYTES;
 use crate::wire::message::RequestId;
 
@@ -343,6 +343,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
         // changes it may only register its own node (`--join`).
         return match request {
             Request::Get { .. }
+            | Request::GetExpiry { .. }
             | Request::Scan { .. }
             | Request::Status
             | Request::Watch { .. }
@@ -363,7 +364,11 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
         };
     }
     let (allowed, action, needed) = match request {
-        Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::Watch { .. } => (
+        Request::Get { .. }
+        | Request::GetExpiry { .. }
+        | Request::Scan { .. }
+        | Request::Status
+        | Request::Watch { .. } => (
             role.can_read(),
             "read",
             "a readonly, readwrite or admin certificate",
@@ -396,18 +401,18 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
 /// Checks what the role check does not: keys within [`MAX_KEY_BYTES`], and a new member's
 /// addresses usable, or every node would keep dialling nowhere.
 fn check_request(request: &Request) -> Result<()> {
-    let keys = match request {
-        Request::Get { key, .. } => vec![key],
+    let keys: Vec<&[u8]> = match request {
+        Request::Get { key, .. } | Request::GetExpiry { key, .. } => vec![key],
         Request::Scan {
             prefix,
             start_after,
             ..
-        } => std::iter::once(prefix).chain(start_after).collect(),
-        Request::Watch { prefix, .. } => vec![prefix],
-        Request::Write {
-            write: Write::Put { key, .. } | Write::Delete { key },
-            ..
-        } => vec![key],
+        } => std::iter::once(prefix)
+            .chain(start_after)
+            .map(Vec::as_slice)
+            .collect(),
+        Request::Watch { prefix, .. } => vec![prefix.as_slice()],
+        Request::Write { write, .. } => write.keys(),
         _ => Vec::new(),
     };
     if let Some(key) = keys.iter().find(|key| key.len() > MAX_KEY_BYTES) {
@@ -417,13 +422,9 @@ fn check_request(request: &Request) -> Result<()> {
         )));
     }
     // A scan's prefix may be shorter than the system prefix (scans skip system keys); a key
-    // named outright may not start with it.
-    let named = match request {
-        Request::Scan { start_after, .. } => start_after.iter().collect(),
-        // A watch, as a scan, skips the system keys under a shorter prefix.
-        Request::Watch { prefix, .. } if prefix.len() < SYSTEM_PREFIX.len() => Vec::new(),
-        _ => keys,
-    };
+    // named outright may not start with it, nor may a scan's or a watch's prefix (a scan inside
+    // the system keyspace returns its records; a shorter prefix skips them).
+    let named = keys;
     if named.iter().any(|key| is_system_key(key)) {
         return Err(Error::InvalidRequest(format!(
             "keys starting with {:?} are reserved for the cluster's own records",
@@ -621,6 +622,40 @@ mod tests {
             consistency: ReadConsistency::Stale,
         };
         assert!(check_request(&scan_all).is_ok());
+        // A prefix inside it would return its records: refused.
+        let scan_inside = Request::Scan {
+            prefix: crate::storage::system_keys::system_family_prefix("expiry"),
+            start_after: None,
+            limit: 10,
+            consistency: ReadConsistency::Stale,
+        };
+        assert!(matches!(
+            check_request(&scan_inside),
+            Err(Error::InvalidRequest(_))
+        ));
+        // A write naming a system key among others is refused too.
+        let many = Request::Write {
+            request_id: RequestId {
+                client_id: 1,
+                sequence: 1,
+            },
+            write: Write::PutMany {
+                pairs: vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (system_key_of("b"), b"2".to_vec()),
+                ],
+            },
+            write_concern: WriteConcern::Majority,
+            timeout_ms: 1000,
+        };
+        assert!(matches!(
+            check_request(&many),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    fn system_key_of(name: &str) -> Vec<u8> {
+        crate::storage::system_keys::system_key("user", name.as_bytes())
     }
 
     #[test]
@@ -677,7 +712,7 @@ mod forwarding_tests {
     use crate::client::ClientOptions;
     use crate::config::{DevCluster, NodeConfig, DEV_CLIENT_NAME};
     use crate::net::server::run_node;
-    use crate::wire::client::{Response, WriteConcern};
+    use crate::wire::client::{Response, Write, WriteConcern};
 
     fn free_port() -> u16 {
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();

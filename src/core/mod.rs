@@ -19,7 +19,9 @@
 mod node;
 mod progress;
 
-pub use node::{Node, SnapshotCounters, MAX_REQUEST_TIMEOUT_MS};
+pub use node::{
+    parse_integer, Node, SnapshotCounters, MAX_REQUEST_TIMEOUT_MS, NOT_AN_INTEGER, OVERFLOW,
+};
 
 use crate::wire::client::Response;
 use crate::wire::message::{Epoch, LogIndex, Membership, Message, NodeId};
@@ -78,6 +80,15 @@ impl Options {
         let lease = u128::from(self.failure_timeout_ms) * (PPM - drift) / (PPM + drift);
         // Never more than the timeout, so the conversion back cannot fail.
         u64::try_from(lease).unwrap_or(0)
+    }
+
+    /// How long before its deadline a key counts as expired: the drift bound applied to the
+    /// failure timeout (30 ms of the defaults), so a node whose wall clock runs a little behind
+    /// another's still hides a key no later than the primary deletes it.
+    pub fn expiry_margin_ms(&self) -> u64 {
+        let drift = u128::from(self.max_clock_drift_ppm).min(PPM);
+        let margin = u128::from(self.failure_timeout_ms) * drift / PPM;
+        u64::try_from(margin).unwrap_or(0)
     }
 }
 

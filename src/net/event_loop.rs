@@ -83,6 +83,16 @@ impl Clock {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it), which key
+/// deadlines are judged against.
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 /// Channels through which the loop publishes what the network tasks need to know.
 pub(crate) struct Published {
     /// The membership, so the peer port can say in its log when a non-member connects.
@@ -220,6 +230,7 @@ impl EventLoop {
     /// Runs one call into the node, timing it as an apply if it applied entries.
     fn applying<T>(&mut self, call: impl FnOnce(&mut Node) -> T) -> T {
         let applied_before = self.node.applied_index();
+        self.node.set_wall_clock(unix_millis());
         let started = Instant::now();
         let result = call(&mut self.node);
         if self.node.applied_index() > applied_before {

@@ -16,13 +16,15 @@
 //! - A `Put` or `Delete` carrying a request id whose session already holds that sequence (or a
 //!   newer one) is a retry: it changes nothing and its result is the stored one. A request is
 //!   therefore never applied twice, whichever log entries carry it.
+//! - A `Batch` applies all its changes in order, in the same transaction as the rest; its result
+//!   says whether its first change's key existed and carries the answer the primary decided.
 //! - The applied index ends at the last entry's index.
 
 use tracing::debug;
 
 use crate::error::Error;
 use crate::wire::message::{
-    Entry, ExpiredSession, LogIndex, Membership, Operation, Session, WriteResult,
+    Change, Entry, ExpiredSession, LogIndex, Membership, Operation, Session, WriteResult,
 };
 
 /// The mutable state an engine hands to [`apply_entries`]. Writes through it must become visible
@@ -92,23 +94,25 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
             target.set_membership(membership)?;
             return Ok(WriteResult {
                 index: entry.index,
-                existed: false,
+                ..WriteResult::default()
             });
         }
         Operation::Noop => {
             return Ok(WriteResult {
                 index: entry.index,
-                existed: false,
+                ..WriteResult::default()
             })
         }
         Operation::ExpireSessions(expired) => {
             expire_sessions(target, expired)?;
             return Ok(WriteResult {
                 index: entry.index,
-                existed: false,
+                ..WriteResult::default()
             });
         }
-        Operation::Put { .. } | Operation::Delete { .. } => entry.request_id,
+        Operation::Put { .. } | Operation::Delete { .. } | Operation::Batch { .. } => {
+            entry.request_id
+        }
     };
 
     if let Some(request_id) = request_id {
@@ -128,25 +132,40 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
         }
     }
 
-    let existed = match &entry.operation {
-        Operation::Put { key, value } => target.put(key, value)?,
-        Operation::Delete { key } => target.delete(key)?,
-        Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => false,
+    let (existed, answer) = match &entry.operation {
+        Operation::Put { key, value } => (target.put(key, value)?, None),
+        Operation::Delete { key } => (target.delete(key)?, None),
+        Operation::Batch { changes, answer } => (apply_changes(target, changes)?, answer.clone()),
+        Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => (false, None),
     };
     let result = WriteResult {
         index: entry.index,
         existed,
+        answer,
     };
     if let Some(request_id) = request_id {
         target.set_session(
             request_id.client_id,
             Session {
                 last_sequence: request_id.sequence,
-                result,
+                result: result.clone(),
             },
         )?;
     }
     Ok(result)
+}
+
+/// Applies a batch's changes in order; returns whether the first change's key existed.
+fn apply_changes<T: ApplyTarget>(target: &mut T, changes: &[Change]) -> Result<bool, T::Error> {
+    let mut first_existed = None;
+    for change in changes {
+        let existed = match change {
+            Change::Put { key, value } => target.put(key, value)?,
+            Change::Delete { key } => target.delete(key)?,
+        };
+        first_existed.get_or_insert(existed);
+    }
+    Ok(first_existed.unwrap_or(false))
 }
 
 /// Removes the expired sessions that no write has touched since the primary chose them.

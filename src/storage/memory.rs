@@ -20,7 +20,7 @@ use crate::storage::rules::{
     check_append, check_compact, collect_chunk, collect_page, encoded_len, fits,
     rebuild_after_compaction, scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::system_keys::is_system_key;
+use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
@@ -242,7 +242,7 @@ impl Contents {
         }
         for (client_id, session) in sessions {
             match session {
-                Some(session) => self.staged_sessions.insert(*client_id, *session),
+                Some(session) => self.staged_sessions.insert(*client_id, session.clone()),
                 None => self.staged_sessions.remove(client_id),
             };
         }
@@ -330,7 +330,7 @@ impl ApplyTarget for StateTarget<'_> {
     type Error = Error;
 
     fn session(&mut self, client_id: u64) -> Result<Option<Session>> {
-        Ok(self.0.sessions.get(&client_id).copied())
+        Ok(self.0.sessions.get(&client_id).cloned())
     }
 
     fn set_session(&mut self, client_id: u64, session: Session) -> Result<()> {
@@ -470,13 +470,13 @@ impl Storage for MemoryStorage {
             .state
             .range::<[u8], _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(key, _)| !is_system_key(key))
+            .filter(|(key, _)| shown_by_scan(prefix, key))
             .map(Ok);
         collect_page(pairs, max_pairs, max_bytes)
     }
 
     fn session(&self, client_id: u64) -> Result<Option<Session>> {
-        Ok(self.lock().live.sessions.get(&client_id).copied())
+        Ok(self.lock().live.sessions.get(&client_id).cloned())
     }
 
     fn log_bytes(&self) -> Result<u64> {
@@ -521,7 +521,7 @@ impl Storage for MemoryStorage {
             .sessions
             .range((start, std::ops::Bound::Unbounded))
             .take(limit)
-            .map(|(id, session)| (*id, *session))
+            .map(|(id, session)| (*id, session.clone()))
             .collect())
     }
 

@@ -17,13 +17,16 @@
 //! keeps appending (group commit).
 
 pub mod apply;
+pub mod expiry;
 pub mod memory;
 mod rules;
 pub mod sled_engine;
 pub mod system_keys;
 
 pub(crate) use rules::fits as fits_in_batch;
-pub use rules::{framed_pair_bytes, PAIR_FRAMING_BYTES, SESSION_RECORD_BYTES};
+pub use rules::{
+    framed_pair_bytes, session_record_bytes, PAIR_FRAMING_BYTES, SESSION_RECORD_BYTES,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +127,8 @@ pub trait Storage: Send + Sync {
     /// prefix's first key when `None`), in key order: at most `max_pairs` pairs and `max_bytes` of
     /// encoded pairs ([`framed_pair_bytes`]), but at least one pair if any is left and
     /// `max_pairs > 0`. Reads at most one pair past the page, to say whether more remain.
+    /// Skips the system keyspace unless `prefix` lies inside it
+    /// ([`system_keys::shown_by_scan`]).
     fn scan_page(
         &self,
         prefix: &[u8],

@@ -11,15 +11,26 @@ use std::ops::Bound;
 
 use crate::error::{Error, Result};
 use crate::storage::ScanPage;
-use crate::wire::message::{Entry, Epoch, LogIndex};
+use crate::wire::message::{Answer, Entry, Epoch, LogIndex, Session};
 
 /// The most postcard adds to a pair's key and value bytes in a message: two length prefixes (at
 /// most 5 bytes each below 32 GiB) and the tag of an optional value.
 pub const PAIR_FRAMING_BYTES: usize = 16;
 
-/// The most one `(client id, Option<Session>)` of a snapshot chunk takes encoded: three varint
-/// `u64`s of at most 10 bytes, a bool and an option tag.
-pub const SESSION_RECORD_BYTES: usize = 40;
+/// The most one `(client id, Option<Session>)` of a snapshot chunk takes encoded, apart from a
+/// value its answer holds (see [`session_record_bytes`]): three varint `u64`s of at most 10 bytes,
+/// a bool, the option tags, the answer's variant tag and an `i64` varint of at most 10 bytes.
+pub const SESSION_RECORD_BYTES: usize = 48;
+
+/// The most one `(client id, Option<Session>)` of a snapshot chunk takes encoded: a session
+/// remembers its write's answer, which for `GETDEL` or `SET … GET` is a whole value.
+pub fn session_record_bytes(session: Option<&Session>) -> usize {
+    let value = match session.and_then(|session| session.result.answer.as_ref()) {
+        Some(Answer::Previous(Some(value))) => value.len().saturating_add(PAIR_FRAMING_BYTES),
+        _ => 0,
+    };
+    SESSION_RECORD_BYTES.saturating_add(value)
+}
 
 /// The first log index of a node that has never compacted its log.
 pub(crate) const FIRST_INDEX: LogIndex = 1;

@@ -45,7 +45,7 @@ use crate::storage::rules::{
     check_append, check_compact, collect_chunk, collect_page, fits, rebuild_after_compaction,
     scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::system_keys::is_system_key;
+use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
@@ -420,7 +420,10 @@ impl Storage for SledStorage {
                 item.as_ref()
                     .map_or(true, |(key, _)| key.starts_with(prefix))
             })
-            .filter(|item| item.as_ref().map_or(true, |(key, _)| !is_system_key(key)));
+            .filter(|item| {
+                item.as_ref()
+                    .map_or(true, |(key, _)| shown_by_scan(prefix, key))
+            });
         collect_page(pairs, max_pairs, max_bytes)
     }
 

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use super::{Meta, RolledBack, Storage};
 use crate::error::Error;
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session, SnapshotFinish,
-    SnapshotPosition, StagedSnapshot, WriteResult,
+    Answer, Change, Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session,
+    SnapshotFinish, SnapshotPosition, StagedSnapshot, WriteResult,
 };
 
 // --- entry builders ---
@@ -71,7 +71,27 @@ fn membership(ids: &[u64]) -> Membership {
 }
 
 fn result(index: LogIndex, existed: bool) -> WriteResult {
-    WriteResult { index, existed }
+    WriteResult {
+        index,
+        existed,
+        answer: None,
+    }
+}
+
+fn batch(epoch: Epoch, index: LogIndex, changes: Vec<Change>, answer: Option<Answer>) -> Entry {
+    Entry {
+        epoch,
+        index,
+        operation: Operation::Batch { changes, answer },
+        request_id: None,
+    }
+}
+
+fn change_put(key: &str, value: &str) -> Change {
+    Change::Put {
+        key: bytes(key),
+        value: bytes(value),
+    }
 }
 
 fn bytes(text: &str) -> Vec<u8> {
@@ -351,6 +371,57 @@ fn retried_request_is_applied_once(storage: &dyn Storage) {
     assert_eq!(storage.meta().unwrap().applied_index, 7);
 }
 
+/// A batch is one entry: every change lands together, in order; its result says whether its first
+/// key existed and carries the primary's answer, which a retry gets back from the session.
+fn batches_apply_together_and_keep_their_answer(storage: &dyn Storage) {
+    append_and_apply(storage, &[put(1, 1, "b", "old"), put(1, 2, "c", "gone")]);
+    let changes = vec![
+        change_put("a", "1"),
+        change_put("b", "2"),
+        Change::Delete { key: bytes("c") },
+        change_put("a", "3"),
+    ];
+    let answer = Some(Answer::Previous(Some(bytes("old"))));
+    let first = with_request(batch(1, 3, changes, answer.clone()), 9, 1);
+    let expected = WriteResult {
+        index: 3,
+        existed: false,
+        answer: answer.clone(),
+    };
+    assert_eq!(append_and_apply(storage, &[first]), vec![expected.clone()]);
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("3")));
+    assert_eq!(storage.get(b"b").unwrap(), Some(bytes("2")));
+    assert_eq!(storage.get(b"c").unwrap(), None);
+    assert_eq!(
+        storage.session(9).unwrap().map(|session| session.result),
+        Some(expected.clone())
+    );
+    // A retry logged again changes nothing and answers the first answer.
+    let retry = with_request(
+        batch(
+            1,
+            4,
+            vec![change_put("a", "retry")],
+            Some(Answer::Integer(5)),
+        ),
+        9,
+        1,
+    );
+    assert_eq!(append_and_apply(storage, &[retry]), vec![expected]);
+    assert_eq!(storage.get(b"a").unwrap(), Some(bytes("3")));
+    // An empty batch (a condition that failed) still records its answer.
+    let refused = with_request(batch(1, 5, vec![], Some(Answer::Applied(false))), 9, 2);
+    assert_eq!(
+        append_and_apply(storage, &[refused]),
+        vec![WriteResult {
+            index: 5,
+            existed: false,
+            answer: Some(Answer::Applied(false)),
+        }]
+    );
+    assert_eq!(storage.meta().unwrap().applied_index, 5);
+}
+
 fn scan_by_prefix_with_limit(storage: &dyn Storage) {
     let keys = ["a", "user:3", "user:1", "user:2", "userx", "v"];
     let log: Vec<Entry> = keys
@@ -372,7 +443,8 @@ fn scan_by_prefix_with_limit(storage: &dyn Storage) {
     assert_eq!(storage.scan(b"zzz", 100).unwrap(), vec![]);
 }
 
-/// System records (users, tokens, expiries) live in the state but never appear in a client's scan,
+/// System records (users, tokens, expiries) live in the state but never appear in a scan whose
+/// prefix lies outside the system keyspace (every client scan: the service refuses the others),
 /// whatever the prefix, while a direct read of the state still sees them.
 fn scans_skip_the_system_keyspace(storage: &dyn Storage) {
     let system = super::system_keys::system_key("user", b"alice");
@@ -409,11 +481,13 @@ fn scans_skip_the_system_keyspace(storage: &dyn Storage) {
         vec![bytes("a"), b"\xff\x01after the system keyspace".to_vec()]
     );
     assert_eq!(storage.scan(b"\xff", 100).unwrap().len(), 1);
-    assert!(storage
-        .scan(super::system_keys::SYSTEM_PREFIX, 100)
-        .unwrap()
-        .is_empty());
     assert_eq!(storage.get(&system).unwrap(), Some(bytes("record")));
+    // A scan inside the system keyspace (the node reading one family) returns its records.
+    let family = super::system_keys::system_family_prefix("user");
+    assert_eq!(
+        storage.scan(&family, 100).unwrap(),
+        vec![(system, bytes("record"))]
+    );
 }
 
 fn scan_pages_are_bounded_and_continue_after_their_last_key(storage: &dyn Storage) {
@@ -711,6 +785,7 @@ macro_rules! engine_suite {
             apply_changes_state_and_reports_results,
             apply_refuses_gaps_without_changing_anything,
             retried_request_is_applied_once,
+            batches_apply_together_and_keep_their_answer,
             scan_by_prefix_with_limit,
             scan_pages_are_bounded_and_continue_after_their_last_key,
             scans_skip_the_system_keyspace,
@@ -1042,7 +1117,14 @@ mod equivalence {
     enum Write {
         Put(u8, u8, Option<(u64, u64)>),
         Delete(u8, Option<(u64, u64)>),
+        /// Puts (`Some(value)`) and deletes, as one batch.
+        Batch(Vec<(u8, Option<u8>)>, Option<(u64, u64)>),
         Noop,
+    }
+
+    /// Something for a batch's answer to carry that differs between batches.
+    fn changes_len(request: &Option<(u64, u64)>) -> u32 {
+        request.map_or(0, |(client, sequence)| (client * 10 + sequence) as u32)
     }
 
     fn key(id: u8) -> Vec<u8> {
@@ -1054,7 +1136,12 @@ mod equivalence {
         prop_oneof![
             4 => (any::<u8>(), any::<u8>(), request.clone())
                 .prop_map(|(k, v, r)| Write::Put(k, v, r)),
-            2 => (any::<u8>(), request).prop_map(|(k, r)| Write::Delete(k, r)),
+            2 => (any::<u8>(), request.clone()).prop_map(|(k, r)| Write::Delete(k, r)),
+            2 => (
+                proptest::collection::vec((any::<u8>(), proptest::option::of(any::<u8>())), 0..4),
+                request
+            )
+                .prop_map(|(changes, r)| Write::Batch(changes, r)),
             1 => Just(Write::Noop),
         ]
     }
@@ -1091,6 +1178,20 @@ mod equivalence {
                 request,
             ),
             Write::Delete(k, request) => (Operation::Delete { key: key(*k) }, request),
+            Write::Batch(changes, request) => {
+                let changes = changes
+                    .iter()
+                    .map(|(k, value)| match value {
+                        Some(v) => Change::Put {
+                            key: key(*k),
+                            value: vec![*v],
+                        },
+                        None => Change::Delete { key: key(*k) },
+                    })
+                    .collect();
+                let answer = Some(Answer::Integer(i64::from(changes_len(request))));
+                (Operation::Batch { changes, answer }, request)
+            }
             Write::Noop => (Operation::Noop, &None),
         };
         Entry {

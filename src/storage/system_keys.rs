@@ -9,7 +9,8 @@
 //! Invariants:
 //! - A client request never names a system key: the service refuses it before it reaches the
 //!   event loop (`api::service`).
-//! - A client scan never returns one: both engines skip the system keyspace in `scan_page`.
+//! - A client scan never returns one: both engines skip the system keyspace in `scan_page`
+//!   unless the prefix itself is a system key, which the service refuses from clients.
 //! - Only the primary writes system records, as the outcome of a request it decided (a user
 //!   added, a token revoked, a key expired), so replay never re-decides them.
 
@@ -20,6 +21,12 @@ pub const SYSTEM_PREFIX: &[u8] = b"\xff\x00replikv/";
 /// Whether `key` belongs to the system keyspace.
 pub fn is_system_key(key: &[u8]) -> bool {
     key.starts_with(SYSTEM_PREFIX)
+}
+
+/// Whether a scan of `prefix` returns `key`: a scan skips the system keyspace unless its prefix
+/// lies inside it (the node reading a family of records; clients may not name one).
+pub fn shown_by_scan(prefix: &[u8], key: &[u8]) -> bool {
+    is_system_key(prefix) || !is_system_key(key)
 }
 
 /// The system key of `name` in the record family `family` (for example `user`): the prefix, the

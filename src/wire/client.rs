@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-pub use crate::wire::message::WriteResult;
+pub use crate::wire::message::{Answer, WriteResult};
 use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
 
 /// How many replicas must have a write before the client is acknowledged (see "Replication and write
@@ -108,6 +108,11 @@ pub enum Request {
         prefix: Vec<u8>,
         start_after: Option<Vec<u8>>,
         limit: u32,
+        consistency: ReadConsistency,
+    },
+    /// The expiry of one key (`TTL`, `PTTL`), at the consistency asked, as a read sees it.
+    GetExpiry {
+        key: Vec<u8>,
         consistency: ReadConsistency,
     },
     /// A write: put or delete.
@@ -291,11 +296,96 @@ pub enum WatchEvent {
     End(Error),
 }
 
-/// The write part of [`Request::Write`].
+/// The write part of [`Request::Write`]. Every write is decided by the primary against its state
+/// including the writes it has accepted but not applied yet, and logged as its outcome (plain
+/// puts, deletes and batches), so replays and backups agree without deciding anything. A put
+/// or delete also clears the key's expiry, as Redis's `SET` and `DEL` do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `value` if `condition` holds; answers [`Answer::Applied`], or with `get`
+    /// [`Answer::Previous`] (the value before, whether or not the condition held).
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: Condition,
+        expiry: Expiry,
+        get: bool,
+    },
+    /// Adds `by` to the decimal integer at `key` (0 if absent), keeping its expiry; answers
+    /// [`Answer::Integer`] with the new value. A value that is not an integer, or a sum that
+    /// overflows, is refused with [`Error::InvalidRequest`] and changes nothing.
+    Increment {
+        key: Vec<u8>,
+        by: i64,
+    },
+    /// Appends `suffix` to the value at `key` (empty if absent), keeping its expiry; answers
+    /// [`Answer::Integer`] with the new length.
+    Append {
+        key: Vec<u8>,
+        suffix: Vec<u8>,
+    },
+    /// Removes `key`; answers [`Answer::Previous`] with its value.
+    GetDelete {
+        key: Vec<u8>,
+    },
+    /// Changes the expiry of an existing `key` (`Expiry::Keep` changes nothing); answers
+    /// [`Answer::Applied`]: whether the key exists and, for `Expiry::Clear`, whether it had one.
+    /// A deadline already past deletes the key.
+    Expire {
+        key: Vec<u8>,
+        expiry: Expiry,
+    },
+    /// Sets every pair, in one log entry: all or none (`MSET`). Clears their expiries.
+    PutMany {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+impl Write {
+    /// Every key the write names.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Write::Put { key, .. }
+            | Write::Delete { key }
+            | Write::Set { key, .. }
+            | Write::Increment { key, .. }
+            | Write::Append { key, .. }
+            | Write::GetDelete { key }
+            | Write::Expire { key, .. } => vec![key.as_slice()],
+            Write::PutMany { pairs } => pairs.iter().map(|(key, _)| key.as_slice()).collect(),
+        }
+    }
+}
+
+/// When a [`Write::Set`] applies, judged on the key's live value (an expired key is absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    #[default]
+    Always,
+    /// Only if the key is absent (`NX`, `kvctl put --if-absent`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// What a write does to its key's expiry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Remove it: the key lives until deleted (a plain `SET`, `PERSIST`).
+    #[default]
+    Clear,
+    /// Leave it as it is (`KEEPTTL`).
+    Keep,
+    /// The key expires at this time: milliseconds since the Unix epoch, on the primary's clock.
+    /// Doors turn relative times (`EX`, `--ttl`) into this with their node's clock.
+    At(u64),
 }
 
 /// Where a response comes from: the node, its epoch, and the log index the answer reflects.
@@ -323,6 +413,13 @@ pub enum Response {
     },
     Written {
         result: WriteResult,
+        meta: ResponseMeta,
+    },
+    /// Answers [`Request::GetExpiry`]: whether the key exists (live), and its deadline in
+    /// milliseconds since the Unix epoch, if it has one.
+    Expiry {
+        exists: bool,
+        deadline: Option<u64>,
         meta: ResponseMeta,
     },
     Status(Box<ClusterStatus>),

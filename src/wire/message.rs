@@ -26,17 +26,49 @@ pub struct RequestId {
 
 /// The result of a write as remembered in the sessions table, so that a retry gets the same answer.
 /// It answers a client write (`Response::Written` of the client protocol) and travels in snapshots.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
     /// The log index of the entry that performed the write.
     pub index: LogIndex,
     /// Whether the key existed before the write.
     pub existed: bool,
+    /// The answer of a read-modify-write, as the primary decided it (`None` for a plain put or
+    /// delete). It is logged with the outcome, so a retry is answered the same on any node.
+    pub answer: Option<Answer>,
+}
+
+/// What a read-modify-write answers, decided by the primary against its state including the
+/// writes it accepted but has not applied yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Whether the write's condition held and it changed the state (`SETNX`, `SET NX|XX`,
+    /// compare-and-set, `EXPIRE`, `PERSIST`).
+    Applied(bool),
+    /// The key's live value before the write (`GETDEL`, `SET … GET`).
+    Previous(Option<Vec<u8>>),
+    /// A number: the new value of `INCR`, the new length of `APPEND`.
+    Integer(i64),
+}
+
+/// One change of an [`Operation::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+impl Change {
+    /// The key this change writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key } => key,
+        }
+    }
 }
 
 /// The last result of one client session: a row of a node's `sessions` table, carried to a
 /// lagging member inside a snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub last_sequence: u64,
     pub result: WriteResult,
@@ -57,6 +89,25 @@ pub enum Operation {
     /// `session_ttl_ms` on its clock. Applied like any entry, so every node drops the same
     /// sessions at the same index. A session whose last sequence moved on since is kept.
     ExpireSessions(Vec<ExpiredSession>),
+    /// Changes applied together, atomically, as one entry: a multi-key put (`MSET`), or the
+    /// outcome of a read-modify-write (a key and its expiry records). `answer` is what the
+    /// primary decided the request answers; it is stored in the session like any result.
+    Batch {
+        changes: Vec<Change>,
+        answer: Option<Answer>,
+    },
+}
+
+impl Operation {
+    /// Every key of the state this operation writes, client and system keys alike (a snapshot
+    /// being streamed must resend each of them).
+    pub fn touched_keys(&self) -> Vec<&[u8]> {
+        match self {
+            Operation::Put { key, .. } | Operation::Delete { key } => vec![key.as_slice()],
+            Operation::Batch { changes, .. } => changes.iter().map(Change::key).collect(),
+            Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => Vec::new(),
+        }
+    }
 }
 
 /// A session the primary decided to expire, as it was when it decided.

@@ -6,11 +6,14 @@
 //!   [`Forwarding::ToPrimary`]: authorization, forwarding and retries are the service's.
 //! - Until a connection's caller has a role, every command but `AUTH`, `HELLO` and `QUIT` is
 //!   answered `NOAUTH`.
-//! - Commands whose meaning needs what the core does not do yet (read-modify-write, expiry,
-//!   transactions) are refused with an error that says so; none is emulated with several
-//!   requests that another client could interleave with.
+//! - Read-modify-write and expiry commands (`strings`) are one request each, decided by the
+//!   primary; commands the core cannot do atomically (transactions, `MSETNX`, `GETEX`, …) are
+//!   refused with an error that says so; none is emulated with several requests that another
+//!   client could interleave with.
 //! - A connection's writes carry request ids of its own client id in sequence, and the connection
 //!   runs one command at a time, so its writes enter the log in its order.
+
+mod strings;
 
 use std::sync::atomic::Ordering;
 
@@ -202,7 +205,80 @@ const COMMANDS: &[CommandSpec] = &[
         WRITE,
         (1, 1, 1),
         "string",
-        "Writes a key (no options yet).",
+        "Writes a key: NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL, decided on the primary.",
+    ),
+    spec(
+        "setnx",
+        3,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Writes a key only if it is absent.",
+    ),
+    spec(
+        "getdel",
+        2,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Reads and deletes a key, atomically.",
+    ),
+    spec(
+        "mset",
+        -3,
+        WRITE,
+        (1, -1, 2),
+        "string",
+        "Writes keys in one log entry: all or none.",
+    ),
+    spec("incr", 2, WRITE, (1, 1, 1), "string", "Adds 1, atomically."),
+    spec(
+        "decr",
+        2,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Subtracts 1, atomically.",
+    ),
+    spec(
+        "incrby",
+        3,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Adds an integer, atomically.",
+    ),
+    spec(
+        "decrby",
+        3,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Subtracts an integer, atomically.",
+    ),
+    spec(
+        "append",
+        3,
+        WRITE,
+        (1, 1, 1),
+        "string",
+        "Appends to a value, atomically.",
+    ),
+    spec(
+        "expire",
+        -3,
+        WRITE,
+        (1, 1, 1),
+        "generic",
+        "Sets a key's time to live in seconds.",
+    ),
+    spec(
+        "pexpire",
+        -3,
+        WRITE,
+        (1, 1, 1),
+        "generic",
+        "Sets a key's time to live in milliseconds.",
     ),
     spec(
         "del",
@@ -243,7 +319,7 @@ const COMMANDS: &[CommandSpec] = &[
         READ,
         (1, 1, 1),
         "generic",
-        "-1 for a key (no key expires yet), -2 for none.",
+        "Seconds left to live; -1 without an expiry, -2 for no key.",
     ),
     spec(
         "pttl",
@@ -251,7 +327,7 @@ const COMMANDS: &[CommandSpec] = &[
         READ,
         (1, 1, 1),
         "generic",
-        "-1 for a key (no key expires yet), -2 for none.",
+        "Milliseconds left to live; -1 without an expiry, -2 for no key.",
     ),
     spec(
         "persist",
@@ -259,7 +335,7 @@ const COMMANDS: &[CommandSpec] = &[
         WRITE,
         (1, 1, 1),
         "generic",
-        "0: no key has an expiry to remove yet.",
+        "Removes a key's expiry.",
     ),
     spec(
         "scan",
@@ -335,31 +411,18 @@ const COMMANDS: &[CommandSpec] = &[
     ),
 ];
 
-/// Commands of Redis that need read-modify-write or expiry decided on the primary, which the core
-/// does not do yet: refused with a clear error rather than emulated non-atomically.
+/// Commands of Redis that replikv's primary does not decide yet: refused with a clear error rather
+/// than emulated non-atomically.
 const NOT_YET: &[&str] = &[
-    "setnx",
     "setex",
     "psetex",
     "getset",
-    "getdel",
     "getex",
-    "incr",
-    "decr",
-    "incrby",
-    "decrby",
     "incrbyfloat",
-    "append",
-    "mset",
     "msetnx",
-    "expire",
-    "pexpire",
     "expireat",
     "pexpireat",
 ];
-
-/// Options of `SET` that Redis has and replikv does not yet.
-const SET_OPTIONS: &[&str] = &["NX", "XX", "GET", "EX", "PX", "EXAT", "PXAT", "KEEPTTL"];
 
 /// What a command answers, and whether the connection closes after the reply.
 pub struct Outcome {
@@ -457,8 +520,8 @@ impl Connection {
         let Some(command) = COMMANDS.iter().find(|command| command.name == name) else {
             if NOT_YET.contains(&name.as_str()) {
                 return Reply::err(format!(
-                    "'{}' is not supported yet: replikv does not decide read-modify-write or \
-                     expiry on the primary yet, and will not emulate it non-atomically",
+                    "'{}' is not supported yet: replikv's primary does not decide it yet, and \
+                     replikv will not emulate it non-atomically",
                     name.to_ascii_uppercase()
                 ))
                 .into();
@@ -514,9 +577,16 @@ impl Connection {
                 Ok(None) => Reply::Nil,
                 Err(reply) => reply,
             },
-            "set" => self.set(door, args).await,
+            "set" => self.set_with_options(door, args).await,
+            "setnx" => self.set_if_absent(door, args).await,
+            "getdel" => self.get_delete(door, &args[1]).await,
+            "mset" => self.set_many(door, args).await,
+            "incr" | "decr" | "incrby" | "decrby" => self.increment(door, &name, args).await,
+            "append" => self.append(door, args).await,
+            "expire" | "pexpire" | "persist" => self.expire(door, &name, args).await,
+            "ttl" | "pttl" => self.time_to_live(door, &name, &args[1]).await,
             "del" => self.delete(door, &args[1..]).await,
-            "exists" | "mget" | "strlen" | "type" | "ttl" | "pttl" | "persist" => {
+            "exists" | "mget" | "strlen" | "type" => {
                 self.per_key_reads(door, &name, &args[1..]).await
             }
             "scan" => self.scan(door, args).await,
@@ -799,29 +869,8 @@ impl Connection {
         }
         match response {
             Response::Written { result, .. } => Ok(result),
-            Response::Error(err) => Err(error_reply(&err)),
+            Response::Error(err) => Err(strings::write_error_reply(&err)),
             other => Err(error_reply(&unexpected(&other))),
-        }
-    }
-
-    async fn set(&mut self, door: &Door, args: &[Bytes]) -> Reply {
-        if let Some(option) = args.get(3) {
-            let option = String::from_utf8_lossy(option).to_ascii_uppercase();
-            if !SET_OPTIONS.contains(&option.as_str()) {
-                return Reply::err("syntax error");
-            }
-            return Reply::err(format!(
-                "SET option '{option}' is not supported yet: conditional writes, GET and expiry \
-                 need the primary to decide them, which replikv does not do yet; plain SET works"
-            ));
-        }
-        let write = Write::Put {
-            key: args[1].to_vec(),
-            value: args[2].to_vec(),
-        };
-        match self.write(door, write).await {
-            Ok(_) => Reply::ok(),
-            Err(reply) => reply,
         }
     }
 
@@ -857,10 +906,7 @@ impl Connection {
                     .collect(),
             ),
             "strlen" => Reply::Integer(first.map_or(0, |value| value.len() as i64)),
-            "type" => Reply::Status(if first.is_some() { "string" } else { "none" }.into()),
-            "ttl" | "pttl" => Reply::Integer(if first.is_some() { -1 } else { -2 }),
-            // PERSIST: no key has an expiry, so there is none to remove.
-            _ => Reply::Integer(0),
+            _ => Reply::Status(if first.is_some() { "string" } else { "none" }.into()),
         }
     }
 

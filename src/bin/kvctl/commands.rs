@@ -10,7 +10,10 @@ use std::time::Duration;
 use replikv::certs::{self, CertRole, CertsInit};
 use replikv::client::Client;
 use replikv::config::dev::{dev_node_ip, DEFAULT_DEV_FIRST_IP};
-use replikv::wire::client::{ClientRole, ClusterStatus, ResponseMeta, WatchEvent, WriteResult};
+use replikv::wire::client::{
+    Answer, ClientRole, ClusterStatus, Condition, Expiry, ResponseMeta, WatchEvent, Write,
+    WriteResult,
+};
 use replikv::wire::message::Member;
 use replikv::{Error, NodeId, ReadConsistency, WriteConcern};
 
@@ -117,6 +120,79 @@ pub async fn put(
         .put(key, value, write_concern, client.timeout())
         .await?;
     report_write(key, write_concern, answer, json)
+}
+
+/// `kvctl put --if-absent` / `--ttl`: a `Set` decided on the primary; returns whether it applied
+/// (a deadline is the TTL after this machine's clock).
+pub async fn put_decided(
+    client: &Client,
+    key: &str,
+    value: &[u8],
+    (if_absent, ttl): (bool, Option<Duration>),
+    write_concern: Option<WriteConcern>,
+    json: bool,
+) -> Result<bool, Error> {
+    let write_concern = write_concern.unwrap_or(client.options().default_write_concern);
+    let expiry = match ttl {
+        None => Expiry::Clear,
+        Some(ttl) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Expiry::At(u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX))
+        }
+    };
+    let condition = if if_absent {
+        Condition::IfAbsent
+    } else {
+        Condition::Always
+    };
+    let write = Write::Set {
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+        condition,
+        expiry,
+        get: false,
+    };
+    let (result, meta) = client.write(write, write_concern, client.timeout()).await?;
+    let applied = result.answer == Some(Answer::Applied(true));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "key": key, "applied": applied, "index": result.index, "epoch": meta.epoch })
+        );
+    } else if !applied {
+        eprintln!("not written: {key:?} exists (--if-absent)");
+    }
+    Ok(applied)
+}
+
+/// `kvctl incr`: prints the new value (as `{"key": …, "value": n}` with `--json`).
+pub async fn incr(
+    client: &Client,
+    key: &str,
+    by: i64,
+    write_concern: Option<WriteConcern>,
+    json: bool,
+) -> Result<u8, Error> {
+    let write_concern = write_concern.unwrap_or(client.options().default_write_concern);
+    let write = Write::Increment {
+        key: key.as_bytes().to_vec(),
+        by,
+    };
+    let (result, _) = client.write(write, write_concern, client.timeout()).await?;
+    let Some(Answer::Integer(value)) = result.answer else {
+        return Err(Error::Protocol(format!(
+            "the primary answered an increment with {:?}",
+            result.answer
+        )));
+    };
+    if json {
+        println!("{}", serde_json::json!({ "key": key, "value": value }));
+    } else {
+        println!("{value}");
+    }
+    Ok(0)
 }
 
 /// `kvctl delete`: succeeds whether or not the key existed; `--json` says which.

@@ -36,6 +36,7 @@ Exit codes:
   4  write concern not met before the timeout (the write may still apply)
   5  unavailable: no node reachable, or no primary in time
   6  refused: the certificate's role does not allow this, or TLS failed (wrong CA, no certificate)
+  7  condition failed: put --if-absent found the key (nothing was written)
 
 The client configuration is taken from --config, else $REPLIKV_CONFIG, else ./.replikv/client.toml
 (written by `kvnode dev`).";
@@ -54,6 +55,8 @@ const EXIT_WRITE_CONCERN: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 5;
 /// Refused by role or TLS.
 const EXIT_REFUSED: u8 = 6;
+/// Exit code of a conditional put whose condition did not hold.
+const EXIT_CONDITION_FAILED: u8 = 7;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,6 +100,23 @@ enum Command {
     Put {
         key: String,
         value: Option<String>,
+        /// Write only if KEY is absent (decided on the primary); exit code 7 if it exists.
+        #[arg(long)]
+        if_absent: bool,
+        /// The key expires this long after the write (e.g. 30s); without it a put clears any
+        /// expiry, as Redis's SET does.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Write concern: 1, N (a number of voters), majority or all. Default from the config.
+        #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
+        write_concern: Option<WriteConcern>,
+    },
+    /// Add BY (default 1) to the decimal integer at KEY (0 if absent), atomically on the
+    /// primary; prints the new value.
+    Incr {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        by: Option<i64>,
         /// Write concern: 1, N (a number of voters), majority or all. Default from the config.
         #[arg(long = "w", value_name = "W", value_parser = parse_write_concern)]
         write_concern: Option<WriteConcern>,
@@ -358,11 +378,48 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Put {
             key,
             value,
+            if_absent,
+            ttl,
             write_concern,
+        } if if_absent || ttl.is_some() => {
+            let value = commands::put_value(value)?;
+            with_client(config, timeout, async |client| {
+                let applied = commands::put_decided(
+                    client,
+                    &key,
+                    &value,
+                    (if_absent, ttl),
+                    write_concern,
+                    json,
+                )
+                .await?;
+                Ok(if applied {
+                    EXIT_OK
+                } else {
+                    EXIT_CONDITION_FAILED
+                })
+            })
+            .await
+        }
+        Command::Put {
+            key,
+            value,
+            write_concern,
+            ..
         } => {
             let value = commands::put_value(value)?;
             with_client(config, timeout, async |client| {
                 commands::put(client, &key, &value, write_concern, json).await
+            })
+            .await
+        }
+        Command::Incr {
+            key,
+            by,
+            write_concern,
+        } => {
+            with_client(config, timeout, async |client| {
+                commands::incr(client, &key, by.unwrap_or(1), write_concern, json).await
             })
             .await
         }

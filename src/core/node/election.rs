@@ -325,6 +325,7 @@ impl Node {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             session_expiry: SessionExpiry::new(now),
+            key_expiry: Default::default(),
         }));
         self.set_primary(Some(self.id));
         for member in self.other_members() {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::core::FlushTicket;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use crate::wire::message::{Entry, Epoch, LogIndex, Operation};
+use crate::wire::message::{Answer, Change, Entry, Epoch, LogIndex, Operation};
 
 /// Entries kept in memory so live replication never reads them back from storage.
 const MAX_CACHED_ENTRIES: usize = 100_000;
@@ -337,6 +337,17 @@ fn entry_size(entry: &Entry) -> usize {
         Operation::Noop => 0,
         Operation::Membership(membership) => membership.members.len() * 64,
         Operation::ExpireSessions(expired) => expired.len() * 20,
+        Operation::Batch { changes, answer } => {
+            let answer = match answer {
+                Some(Answer::Previous(Some(value))) => value.len(),
+                _ => 0,
+            };
+            let change = |change: &Change| match change {
+                Change::Put { key, value } => key.len() + value.len() + 8,
+                Change::Delete { key } => key.len() + 8,
+            };
+            changes.iter().map(change).sum::<usize>() + answer
+        }
     };
     payload + 32
 }

@@ -110,6 +110,7 @@ impl Node {
                             result: WriteResult {
                                 index: self.membership_index,
                                 existed: true,
+                                answer: None,
                             },
                             meta: self.meta(),
                         }
@@ -134,6 +135,7 @@ impl Node {
                         result: WriteResult {
                             index: self.membership_index,
                             existed: false,
+                            answer: None,
                         },
                         meta: self.meta(),
                     };
@@ -160,6 +162,7 @@ impl Node {
                 result: WriteResult {
                     index,
                     existed: false,
+                    answer: None,
                 },
             });
         }

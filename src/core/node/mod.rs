@@ -30,11 +30,15 @@
 //! - `replication`: the primary's side (heartbeats, lease, appends, commit) and the backup's side
 //!   (appends, conflicts, acks);
 //! - `requests`: client writes, write concern and reads;
+//! - `decide`: what a write changes and answers, judged on the primary's speculative state;
+//! - `expiry`: hiding keys past their deadline from reads, and the primary's sweep deleting them;
 //! - `snapshot`: log compaction, and sending and installing snapshots;
 //! - `sessions`: expiring idle client sessions (decided by the primary, replicated in the log);
 //! - `membership`: the membership in force, changes to it, and learner promotion.
 
+mod decide;
 mod election;
+mod expiry;
 mod log;
 mod membership;
 mod replication;
@@ -58,6 +62,8 @@ use crate::wire::client::{
 };
 use crate::wire::message::{Epoch, LogIndex, Membership, Message, MessageBody, NodeId, RequestId};
 
+pub use self::decide::{parse_integer, NOT_AN_INTEGER, OVERFLOW};
+use self::expiry::KeyExpiry;
 use self::log::Log;
 use self::membership::MembershipChange;
 pub use self::requests::MAX_REQUEST_TIMEOUT_MS;
@@ -110,6 +116,8 @@ struct PrimaryState {
     next_transfer: u64,
     /// When clients were last seen, and the sweep that expires idle sessions.
     session_expiry: SessionExpiry,
+    /// The sweep that deletes keys past their deadline.
+    key_expiry: KeyExpiry,
 }
 
 /// A replikv node's protocol state.
@@ -163,6 +171,8 @@ pub struct Node {
     rolled_back_entries: u64,
     /// The time of the entry point being handled.
     now: Timestamp,
+    /// The driver's wall clock (ms since the Unix epoch), for key expiry; 0 until told.
+    wall_clock: u64,
     /// Outputs produced since the last [`Node::take_outputs`].
     outputs: Vec<Output>,
 }
@@ -214,6 +224,7 @@ impl Node {
             snapshot_counters: SnapshotCounters::default(),
             rolled_back_entries,
             now,
+            wall_clock: 0,
             outputs: Vec::new(),
         };
         node.reset_election_timer();
@@ -358,6 +369,7 @@ impl Node {
         self.retransmit()?;
         self.continue_snapshots()?;
         self.expire_sessions()?;
+        self.expire_keys()?;
         self.promote_caught_up_learner()?;
         self.expire_requests();
         self.answer_reads()?;
@@ -513,7 +525,9 @@ impl Node {
                 let status = self.status(now);
                 self.reply(token, Response::Status(Box::new(status)));
             }
-            Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
+            Request::Get { consistency, .. }
+            | Request::Scan { consistency, .. }
+            | Request::GetExpiry { consistency, .. } => {
                 self.read(token, request.clone(), consistency)?
             }
             Request::Write {

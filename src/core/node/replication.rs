@@ -453,7 +453,7 @@ impl Node {
                     }
                     if let Some(waiters) = state.writes.get_mut(&entry.index) {
                         for waiter in waiters {
-                            waiter.result = result;
+                            waiter.result = result.clone();
                         }
                     }
                 }

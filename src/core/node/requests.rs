@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use crate::core::progress::Acknowledgements;
 use crate::core::{ClientToken, Timestamp};
 use crate::error::{Error, Result};
+use crate::storage::expiry::{deadline_key, decode_deadline};
 use crate::wire::client::{ReadConsistency, Request, Response, Write, WriteConcern, WriteResult};
 use crate::wire::message::{LogIndex, Operation, RequestId};
 
@@ -95,8 +96,11 @@ impl Node {
         // A retry of a write already applied: answer with its first result, once its own write
         // concern holds (the first attempt may have asked for less).
         let session = self.storage.session(request_id.client_id)?;
-        if let Some(session) = session.filter(|s| s.last_sequence == request_id.sequence) {
-            self.wait_for(session.result, token, concern, deadline);
+        if let Some(session) = session
+            .as_ref()
+            .filter(|s| s.last_sequence == request_id.sequence)
+        {
+            self.wait_for(session.result.clone(), token, concern, deadline);
             return Ok(());
         }
         let applied_index = self.applied_index;
@@ -107,6 +111,7 @@ impl Node {
         // appending this one after it would let the apply step take it for a retry and answer it
         // with the newer one's result.
         let newer = session
+            .as_ref()
             .map(|s| s.last_sequence)
             .into_iter()
             .chain(newest_in_flight.filter(|_| existing.is_none()))
@@ -124,23 +129,23 @@ impl Node {
         let index = match existing {
             Some(index) => index, // a retry of a write still in flight joins it
             None => {
-                let (operation, key) = match write {
-                    Write::Put { key, value } => (
-                        Operation::Put {
-                            key: key.clone(),
-                            value,
-                        },
-                        key,
-                    ),
-                    Write::Delete { key } => (Operation::Delete { key: key.clone() }, key),
+                let decision = match self.decide(write)? {
+                    Ok(decision) => decision,
+                    Err(refused) => {
+                        self.reply(token, Response::Error(refused));
+                        return Ok(());
+                    }
                 };
-                let existed = self.speculate_existed(&key, self.log.last_index() + 1)?;
-                let index = self.append(operation, Some(request_id))?;
+                let index = self.append(decision.operation, Some(request_id))?;
                 let waiter = PendingWrite {
                     token,
                     concern,
                     deadline,
-                    result: WriteResult { index, existed },
+                    result: WriteResult {
+                        index,
+                        existed: decision.existed,
+                        answer: decision.answer,
+                    },
                 };
                 if let Some(state) = self.primary_state() {
                     state.requests.insert(request_id, index);
@@ -149,12 +154,28 @@ impl Node {
                 return Ok(());
             }
         };
-        // The entry may be an earlier primary's, with no waiter here to take its result from.
-        let key = match &write {
-            Write::Put { key, .. } | Write::Delete { key } => key,
+        // The entry may be an earlier primary's, with no waiter here to take its result from:
+        // the answer was logged with the outcome, and whether the key existed is speculated.
+        let key = write
+            .keys()
+            .first()
+            .map(|key| key.to_vec())
+            .unwrap_or_default();
+        let existed = self.speculate(&key, index)?.is_some();
+        let answer = self
+            .log
+            .cached_entries()
+            .find(|entry| entry.index == index)
+            .and_then(|entry| match &entry.operation {
+                Operation::Batch { answer, .. } => answer.clone(),
+                _ => None,
+            });
+        let result = WriteResult {
+            index,
+            existed,
+            answer,
         };
-        let existed = self.speculate_existed(key, index)?;
-        self.wait_for(WriteResult { index, existed }, token, concern, deadline);
+        self.wait_for(result, token, concern, deadline);
         Ok(())
     }
 
@@ -177,7 +198,7 @@ impl Node {
     ) {
         if let Some(state) = self.primary_state() {
             let waiters = state.writes.entry(result.index).or_default();
-            let result = waiters.first().map_or(result, |w| w.result);
+            let result = waiters.first().map_or(result, |w| w.result.clone());
             waiters.push(PendingWrite {
                 token,
                 concern,
@@ -198,25 +219,6 @@ impl Node {
             !waiters.is_empty()
         });
         state.reads.retain(|read| read.token != token);
-    }
-
-    /// Whether `key` exists once every entry in the log before `index` is applied (the primary's
-    /// view).
-    fn speculate_existed(&self, key: &[u8], index: LogIndex) -> Result<bool> {
-        for entry in self.log.cached_entries().rev() {
-            if entry.index <= self.applied_index {
-                break;
-            }
-            if entry.index >= index {
-                continue;
-            }
-            match &entry.operation {
-                Operation::Put { key: k, .. } if k.as_slice() == key => return Ok(true),
-                Operation::Delete { key: k } if k.as_slice() == key => return Ok(false),
-                _ => {}
-            }
-        }
-        Ok(self.storage.get(key)?.is_some())
     }
 
     /// The pending writes, and what the primary knows now about who holds which entry: everything
@@ -256,7 +258,7 @@ impl Node {
             waiters.retain(|waiter| {
                 let met = acknowledgements.is_met(waiter.concern, index);
                 if met {
-                    done.push((waiter.token, waiter.result));
+                    done.push((waiter.token, waiter.result.clone()));
                 }
                 !met
             });
@@ -362,10 +364,28 @@ impl Node {
     fn serve_read(&mut self, token: ClientToken, request: &Request) -> Result<()> {
         let meta = self.meta();
         let response = match request {
-            Request::Get { key, .. } => Response::Value {
-                value: self.storage.get(key)?,
-                meta,
-            },
+            Request::Get { key, .. } => {
+                let value = self.storage.get(key)?;
+                let expired = value.is_some() && self.expired_in_state(key)?;
+                Response::Value {
+                    value: value.filter(|_| !expired),
+                    meta,
+                }
+            }
+            Request::GetExpiry { key, .. } => {
+                let deadline = self
+                    .storage
+                    .get(&deadline_key(key))?
+                    .as_deref()
+                    .and_then(decode_deadline);
+                let expired = deadline.is_some_and(|deadline| self.is_expired(deadline));
+                let exists = !expired && self.storage.get(key)?.is_some();
+                Response::Expiry {
+                    exists,
+                    deadline: deadline.filter(|_| exists),
+                    meta,
+                }
+            }
             Request::Scan {
                 prefix,
                 start_after,
@@ -381,8 +401,14 @@ impl Node {
                     max_pairs,
                     self.options.max_scan_page_bytes,
                 )?;
+                let mut pairs = Vec::with_capacity(page.pairs.len());
+                for (key, value) in page.pairs {
+                    if !self.expired_in_state(&key)? {
+                        pairs.push((key, value));
+                    }
+                }
                 Response::Pairs {
-                    pairs: page.pairs,
+                    pairs,
                     more: page.more,
                     meta,
                 }

@@ -52,7 +52,9 @@ use tracing::{debug, info};
 
 use crate::core::Timestamp;
 use crate::error::Result;
-use crate::storage::{fits_in_batch, framed_pair_bytes, SESSION_RECORD_BYTES};
+use crate::storage::{
+    fits_in_batch, framed_pair_bytes, session_record_bytes, SESSION_RECORD_BYTES,
+};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, MessageBody, NodeId, Operation, Session, SnapshotFinish,
     SnapshotPosition, StagedSnapshot,
@@ -185,8 +187,14 @@ impl std::ops::AddAssign for SnapshotCounters {
 /// one notion of "touched" for the dirty sets of running transfers and of resumed ones.
 fn touched_by(entry: &Entry, keys: &mut BTreeSet<Vec<u8>>, sessions: &mut BTreeSet<u64>) {
     match &entry.operation {
-        Operation::Put { key, .. } | Operation::Delete { key } => {
-            keys.insert(key.clone());
+        Operation::Put { .. } | Operation::Delete { .. } | Operation::Batch { .. } => {
+            keys.extend(
+                entry
+                    .operation
+                    .touched_keys()
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
         }
         Operation::ExpireSessions(expired) => {
             sessions.extend(expired.iter().map(|expired| expired.client_id));
@@ -480,18 +488,25 @@ impl Node {
                         TransferPhase::Streaming(SnapshotPosition::Sessions { after: None });
                 }
                 SnapshotPosition::Sessions { after } => {
-                    let mut room = budget.saturating_sub(bytes) / SESSION_RECORD_BYTES;
-                    if chunk.pairs.is_empty() {
-                        room = room.max(1);
-                    }
-                    if room == 0 {
+                    // At most this many fit: each takes at least SESSION_RECORD_BYTES. Those
+                    // whose answer holds a value take more, so they are counted one by one.
+                    let room = budget.saturating_sub(bytes) / SESSION_RECORD_BYTES;
+                    if room == 0 && !chunk.pairs.is_empty() {
                         return Ok(Some(chunk));
                     }
                     // One more than there is room for, to learn whether the table goes on.
-                    let mut sessions = self.storage.sessions_after(after, room + 1)?;
-                    let more = sessions.len() > room;
-                    sessions.truncate(room);
-                    bytes += sessions.len() * SESSION_RECORD_BYTES;
+                    let mut sessions = self.storage.sessions_after(after, room.max(1) + 1)?;
+                    let mut fitting = 0;
+                    for (_, session) in &sessions {
+                        let size = session_record_bytes(Some(session));
+                        if !fits_in_batch(chunk.pairs.len() + fitting, bytes, size, budget) {
+                            break;
+                        }
+                        bytes += size;
+                        fitting += 1;
+                    }
+                    let more = sessions.len() > fitting;
+                    sessions.truncate(fitting);
                     let last = sessions.last().map(|(client_id, _)| *client_id).or(after);
                     chunk.sessions.extend(
                         sessions
@@ -540,14 +555,14 @@ impl Node {
             }
         }
         while let Some(&client_id) = dirty_sessions.first() {
-            if !fits_in_batch(taken(chunk), bytes, SESSION_RECORD_BYTES, budget) {
+            let session = self.storage.session(client_id)?;
+            let size = session_record_bytes(session.as_ref());
+            if !fits_in_batch(taken(chunk), bytes, size, budget) {
                 break;
             }
-            bytes += SESSION_RECORD_BYTES;
+            bytes += size;
             dirty_sessions.pop_first();
-            chunk
-                .sessions
-                .push((client_id, self.storage.session(client_id)?));
+            chunk.sessions.push((client_id, session));
         }
         let done = dirty_keys.is_empty() && dirty_sessions.is_empty();
         let applied_index = self.applied_index;
