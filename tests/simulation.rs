@@ -24,7 +24,8 @@
 //! the link drops it. Messages are delayed 1 to 12 ms each, so they are reordered, and lost at
 //! the history's loss rate.
 //!
-//! Clients: most histories run three clients that wait for each answer; the pipelined ones run
+//! Clients: most histories run three clients that wait for each answer; besides puts, deletes and
+//! reads of a few keys, they increment a few counters (`INCR`, decided on the primary); the pipelined ones run
 //! several sessions with several operations in flight each, whose writes may reach the primary
 //! out of sequence order. The long histories commit 100,000+ entries under pipelined load with a
 //! log of a few kilobytes, so compaction, snapshots to a backup back from a long absence, and the
@@ -32,7 +33,9 @@
 //!
 //! Checks: the invariants of `docs/ARCHITECTURE.md` after every step; at the end, every
 //! acknowledged write and every read against the committed log applied as the apply step applies
-//! it (each request id at most once), and every node's state and sessions against the same.
+//! it (each request id at most once), every counter's committed values (1, 2, 3, … with no
+//! repeat: no increment decided on a state missing an earlier one) and acknowledged answers, and
+//! every node's state and sessions against the same.
 //!
 //! Everything is deterministic: nodes draw from seeded generators, the network from the
 //! simulator's generator, and all iteration is over ordered maps.
@@ -50,7 +53,7 @@ use replikv::storage::Storage;
 use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
 use replikv::wire::frame::{self, MAX_PEER_FRAME_BYTES};
 use replikv::wire::message::{
-    Entry, Epoch, LogIndex, Member, Membership, Message, NodeId, RequestId,
+    Answer, Change, Entry, Epoch, LogIndex, Member, Membership, Message, NodeId, RequestId,
 };
 use replikv::Error;
 
@@ -120,6 +123,19 @@ struct AckedWrite {
     acked_at: Timestamp,
 }
 
+/// An acknowledged increment (by 1) of a counter key, and the counter's value it answered.
+#[derive(Clone, Debug)]
+struct AckedIncrement {
+    request_id: RequestId,
+    key: Vec<u8>,
+    answered: i64,
+    index: LogIndex,
+    concern: WriteConcern,
+}
+
+/// Counters the clients increment, apart from the keys they put, delete and read.
+const COUNTERS: u64 = 3;
+
 /// A completed read. Every read reflects the committed log at its index (state is applied only
 /// once committed); a linearizable one also reflects every write acknowledged before it began.
 #[derive(Clone, Debug)]
@@ -172,6 +188,7 @@ struct Simulation {
     /// Requests to send again (same request id) at the given time.
     retries: Vec<(Timestamp, ClientOp)>,
     acked: Vec<AckedWrite>,
+    increments: Vec<AckedIncrement>,
     reads: Vec<CompletedRead>,
     primaries: BTreeMap<Epoch, NodeId>,
     committed: BTreeMap<LogIndex, Entry>,
@@ -308,6 +325,7 @@ impl Simulation {
             clients,
             retries: Vec::new(),
             acked: Vec::new(),
+            increments: Vec::new(),
             reads: Vec::new(),
             primaries: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -969,10 +987,13 @@ impl Simulation {
                 sequence: state.sequence,
             };
             let value = format!("c{}-{}", state.id, state.sequence).into_bytes();
-            let write = if self.rng.gen_bool(0.1) {
-                Write::Delete { key }
-            } else {
-                Write::Put { key, value }
+            let write = match self.rng.gen_range(0..20) {
+                0 | 1 => Write::Delete { key },
+                2..=4 => Write::Increment {
+                    key: format!("n{}", self.rng.gen_range(0..COUNTERS)).into_bytes(),
+                    by: 1,
+                },
+                _ => Write::Put { key, value },
             };
             let concern = match self.rng.gen_range(0..4) {
                 0 => WriteConcern::One,
@@ -1067,7 +1088,23 @@ impl Simulation {
                 let (key, value) = match write {
                     Write::Put { key, value } => (key.clone(), Some(value.clone())),
                     Write::Delete { key } => (key.clone(), None),
-                    other => panic!("the simulated clients issue only puts and deletes: {other:?}"),
+                    Write::Increment { key, .. } => {
+                        let Some(Answer::Integer(answered)) = result.answer else {
+                            self.fail(format!("an increment answered {result:?}: {op:?}"));
+                        };
+                        self.increments.push(AckedIncrement {
+                            request_id: *request_id,
+                            key: key.clone(),
+                            answered,
+                            index: result.index,
+                            concern: *write_concern,
+                        });
+                        self.finish(client);
+                        return;
+                    }
+                    other => panic!(
+                        "the simulated clients issue only puts, deletes and increments: {other:?}"
+                    ),
                 };
                 self.acked.push(AckedWrite {
                     request_id: *request_id,
@@ -1323,6 +1360,7 @@ impl Simulation {
             Err(err) => self.fail(err),
         };
         self.check_writes(&model);
+        self.check_increments(&model);
         self.check_reads(&model);
         self.check_final_states(&model);
     }
@@ -1378,6 +1416,69 @@ impl Simulation {
             oversized = self.oversized,
             "history checked"
         );
+    }
+
+    /// Check 5b (read-modify-write): each counter's committed values go 1, 2, 3, … (every
+    /// increment was decided on a state holding every earlier one, and applied once), and every
+    /// acknowledged increment took effect at its index, once, with the value it answered (one at
+    /// w=1 or w=2 may have been rolled back, as a put may).
+    fn check_increments(&self, model: &AppliedModel) {
+        for counter in 0..COUNTERS {
+            let key = format!("n{counter}").into_bytes();
+            let values: Vec<&Option<Vec<u8>>> = model
+                .history
+                .get(&key)
+                .map(|writes| writes.values().collect())
+                .unwrap_or_default();
+            for (expected, value) in (1..).zip(&values) {
+                let as_number = value
+                    .as_deref()
+                    .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                    .and_then(|text| text.parse::<i64>().ok());
+                if as_number != Some(expected) {
+                    self.fail(format!(
+                        "counter n{counter}'s committed values are not 1, 2, 3, …: {values:?}"
+                    ));
+                }
+            }
+        }
+        for increment in &self.increments {
+            let entry = self.committed.get(&increment.index);
+            let present = entry.is_some_and(|entry| {
+                entry.request_id == Some(increment.request_id)
+                    && matches!(
+                        &entry.operation,
+                        replikv::Operation::Batch { answer: Some(Answer::Integer(n)), .. }
+                            if *n == increment.answered
+                    )
+            });
+            if !present {
+                if matches!(
+                    increment.concern,
+                    WriteConcern::Majority | WriteConcern::All
+                ) {
+                    self.fail(format!(
+                        "acknowledged increment lost or answered other than logged: \
+                         {increment:?}; committed there: {entry:?}"
+                    ));
+                }
+                continue;
+            }
+            if model.applied.get(&increment.request_id) != Some(&increment.index) {
+                self.fail(format!(
+                    "acknowledged increment {increment:?} did not take effect at its index (it \
+                     did at {:?})",
+                    model.applied.get(&increment.request_id)
+                ));
+            }
+            let value = model.value_at(&increment.key, increment.index);
+            if value != Some(increment.answered.to_string().into_bytes()) {
+                self.fail(format!(
+                    "acknowledged increment {increment:?} answered other than the counter's \
+                     committed value there, {value:?}"
+                ));
+            }
+        }
     }
 
     /// Check 6 (reads): a linearizable read reflects every majority write acknowledged before it
@@ -1478,9 +1579,16 @@ impl AppliedModel {
                 ));
             }
             model.last_index = index;
-            let (key, value) = match &entry.operation {
-                replikv::Operation::Put { key, value } => (key, Some(value.clone())),
-                replikv::Operation::Delete { key } => (key, None),
+            let changes: Vec<(&Vec<u8>, Option<Vec<u8>>)> = match &entry.operation {
+                replikv::Operation::Put { key, value } => vec![(key, Some(value.clone()))],
+                replikv::Operation::Delete { key } => vec![(key, None)],
+                replikv::Operation::Batch { changes, .. } => changes
+                    .iter()
+                    .map(|change| match change {
+                        Change::Put { key, value } => (key, Some(value.clone())),
+                        Change::Delete { key } => (key, None),
+                    })
+                    .collect(),
                 _ => continue,
             };
             if let Some(request_id) = entry.request_id {
@@ -1493,11 +1601,13 @@ impl AppliedModel {
                     .insert(request_id.client_id, (request_id.sequence, index));
                 model.applied.insert(request_id, index);
             }
-            model
-                .history
-                .entry(key.clone())
-                .or_default()
-                .insert(index, value);
+            for (key, value) in changes {
+                model
+                    .history
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(index, value);
+            }
         }
         Ok(model)
     }
