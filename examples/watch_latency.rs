@@ -1,40 +1,61 @@
-//! Commit-to-delivery delay of watches, on a running cluster (`kvnode dev`, or the cluster of the
-//! client configuration `kvctl` finds): `WATCHERS` watchers spread over the nodes (each node
-//! serves its own), one writer putting `WRITES` keys one after another at `w=majority`. For each
-//! write and watcher, the delay from the write's acknowledgement to the watcher receiving it
-//! (zero when the change arrived before the acknowledgement did).
+//! Watches under load, on a running cluster (`kvnode dev`, or the cluster of the client
+//! configuration `kvctl` finds). Two modes:
 //!
-//! `cargo run --release --example watch_latency -- [WATCHERS] [WRITES]`
+//! - `watch_latency [WATCHERS] [WRITES] [WRITERS]`: `WATCHERS` watchers spread over the nodes
+//!   (each node serves its own; up to [`WATCHES_PER_CLIENT`] share one client connection), while
+//!   `WRITERS` concurrent sessions put `WRITES` keys in all at `w=majority`. For each write and
+//!   watcher, the delay from the write's acknowledgement to the watcher receiving it (zero when
+//!   the change arrived before the acknowledgement did), and the writes per second, which with 0
+//!   watchers is the baseline for the cost watchers add.
+//! - `watch_latency idle COUNT PID`: opens `COUNT` idle watchers on the first node of the
+//!   configuration, whose process is `PID`, and prints that process's resident memory before and
+//!   after (from `/proc/PID/status`).
+//!
+//! `cargo run --release --example watch_latency -- 1000 20000 64`
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use replikv::client::Client;
+use replikv::client::{Client, WatchStream};
 use replikv::config::ClientConfig;
 use replikv::wire::client::WatchEvent;
 use replikv::WriteConcern;
 
+/// Watch streams sharing one client connection: below a node's limit of concurrent streams per
+/// connection (1,024).
+const WATCHES_PER_CLIENT: usize = 1000;
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let watchers: usize = args.next().map_or(Ok(100), |text| text.parse())?;
-    let writes: usize = args.next().map_or(Ok(1000), |text| text.parse())?;
+async fn main() -> Result<(), Failure> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let (config, _) = ClientConfig::discover(None)?;
+    if args.first().map(String::as_str) == Some("idle") {
+        let count: usize = args.get(1).ok_or("idle COUNT PID")?.parse()?;
+        let pid: u32 = args.get(2).ok_or("idle COUNT PID")?.parse()?;
+        return idle(&config, count, pid).await;
+    }
+    let number = |at: usize, default: usize| -> Result<usize, Failure> {
+        Ok(args.get(at).map_or(Ok(default), |text| text.parse())?)
+    };
+    let watchers = number(0, 100)?;
+    let writes = number(1, 1000)?;
+    let writers = number(2, 1)?.max(1);
     let prefix = format!("latency/{}/", rand_suffix());
+
     // When each index was delivered, per watcher.
     let delivered: Arc<Mutex<Vec<HashMap<u64, Instant>>>> =
         Arc::new(Mutex::new(vec![HashMap::new(); watchers]));
+    let streams = open_watches(&config, watchers, prefix.as_bytes(), |watcher| {
+        config.nodes[watcher % config.nodes.len()].clone()
+    })
+    .await?;
     let mut tasks = Vec::new();
-    for watcher in 0..watchers {
-        // One client per node in turn, so the watchers spread over the nodes.
-        let node = config.nodes[watcher % config.nodes.len()].clone();
-        let client = Client::with_tls(vec![node], &config.tls_files(), Default::default())?;
-        let mut stream = client.watch(prefix.as_bytes(), None, false);
-        stream.next().await?; // the watch is open
+    for (watcher, mut stream) in streams.into_iter().enumerate() {
         let delivered = Arc::clone(&delivered);
         tasks.push(tokio::spawn(async move {
-            let _client = client;
             let mut seen = 0;
             while seen < writes {
                 if let Ok(WatchEvent::Change(change)) = stream.next().await {
@@ -47,19 +68,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }));
     }
+
     let writer = Client::connect(&config).await?;
-    let mut acknowledged = Vec::with_capacity(writes);
     let started = Instant::now();
-    for n in 0..writes {
-        let key = format!("{prefix}{n}");
-        let (result, _) = writer
-            .put(&key, "x", WriteConcern::Majority, Duration::from_secs(5))
-            .await?;
-        acknowledged.push((result.index, Instant::now()));
+    let mut sessions = Vec::new();
+    for session_number in 0..writers {
+        let session = writer.session();
+        let prefix = prefix.clone();
+        let mine: Vec<usize> = (session_number..writes).step_by(writers).collect();
+        sessions.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::with_capacity(mine.len());
+            for n in mine {
+                let key = format!("{prefix}{n}");
+                let (result, _) = session
+                    .put(&key, "x", WriteConcern::Majority, Duration::from_secs(5))
+                    .await?;
+                acknowledged.push((result.index, Instant::now()));
+            }
+            Ok::<_, replikv::Error>(acknowledged)
+        }));
+    }
+    let mut acknowledged = Vec::with_capacity(writes);
+    for session in sessions {
+        acknowledged.extend(session.await??);
     }
     let elapsed = started.elapsed();
     for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task).await??;
+        tokio::time::timeout(Duration::from_secs(120), task).await??;
     }
     let delivered = delivered.lock().map_err(|_| "poisoned")?;
     let mut delays: Vec<Duration> = Vec::new();
@@ -70,25 +105,91 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     delays.sort_unstable();
+    let rate = writes as f64 / elapsed.as_secs_f64();
     if delays.is_empty() {
         println!(
-            "no watchers, {writes} writes at w=majority in {:.1} s ({:.0}/s)",
+            "no watchers, {writes} writes by {writers} writers at w=majority in {:.1} s \
+             ({rate:.0}/s)",
             elapsed.as_secs_f64(),
-            writes as f64 / elapsed.as_secs_f64()
         );
         return Ok(());
     }
     let quantile = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
     println!(
-        "{watchers} watchers, {writes} writes at w=majority in {:.1} s ({:.0}/s); \
-         acknowledgement to delivery: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{watchers} watchers, {writes} writes by {writers} writers at w=majority in {:.1} s \
+         ({rate:.0}/s); acknowledgement to delivery: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         elapsed.as_secs_f64(),
-        writes as f64 / elapsed.as_secs_f64(),
         quantile(0.5).as_secs_f64() * 1e3,
         quantile(0.99).as_secs_f64() * 1e3,
         quantile(1.0).as_secs_f64() * 1e3,
     );
     Ok(())
+}
+
+/// Opens `count` watches of `prefix`, the `n`-th on the node `node_of(n)`, each client
+/// connection carrying at most [`WATCHES_PER_CLIENT`] of them; returns once every one is open.
+async fn open_watches(
+    config: &ClientConfig,
+    count: usize,
+    prefix: &[u8],
+    node_of: impl Fn(usize) -> String,
+) -> Result<Vec<WatchStream>, Failure> {
+    let mut clients: HashMap<(String, usize), Client> = HashMap::new();
+    let mut on_node: HashMap<String, usize> = HashMap::new();
+    let mut streams = Vec::with_capacity(count);
+    for n in 0..count {
+        let node = node_of(n);
+        let opened = on_node.entry(node.clone()).or_default();
+        let slot = (node.clone(), *opened / WATCHES_PER_CLIENT);
+        *opened += 1;
+        if !clients.contains_key(&slot) {
+            let client = Client::with_tls(vec![node], &config.tls_files(), Default::default())?;
+            clients.insert(slot.clone(), client);
+        }
+        let client = clients.get(&slot).ok_or("a client vanished")?;
+        let mut stream = client.watch(prefix, None, false);
+        stream.next().await?; // the watch is open
+        streams.push(stream);
+        if (n + 1) % 1000 == 0 {
+            eprintln!("{} watches open", n + 1);
+        }
+    }
+    // The streams keep their clients' connections alive; the handles may go.
+    drop(clients);
+    Ok(streams)
+}
+
+/// Opens `count` idle watches on the first node, whose process is `pid`, and reports its
+/// resident memory before and after.
+async fn idle(config: &ClientConfig, count: usize, pid: u32) -> Result<(), Failure> {
+    let node = config.nodes.first().ok_or("no nodes configured")?.clone();
+    let before = resident_kib(pid)?;
+    let prefix = format!("idle/{}/", rand_suffix());
+    let streams = open_watches(config, count, prefix.as_bytes(), |_| node.clone()).await?;
+    // Let the node settle (allocations of the last handshakes, a progress notification).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = resident_kib(pid)?;
+    println!(
+        "{count} idle watchers on {node}: resident memory {before} KiB before, {after} KiB after \
+         ({:.1} KiB per watcher)",
+        after.saturating_sub(before) as f64 / count.max(1) as f64
+    );
+    drop(streams);
+    Ok(())
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> Result<u64, Failure> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .ok_or("no VmRSS line")?;
+    let kib = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("an empty VmRSS line")?;
+    Ok(kib.parse()?)
 }
 
 fn rand_suffix() -> u64 {
