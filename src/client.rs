@@ -755,14 +755,12 @@ impl Client {
         }
         let target = match &self.pinned {
             Some(addr) => Target::Pinned(addr.clone()),
-            None => match &request {
-                Request::Get { consistency, .. }
-                | Request::Scan { consistency, .. }
-                | Request::GetExpiry { consistency, .. } => self.read_target(*consistency),
-                Request::Status => Target::Any {
+            None => match (request.read_consistency(), &request) {
+                (Some(consistency), _) => self.read_target(consistency),
+                (None, Request::Status) => Target::Any {
                     primary_first: true,
                 },
-                _ => Target::Primary,
+                (None, _) => Target::Primary,
             },
         };
         let deadline = Instant::now() + timeout;
@@ -873,12 +871,12 @@ impl Client {
             // A write may legitimately take the whole timeout (the node answers when its write
             // concern is met or not); a read is answered at once or not at all, so a node that
             // died or froze mid-read is given up on quickly and the read goes elsewhere.
-            let wait = match request {
-                Request::Get { .. }
-                | Request::Scan { .. }
-                | Request::GetExpiry { .. }
-                | Request::Status => remaining.min(CLIENT_READ_ATTEMPT_LIMIT),
-                _ => remaining + CLIENT_WRITE_ANSWER_GRACE,
+            let answered_at_once =
+                request.read_consistency().is_some() || matches!(request, Request::Status);
+            let wait = if answered_at_once {
+                remaining.min(CLIENT_READ_ATTEMPT_LIMIT)
+            } else {
+                remaining + CLIENT_WRITE_ANSWER_GRACE
             };
             let follows_primary = matches!(target, Target::Primary);
             let error = match self

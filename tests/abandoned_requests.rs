@@ -7,11 +7,9 @@
 mod common;
 
 use common::{eventually, Cluster, ClusterSpec, READWRITE_CLIENT};
-use replikv::net::tls;
 use replikv::wire::client::{Request, Write};
 use replikv::wire::frame::{write_frame, MAX_CLIENT_FRAME_BYTES};
 use replikv::wire::message::RequestId;
-use replikv::wire::CLIENT_ALPN;
 use replikv::WriteConcern;
 
 /// The node's log line when it forgets requests whose clients went away (`net/event_loop.rs`).
@@ -59,19 +57,7 @@ async fn a_write_whose_client_stops_its_stream_is_forgotten_by_the_node() {
     // A write that waits on all three voters, one of which is down: it can only wait, for as long
     // as the node allows (its timeout is capped at a minute, past the test's patience).
     let addr = cluster.node(primary).client_addr.clone();
-    let config = tls::client_config(&cluster.client_files(READWRITE_CLIENT), CLIENT_ALPN)
-        .expect("client TLS config");
-    let mut endpoint =
-        quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
-    endpoint.set_default_client_config(config);
-    let connection = endpoint
-        .connect(
-            addr.parse().expect("address"),
-            &tls::server_name(&addr).expect("name"),
-        )
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, connection) = cluster.raw_connection(primary, READWRITE_CLIENT).await;
     let (mut send, mut recv) = connection.open_bi().await.expect("open a stream");
     let write = Request::Write {
         request_id: RequestId {

@@ -1348,9 +1348,12 @@ fn a_scan_page_always_fits_one_client_frame() {
     assert_eq!(keys, 3);
 }
 
-#[test]
-fn a_snapshot_whose_changes_and_sessions_exceed_a_chunk_is_sent_in_bounded_chunks_and_installed() {
-    const CHUNK_BUDGET: usize = 1024;
+/// The snapshot chunk budget (`max_append_bytes`) of [`small_chunk_cluster`].
+const CHUNK_BUDGET: usize = 1024;
+
+/// Three nodes with a tiny log (200 bytes retained) and [`CHUNK_BUDGET`]-byte snapshot chunks,
+/// node 3 leading and node 1 isolated: whatever is written now reaches node 1 as a snapshot.
+fn small_chunk_cluster() -> Cluster {
     let storages = (1..=3)
         .map(|id| (id, Arc::new(MemoryStorage::new())))
         .collect();
@@ -1362,6 +1365,12 @@ fn a_snapshot_whose_changes_and_sessions_exceed_a_chunk_is_sent_in_bounded_chunk
     let mut cluster = Cluster::with_options(voters(3), storages, small_chunks);
     cluster.elect(3);
     cluster.isolated.insert(1);
+    cluster
+}
+
+#[test]
+fn a_snapshot_whose_changes_and_sessions_exceed_a_chunk_is_sent_in_bounded_chunks_and_installed() {
+    let mut cluster = small_chunk_cluster();
     // More state than the window of 4 chunks holds, so the transfer is still running (its
     // acknowledgements held) when the writes below come in.
     for i in 0..200 {
@@ -1625,19 +1634,8 @@ fn answer(response: Option<&Response>) -> Option<Answer> {
 /// chunk counts such sessions by their size, so it stays within its budget.
 #[test]
 fn sessions_that_remember_whole_values_are_counted_by_size_in_snapshot_chunks() {
-    const CHUNK_BUDGET: usize = 1024;
     const VALUE_BYTES: usize = 600;
-    let storages = (1..=3)
-        .map(|id| (id, Arc::new(MemoryStorage::new())))
-        .collect();
-    let small_chunks = Options {
-        log_retention_bytes: 200,
-        max_append_bytes: CHUNK_BUDGET,
-        ..options()
-    };
-    let mut cluster = Cluster::with_options(voters(3), storages, small_chunks);
-    cluster.elect(3);
-    cluster.isolated.insert(1);
+    let mut cluster = small_chunk_cluster();
     for i in 0..20u64 {
         let key = format!("key-{i:02}");
         put_as(&mut cluster, 3, &key, &[b'v'; VALUE_BYTES], 100 + i, 1);

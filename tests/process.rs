@@ -19,7 +19,6 @@ use rustls_pki_types::CertificateDer;
 use common::{eventually, Cluster, ClusterSpec, CLIENT_TIMEOUT, READONLY_CLIENT, READWRITE_CLIENT};
 use replikv::certs::TlsFiles;
 use replikv::client::{Client, ClientOptions};
-use replikv::net::tls;
 use replikv::wire::client::{Request, Response};
 use replikv::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
 use replikv::wire::CLIENT_ALPN;
@@ -183,21 +182,7 @@ async fn expect_error_or_close(recv: &mut quinn::RecvStream, case: &str) {
 async fn malformed_frames_fail_only_their_stream() {
     let cluster = Cluster::start(ClusterSpec::new(1, 41, 24041));
     cluster.wait_for_primary().await;
-    let addr = cluster.node(1).client_addr.clone();
-
-    let config = tls::client_config(&cluster.client_files(READWRITE_CLIENT), CLIENT_ALPN)
-        .expect("client TLS config");
-    let mut endpoint =
-        quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")).expect("endpoint");
-    endpoint.set_default_client_config(config);
-    let connection = endpoint
-        .connect(
-            addr.parse().expect("address"),
-            &tls::server_name(&addr).expect("name"),
-        )
-        .expect("connect")
-        .await
-        .expect("handshake with a valid certificate");
+    let (_endpoint, connection) = cluster.raw_connection(1, READWRITE_CLIENT).await;
 
     let cases: [(&str, Vec<u8>); 3] = [
         // A 2-byte body that is no request (enum tag 0x7f does not exist).

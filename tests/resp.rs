@@ -120,16 +120,7 @@ async fn cluster(first_ip: u8, client_port: u16) -> (Cluster, NodeId, NodeId) {
         .index;
     // A door verifies a password against its own node's applied state: wait until every node
     // has applied the new user, or a backup's door may not know it yet.
-    for addr in cluster.client_addrs() {
-        eventually("every node applied the new user", || {
-            let (admin, addr) = (&admin, addr.clone());
-            async move {
-                let status = admin.status_of(&addr).await.ok()?;
-                (status.applied_index >= added).then_some(())
-            }
-        })
-        .await;
-    }
+    cluster.wait_until_applied(added).await;
     admin.close().await;
     let backup = (1..=3).find(|&id| id != primary).expect("a backup");
     (cluster, primary, backup)
@@ -518,16 +509,7 @@ async fn a_write_forwarded_as_its_door_node_takes_over_goes_to_that_node() {
         .get("before", ReadConsistency::Linearizable)
         .await
         .expect("read the write back");
-    for addr in cluster.client_addrs() {
-        eventually("every node applied the write", || {
-            let (reader, addr) = (&reader, addr.clone());
-            async move {
-                let status = reader.status_of(&addr).await.ok()?;
-                (status.applied_index >= meta.index).then_some(())
-            }
-        })
-        .await;
-    }
+    cluster.wait_until_applied(meta.index).await;
 
     // SIGSTOP: unlike a killed process, a frozen one leaves no trace on the wire (no ICMP
     // "port unreachable"), so only silence tells the other nodes and the forwarder.

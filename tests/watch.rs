@@ -352,16 +352,7 @@ async fn kvctl_watch_lists_at_one_index_then_prints_each_change() {
     // kvctl may list on a backup, from what that node has applied (a listing is a stale read at
     // one index): wait until every node has applied both writes, so the listing holds them
     // whichever node serves it.
-    for addr in cluster.client_addrs() {
-        eventually("every node applied the writes to list", || {
-            let (writer, addr) = (&writer, addr.clone());
-            async move {
-                let status = writer.status_of(&addr).await.ok()?;
-                (status.applied_index >= listed_b).then_some(())
-            }
-        })
-        .await;
-    }
+    cluster.wait_until_applied(listed_b).await;
     let config = cluster.write_client_config(READONLY_CLIENT);
     let config = config.to_str().expect("utf-8 path");
 

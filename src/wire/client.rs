@@ -197,6 +197,19 @@ pub enum ClientRole {
     Admin,
 }
 
+impl Request {
+    /// The consistency of a read of the state (a key, a scan page, a key's expiry), which a
+    /// node answers at once or not at all; `None` for anything else.
+    pub fn read_consistency(&self) -> Option<ReadConsistency> {
+        match self {
+            Request::Get { consistency, .. }
+            | Request::Scan { consistency, .. }
+            | Request::GetExpiry { consistency, .. } => Some(*consistency),
+            _ => None,
+        }
+    }
+}
+
 impl ClientRole {
     pub fn name(self) -> &'static str {
         match self {

@@ -25,7 +25,7 @@ use replikv::client::{Client, ClientOptions};
 use replikv::config::{ClientConfig, NodeConfig};
 use replikv::net::tls;
 use replikv::wire::client::{ClusterStatus, Role};
-use replikv::wire::message::Member;
+use replikv::wire::message::{LogIndex, Member};
 use replikv::wire::CLIENT_ALPN;
 use replikv::{NodeId, WriteConcern};
 
@@ -365,6 +365,23 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until every running node has applied the log up to `index` (its status says so),
+    /// for tests that then read or authenticate through any node.
+    pub async fn wait_until_applied(&self, index: LogIndex) {
+        let client = self.client(READWRITE_CLIENT);
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            eventually(&format!("node {} applied index {index}", node.id), || {
+                let (client, addr) = (&client, node.client_addr.clone());
+                async move {
+                    let status = client.status_of(&addr).await.ok()?;
+                    (status.applied_index >= index).then_some(())
+                }
+            })
+            .await;
+        }
+        client.close().await;
     }
 
     /// Prints the end of every node's log to stderr.

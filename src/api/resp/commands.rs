@@ -1292,7 +1292,7 @@ fn parse_integer(bytes: &[u8]) -> Option<i64> {
 }
 
 fn not_an_integer() -> Reply {
-    Reply::err("value is not an integer or out of range")
+    Reply::err(crate::core::NOT_AN_INTEGER)
 }
 
 fn wrong_arity(name: &str) -> Reply {

@@ -27,6 +27,14 @@ fn applied_as_integer(answer: Option<Answer>) -> Reply {
     }
 }
 
+/// The number a read-modify-write answered (`INCR`'s new value, `APPEND`'s new length).
+fn integer_answer(answer: Option<Answer>) -> Reply {
+    match answer {
+        Some(Answer::Integer(number)) => Reply::Integer(number),
+        other => unexpected_answer(other),
+    }
+}
+
 fn unexpected_answer(answer: Option<Answer>) -> Reply {
     Reply::err(format!(
         "the primary answered {answer:?}, which this command cannot use"
@@ -169,10 +177,7 @@ impl Connection {
             by,
         };
         match self.write(door, write).await {
-            Ok(result) => match result.answer {
-                Some(Answer::Integer(value)) => Reply::Integer(value),
-                other => unexpected_answer(other),
-            },
+            Ok(result) => integer_answer(result.answer),
             Err(reply) => reply,
         }
     }
@@ -184,10 +189,7 @@ impl Connection {
             suffix: args[2].to_vec(),
         };
         match self.write(door, write).await {
-            Ok(result) => match result.answer {
-                Some(Answer::Integer(length)) => Reply::Integer(length),
-                other => unexpected_answer(other),
-            },
+            Ok(result) => integer_answer(result.answer),
             Err(reply) => reply,
         }
     }
