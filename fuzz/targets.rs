@@ -108,7 +108,7 @@ fn settle(node: &mut Node, storage: &MemoryStorage, now: Timestamp) {
             let _ = node.flushed(now + 1, ticket);
         }
     }
-    node.take_outputs();
+    let _ = node.finish_pass();
 }
 
 /// A node or client configuration file, and a `--member` flag value.

@@ -142,7 +142,7 @@ impl Cluster {
         loop {
             let now = self.local_now(id);
             let node = self.nodes.get_mut(&id).expect("a node of the cluster");
-            for output in node.take_outputs() {
+            for output in node.finish_pass().expect("a pass finishes") {
                 match output {
                     Output::Send(message) => {
                         if matches!(message.body, MessageBody::Heartbeat { .. }) {

@@ -166,7 +166,7 @@ impl Cluster {
         loop {
             let now = self.now;
             let node = self.nodes.get_mut(&id).expect("a node of the cluster");
-            for output in node.take_outputs() {
+            for output in node.finish_pass().expect("a pass finishes") {
                 match output {
                     Output::Send(message) => {
                         self.sent.push(message.clone());

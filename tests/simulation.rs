@@ -703,7 +703,10 @@ impl Simulation {
         if let Err(err) = call(node, local_now) {
             self.fail(format!("node {id} returned an error: {err}"));
         }
-        let outputs = node.take_outputs();
+        let outputs = match node.finish_pass() {
+            Ok(outputs) => outputs,
+            Err(err) => self.fail(format!("node {id} failed to finish a pass: {err}")),
+        };
         let flush = node.flush_needed();
         if sim.flush.is_none() {
             if let Some(ticket) = flush {

@@ -172,7 +172,8 @@ pub struct Acknowledgements<'a> {
     membership: &'a Membership,
     primary: NodeId,
     primary_durable: LogIndex,
-    commit_index: LogIndex,
+    /// Entries up to here are committed and applied: a write there has its real result.
+    applied_index: LogIndex,
     progress: &'a BTreeMap<NodeId, Progress>,
     in_sync: Vec<NodeId>,
 }
@@ -182,7 +183,7 @@ impl<'a> Acknowledgements<'a> {
         membership: &'a Membership,
         primary: NodeId,
         primary_durable: LogIndex,
-        commit_index: LogIndex,
+        applied_index: LogIndex,
         progress: &'a BTreeMap<NodeId, Progress>,
         now: Timestamp,
         lag_timeout: u64,
@@ -192,7 +193,7 @@ impl<'a> Acknowledgements<'a> {
             membership,
             primary,
             primary_durable,
-            commit_index,
+            applied_index,
             progress,
             in_sync,
         }
@@ -218,8 +219,8 @@ impl<'a> Acknowledgements<'a> {
     pub fn is_met(&self, concern: WriteConcern, index: LogIndex) -> bool {
         // `1` and `N` include the primary's own flush; `majority` and `all` need the entry
         // committed (durable on a majority of the voters in force, which may not include a
-        // primary that is removing itself).
-        let committed = self.commit_index >= index;
+        // primary that is removing itself) and applied, so that the answer is the applied result.
+        let committed = self.applied_index >= index;
         match concern {
             WriteConcern::One | WriteConcern::Count(_) => {
                 self.primary_durable >= index && self.acknowledged(index) >= self.required(concern)

@@ -205,7 +205,7 @@ impl EventLoop {
                 }
             }
             self.start_flush();
-            self.dispatch_outputs();
+            self.dispatch_outputs()?;
             self.observe();
         }
     }
@@ -341,8 +341,14 @@ impl EventLoop {
         self.flush = Some(InflightFlush { ticket, task });
     }
 
-    fn dispatch_outputs(&mut self) {
-        for output in self.node.take_outputs() {
+    /// Ends the node's pass (its one apply of what the pass committed) and sends its outputs.
+    fn dispatch_outputs(&mut self) -> Result<()> {
+        let outputs = match self.applying(Node::finish_pass) {
+            Ok(outputs) => outputs,
+            // Not fatal: the outputs stay with the node and go out after the next pass.
+            Err(err) => return fail_stop(Err(err), "finishing a pass"),
+        };
+        for output in outputs {
             match output {
                 Output::Send(message) => self.peers.send(message),
                 Output::Reply { token, response } => self.reply(token, response),
@@ -366,6 +372,7 @@ impl EventLoop {
         // that did not, so links never stay out of step with the node.
         let membership = self.node.membership().clone();
         self.follow_membership(&membership, self.node.primary());
+        Ok(())
     }
 
     /// Starts links to new members and stops those to members that left (keeping the one to the
@@ -403,7 +410,8 @@ impl EventLoop {
                 (outcome, _) => fail_stop(outcome, "flushing storage at shutdown"),
             };
         }
-        self.dispatch_outputs();
+        let dispatched = self.dispatch_outputs();
+        result = result.and(dispatched);
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Response::Error(Error::ShuttingDown));
         }

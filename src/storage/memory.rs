@@ -367,11 +367,15 @@ impl Storage for MemoryStorage {
         if entries.is_empty() {
             return Ok(());
         }
-        self.write(Write::Append(entries.to_vec()), |contents| {
-            check_append(contents.last(), entries)?;
-            contents.log.extend_from_slice(entries);
-            Ok(())
-        })
+        check_append(self.lock().live.last(), entries)?;
+        // One journaled write per entry, as sled inserts them: a crash may keep some of them.
+        for entry in entries {
+            self.write(Write::Append(vec![entry.clone()]), |contents| {
+                contents.log.push(entry.clone());
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     fn entry(&self, index: LogIndex) -> Result<Option<Entry>> {

@@ -19,7 +19,7 @@
 //! - `log` holds the contiguous entries `log_start ..= last`. `tail` caches `last`, so
 //!   [`Storage::last`] does not touch the tree; appends and truncations hold the `tail` lock while
 //!   they write, so the cache and the tree never disagree.
-//! - An append is one sled batch. An apply is one transaction over `state`, `sessions` and `meta`,
+//! - An append is one plain insert per entry, in order (a crash keeps a prefix). An apply is one transaction over `state`, `sessions` and `meta`,
 //!   so the applied index never moves without its state changes. A truncation is one transaction
 //!   over all five trees; if it removes applied entries it also rebuilds the state from the entries
 //!   that remain, so the state is always what the log `log_start ..= applied_index` produces.
@@ -184,20 +184,10 @@ impl Storage for SledStorage {
         };
         let mut tail = self.lock_tail();
         check_append(tail.last, entries)?;
-        if let [entry] = entries {
-            // One entry (the primary's per-request append): a plain insert. In sled 0.34 every
-            // batch forces its in-memory log buffer to disk, twice; an insert does not, and the
-            // group-commit flush makes it durable all the same (docs/BENCHMARKS.md).
-            let value = postcard::to_allocvec(entry).map_err(|err| {
-                Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
-            })?;
-            let bytes = value.len() as u64;
-            self.log.insert(&entry.index.to_be_bytes()[..], value)?;
-            tail.last = (entry.epoch, entry.index);
-            tail.log_bytes += bytes;
-            return Ok(());
-        }
-        let mut batch = Batch::default();
+        // Plain inserts, in order, never a batch: in sled 0.34 every batch (and every
+        // transaction) forces its in-memory log buffer to disk, twice; an insert does not, and
+        // the group-commit flush makes the entries durable all the same (docs/BENCHMARKS.md).
+        // A crash keeps a prefix of the inserts, which is a shorter log, as the contract allows.
         let mut buffer = Vec::new();
         let mut bytes = 0u64;
         for entry in entries {
@@ -206,9 +196,9 @@ impl Storage for SledStorage {
                 Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
             })?;
             bytes += buffer.len() as u64;
-            batch.insert(&entry.index.to_be_bytes()[..], buffer.as_slice());
+            self.log
+                .insert(&entry.index.to_be_bytes()[..], buffer.as_slice())?;
         }
-        self.log.apply_batch(batch)?;
         tail.last = (last_entry.epoch, last_entry.index);
         tail.log_bytes += bytes;
         Ok(())

@@ -173,7 +173,7 @@ pub struct Node {
     now: Timestamp,
     /// The driver's wall clock (ms since the Unix epoch), for key expiry; 0 until told.
     wall_clock: u64,
-    /// Outputs produced since the last [`Node::take_outputs`].
+    /// Outputs produced since the last [`Node::finish_pass`].
     outputs: Vec<Output>,
 }
 
@@ -302,11 +302,17 @@ impl Node {
 
     // --- entry points ---
 
-    /// Takes the outputs produced so far. Live replication is batched here: every entry appended
-    /// since the last call goes out in one append per member.
-    pub fn take_outputs(&mut self) -> Vec<Output> {
+    /// Ends one pass of the driver (every entry point it called since the last pass) and takes
+    /// the outputs produced. The work that batches well is done here, once per pass rather than
+    /// once per message: entries committed during the pass are applied in one storage apply, the
+    /// writes and reads that this settles are answered, and every entry appended since the last
+    /// pass goes out in one append per member.
+    pub fn finish_pass(&mut self) -> Result<Vec<Output>> {
+        self.apply_committed()?;
+        self.answer_writes();
+        self.answer_reads()?;
         self.replicate_from_cache();
-        std::mem::take(&mut self.outputs)
+        Ok(std::mem::take(&mut self.outputs))
     }
 
     /// A flush the node needs, if its log has entries that are not yet durable.

@@ -414,17 +414,18 @@ impl Node {
         if self.log.epoch_at(candidate)? != self.epoch {
             return Ok(());
         }
-        self.commit_through(candidate)
+        self.commit_through(candidate);
+        Ok(())
     }
 
-    /// Moves the commit index up to `index` and applies the entries it covers.
-    fn commit_through(&mut self, index: LogIndex) -> Result<()> {
+    /// Moves the commit index up to `index`. The entries it covers are applied at the end of the
+    /// pass ([`Node::finish_pass`]), with everything else committed meanwhile, in one apply.
+    fn commit_through(&mut self, index: LogIndex) {
         assert!(
             index > self.commit_index,
             "the commit index never decreases"
         );
         self.commit_index = index;
-        self.apply_committed()
     }
 
     /// Applies committed entries in order, recording the real result on waiting writes.
@@ -624,7 +625,7 @@ impl Node {
     fn advance_backup_commit(&mut self, primary_commit: LogIndex) -> Result<()> {
         let commit = primary_commit.min(self.verified_index);
         if commit > self.commit_index {
-            self.commit_through(commit)?;
+            self.commit_through(commit);
         }
         Ok(())
     }

@@ -239,7 +239,7 @@ impl Node {
             &self.membership,
             self.id,
             self.log.durable_index(),
-            self.commit_index,
+            self.applied_index,
             progress,
             self.now,
             self.options.replica_lag_timeout_ms,
@@ -343,15 +343,15 @@ impl Node {
         }
     }
 
-    /// Serves queued linearizable reads if the lease is valid and this epoch's no-op is committed
+    /// Serves queued linearizable reads if the lease is valid and this epoch's no-op is applied
     /// (so the applied state holds every write acknowledged by any earlier primary).
     pub(super) fn answer_reads(&mut self) -> Result<()> {
         let now = self.now;
-        let commit_index = self.commit_index;
+        let applied_index = self.applied_index;
         let Some(state) = self.primary_state() else {
             return Ok(());
         };
-        if state.reads.is_empty() || now >= state.lease_until || commit_index < state.noop_index {
+        if state.reads.is_empty() || now >= state.lease_until || applied_index < state.noop_index {
             return Ok(());
         }
         let reads = std::mem::take(&mut state.reads);
