@@ -78,7 +78,8 @@ pub trait Storage: Send + Sync {
     // --- the log ---
 
     /// Appends entries after the last one. `entries` must be contiguous and start at
-    /// `last_index() + 1`; violating this is a caller bug and returns an error.
+    /// `last_index() + 1`; violating this is a caller bug and returns an error. Not atomic: a
+    /// crash before the next flush may keep any prefix of `entries`.
     fn append(&self, entries: &[Entry]) -> Result<()>;
 
     /// The entry at `index`, if it is in the log (not compacted, not past the end).
