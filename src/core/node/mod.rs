@@ -72,6 +72,10 @@ use self::sessions::SessionExpiry;
 pub use self::snapshot::SnapshotCounters;
 use self::snapshot::{Chunk, ChunkHeader, IncomingSnapshot, SnapshotTransfer};
 
+/// Committed entries a backup leaves unapplied until its next tick; past this many it applies at
+/// the end of the pass, so the entries kept in memory for its apply stay bounded.
+const MAX_UNAPPLIED_ON_BACKUP: LogIndex = 4096;
+
 /// This node's part in the current epoch.
 #[derive(Debug)]
 enum RoleState {
@@ -304,11 +308,15 @@ impl Node {
 
     /// Ends one pass of the driver (every entry point it called since the last pass) and takes
     /// the outputs produced. The work that batches well is done here, once per pass rather than
-    /// once per message: entries committed during the pass are applied in one storage apply, the
-    /// writes and reads that this settles are answered, and every entry appended since the last
-    /// pass goes out in one append per member.
+    /// once per message: on the primary, entries committed during the pass are applied in one
+    /// storage apply; the writes and reads that this settles are answered; and every entry
+    /// appended since the last pass goes out in one append per member.
     pub fn finish_pass(&mut self) -> Result<Vec<Output>> {
-        self.apply_committed()?;
+        // A backup's applied state serves only stale reads and watches, so it applies once per
+        // tick instead (unless much is pending): one storage apply per tick, not per `Append`.
+        if self.is_primary() || self.commit_index - self.applied_index >= MAX_UNAPPLIED_ON_BACKUP {
+            self.apply_committed()?;
+        }
         self.answer_writes();
         self.answer_reads()?;
         self.replicate_from_cache();
@@ -338,6 +346,7 @@ impl Node {
     /// Advances timers: heartbeats, elections, step-down, request deadlines, retransmission.
     pub fn tick(&mut self, now: Timestamp) -> Result<()> {
         self.now = now;
+        self.apply_committed()?;
         self.compact_log()?;
         if self.commit_index > self.persisted_commit_index {
             self.storage.set_commit_index(self.commit_index)?;
