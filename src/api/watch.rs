@@ -430,6 +430,14 @@ impl Watcher {
         }
     }
 
+    /// The next event that is ready now, without waiting: a door that has just written one event
+    /// takes these too, and writes them all at once.
+    pub fn next_ready(&mut self) -> Option<WatchEvent> {
+        let event = self.ready.pop_front()?;
+        self.last_sent = Instant::now();
+        Some(event)
+    }
+
     /// Resolves once this watcher, live, has fallen behind the ring: the door is blocked writing
     /// to a client that does not read, and cuts it off. Never resolves while catching up.
     pub fn fallen_behind(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -613,6 +621,31 @@ mod tests {
             let delete = next_change(watcher).await;
             assert_eq!((delete.index, delete.value), (4, None));
         }
+    }
+
+    #[tokio::test]
+    async fn the_changes_of_one_read_are_ready_together_for_one_write() {
+        let mut node = Harness::new();
+        node.apply_puts("k", 4);
+        let hub = node.hub(RingLimits::default());
+        let mut watcher = hub.watch(b"k".to_vec(), Some(1)).await.expect("watch");
+        assert_eq!(
+            watcher.next().await.expect("event"),
+            WatchEvent::Progress { index: 0 }
+        );
+        assert_eq!(next_change(&mut watcher).await.index, 1);
+        let ready: Vec<LogIndex> = std::iter::from_fn(|| watcher.next_ready())
+            .map(|event| match event {
+                WatchEvent::Change(change) => change.index,
+                other => panic!("expected a change, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            ready,
+            vec![2, 3, 4],
+            "the rest of the read, without waiting"
+        );
+        assert_eq!(watcher.position(), 4);
     }
 
     #[tokio::test]

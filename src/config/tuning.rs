@@ -154,6 +154,10 @@ pub const WATCH_RING_BYTES: usize = 32 * 1024 * 1024;
 /// Bytes of log entries one read of the stored log takes, for the hub or a catching-up watcher.
 pub const WATCH_READ_BYTES: usize = 1024 * 1024;
 
+/// A watch door writes the events that are ready at once, in one stream write of about this many
+/// bytes at most (a single larger event goes alone).
+pub const WATCH_WRITE_BYTES: usize = 64 * 1024;
+
 /// An idle watch is told the index it has seen up to this often (progress notification).
 pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 

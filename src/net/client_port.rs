@@ -37,7 +37,9 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::service::{Caller, Forwarding, Service};
+use crate::api::watch::Watcher;
 use crate::certs::CertRole;
+use crate::config::tuning::WATCH_WRITE_BYTES;
 use crate::error::{Error, Result};
 use crate::net::shutdown::Shutdown;
 use crate::net::tls;
@@ -302,8 +304,15 @@ impl ClientConnection {
                 Ok(event) => (event, false),
                 Err(err) => (WatchEvent::End(err), true),
             };
+            let frames = match watch_frames(event, &mut watcher) {
+                Ok(frames) => frames,
+                Err(err) => {
+                    debug!(%err, "cannot encode a watch event; closing its stream");
+                    return;
+                }
+            };
             tokio::select! {
-                written = write_watch_event(&mut send, &event) => if let Err(err) = written {
+                written = send.write_all(&frames) => if let Err(err) = written {
                     debug!(%err, "cannot write to a watcher; closing its stream");
                     return;
                 },
@@ -404,6 +413,23 @@ async fn write_response(send: &mut SendStream, response: &Response) -> Result<()
     send.write_all(&bytes)
         .await
         .map_err(|err| Error::Network(err.to_string()))
+}
+
+/// `first`'s frame followed by the frames of the events already ready behind it, up to about
+/// [`WATCH_WRITE_BYTES`]: one stream write per wake-up of the watcher, not one per change, which is
+/// most of what a change costs the node when many watchers follow a busy log.
+fn watch_frames(first: WatchEvent, watcher: &mut Watcher) -> Result<Vec<u8>> {
+    let mut frames = frame::encode(&first, MAX_CLIENT_FRAME_BYTES)?;
+    if matches!(first, WatchEvent::End(_)) {
+        return Ok(frames);
+    }
+    while frames.len() < WATCH_WRITE_BYTES {
+        let Some(event) = watcher.next_ready() else {
+            break;
+        };
+        frame::encode_into(&event, MAX_CLIENT_FRAME_BYTES, &mut frames)?;
+    }
+    Ok(frames)
 }
 
 /// Writes one watch frame. A change too large for a frame cannot be (a value fits a request frame).

@@ -31,18 +31,32 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 /// Encodes `value` as one frame: length prefix and body.
 pub fn encode<T: Serialize>(value: &T, max_bytes: usize) -> Result<Vec<u8>> {
-    let mut frame = vec![0u8; 4];
-    let mut frame = postcard::to_extend(value, std::mem::take(&mut frame))?;
-    let body_len = frame.len() - 4;
+    let mut frame = Vec::new();
+    encode_into(value, max_bytes, &mut frame)?;
+    Ok(frame)
+}
+
+/// Appends `value`'s frame to `buffer`, so several frames go out in one write. On an error the
+/// buffer is left empty.
+pub fn encode_into<T: Serialize>(value: &T, max_bytes: usize, buffer: &mut Vec<u8>) -> Result<()> {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0u8; 4]);
+    *buffer = postcard::to_extend(value, std::mem::take(buffer))?;
+    let body_len = buffer.len() - start - 4;
     if body_len > max_bytes {
+        buffer.clear();
         return Err(Error::Protocol(format!(
             "frame of {body_len} bytes exceeds the limit of {max_bytes} bytes"
         )));
     }
-    let prefix = u32::try_from(body_len)
-        .map_err(|_| Error::Protocol(format!("frame of {body_len} bytes is too large")))?;
-    frame[..4].copy_from_slice(&prefix.to_be_bytes());
-    Ok(frame)
+    let Ok(prefix) = u32::try_from(body_len) else {
+        buffer.clear();
+        return Err(Error::Protocol(format!(
+            "frame of {body_len} bytes is too large"
+        )));
+    };
+    buffer[start..start + 4].copy_from_slice(&prefix.to_be_bytes());
+    Ok(())
 }
 
 /// Decodes a frame body (without its length prefix). Trailing bytes are an error.
