@@ -29,8 +29,9 @@
 //!   [`MAX_HEADER_BYTES`] that must arrive within [`HEADER_READ_TIMEOUT`], a body of at most
 //!   [`MAX_CLIENT_FRAME_BYTES`] (413 beyond), a TLS handshake within [`HEADER_READ_TIMEOUT`], and
 //!   [`REQUEST_DEADLINE`] for the whole request.
-//! - Options that need support the core does not have yet (`ttl`, `if-absent`, `if-version`)
-//!   are refused with 400 and say so; an unknown query parameter is refused too, so that
+//! - `PUT` takes `ttl` (the key expires that long after this node's clock) and `if-absent` (a
+//!   409 `condition_failed` if the key exists), both decided on the primary. `if-version`, which
+//!   needs key versions the replicated state does not keep, is refused with 400 and says so; an unknown query parameter is refused too, so that
 //!   a misspelt option never silently falls back to a default.
 
 use std::collections::BTreeMap;
@@ -60,14 +61,17 @@ use crate::api::auth::{TokenDigest, WRONG_CREDENTIALS};
 use crate::api::json::{change_json, get_json, pairs_json, scan_json, write_json};
 use crate::api::service::{Caller, Forwarding, RequestIds, Service};
 use crate::certs::TlsFiles;
+use crate::config::parse_duration;
 use crate::core::MAX_REQUEST_TIMEOUT_MS;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, NodeView, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::net::event_loop::unix_millis;
 use crate::net::shutdown::Shutdown;
 use crate::net::tls;
 use crate::storage::Storage;
 use crate::wire::client::{
-    ReadConsistency, Request, Response, ResponseMeta, Role, WatchEvent, Write, WriteConcern,
+    Answer, Condition, Expiry, ReadConsistency, Request, Response, ResponseMeta, Role, WatchEvent,
+    Write, WriteConcern,
 };
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
 
@@ -418,7 +422,7 @@ fn query(
 }
 
 /// Options of the API that the core cannot honour yet: refused, never faked.
-const NOT_SUPPORTED_YET: &[&str] = &["ttl", "if-absent", "if-version"];
+const NOT_SUPPORTED_YET: &[&str] = &["if-version"];
 
 /// Whether `?format=json` was asked for (the only format besides the default).
 fn wants_json(params: &BTreeMap<String, String>) -> Result<bool> {
@@ -652,11 +656,55 @@ async fn put_key(
             );
         }
     };
-    write(door, connection, key, params, |key| Write::Put {
+    write(
+        door,
+        connection,
+        key,
+        params,
+        &["ttl", "if-absent"],
+        |key, params| put_write(key, value, params),
+    )
+    .await
+}
+
+/// A plain put, or with `ttl` or `if-absent` a `Set` that the primary decides: the key expires
+/// `ttl` after this node's clock, and with `if-absent` is written only if it does not exist.
+fn put_write(key: Vec<u8>, value: Vec<u8>, params: &BTreeMap<String, String>) -> Result<Write> {
+    let if_absent = match params.get("if-absent").map(String::as_str) {
+        None => false,
+        Some("" | "true") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "if-absent takes no value (or `true`), not {other:?}"
+            )))
+        }
+    };
+    let ttl = params
+        .get("ttl")
+        .map(|text| parse_duration(text).map_err(|message| bad_request(format!("ttl: {message}"))))
+        .transpose()?;
+    if !if_absent && ttl.is_none() {
+        return Ok(Write::Put { key, value });
+    }
+    let expiry = match ttl {
+        None => Expiry::Clear,
+        Some(ttl) => {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            Expiry::At(unix_millis().saturating_add(ttl_ms.max(1)))
+        }
+    };
+    let condition = if if_absent {
+        Condition::IfAbsent
+    } else {
+        Condition::Always
+    };
+    Ok(Write::Set {
         key,
         value,
+        condition,
+        expiry,
+        get: false,
     })
-    .await
 }
 
 async fn delete_key(
@@ -665,38 +713,54 @@ async fn delete_key(
     key: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> HttpResponse {
-    write(door, connection, key, params, |key| Write::Delete { key }).await
+    write(door, connection, key, params, &[], |key, _| {
+        Ok(Write::Delete { key })
+    })
+    .await
 }
 
-/// A put or a delete: the write concern (`w`) and its `timeout` from the query.
+/// A put or a delete: the write concern (`w`) and its `timeout` from the query, and the options
+/// in `options` that `make` reads. A condition that failed is a 409.
 async fn write(
     door: HttpDoor,
     connection: Connection,
     key: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<BTreeMap<String, String>>, QueryRejection>,
-    make: impl FnOnce(Vec<u8>) -> Write,
+    options: &[&str],
+    make: impl FnOnce(Vec<u8>, &BTreeMap<String, String>) -> Result<Write>,
 ) -> HttpResponse {
     let parsed = path_key(key).and_then(|key| {
-        let params = query(params, &["w", "timeout"])?;
+        let params = query(params, &[&["w", "timeout"], options].concat())?;
         let write_concern = params
             .get("w")
             .map_or(Ok(WriteConcern::default()), |text| text.parse())?;
         let timeout = params
             .get("timeout")
             .map_or(Ok(DEFAULT_WRITE_TIMEOUT), |text| parse_timeout(text))?;
-        Ok((key, write_concern, timeout))
+        let write = make(key.clone().into_bytes(), &params)?;
+        Ok((key, write, write_concern, timeout))
     });
-    let (key, write_concern, timeout) = match parsed {
+    let (key, write, write_concern, timeout) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };
     let request = Request::Write {
         request_id: connection.request_ids.next(),
-        write: make(key.clone().into_bytes()),
+        write,
         write_concern,
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(MAX_REQUEST_TIMEOUT_MS),
     };
     match ask(&door, &connection, request).await {
+        Response::Written { result, meta } if result.answer == Some(Answer::Applied(false)) => {
+            with_meta(
+                problem(
+                    StatusCode::CONFLICT,
+                    "condition_failed",
+                    &format!("key {key:?} exists: not written (if-absent)"),
+                ),
+                &meta,
+            )
+        }
         Response::Written { result, meta } => with_meta(
             Json(write_json(&key, &result, write_concern, &meta)).into_response(),
             &meta,

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 use replikv::certs::CertRole;
 use replikv::client::Client;
-use replikv::config::ClientConfig;
+use replikv::config::{parse_duration, ClientConfig};
 use replikv::wire::client::ClientRole;
 use replikv::wire::message::Member;
 use replikv::{Error, ErrorKind, NodeId, ReadConsistency, WriteConcern};
@@ -625,36 +625,6 @@ fn parse_client(text: &str) -> Result<(String, CertRole), String> {
         other => other.to_string(),
     })?;
     Ok((name.trim().to_string(), role))
-}
-
-/// Parses "500ms", "5s", "1.5s", "2m", "1h"; a bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s, 1.5s, 2m or 1h"))?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m, h or d (e.g. 5s, 30d)"
-            ))
-        }
-    };
-    let duration = Duration::try_from_secs_f64(number * seconds_per_unit)
-        .map_err(|_| format!("{text:?} is out of range"))?;
-    if duration.is_zero() {
-        return Err(format!("{text:?} is zero: give a positive duration"));
-    }
-    Ok(duration)
 }
 
 #[cfg(test)]
