@@ -97,8 +97,9 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 100;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
 /// A backup whose applied index is more than this many entries behind the commit index it knows
-/// is catching up, and not ready.
-pub const READY_MAX_APPLY_BACKLOG: u64 = 1000;
+/// is catching up, and not ready. A healthy backup leaves up to this many unapplied until its
+/// next tick (`MAX_UNAPPLIED_ON_BACKUP`), so it is ready throughout.
+pub const READY_MAX_APPLY_BACKLOG: u64 = crate::core::MAX_UNAPPLIED_ON_BACKUP;
 
 /// Response headers carrying the answer's provenance.
 pub const INDEX_HEADER: &str = "x-replikv-index";

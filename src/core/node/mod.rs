@@ -74,7 +74,7 @@ use self::snapshot::{Chunk, ChunkHeader, IncomingSnapshot, SnapshotTransfer};
 
 /// Committed entries a backup leaves unapplied until its next tick; past this many it applies at
 /// the end of the pass, so the entries kept in memory for its apply stay bounded.
-const MAX_UNAPPLIED_ON_BACKUP: LogIndex = 4096;
+pub const MAX_UNAPPLIED_ON_BACKUP: LogIndex = 4096;
 
 /// This node's part in the current epoch.
 #[derive(Debug)]
