@@ -9,7 +9,8 @@
 //! - `durable_index <= last_index`: only entries that exist can be durable.
 //! - The cache, when not empty, holds exactly the entries `[cache_first_index() ..= last_index]`,
 //!   in order: appends extend it at the end, truncation cuts it at the same index as the log, and
-//!   only applied entries are dropped from its front.
+//!   only applied entries are dropped from its front. It never reaches before `start`:
+//!   compaction drops the entries it removes from the cache too.
 //! - `generation` changes whenever entries are removed from the end (truncation, snapshot), so a
 //!   [`FlushTicket`] issued before cannot mark the new entries durable.
 
@@ -177,6 +178,14 @@ impl Log {
         );
         self.storage.compact(through)?;
         self.start = through + 1;
+        // The cache holds only entries the log still has. A compacted entry left in it would let
+        // a member whose next index is in the cache but before `start` be sent neither an append
+        // (the epoch of the entry before it is gone) nor a snapshot (it is not behind the cache).
+        while self.cache.front().is_some_and(|e| e.index <= through) {
+            if let Some(dropped) = self.cache.pop_front() {
+                self.cache_bytes = self.cache_bytes.saturating_sub(entry_size(&dropped));
+            }
+        }
         Ok(())
     }
 
