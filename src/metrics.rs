@@ -15,6 +15,7 @@
 //! - Each node has its own registry, so nodes that share a process (tests) never mix counts.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -27,8 +28,13 @@ use prometheus_client::registry::Registry;
 
 use crate::core::Node;
 use crate::error::{Error, ErrorKind};
+use crate::net::shutdown::Shutdown;
+use crate::storage::Storage;
 use crate::wire::client::{ClusterStatus, CredentialsRequest, Request, Response, Role, Write};
 use crate::wire::message::{LogIndex, Message, MessageBody, NodeId};
+
+/// How often the sessions and the store's size are sampled: each sample may walk every session.
+const STORAGE_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `Content-Type` of [`Metrics::encode`]: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -102,6 +108,9 @@ pub struct Metrics {
     // --- disk (etcd_disk_*) ---
     pub wal_fsync_duration: Histogram,
     pub log_size_bytes: Gauge,
+    // --- the state (etcd_mvcc_*), sampled every few seconds off the event loop ---
+    pub db_total_size: Gauge,
+    pub sessions: Gauge,
     // --- network (etcd_network_*) ---
     pub peer_sent_bytes: Family<ToPeer, Counter>,
     pub peer_received_bytes: Family<FromPeer, Counter>,
@@ -146,6 +155,8 @@ impl Metrics {
             }),
             wal_fsync_duration: Histogram::new(disk_buckets()),
             log_size_bytes: Gauge::default(),
+            db_total_size: Gauge::default(),
+            sessions: Gauge::default(),
             peer_sent_bytes: Family::default(),
             peer_received_bytes: Family::default(),
             peer_sent_failures: Family::default(),
@@ -243,6 +254,17 @@ impl Metrics {
             "log_size_bytes",
             "Encoded bytes of the entries in the log (compacted past log_retention_bytes)",
             self.log_size_bytes.clone(),
+        );
+        let state = registry.sub_registry_with_prefix("mvcc");
+        state.register(
+            "db_total_size_in_bytes",
+            "Bytes the store takes on disk: log, state, sessions and metadata (sled's files)",
+            self.db_total_size.clone(),
+        );
+        state.register(
+            "sessions",
+            "Client sessions the state holds (one per client id that wrote and has not expired)",
+            self.sessions.clone(),
         );
         let network = registry.sub_registry_with_prefix("network");
         network.register(
@@ -344,6 +366,36 @@ impl Metrics {
                 self.member_heartbeat_age
                     .get_or_create(&label)
                     .set(Duration::from_millis(age_ms).as_secs_f64());
+            }
+        }
+    }
+
+    /// Samples what only a walk of storage knows (the sessions) and the store's size, every
+    /// [`STORAGE_SAMPLE_INTERVAL`] on the blocking pool, until shutdown. A failed read leaves the
+    /// last sample in place.
+    pub(crate) async fn sample_storage(
+        self: Arc<Self>,
+        storage: Arc<dyn Storage>,
+        mut shutdown: Shutdown,
+    ) {
+        let mut every = tokio::time::interval(STORAGE_SAMPLE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => return,
+                _ = every.tick() => {}
+            }
+            let storage = Arc::clone(&storage);
+            let sampled = tokio::task::spawn_blocking(move || {
+                (storage.session_count(), storage.size_bytes())
+            })
+            .await;
+            if let Ok((sessions, size)) = sampled {
+                if let Ok(sessions) = sessions {
+                    self.sessions.set(to_gauge(sessions));
+                }
+                if let Ok(size) = size {
+                    self.db_total_size.set(to_gauge(size));
+                }
             }
         }
     }

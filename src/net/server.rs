@@ -182,6 +182,11 @@ where
         metrics.clone(),
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
+    tokio::spawn(
+        Arc::clone(&metrics)
+            .sample_storage(Arc::clone(&health_storage), controller.handle())
+            .in_current_span(),
+    );
     let service = Service::new(
         client_inbox,
         service_settings(&config, metrics.clone()),

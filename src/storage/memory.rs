@@ -492,6 +492,21 @@ impl Storage for MemoryStorage {
         Ok(total)
     }
 
+    fn session_count(&self) -> Result<u64> {
+        Ok(self.lock().live.sessions.len() as u64)
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        let state_bytes: usize = self
+            .lock()
+            .live
+            .state
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum();
+        Ok(state_bytes as u64 + self.log_bytes()?)
+    }
+
     fn compact(&self, through: LogIndex) -> Result<()> {
         self.write(Write::Compact(through), |contents| {
             contents.compact(through)

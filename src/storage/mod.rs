@@ -162,6 +162,14 @@ pub trait Storage: Send + Sync {
     /// Encoded bytes of the entries in the log, for the retention bound.
     fn log_bytes(&self) -> Result<u64>;
 
+    /// How many client sessions the state holds. May walk them all: for metrics, sampled off the
+    /// event loop.
+    fn session_count(&self) -> Result<u64>;
+
+    /// Bytes the store takes: sled's files on disk; for the memory engine, the keys and values of
+    /// its state and the encoded entries of its log.
+    fn size_bytes(&self) -> Result<u64>;
+
     /// Removes the entries up to and including `through`, which must be applied. The log then
     /// starts at `through + 1` and remembers the epoch of `through` as the snapshot epoch.
     fn compact(&self, through: LogIndex) -> Result<()>;

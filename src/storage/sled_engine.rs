@@ -431,6 +431,14 @@ impl Storage for SledStorage {
         Ok(self.lock_tail().log_bytes)
     }
 
+    fn session_count(&self) -> Result<u64> {
+        Ok(self.sessions.len() as u64)
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     fn compact(&self, through: LogIndex) -> Result<()> {
         let mut tail = self.lock_tail();
         let applied_index = read_value(&self.meta, META_APPLIED_INDEX)?.unwrap_or(0);

@@ -577,6 +577,24 @@ fn sessions_are_read_in_pages(storage: &dyn Storage) {
         Vec::<u64>::new()
     );
     assert_eq!(storage.sessions().unwrap().len(), 5);
+    assert_eq!(storage.session_count().unwrap(), 5);
+}
+
+fn the_size_counts_sessions_and_grows_with_the_state(storage: &dyn Storage) {
+    assert_eq!(storage.session_count().unwrap(), 0);
+    let empty = storage.size_bytes().unwrap();
+    let value = "v".repeat(64 * 1024);
+    let log: Vec<Entry> = (1..=3)
+        .map(|index| with_request(put(1, index, &format!("k{index}"), &value), index, 1))
+        .collect();
+    append_and_apply(storage, &log);
+    storage.flush().unwrap();
+    assert_eq!(storage.session_count().unwrap(), 3);
+    let full = storage.size_bytes().unwrap();
+    assert!(
+        full >= empty + 3 * 64 * 1024,
+        "three 64 KiB values in log and state: {empty} bytes before, {full} after"
+    );
 }
 
 fn expiring_sessions_removes_those_unchanged_since(storage: &dyn Storage) {
@@ -790,6 +808,7 @@ macro_rules! engine_suite {
             scan_pages_are_bounded_and_continue_after_their_last_key,
             scans_skip_the_system_keyspace,
             sessions_are_read_in_pages,
+            the_size_counts_sessions_and_grows_with_the_state,
             expiring_sessions_removes_those_unchanged_since,
             a_staged_snapshot_replaces_the_state_and_the_sessions,
             the_staging_record_follows_the_staged_chunks,
