@@ -1215,21 +1215,11 @@ fn put_as(
     client_id: u64,
     sequence: u64,
 ) -> ClientToken {
-    cluster.request(
-        id,
-        Request::Write {
-            request_id: RequestId {
-                client_id,
-                sequence,
-            },
-            write: Write::Put {
-                key: key.into(),
-                value: value.to_vec(),
-            },
-            write_concern: WriteConcern::Majority,
-            timeout_ms: 1_000,
-        },
-    )
+    let write = Write::Put {
+        key: key.into(),
+        value: value.to_vec(),
+    };
+    write_as(cluster, id, write, client_id, sequence)
 }
 
 /// Key-value pairs in key order.

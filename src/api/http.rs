@@ -58,6 +58,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::api::auth::{TokenDigest, WRONG_CREDENTIALS};
+use crate::api::deadline_in;
 use crate::api::json::{change_json, get_json, pairs_json, scan_json, write_json};
 use crate::api::service::{Caller, Forwarding, RequestIds, Service};
 use crate::certs::TlsFiles;
@@ -65,7 +66,6 @@ use crate::config::parse_duration;
 use crate::core::MAX_REQUEST_TIMEOUT_MS;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, NodeView, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use crate::net::event_loop::unix_millis;
 use crate::net::shutdown::Shutdown;
 use crate::net::tls;
 use crate::storage::Storage;
@@ -691,7 +691,7 @@ fn put_write(key: Vec<u8>, value: Vec<u8>, params: &BTreeMap<String, String>) ->
         None => Expiry::Clear,
         Some(ttl) => {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            Expiry::At(unix_millis().saturating_add(ttl_ms.max(1)))
+            Expiry::At(deadline_in(ttl_ms.max(1)).unwrap_or(u64::MAX))
         }
     };
     let condition = if if_absent {
@@ -1073,6 +1073,12 @@ mod tests {
             applied_index: 10,
         };
         assert_eq!(not_ready_because(&ready), None);
+        // A backup leaves up to MAX_UNAPPLIED_ON_BACKUP committed entries for its next tick.
+        let between_ticks = NodeView {
+            commit_index: 10 + crate::core::MAX_UNAPPLIED_ON_BACKUP,
+            ..ready
+        };
+        assert_eq!(not_ready_because(&between_ticks), None);
         for view in [
             NodeView {
                 primary: None,

@@ -28,7 +28,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+use crate::net::event_loop::unix_millis;
 use crate::net::shutdown::Shutdown;
+
+/// The deadline `ttl_ms` from now on this node's wall clock (milliseconds since the Unix epoch):
+/// how a door turns a relative expiry (RESP `EX`/`PX`/`EXPIRE`, HTTP `?ttl=`) into
+/// `Expiry::At`. `None` if it overflows.
+pub(crate) fn deadline_in(ttl_ms: u64) -> Option<u64> {
+    unix_millis().checked_add(ttl_ms)
+}
 
 /// The next connection of a TCP door (`door` names it in the log, e.g. "a RESP"), or `None` once
 /// the node shuts down. A failed accept (out of file descriptors, most likely) pauses rather than

@@ -422,8 +422,7 @@ impl Watcher {
     /// The next event, waiting for one. An error ends the watch.
     pub async fn next(&mut self) -> Result<WatchEvent> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
-                self.last_sent = Instant::now();
+            if let Some(event) = self.next_ready() {
                 return Ok(event);
             }
             self.fill().await?;

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use super::{not_an_integer, parse_integer, wrong_arity, Connection};
+use crate::api::deadline_in;
 use crate::api::resp::reply::{error_reply, Reply};
 use crate::api::resp::Door;
 use crate::api::service::Forwarding;
@@ -44,7 +45,7 @@ fn unexpected_answer(answer: Option<Answer>) -> Reply {
 /// `now + amount × unit_ms`, or `None` on overflow or a non-positive amount where Redis refuses.
 fn deadline_after(amount: i64, unit_ms: u64) -> Option<u64> {
     let amount = u64::try_from(amount).ok()?;
-    unix_millis().checked_add(amount.checked_mul(unit_ms)?)
+    deadline_in(amount.checked_mul(unit_ms)?)
 }
 
 impl Connection {
