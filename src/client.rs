@@ -49,7 +49,7 @@ use crate::wire::client::{
     ResponseMeta, Secret, TokenInfo, Topology, UserInfo, Write, WriteConcern, WriteResult,
 };
 use crate::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES, MAX_KEY_BYTES};
-use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId};
+use crate::wire::message::{Epoch, LogIndex, Member, NodeId, RequestId, Versioned};
 use crate::wire::CLIENT_ALPN;
 
 /// One page of a scan ([`Client::scan_page`]).
@@ -413,6 +413,17 @@ impl Client {
         key: impl AsRef<[u8]>,
         consistency: ReadConsistency,
     ) -> Result<(Option<Vec<u8>>, ResponseMeta)> {
+        let (versioned, meta) = self.get_versioned(key, consistency).await?;
+        Ok((versioned.map(|versioned| versioned.value), meta))
+    }
+
+    /// Reads `key` with its version (the index of the entry that last wrote it), which a
+    /// compare-and-set names ([`Condition::IfVersion`](crate::wire::client::Condition)).
+    pub async fn get_versioned(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<(Option<Versioned>, ResponseMeta)> {
         let request = Request::Get {
             key: key.as_ref().to_vec(),
             consistency,
@@ -422,7 +433,11 @@ impl Client {
             .call(self.read_target(consistency), deadline, |_| request.clone())
             .await?
         {
-            Response::Value { value, meta } => Ok((value, meta)),
+            Response::Value {
+                value,
+                version,
+                meta,
+            } => Ok((value.map(|value| Versioned { version, value }), meta)),
             other => Err(unexpected("a value", &other)),
         }
     }

@@ -18,7 +18,7 @@ use replikv::wire::client::{ReadConsistency, Request, Write, WriteConcern};
 use replikv::wire::frame::{encode, MAX_PEER_FRAME_BYTES};
 use replikv::wire::message::{
     Entry, ExpiredSession, Member, Membership, Message, MessageBody, Operation, Rank, RequestId,
-    Session, SnapshotFinish, SnapshotPosition, StagedSnapshot, WriteResult,
+    Session, SnapshotFinish, SnapshotPosition, StagedSnapshot, Versioned, WriteResult,
 };
 
 /// A fuzz entry point.
@@ -168,7 +168,13 @@ fn write_seed_corpus() {
             discard_staged: false,
             position: SnapshotPosition::Sessions { after: Some(7) },
             pairs: vec![
-                (b"key".to_vec(), Some(b"value".to_vec())),
+                (
+                    b"key".to_vec(),
+                    Some(Versioned {
+                        version: 41,
+                        value: b"value".to_vec(),
+                    }),
+                ),
                 (b"gone".to_vec(), None),
             ],
             sessions: vec![

@@ -1435,7 +1435,7 @@ fn a_snapshot_whose_changes_and_sessions_exceed_a_chunk_is_sent_in_bounded_chunk
         .iter()
         .filter(|body| {
             matches!(body, MessageBody::SnapshotChunk { pairs, .. }
-                if pairs.iter().any(|(_, value)| value.as_deref() == Some(&b"during"[..])))
+                if pairs.iter().any(|(_, value)| value.as_ref().map(|versioned| versioned.value.as_slice()) == Some(&b"during"[..])))
         })
         .count();
     assert!(

@@ -268,6 +268,37 @@ async fn kvctl_end_to_end() {
     assert_eq!(json["value"], "hello");
     assert_eq!(json["meta"]["node_id"], 1);
 
+    // Compare-and-set on the version `get --json` shows: applied once, then refused (exit 7)
+    // because the write moved the version on.
+    let version = json["version"]
+        .as_u64()
+        .expect("get --json gives the version");
+    let if_version = |version: u64, value: &'static str| {
+        let version = version.to_string();
+        async move {
+            kvctl(&[
+                "--config",
+                config,
+                "put",
+                "greeting",
+                value,
+                "--if-version",
+                &version,
+            ])
+            .await
+        }
+    };
+    let (code, _, stderr) = if_version(version, "hi").await;
+    assert_eq!(
+        code, 0,
+        "put --if-version with the current version: {stderr}"
+    );
+    let (code, _, stderr) = if_version(version, "hey").await;
+    assert_eq!(code, 7, "put --if-version with an old version: {stderr}");
+    assert!(stderr.contains("not at version"), "{stderr}");
+    let (code, stdout, stderr) = kvctl(&["--config", config, "get", "greeting"]).await;
+    assert_eq!((code, stdout.as_str()), (0, "hi\n"), "{stderr}");
+
     let (code, stdout, stderr) = kvctl(&["--config", config, "get", "no-such-key"]).await;
     assert_eq!(
         code, 3,

@@ -50,10 +50,13 @@ use rand::{Rng, SeedableRng};
 use replikv::core::{FlushTicket, Node, Options, Output, SnapshotCounters, Timestamp};
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
-use replikv::wire::client::{ReadConsistency, Request, Response, Role, Write, WriteConcern};
+use replikv::wire::client::{
+    Condition, Expiry, ReadConsistency, Request, Response, Role, Write, WriteConcern,
+};
 use replikv::wire::frame::{self, MAX_PEER_FRAME_BYTES};
 use replikv::wire::message::{
     Answer, Change, Entry, Epoch, LogIndex, Member, Membership, Message, NodeId, RequestId,
+    Versioned,
 };
 use replikv::Error;
 
@@ -133,6 +136,19 @@ struct AckedIncrement {
     concern: WriteConcern,
 }
 
+/// An acknowledged compare-and-set (`Set` if the key is at `expected_version`), and whether the
+/// primary answered that it applied.
+#[derive(Clone, Debug)]
+struct AckedCompareAndSet {
+    request_id: RequestId,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    expected_version: LogIndex,
+    applied: bool,
+    index: LogIndex,
+    concern: WriteConcern,
+}
+
 /// Counters the clients increment, apart from the keys they put, delete and read.
 const COUNTERS: u64 = 3;
 
@@ -142,13 +158,21 @@ const COUNTERS: u64 = 3;
 struct CompletedRead {
     key: Vec<u8>,
     value: Option<Vec<u8>>,
+    /// The version the read gave: the index of the write of `value` (0 when absent).
+    version: LogIndex,
     index: LogIndex,
     invoked_at: Timestamp,
     linearizable: bool,
 }
 
-/// A node's whole state, in key order.
-type StatePairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// A node's whole state, in key order, each value with its version.
+type StatePairs = Vec<(Vec<u8>, Versioned)>;
+
+/// `storage`'s whole state with versions (`None` if it cannot be read).
+fn whole_state(storage: &dyn Storage) -> Option<StatePairs> {
+    let page = storage.scan_page(b"", None, usize::MAX, usize::MAX).ok()?;
+    Some(page.pairs)
+}
 
 /// A node's whole state in key order, and its sessions table by client id: invariant 4 covers
 /// both (sessions decide which retries apply, so they must agree too).
@@ -189,6 +213,7 @@ struct Simulation {
     retries: Vec<(Timestamp, ClientOp)>,
     acked: Vec<AckedWrite>,
     increments: Vec<AckedIncrement>,
+    compare_and_sets: Vec<AckedCompareAndSet>,
     reads: Vec<CompletedRead>,
     primaries: BTreeMap<Epoch, NodeId>,
     committed: BTreeMap<LogIndex, Entry>,
@@ -210,6 +235,8 @@ struct Simulation {
     keys: i32,
     /// Snapshot transfer counts of the node incarnations that crashed.
     retired_snapshot_counters: Vec<SnapshotCounters>,
+    /// Whether clients also compare-and-set, on the version their last read of the key gave.
+    compare_and_set: bool,
 }
 
 /// One client session: a client id, its write sequence, and its operations in flight.
@@ -224,6 +251,8 @@ struct ClientState {
     /// one that pipelines (concurrent calls on one session, as the client library allows).
     max_in_flight: usize,
     next_op_at: Timestamp,
+    /// The version each key had in this client's last read of it.
+    versions_seen: BTreeMap<Vec<u8>, LogIndex>,
 }
 
 impl Simulation {
@@ -326,6 +355,7 @@ impl Simulation {
             retries: Vec::new(),
             acked: Vec::new(),
             increments: Vec::new(),
+            compare_and_sets: Vec::new(),
             reads: Vec::new(),
             primaries: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -338,7 +368,15 @@ impl Simulation {
             clock_rng,
             keys: 8,
             retired_snapshot_counters: Vec::new(),
+            compare_and_set: false,
         }
+    }
+
+    /// Clients also compare-and-set (one write in ten), each on the version its last read of
+    /// the key gave (0, "absent", if it has not read it): often stale, so both outcomes occur.
+    fn with_compare_and_set(mut self) -> Self {
+        self.compare_and_set = true;
+        self
     }
 
     /// Clients that pipeline: `sessions` client sessions at once, each with up to `depth`
@@ -594,7 +632,7 @@ impl Simulation {
             let stored = (
                 meta,
                 storage.entries(from, last, usize::MAX).ok(),
-                storage.scan(b"", usize::MAX).ok(),
+                whole_state(storage.as_ref()),
                 storage.sessions().ok(),
                 storage.rolled_back().ok(),
             );
@@ -996,6 +1034,15 @@ impl Simulation {
                     key: format!("n{}", self.rng.gen_range(0..COUNTERS)).into_bytes(),
                     by: 1,
                 },
+                5 | 6 if self.compare_and_set => Write::Set {
+                    condition: Condition::IfVersion(
+                        state.versions_seen.get(&key).copied().unwrap_or(0),
+                    ),
+                    key,
+                    value,
+                    expiry: Expiry::Clear,
+                    get: false,
+                },
                 _ => Write::Put { key, value },
             };
             let concern = match self.rng.gen_range(0..4) {
@@ -1105,8 +1152,30 @@ impl Simulation {
                         self.finish(client);
                         return;
                     }
+                    Write::Set {
+                        key,
+                        value,
+                        condition: Condition::IfVersion(expected_version),
+                        ..
+                    } => {
+                        let Some(Answer::Applied(applied)) = result.answer else {
+                            self.fail(format!("a compare-and-set answered {result:?}: {op:?}"));
+                        };
+                        self.compare_and_sets.push(AckedCompareAndSet {
+                            request_id: *request_id,
+                            key: key.clone(),
+                            value: value.clone(),
+                            expected_version: *expected_version,
+                            applied,
+                            index: result.index,
+                            concern: *write_concern,
+                        });
+                        self.finish(client);
+                        return;
+                    }
                     other => panic!(
-                        "the simulated clients issue only puts, deletes and increments: {other:?}"
+                        "the simulated clients issue only puts, deletes, increments and \
+                         compare-and-sets: {other:?}"
                     ),
                 };
                 self.acked.push(AckedWrite {
@@ -1120,10 +1189,21 @@ impl Simulation {
                 });
                 self.finish(client);
             }
-            (Request::Get { key, consistency }, Response::Value { value, meta }) => {
+            (
+                Request::Get { key, consistency },
+                Response::Value {
+                    value,
+                    version,
+                    meta,
+                },
+            ) => {
+                self.clients[client]
+                    .versions_seen
+                    .insert(key.clone(), version);
                 self.reads.push(CompletedRead {
                     key: key.clone(),
                     value,
+                    version,
                     index: meta.index,
                     invoked_at: op.invoked_at,
                     linearizable: *consistency == ReadConsistency::Linearizable,
@@ -1306,7 +1386,7 @@ impl Simulation {
         let mut by_index: BTreeMap<LogIndex, (NodeId, StateAndSessions)> = BTreeMap::new();
         for (id, node, storage) in self.live_nodes() {
             let state = (
-                storage.scan(b"", usize::MAX).unwrap_or_default(),
+                whole_state(storage.as_ref()).unwrap_or_default(),
                 storage.sessions().unwrap_or_default(),
             );
             match by_index.get(&node.applied_index()) {
@@ -1364,6 +1444,7 @@ impl Simulation {
         };
         self.check_writes(&model);
         self.check_increments(&model);
+        self.check_compare_and_sets(&model);
         self.check_reads(&model);
         self.check_final_states(&model);
     }
@@ -1425,6 +1506,59 @@ impl Simulation {
     /// increment was decided on a state holding every earlier one, and applied once), and every
     /// acknowledged increment took effect at its index, once, with the value it answered (one at
     /// w=1 or w=2 may have been rolled back, as a put may).
+    /// Every acknowledged compare-and-set found committed took effect at its index, and was
+    /// decided against the key's version just before that index: applied exactly when that
+    /// version is the one it named, and then the key holds its value at its own index. A durable
+    /// one must be found.
+    fn check_compare_and_sets(&self, model: &AppliedModel) {
+        for write in &self.compare_and_sets {
+            let entry = self.committed.get(&write.index);
+            let present = entry.is_some_and(|entry| {
+                entry.request_id == Some(write.request_id)
+                    && matches!(
+                        &entry.operation,
+                        replikv::Operation::Batch { answer: Some(Answer::Applied(applied)), .. }
+                            if *applied == write.applied
+                    )
+            });
+            if !present {
+                if matches!(write.concern, WriteConcern::Majority | WriteConcern::All) {
+                    self.fail(format!(
+                        "acknowledged compare-and-set lost or answered other than logged: \
+                         {write:?}; committed there: {entry:?}"
+                    ));
+                }
+                continue;
+            }
+            if model.applied.get(&write.request_id) != Some(&write.index) {
+                self.fail(format!(
+                    "acknowledged compare-and-set {write:?} did not take effect at its index (it \
+                     did at {:?})",
+                    model.applied.get(&write.request_id)
+                ));
+            }
+            let version_before = model
+                .versioned_at(&write.key, write.index - 1)
+                .map_or(0, |versioned| versioned.version);
+            if (version_before == write.expected_version) != write.applied {
+                self.fail(format!(
+                    "compare-and-set {write:?} was decided against the wrong version: the key \
+                     was at version {version_before} before it"
+                ));
+            }
+            let after = model.versioned_at(&write.key, write.index);
+            let written = Some(Versioned {
+                version: write.index,
+                value: write.value.clone(),
+            });
+            if write.applied && after != written {
+                self.fail(format!(
+                    "applied compare-and-set {write:?} left the key at {after:?}"
+                ));
+            }
+        }
+    }
+
     fn check_increments(&self, model: &AppliedModel) {
         for counter in 0..COUNTERS {
             let key = format!("n{counter}").into_bytes();
@@ -1511,11 +1645,13 @@ impl Simulation {
                     }
                 }
             }
-            let expected = model.value_at(&read.key, read.index);
-            if expected != read.value {
+            let expected = model.versioned_at(&read.key, read.index);
+            let expected_version = expected.as_ref().map_or(0, |versioned| versioned.version);
+            let expected = expected.map(|versioned| versioned.value);
+            if (&expected, expected_version) != (&read.value, read.version) {
                 self.fail(format!(
-                    "read {read:?} returned {:?} but the committed log holds {expected:?} at that index",
-                    read.value
+                    "read {read:?} returned {:?} at version {} but the committed log holds {expected:?} at version {expected_version} at that index",
+                    read.value, read.version
                 ));
             }
         }
@@ -1530,7 +1666,7 @@ impl Simulation {
             if applied > model.last_index {
                 continue; // beyond what the checker saw committed (not a member any more)
             }
-            let state = storage.scan(b"", usize::MAX).unwrap_or_default();
+            let state = whole_state(storage.as_ref()).unwrap_or_default();
             let expected = model.state_at(applied);
             if state != expected {
                 self.fail(format!(
@@ -1615,10 +1751,21 @@ impl AppliedModel {
         Ok(model)
     }
 
+    /// `key`'s value once the entries up to `index` are applied, with its version: the index of
+    /// the write that set it.
+    fn versioned_at(&self, key: &[u8], index: LogIndex) -> Option<Versioned> {
+        let writes = self.history.get(key)?;
+        let (version, value) = writes.range(..=index).next_back()?;
+        value.clone().map(|value| Versioned {
+            version: *version,
+            value,
+        })
+    }
+
     /// `key`'s value once the entries up to `index` are applied.
     fn value_at(&self, key: &[u8], index: LogIndex) -> Option<Vec<u8>> {
-        let writes = self.history.get(key)?;
-        writes.range(..=index).next_back()?.1.clone()
+        self.versioned_at(key, index)
+            .map(|versioned| versioned.value)
     }
 
     /// `key`'s value just before the entry at `index` is applied.
@@ -1632,7 +1779,10 @@ impl AppliedModel {
     fn state_at(&self, index: LogIndex) -> StatePairs {
         self.history
             .keys()
-            .filter_map(|key| self.value_at(key, index).map(|value| (key.clone(), value)))
+            .filter_map(|key| {
+                self.versioned_at(key, index)
+                    .map(|versioned| (key.clone(), versioned))
+            })
             .collect()
     }
 }
@@ -1645,6 +1795,7 @@ impl ClientState {
             in_flight: 0,
             max_in_flight,
             next_op_at: 0,
+            versions_seen: BTreeMap::new(),
         }
     }
 }
@@ -1805,6 +1956,39 @@ fn pipelined_clients_keep_every_invariant() {
         }
         sim.run(6_000);
     }
+}
+
+/// Clients compare-and-set on the versions their reads gave, beside puts, deletes and increments,
+/// some pipelining (so a session's writes may reach the primary out of order), with three or
+/// five nodes and membership changes on some seeds: every compare-and-set must be decided against
+/// the version its key had just before its entry, and every node must agree on every version.
+#[test]
+fn compare_and_set_keeps_every_invariant() {
+    init_logging();
+    let (mut applied, mut refused) = (0, 0);
+    for seed in seeds(1_000, 18_000_000) {
+        let nodes = if seed % 2 == 0 { 3 } else { 5 };
+        let mut sim = Simulation::new(seed, nodes).with_compare_and_set();
+        if seed % 3 == 0 {
+            sim = sim.with_pipelining(4, 3);
+        }
+        if seed % 5 == 0 {
+            sim = sim.with_membership_changes();
+        }
+        sim.run(6_000);
+        for write in &sim.compare_and_sets {
+            if write.applied {
+                applied += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    // The workload must meet both outcomes, or it checks one side only.
+    assert!(
+        applied > 0 && refused > 0,
+        "compare-and-sets applied {applied}, refused {refused}"
+    );
 }
 
 /// Histories long enough to compact and snapshot under load: past the entry cache's bound, with a

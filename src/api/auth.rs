@@ -160,7 +160,7 @@ impl Credentials {
             after = last.clone();
             for (key, value) in chunk {
                 match record_name(family, &key) {
-                    Some(name) => records.push((name, value)),
+                    Some(name) => records.push((name, value.value)),
                     None if key.starts_with(&prefix) => continue,
                     None => return Ok(records),
                 }

@@ -29,10 +29,12 @@
 //!   [`MAX_HEADER_BYTES`] that must arrive within [`HEADER_READ_TIMEOUT`], a body of at most
 //!   [`MAX_CLIENT_FRAME_BYTES`] (413 beyond), a TLS handshake within [`HEADER_READ_TIMEOUT`], and
 //!   [`REQUEST_DEADLINE`] for the whole request.
-//! - `PUT` takes `ttl` (the key expires that long after this node's clock) and `if-absent` (a
-//!   409 `condition_failed` if the key exists), both decided on the primary. `if-version`, which
-//!   needs key versions the replicated state does not keep, is refused with 400 and says so; an unknown query parameter is refused too, so that
-//!   a misspelt option never silently falls back to a default.
+//! - `GET` gives the key's version (the index of the entry that last wrote it) in
+//!   [`VERSION_HEADER`]. `PUT` takes `ttl` (the key expires that long after this node's clock),
+//!   and `if-absent` or `if-version=N` (compare-and-set: a 409 `condition_failed` if the key
+//!   exists, or is not at version `N`; 0 means absent), all decided on the primary. An unknown
+//!   query parameter is refused, so that a misspelt option never silently falls back to a
+//!   default.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -105,6 +107,8 @@ pub const READY_MAX_APPLY_BACKLOG: u64 = crate::core::MAX_UNAPPLIED_ON_BACKUP;
 pub const INDEX_HEADER: &str = "x-replikv-index";
 pub const EPOCH_HEADER: &str = "x-replikv-epoch";
 pub const NODE_HEADER: &str = "x-replikv-node";
+/// The version of the key a `GET` read: what `PUT …?if-version=` compares with.
+pub const VERSION_HEADER: &str = "x-replikv-version";
 
 /// What the HTTP door needs from its node.
 #[derive(Clone)]
@@ -402,12 +406,6 @@ fn query(
     let Query(params) =
         query.map_err(|rejection| bad_request(format!("malformed query: {rejection}")))?;
     for name in params.keys() {
-        if NOT_SUPPORTED_YET.contains(&name.as_str()) {
-            return Err(bad_request(format!(
-                "`{name}` is not supported yet: it needs support in the replicated state that \
-                 this version does not have"
-            )));
-        }
         if !allowed.contains(&name.as_str()) {
             return Err(bad_request(format!(
                 "unknown query parameter `{name}`: this endpoint takes {}",
@@ -421,9 +419,6 @@ fn query(
     }
     Ok(params)
 }
-
-/// Options of the issue's API that the core cannot honour yet: refused, never faked.
-const NOT_SUPPORTED_YET: &[&str] = &["if-version"];
 
 /// Whether `?format=json` was asked for (the only format besides the default).
 fn wants_json(params: &BTreeMap<String, String>) -> Result<bool> {
@@ -614,9 +609,15 @@ async fn get_key(
         consistency,
     };
     match ask(&door, &connection, request).await {
-        Response::Value { value, meta } => {
-            let response = match (value, json) {
-                (value, true) => Json(get_json(&key, value.as_deref(), &meta)).into_response(),
+        Response::Value {
+            value,
+            version,
+            meta,
+        } => {
+            let mut response = match (value, json) {
+                (value, true) => {
+                    Json(get_json(&key, value.as_deref(), version, &meta)).into_response()
+                }
                 (Some(value), false) => (
                     [(header::CONTENT_TYPE, "application/octet-stream")],
                     Body::from(value),
@@ -624,6 +625,10 @@ async fn get_key(
                     .into_response(),
                 (None, false) => not_found_key(&key),
             };
+            if version != 0 {
+                let headers = response.headers_mut();
+                headers.insert(VERSION_HEADER, HeaderValue::from(version));
+            }
             with_meta(response, &meta)
         }
         Response::Error(err) => error_response(&err),
@@ -662,29 +667,46 @@ async fn put_key(
         connection,
         key,
         params,
-        &["ttl", "if-absent"],
+        &["ttl", "if-absent", "if-version"],
         |key, params| put_write(key, value, params),
     )
     .await
 }
 
-/// A plain put, or with `ttl` or `if-absent` a `Set` that the primary decides: the key expires
-/// `ttl` after this node's clock, and with `if-absent` is written only if it does not exist.
+/// A plain put, or with `ttl`, `if-absent` or `if-version` a `Set` that the primary decides: the
+/// key expires `ttl` after this node's clock, and is written only if it does not exist
+/// (`if-absent`) or is at the version given (`if-version`).
 fn put_write(key: Vec<u8>, value: Vec<u8>, params: &BTreeMap<String, String>) -> Result<Write> {
     let if_absent = match params.get("if-absent").map(String::as_str) {
-        None => false,
-        Some("" | "true") => true,
+        None => None,
+        Some("" | "true") => Some(Condition::IfAbsent),
         Some(other) => {
             return Err(bad_request(format!(
                 "if-absent takes no value (or `true`), not {other:?}"
             )))
         }
     };
+    let if_version = match params.get("if-version") {
+        None => None,
+        Some(text) => Some(Condition::IfVersion(text.parse().map_err(|_| {
+            bad_request(format!(
+                "if-version takes a key version (a log index, 0 for an absent key), not {text:?}"
+            ))
+        })?)),
+    };
+    let condition = match (if_absent, if_version) {
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "if-absent and if-version cannot be combined: if-version=0 means absent".into(),
+            ))
+        }
+        (condition, None) | (None, condition) => condition,
+    };
     let ttl = params
         .get("ttl")
         .map(|text| parse_duration(text).map_err(|message| bad_request(format!("ttl: {message}"))))
         .transpose()?;
-    if !if_absent && ttl.is_none() {
+    if condition.is_none() && ttl.is_none() {
         return Ok(Write::Put { key, value });
     }
     let expiry = match ttl {
@@ -694,15 +716,10 @@ fn put_write(key: Vec<u8>, value: Vec<u8>, params: &BTreeMap<String, String>) ->
             Expiry::At(deadline_in(ttl_ms.max(1)).unwrap_or(u64::MAX))
         }
     };
-    let condition = if if_absent {
-        Condition::IfAbsent
-    } else {
-        Condition::Always
-    };
     Ok(Write::Set {
         key,
         value,
-        condition,
+        condition: condition.unwrap_or_default(),
         expiry,
         get: false,
     })
@@ -745,6 +762,13 @@ async fn write(
         Ok(parsed) => parsed,
         Err(err) => return error_response(&err),
     };
+    let condition_failed = match &write {
+        Write::Set {
+            condition: Condition::IfVersion(version),
+            ..
+        } => format!("key {key:?} is not at version {version}: not written (if-version)"),
+        _ => format!("key {key:?} exists: not written (if-absent)"),
+    };
     let request = Request::Write {
         request_id: connection.request_ids.next(),
         write,
@@ -754,11 +778,7 @@ async fn write(
     match ask(&door, &connection, request).await {
         Response::Written { result, meta } if result.answer == Some(Answer::Applied(false)) => {
             with_meta(
-                problem(
-                    StatusCode::CONFLICT,
-                    "condition_failed",
-                    &format!("key {key:?} exists: not written (if-absent)"),
-                ),
+                problem(StatusCode::CONFLICT, "condition_failed", &condition_failed),
                 &meta,
             )
         }

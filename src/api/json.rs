@@ -7,6 +7,7 @@
 use serde_json::json;
 
 use crate::wire::client::{Change, ResponseMeta, WriteConcern, WriteResult};
+use crate::wire::message::LogIndex;
 
 /// Bytes as text: UTF-8 as is, anything else as `0x` hex. Returns the text and its encoding.
 pub fn printable(bytes: &[u8]) -> (String, &'static str) {
@@ -23,8 +24,13 @@ pub fn meta_json(meta: &ResponseMeta) -> serde_json::Value {
     json!({ "node_id": meta.node_id, "epoch": meta.epoch, "index": meta.index })
 }
 
-/// The JSON answer of `get`: the value, or `found: false`.
-pub fn get_json(key: &str, value: Option<&[u8]>, meta: &ResponseMeta) -> serde_json::Value {
+/// The JSON answer of `get`: the value and its version, or `found: false`.
+pub fn get_json(
+    key: &str,
+    value: Option<&[u8]>,
+    version: LogIndex,
+    meta: &ResponseMeta,
+) -> serde_json::Value {
     let (text, encoding) = match value {
         Some(bytes) => {
             let (text, encoding) = printable(bytes);
@@ -37,6 +43,7 @@ pub fn get_json(key: &str, value: Option<&[u8]>, meta: &ResponseMeta) -> serde_j
         "found": value.is_some(),
         "value": text,
         "encoding": encoding,
+        "version": value.map(|_| version),
         "meta": meta_json(meta),
     })
 }

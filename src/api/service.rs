@@ -880,7 +880,9 @@ mod forwarding_tests {
             .call(caller.clone(), read, Forwarding::ToPrimary)
             .await
         {
-            Response::Value { value: None, meta } => assert_eq!(meta.node_id, 1),
+            Response::Value {
+                value: None, meta, ..
+            } => assert_eq!(meta.node_id, 1),
             other => panic!("expected the primary's empty value, got {other:?}"),
         }
 

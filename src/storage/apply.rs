@@ -18,6 +18,8 @@
 //!   therefore never applied twice, whichever log entries carry it.
 //! - A `Batch` applies all its changes in order, in the same transaction as the rest; its result
 //!   says whether its first change's key existed and carries the answer the primary decided.
+//! - A key put by an entry takes the entry's index as its version, so every node (and every
+//!   replay) gives a key the same version.
 //! - The applied index ends at the last entry's index.
 
 use tracing::debug;
@@ -42,8 +44,8 @@ pub trait ApplyTarget {
     /// Removes the session record of `client_id`.
     fn remove_session(&mut self, client_id: u64) -> Result<(), Self::Error>;
 
-    /// Sets `key` to `value`; returns whether the key existed before.
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool, Self::Error>;
+    /// Sets `key` to `value` at `version`; returns whether the key existed before.
+    fn put(&mut self, key: &[u8], value: &[u8], version: LogIndex) -> Result<bool, Self::Error>;
 
     /// Removes `key`; returns whether it existed.
     fn delete(&mut self, key: &[u8]) -> Result<bool, Self::Error>;
@@ -133,9 +135,11 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
     }
 
     let (existed, answer) = match &entry.operation {
-        Operation::Put { key, value } => (target.put(key, value)?, None),
+        Operation::Put { key, value } => (target.put(key, value, entry.index)?, None),
         Operation::Delete { key } => (target.delete(key)?, None),
-        Operation::Batch { changes, answer } => (apply_changes(target, changes)?, answer.clone()),
+        Operation::Batch { changes, answer } => {
+            (apply_changes(target, changes, entry.index)?, answer.clone())
+        }
         Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => (false, None),
     };
     let result = WriteResult {
@@ -155,12 +159,17 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
     Ok(result)
 }
 
-/// Applies a batch's changes in order; returns whether the first change's key existed.
-fn apply_changes<T: ApplyTarget>(target: &mut T, changes: &[Change]) -> Result<bool, T::Error> {
+/// Applies a batch's changes in order, at `version`; returns whether the first change's key
+/// existed.
+fn apply_changes<T: ApplyTarget>(
+    target: &mut T,
+    changes: &[Change],
+    version: LogIndex,
+) -> Result<bool, T::Error> {
     let mut first_existed = None;
     for change in changes {
         let existed = match change {
-            Change::Put { key, value } => target.put(key, value)?,
+            Change::Put { key, value } => target.put(key, value, version)?,
             Change::Delete { key } => target.delete(key)?,
         };
         first_existed.get_or_insert(existed);

@@ -23,7 +23,7 @@ use crate::storage::rules::{
 use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot, Versioned,
     WriteResult,
 };
 
@@ -54,7 +54,7 @@ enum Write {
     Compact(LogIndex),
     BeginSnapshot,
     StageSnapshot(
-        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        Vec<(Vec<u8>, Option<Versioned>)>,
         Vec<(u64, Option<Session>)>,
         StagedSnapshot,
     ),
@@ -70,12 +70,12 @@ enum Write {
 struct Contents {
     /// Entries `meta.log_start ..`, contiguous, so entry `i` is at `i - meta.log_start`.
     log: Vec<Entry>,
-    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    state: BTreeMap<Vec<u8>, Versioned>,
     sessions: BTreeMap<u64, Session>,
     rollback: Vec<RolledBack>,
     meta: Meta,
     /// A snapshot being received, beside the live state.
-    staged: BTreeMap<Vec<u8>, Vec<u8>>,
+    staged: BTreeMap<Vec<u8>, Versioned>,
     /// Its sessions, beside the live ones.
     staged_sessions: BTreeMap<u64, Session>,
     /// How far the staging got (staged in the same write as the pairs it covers, so a crash
@@ -229,7 +229,7 @@ impl Contents {
 
     fn stage(
         &mut self,
-        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        pairs: &[(Vec<u8>, Option<Versioned>)],
         sessions: &[(u64, Option<Session>)],
         progress: StagedSnapshot,
     ) {
@@ -343,8 +343,12 @@ impl ApplyTarget for StateTarget<'_> {
         Ok(())
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
-        Ok(self.0.state.insert(key.to_vec(), value.to_vec()).is_some())
+    fn put(&mut self, key: &[u8], value: &[u8], version: LogIndex) -> Result<bool> {
+        let versioned = Versioned {
+            version,
+            value: value.to_vec(),
+        };
+        Ok(self.0.state.insert(key.to_vec(), versioned).is_some())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
@@ -457,7 +461,7 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get_versioned(&self, key: &[u8]) -> Result<Option<Versioned>> {
         Ok(self.lock().live.state.get(key).cloned())
     }
 
@@ -475,7 +479,7 @@ impl Storage for MemoryStorage {
             .range::<[u8], _>((scan_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .filter(|(key, _)| shown_by_scan(prefix, key))
-            .map(Ok);
+            .map(|(key, versioned)| Ok((key, versioned.clone())));
         collect_page(pairs, max_pairs, max_bytes)
     }
 
@@ -502,7 +506,7 @@ impl Storage for MemoryStorage {
             .live
             .state
             .iter()
-            .map(|(key, value)| key.len() + value.len())
+            .map(|(key, versioned)| key.len() + versioned.value.len())
             .sum();
         Ok(state_bytes as u64 + self.log_bytes()?)
     }
@@ -517,7 +521,7 @@ impl Storage for MemoryStorage {
         &self,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
         let inner = self.lock();
         let range = match after {
             Some(after) => inner
@@ -526,7 +530,10 @@ impl Storage for MemoryStorage {
                 .range::<[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => inner.live.state.range::<[u8], _>(..),
         };
-        collect_chunk(range.map(Ok), max_bytes)
+        collect_chunk(
+            range.map(|(key, versioned)| Ok((key, versioned.clone()))),
+            max_bytes,
+        )
     }
 
     fn sessions_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Session)>> {
@@ -553,7 +560,7 @@ impl Storage for MemoryStorage {
 
     fn stage_snapshot(
         &self,
-        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        pairs: &[(Vec<u8>, Option<Versioned>)],
         sessions: &[(u64, Option<Session>)],
         progress: &StagedSnapshot,
     ) -> Result<()> {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot, Versioned,
     WriteResult,
 };
 
@@ -58,8 +58,8 @@ pub struct Meta {
 /// One page of a prefix scan ([`Storage::scan_page`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanPage {
-    /// Pairs in key order.
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Pairs in key order, each value with its version.
+    pub pairs: Vec<(Vec<u8>, Versioned)>,
     /// Whether pairs of the prefix remain after the last one of this page.
     pub more: bool,
 }
@@ -119,10 +119,16 @@ pub trait Storage: Send + Sync {
     /// Applies `entries` (which must start at `applied_index + 1`) to the state atomically with
     /// the applied index and the session records. A write whose request id is not newer than its
     /// session's last sequence is a duplicate: it changes nothing and its result is the stored one.
+    /// A key an entry puts takes the entry's index as its version.
     fn apply(&self, entries: &[Entry]) -> Result<Vec<WriteResult>>;
 
+    /// The value of `key` in the applied state, with its version.
+    fn get_versioned(&self, key: &[u8]) -> Result<Option<Versioned>>;
+
     /// The value of `key` in the applied state.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_versioned(key)?.map(|versioned| versioned.value))
+    }
 
     /// One page of the pairs whose key starts with `prefix` and comes after `after` (from the
     /// prefix's first key when `None`), in key order: at most `max_pairs` pairs and `max_bytes` of
@@ -141,7 +147,12 @@ pub trait Storage: Send + Sync {
     /// Up to `limit` pairs whose key starts with `prefix`, in key order, in one read (for tests
     /// and tools; the node reads pages).
     fn scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(self.scan_page(prefix, None, limit, usize::MAX)?.pairs)
+        let page = self.scan_page(prefix, None, limit, usize::MAX)?;
+        Ok(page
+            .pairs
+            .into_iter()
+            .map(|(key, versioned)| (key, versioned.value))
+            .collect())
     }
 
     /// The session record of `client_id`, if any.
@@ -180,7 +191,7 @@ pub trait Storage: Send + Sync {
         &self,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    ) -> Result<Vec<(Vec<u8>, Versioned)>>;
 
     /// Discards any staged snapshot and its record, and starts staging a new one, beside the
     /// live state and sessions.
@@ -192,7 +203,7 @@ pub trait Storage: Send + Sync {
     /// lower begin index is recorded before the pairs, the new position after them.
     fn stage_snapshot(
         &self,
-        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        pairs: &[(Vec<u8>, Option<Versioned>)],
         sessions: &[(u64, Option<Session>)],
         progress: &StagedSnapshot,
     ) -> Result<()>;

@@ -11,11 +11,12 @@ use std::ops::Bound;
 
 use crate::error::{Error, Result};
 use crate::storage::ScanPage;
-use crate::wire::message::{Answer, Entry, Epoch, LogIndex, Session};
+use crate::wire::message::{Answer, Entry, Epoch, LogIndex, Session, Versioned};
 
 /// The most postcard adds to a pair's key and value bytes in a message: two length prefixes (at
-/// most 5 bytes each below 32 GiB) and the tag of an optional value.
-pub const PAIR_FRAMING_BYTES: usize = 16;
+/// most 5 bytes each below 32 GiB), the tag of an optional value, and the value's version that a
+/// snapshot carries (a varint `u64`, at most 10 bytes).
+pub const PAIR_FRAMING_BYTES: usize = 26;
 
 /// The most one `(client id, Option<Session>)` of a snapshot chunk takes encoded, apart from a
 /// value its answer holds (see [`session_record_bytes`]): three varint `u64`s of at most 10 bytes,
@@ -67,10 +68,10 @@ pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
 
 /// Collects state pairs in order until `max_bytes` of encoded pairs (at least one pair): the
 /// chunking rule of [`Storage::state_chunk`](super::Storage::state_chunk), shared by both engines.
-pub(crate) fn collect_chunk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-    pairs: impl Iterator<Item = Result<(K, V)>>,
+pub(crate) fn collect_chunk<K: AsRef<[u8]>>(
+    pairs: impl Iterator<Item = Result<(K, Versioned)>>,
     max_bytes: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+) -> Result<Vec<(Vec<u8>, Versioned)>> {
     Ok(collect_page(pairs, usize::MAX, max_bytes)?.pairs)
 }
 
@@ -78,17 +79,17 @@ pub(crate) fn collect_chunk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
 /// pairs (at least one pair unless `max_pairs` is 0), and says whether any pair is left after it:
 /// the paging rule of [`Storage::scan_page`](super::Storage::scan_page). Reads at most one pair
 /// past the page.
-pub(crate) fn collect_page<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-    pairs: impl Iterator<Item = Result<(K, V)>>,
+pub(crate) fn collect_page<K: AsRef<[u8]>>(
+    pairs: impl Iterator<Item = Result<(K, Versioned)>>,
     max_pairs: usize,
     max_bytes: usize,
 ) -> Result<ScanPage> {
     let mut page = Vec::new();
     let mut bytes = 0usize;
     for pair in pairs {
-        let (key, value) = pair?;
-        let (key, value) = (key.as_ref(), value.as_ref());
-        let size = framed_pair_bytes(key, value);
+        let (key, versioned) = pair?;
+        let key = key.as_ref();
+        let size = framed_pair_bytes(key, &versioned.value);
         if page.len() >= max_pairs || !fits(page.len(), bytes, size, max_bytes) {
             return Ok(ScanPage {
                 pairs: page,
@@ -96,7 +97,7 @@ pub(crate) fn collect_page<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             });
         }
         bytes += size;
-        page.push((key.to_vec(), value.to_vec()));
+        page.push((key.to_vec(), versioned));
     }
     Ok(ScanPage {
         pairs: page,

@@ -4,14 +4,16 @@
 //! | tree | key | value (postcard) |
 //! |---|---|---|
 //! | `log` | index, u64 big-endian | [`Entry`] |
-//! | `state` | user key | user value (raw bytes) |
+//! | `state` | user key | the key's version (u64 big-endian), then its value (raw bytes) |
 //! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch, install marker, staged-snapshot record |
 //! | `sessions` | client id, u64 big-endian | [`Session`] |
 //! | `rollback` | sequence number, u64 big-endian | [`RolledBack`] |
-//! | `snapshot` | user key | user value: the state of a snapshot being received |
+//! | `snapshot` | user key | as in `state`: the state of a snapshot being received |
 //! | `snapshot_sessions` | client id, u64 big-endian | [`Session`]: its sessions |
 //!
 //! Big-endian keys make sled's byte order the numeric order, so range scans walk the log in order.
+//! `meta` also records the store's format ([`STATE_FORMAT`]): a store written before the state
+//! kept versions is refused with a clear error, never misread.
 //! Rollback records are keyed by a counter rather than by `(epoch, index)`: the counter is unique
 //! even if the same position is rolled back twice, and its order is exactly "oldest first".
 //!
@@ -48,7 +50,7 @@ use crate::storage::rules::{
 use crate::storage::system_keys::shown_by_scan;
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
-    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot,
+    Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot, Versioned,
     WriteResult,
 };
 
@@ -62,6 +64,15 @@ const META_SNAPSHOT_EPOCH: &[u8] = b"snapshot_epoch";
 const META_INSTALLING: &[u8] = b"installing_snapshot";
 /// The record of the staged snapshot ([`StagedSnapshot`]): how far its transfer got.
 const META_STAGED_SNAPSHOT: &[u8] = b"staged_snapshot";
+/// The format of the `state` and `snapshot` values ([`STATE_FORMAT`]).
+const META_STATE_FORMAT: &[u8] = b"state_format";
+
+/// The format of the values in `state` and `snapshot`: 2 prefixes each value with its version.
+/// Format 1 (raw values) had no record.
+pub const STATE_FORMAT: u64 = 2;
+
+/// Bytes of the version that starts a stored value.
+const VERSION_BYTES: usize = 8;
 
 /// Large enough for any postcard-encoded `u64` or [`Session`] (at most 21 bytes), so the hot
 /// path encodes them without allocating; values this small are stored inline by sled's `IVec`.
@@ -119,6 +130,7 @@ impl SledStorage {
         let snapshot = open_tree("snapshot")?;
         let snapshot_sessions = open_tree("snapshot_sessions")?;
 
+        check_state_format(&meta, &log, &state, path)?;
         let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
         let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
         let last = match log.last()? {
@@ -391,8 +403,11 @@ impl Storage for SledStorage {
             .map_err(from_transaction_error)
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.get(key)?.map(|value| value.to_vec()))
+    fn get_versioned(&self, key: &[u8]) -> Result<Option<Versioned>> {
+        match self.state.get(key)? {
+            Some(stored) => Ok(Some(decode_versioned(key, &stored)?)),
+            None => Ok(None),
+        }
     }
 
     fn scan_page(
@@ -413,7 +428,8 @@ impl Storage for SledStorage {
             .filter(|item| {
                 item.as_ref()
                     .map_or(true, |(key, _)| shown_by_scan(prefix, key))
-            });
+            })
+            .map(decode_pair);
         collect_page(pairs, max_pairs, max_bytes)
     }
 
@@ -480,14 +496,17 @@ impl Storage for SledStorage {
         &self,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
         let range = match after {
             Some(after) => self
                 .state
                 .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.state.iter(),
         };
-        collect_chunk(range.map(|item| item.map_err(Error::from)), max_bytes)
+        collect_chunk(
+            range.map(|item| decode_pair(item.map_err(Error::from))),
+            max_bytes,
+        )
     }
 
     fn sessions_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Session)>> {
@@ -518,7 +537,7 @@ impl Storage for SledStorage {
 
     fn stage_snapshot(
         &self,
-        pairs: &[(Vec<u8>, Option<Vec<u8>>)],
+        pairs: &[(Vec<u8>, Option<Versioned>)],
         sessions: &[(u64, Option<Session>)],
         progress: &StagedSnapshot,
     ) -> Result<()> {
@@ -537,7 +556,10 @@ impl Storage for SledStorage {
         let mut batch = Batch::default();
         for (key, value) in pairs {
             match value {
-                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                Some(versioned) => batch.insert(
+                    key.as_slice(),
+                    encode_versioned(versioned.version, &versioned.value),
+                ),
                 None => batch.remove(key.as_slice()),
             }
         }
@@ -693,6 +715,57 @@ impl SledStorage {
     }
 }
 
+/// A value as `state` and `snapshot` store it: its version, big-endian, then its bytes.
+fn encode_versioned(version: LogIndex, value: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(VERSION_BYTES + value.len());
+    stored.extend_from_slice(&version.to_be_bytes());
+    stored.extend_from_slice(value);
+    stored
+}
+
+/// Reads back what [`encode_versioned`] stored under `key`.
+fn decode_versioned(key: &[u8], stored: &[u8]) -> Result<Versioned> {
+    let Some((version, value)) = stored.split_first_chunk::<VERSION_BYTES>() else {
+        return Err(Error::Storage(format!(
+            "the state value of key {key:?} is {} bytes, shorter than its version",
+            stored.len()
+        )));
+    };
+    Ok(Versioned {
+        version: u64::from_be_bytes(*version),
+        value: value.to_vec(),
+    })
+}
+
+fn decode_pair(item: Result<(IVec, IVec)>) -> Result<(IVec, Versioned)> {
+    let (key, stored) = item?;
+    let versioned = decode_versioned(&key, &stored)?;
+    Ok((key, versioned))
+}
+
+/// Records [`STATE_FORMAT`] in a new store; refuses a store written in another format (one with
+/// a log or a state but no record was written before versions, in format 1).
+fn check_state_format(meta: &Tree, log: &Tree, state: &Tree, path: &Path) -> Result<()> {
+    let format = match read_value::<u64>(meta, META_STATE_FORMAT)? {
+        Some(format) => format,
+        None if log.is_empty() && state.is_empty() && meta.is_empty() => {
+            let encoded = encode(&STATE_FORMAT, || "state format".to_string())?;
+            meta.insert(META_STATE_FORMAT, encoded)?;
+            STATE_FORMAT
+        }
+        None => 1,
+    };
+    if format != STATE_FORMAT {
+        return Err(Error::Storage(format!(
+            "the data directory {} holds state format {format}, and this kvnode reads format \
+             {STATE_FORMAT} only (a version with each key); it was left unchanged. Copy its keys \
+             into a new cluster by client (`kvctl scan`, `kvctl put`); see docs/OPERATIONS.md",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// What a truncation needs to rebuild the state from the log entries that remain.
 struct Rebuild {
     state_keys: Vec<IVec>,
@@ -763,8 +836,16 @@ impl ApplyTarget for TransactionTarget<'_> {
         Ok(())
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<bool, Self::Error> {
-        Ok(self.state.insert(key, value)?.is_some())
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        version: LogIndex,
+    ) -> std::result::Result<bool, Self::Error> {
+        Ok(self
+            .state
+            .insert(key, encode_versioned(version, value))?
+            .is_some())
     }
 
     fn delete(&mut self, key: &[u8]) -> std::result::Result<bool, Self::Error> {

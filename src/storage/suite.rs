@@ -12,7 +12,7 @@ use super::{Meta, RolledBack, Storage};
 use crate::error::Error;
 use crate::wire::message::{
     Answer, Change, Entry, Epoch, LogIndex, Member, Membership, Operation, RequestId, Session,
-    SnapshotFinish, SnapshotPosition, StagedSnapshot, WriteResult,
+    SnapshotFinish, SnapshotPosition, StagedSnapshot, Versioned, WriteResult,
 };
 
 // --- entry builders ---
@@ -96,6 +96,13 @@ fn change_put(key: &str, value: &str) -> Change {
 
 fn bytes(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()
+}
+
+fn versioned(version: LogIndex, text: &str) -> Versioned {
+    Versioned {
+        version,
+        value: bytes(text),
+    }
 }
 
 fn is_storage_error<T: std::fmt::Debug>(outcome: crate::Result<T>) -> bool {
@@ -651,8 +658,8 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
     storage
         .stage_snapshot(
             &[
-                (bytes("a"), Some(bytes("1"))),
-                (bytes("b"), Some(bytes("2"))),
+                (bytes("a"), Some(versioned(11, "1"))),
+                (bytes("b"), Some(versioned(12, "2"))),
             ],
             &[(20, Some(session(3, 40))), (21, Some(session(1, 41)))],
             &staged(30, "b"),
@@ -661,7 +668,7 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
     // A later chunk deletes what an earlier one staged, and changes what it sent.
     storage
         .stage_snapshot(
-            &[(bytes("b"), None), (bytes("c"), Some(bytes("3")))],
+            &[(bytes("b"), None), (bytes("c"), Some(versioned(13, "3")))],
             &[(21, None), (20, Some(session(4, 50)))],
             &staged(30, "c"),
         )
@@ -675,6 +682,22 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
     assert_eq!(
         storage.scan(b"", 10).unwrap(),
         vec![(bytes("a"), bytes("1")), (bytes("c"), bytes("3"))]
+    );
+    // Each key keeps the version the snapshot carried.
+    assert_eq!(
+        storage.get_versioned(b"a").unwrap(),
+        Some(versioned(11, "1"))
+    );
+    assert_eq!(
+        storage.get_versioned(b"c").unwrap(),
+        Some(versioned(13, "3"))
+    );
+    assert_eq!(
+        storage.state_chunk(None, usize::MAX).unwrap(),
+        vec![
+            (bytes("a"), versioned(11, "1")),
+            (bytes("c"), versioned(13, "3"))
+        ]
     );
     assert_eq!(storage.sessions().unwrap(), vec![(20, session(4, 50))]);
     let meta = storage.meta().unwrap();
@@ -705,7 +728,7 @@ fn the_staging_record_follows_the_staged_chunks(storage: &dyn Storage) {
     assert_eq!(storage.staged_snapshot().unwrap(), None);
     storage.begin_snapshot().unwrap();
     assert_eq!(storage.staged_snapshot().unwrap(), None);
-    let pair = |key: &str| (bytes(key), Some(bytes("v")));
+    let pair = |key: &str| (bytes(key), Some(versioned(1, "v")));
     storage
         .stage_snapshot(&[pair("a")], &[], &staged(10, "a"))
         .unwrap();
@@ -775,6 +798,42 @@ fn truncating_applied_entries_rebuilds_the_state(storage: &dyn Storage) {
     assert_eq!(storage.session(7).unwrap(), None);
 }
 
+/// A key's version is the index of the entry that last put it, a put or a batch alike; a retry
+/// that changes nothing leaves it, a delete removes it, and a truncation that rebuilds the state
+/// gives back the versions of the entries that remain.
+fn a_key_takes_the_index_of_the_entry_that_put_it_as_its_version(storage: &dyn Storage) {
+    let log = vec![
+        with_request(put(1, 1, "a", "1"), 7, 1),
+        batch(1, 2, vec![change_put("b", "2"), change_put("a", "3")], None),
+        with_request(put(1, 3, "a", "retry"), 7, 1),
+        put(1, 4, "c", "4"),
+        delete(1, 5, "c"),
+    ];
+    append_and_apply(storage, &log);
+    assert_eq!(
+        storage.get_versioned(b"a").unwrap(),
+        Some(versioned(2, "3"))
+    );
+    assert_eq!(
+        storage.get_versioned(b"b").unwrap(),
+        Some(versioned(2, "2"))
+    );
+    assert_eq!(storage.get_versioned(b"c").unwrap(), None);
+    assert_eq!(
+        storage.scan_page(b"", None, 10, usize::MAX).unwrap().pairs,
+        vec![
+            (bytes("a"), versioned(2, "3")),
+            (bytes("b"), versioned(2, "2"))
+        ]
+    );
+    storage.truncate_suffix(2, 2).unwrap();
+    assert_eq!(
+        storage.get_versioned(b"a").unwrap(),
+        Some(versioned(1, "1"))
+    );
+    assert_eq!(storage.get_versioned(b"b").unwrap(), None);
+}
+
 fn truncating_unapplied_entries_keeps_the_state(storage: &dyn Storage) {
     let log = vec![
         put(1, 1, "a", "1"),
@@ -814,6 +873,7 @@ macro_rules! engine_suite {
             the_staging_record_follows_the_staged_chunks,
             truncating_applied_entries_rebuilds_the_state,
             truncating_unapplied_entries_keeps_the_state,
+            a_key_takes_the_index_of_the_entry_that_put_it_as_its_version,
         );
     };
     (@tests $open:path; $($test:ident),* $(,)?) => {
@@ -844,7 +904,7 @@ fn write_everything(storage: &dyn Storage, first_index: LogIndex, epoch: Epoch) 
 struct Dump {
     last: (Epoch, LogIndex),
     log: Vec<Entry>,
-    state: Vec<(Vec<u8>, Vec<u8>)>,
+    state: Vec<(Vec<u8>, Versioned)>,
     sessions: Vec<Option<Session>>,
     meta: Meta,
     rolled_back: Vec<RolledBack>,
@@ -854,7 +914,10 @@ fn dump(storage: &dyn Storage) -> Dump {
     Dump {
         last: storage.last().unwrap(),
         log: storage.entries(0, LogIndex::MAX, usize::MAX).unwrap(),
-        state: storage.scan(b"", usize::MAX).unwrap(),
+        state: storage
+            .scan_page(b"", None, usize::MAX, usize::MAX)
+            .unwrap()
+            .pairs,
         sessions: (0..10)
             .map(|client| storage.session(client).unwrap())
             .collect(),
@@ -919,7 +982,7 @@ mod memory_engine {
     fn a_crash_keeps_the_staging_record_with_the_chunks_it_covers() {
         let storage = MemoryStorage::new();
         storage.begin_snapshot().unwrap();
-        let chunk = |key: &str| vec![(bytes(key), Some(bytes("v")))];
+        let chunk = |key: &str| vec![(bytes(key), Some(versioned(1, "v")))];
         storage
             .stage_snapshot(&chunk("a"), &[], &staged(10, "a"))
             .unwrap();
@@ -1016,7 +1079,11 @@ mod sled_engine {
             let storage = SledStorage::open(dir.path()).unwrap();
             storage.begin_snapshot().unwrap();
             storage
-                .stage_snapshot(&[(bytes("a"), Some(bytes("v")))], &[], &staged(10, "a"))
+                .stage_snapshot(
+                    &[(bytes("a"), Some(versioned(1, "v")))],
+                    &[],
+                    &staged(10, "a"),
+                )
                 .unwrap();
             storage.flush().unwrap();
         }
@@ -1045,6 +1112,45 @@ mod sled_engine {
         let db = sled::open(dir).unwrap();
         db.open_tree(tree).unwrap().insert(key, value).unwrap();
         db.flush().unwrap();
+    }
+
+    /// A store written before the state kept versions (format 1: no format record, raw values)
+    /// is refused with an error that says so, not misread.
+    #[test]
+    fn a_store_of_an_older_state_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .remove("state_format")
+                .unwrap();
+            db.open_tree("state").unwrap().insert("k", "v").unwrap();
+            db.flush().unwrap();
+        }
+        match SledStorage::open(dir.path()) {
+            Err(Error::Storage(message)) => {
+                assert!(message.contains("state format 1"), "{message}")
+            }
+            other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// A value too short to hold its version is corruption, not a panic.
+    #[test]
+    fn a_state_value_without_its_version_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        corrupt(dir.path(), "state", b"k", b"short");
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert!(is_storage_error(storage.get(b"k")));
+        assert!(is_storage_error(storage.scan_page(
+            b"",
+            None,
+            10,
+            usize::MAX
+        )));
     }
 
     #[test]
@@ -1261,7 +1367,7 @@ mod equivalence {
                 to,
                 max_bytes,
             } => format!("{:?}", storage.entries(*from, *to, *max_bytes)),
-            Op::Get(id) => format!("{:?}", storage.get(&key(*id))),
+            Op::Get(id) => format!("{:?}", storage.get_versioned(&key(*id))),
             Op::Scan(prefix, limit) => {
                 format!("{:?}", storage.scan(&[b'a' + prefix], *limit))
             }

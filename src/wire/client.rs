@@ -386,6 +386,10 @@ pub enum Condition {
     IfAbsent,
     /// Only if the key exists (`XX`).
     IfPresent,
+    /// Only if the key's version (the index of the entry that last wrote it) is this one; 0
+    /// means the key is absent (HTTP `if-version`, `kvctl put --if-version`). etcd's
+    /// compare-and-set on `mod_revision`.
+    IfVersion(LogIndex),
 }
 
 /// What a write does to its key's expiry.
@@ -412,8 +416,11 @@ pub struct ResponseMeta {
 /// A response to a client request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// Answers [`Request::Get`]: the live value, and its version (the index of the entry that
+    /// last wrote it; 0 when the key is absent).
     Value {
         value: Option<Vec<u8>>,
+        version: LogIndex,
         meta: ResponseMeta,
     },
     /// A page of a [`Request::Scan`]. When `more` is set, pairs past this page remain: the next

@@ -110,6 +110,16 @@ impl Operation {
     }
 }
 
+/// A value of the state with its version: the index of the log entry that last wrote its key
+/// (etcd's `mod_revision`). Every node applies the same entry at the same index, so every node
+/// agrees on a key's version; a snapshot carries it. A compare-and-set names it
+/// ([`Condition::IfVersion`](crate::wire::client::Condition::IfVersion)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub version: LogIndex,
+    pub value: Vec<u8>,
+}
+
 /// A session the primary decided to expire, as it was when it decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpiredSession {
@@ -279,8 +289,8 @@ pub enum MessageBody {
         /// Where the transfer stands once this chunk is staged (what a resumed transfer sends
         /// next).
         position: SnapshotPosition,
-        /// Keys and values; `None` deletes a key staged by an earlier chunk.
-        pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        /// Keys and their versioned values; `None` deletes a key staged by an earlier chunk.
+        pairs: Vec<(Vec<u8>, Option<Versioned>)>,
         /// Session records by client id; `None` deletes a session staged by an earlier chunk.
         sessions: Vec<(u64, Option<Session>)>,
         finish: Option<SnapshotFinish>,

@@ -68,9 +68,11 @@ pub async fn get(
     node: Option<&str>,
     json: bool,
 ) -> Result<u8, Error> {
-    let (value, meta) = pinned(client, node).get(key, consistency).await?;
+    let (versioned, meta) = pinned(client, node).get_versioned(key, consistency).await?;
+    let version = versioned.as_ref().map_or(0, |versioned| versioned.version);
+    let value = versioned.map(|versioned| versioned.value);
     if json {
-        print_json(&output::get_json(key, value.as_deref(), &meta))?;
+        print_json(&output::get_json(key, value.as_deref(), version, &meta))?;
     }
     match value {
         Some(bytes) => {
@@ -122,13 +124,13 @@ pub async fn put(
     report_write(key, write_concern, answer, json)
 }
 
-/// `kvctl put --if-absent` / `--ttl`: a `Set` decided on the primary; returns whether it applied
-/// (a deadline is the TTL after this machine's clock).
+/// `kvctl put --if-absent` / `--if-version` / `--ttl`: a `Set` decided on the primary; returns
+/// whether it applied (a deadline is the TTL after this machine's clock).
 pub async fn put_decided(
     client: &Client,
     key: &str,
     value: &[u8],
-    (if_absent, ttl): (bool, Option<Duration>),
+    (condition, ttl): (Condition, Option<Duration>),
     write_concern: Option<WriteConcern>,
     json: bool,
 ) -> Result<bool, Error> {
@@ -141,11 +143,6 @@ pub async fn put_decided(
                 .unwrap_or_default();
             Expiry::At(u64::try_from((now + ttl).as_millis()).unwrap_or(u64::MAX))
         }
-    };
-    let condition = if if_absent {
-        Condition::IfAbsent
-    } else {
-        Condition::Always
     };
     let write = Write::Set {
         key: key.as_bytes().to_vec(),
@@ -162,7 +159,12 @@ pub async fn put_decided(
             serde_json::json!({ "key": key, "applied": applied, "index": result.index, "epoch": meta.epoch })
         );
     } else if !applied {
-        eprintln!("not written: {key:?} exists (--if-absent)");
+        match condition {
+            Condition::IfVersion(version) => {
+                eprintln!("not written: {key:?} is not at version {version} (--if-version)")
+            }
+            _ => eprintln!("not written: {key:?} exists (--if-absent)"),
+        }
     }
     Ok(applied)
 }

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use replikv::certs::CertRole;
 use replikv::client::Client;
 use replikv::config::{parse_duration, ClientConfig};
-use replikv::wire::client::ClientRole;
+use replikv::wire::client::{ClientRole, Condition};
 use replikv::wire::message::Member;
 use replikv::{Error, ErrorKind, NodeId, ReadConsistency, WriteConcern};
 
@@ -103,6 +103,10 @@ enum Command {
         /// Write only if KEY is absent (decided on the primary); exit code 7 if it exists.
         #[arg(long)]
         if_absent: bool,
+        /// Compare-and-set: write only if KEY is at this version (the index of the write that
+        /// set it, as `kvctl get --json` shows; 0 means absent); exit code 7 otherwise.
+        #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+        if_version: Option<u64>,
         /// The key expires this long after the write (e.g. 30s); without it a put clears any
         /// expiry, as Redis's SET does.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -379,16 +383,22 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             key,
             value,
             if_absent,
+            if_version,
             ttl,
             write_concern,
-        } if if_absent || ttl.is_some() => {
+        } if if_absent || if_version.is_some() || ttl.is_some() => {
             let value = commands::put_value(value)?;
+            let condition = match if_version {
+                Some(version) => Condition::IfVersion(version),
+                None if if_absent => Condition::IfAbsent,
+                None => Condition::Always,
+            };
             with_client(config, timeout, async |client| {
                 let applied = commands::put_decided(
                     client,
                     &key,
                     &value,
-                    (if_absent, ttl),
+                    (condition, ttl),
                     write_concern,
                     json,
                 )

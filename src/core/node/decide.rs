@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::storage::expiry::{clear_deadline, deadline_key, decode_deadline, set_deadline};
 use crate::wire::client::{Condition, Expiry, Write};
 use crate::wire::frame::MAX_CLIENT_FRAME_BYTES;
-use crate::wire::message::{Answer, Change, LogIndex, Operation};
+use crate::wire::message::{Answer, Change, LogIndex, Operation, Versioned};
 
 use super::Node;
 
@@ -43,6 +43,8 @@ pub(super) struct Decision {
 struct Current {
     /// The live value (`None` if absent or expired).
     value: Option<Vec<u8>>,
+    /// The live value's version: the index of the entry that wrote it (0 if absent or expired).
+    version: LogIndex,
     /// The deadline recorded for the key, expired or not (its records exist).
     recorded_deadline: Option<u64>,
 }
@@ -86,6 +88,7 @@ impl Node {
                     Condition::Always => true,
                     Condition::IfAbsent => current.value.is_none(),
                     Condition::IfPresent => current.value.is_some(),
+                    Condition::IfVersion(version) => current.version == version,
                 };
                 let mut changes = Vec::new();
                 if holds {
@@ -199,21 +202,22 @@ impl Node {
 
     /// `key` once every entry before `index` is applied, with its expiry judged now.
     fn current(&self, key: &[u8], index: LogIndex) -> Result<Current> {
-        let value = self.speculate(key, index)?;
+        let versioned = self.speculate(key, index)?;
         let recorded_deadline = self
             .speculate(&deadline_key(key), index)?
-            .as_deref()
-            .and_then(decode_deadline);
+            .and_then(|deadline| decode_deadline(&deadline.value));
         let live = recorded_deadline.is_none_or(|deadline| !self.is_expired(deadline));
+        let versioned = versioned.filter(|_| live);
         Ok(Current {
-            value: value.filter(|_| live),
+            version: versioned.as_ref().map_or(0, |versioned| versioned.version),
+            value: versioned.map(|versioned| versioned.value),
             recorded_deadline,
         })
     }
 
-    /// The value of `key` once every entry in the log before `index` is applied (the primary's
-    /// view), whatever its expiry.
-    pub(super) fn speculate(&self, key: &[u8], index: LogIndex) -> Result<Option<Vec<u8>>> {
+    /// The value of `key` and its version once every entry in the log before `index` is applied
+    /// (the primary's view), whatever its expiry.
+    pub(super) fn speculate(&self, key: &[u8], index: LogIndex) -> Result<Option<Versioned>> {
         for entry in self.log.cached_entries().rev() {
             if entry.index <= self.applied_index {
                 break;
@@ -221,15 +225,21 @@ impl Node {
             if entry.index >= index {
                 continue;
             }
+            let written = |value: &Vec<u8>| {
+                Some(Versioned {
+                    version: entry.index,
+                    value: value.clone(),
+                })
+            };
             match &entry.operation {
                 Operation::Put { key: k, value } if k.as_slice() == key => {
-                    return Ok(Some(value.clone()))
+                    return Ok(written(value))
                 }
                 Operation::Delete { key: k } if k.as_slice() == key => return Ok(None),
                 Operation::Batch { changes, .. } => {
                     let last = changes.iter().rev().find(|change| change.key() == key);
                     match last {
-                        Some(Change::Put { value, .. }) => return Ok(Some(value.clone())),
+                        Some(Change::Put { value, .. }) => return Ok(written(value)),
                         Some(Change::Delete { .. }) => return Ok(None),
                         None => {}
                     }
@@ -237,7 +247,7 @@ impl Node {
                 _ => {}
             }
         }
-        self.storage.get(key)
+        self.storage.get_versioned(key)
     }
 }
 

@@ -93,8 +93,7 @@ impl Node {
             }
             let recorded = self
                 .speculate(&deadline_key(key), next)?
-                .as_deref()
-                .and_then(decode_deadline);
+                .and_then(|recorded| decode_deadline(&recorded.value));
             if recorded == Some(deadline) {
                 changes.push(Change::Delete { key: key.to_vec() });
                 changes.extend(clear_deadline(key, Some(deadline)));

@@ -365,10 +365,12 @@ impl Node {
         let meta = self.meta();
         let response = match request {
             Request::Get { key, .. } => {
-                let value = self.storage.get(key)?;
-                let expired = value.is_some() && self.expired_in_state(key)?;
+                let versioned = self.storage.get_versioned(key)?;
+                let expired = versioned.is_some() && self.expired_in_state(key)?;
+                let versioned = versioned.filter(|_| !expired);
                 Response::Value {
-                    value: value.filter(|_| !expired),
+                    version: versioned.as_ref().map_or(0, |versioned| versioned.version),
+                    value: versioned.map(|versioned| versioned.value),
                     meta,
                 }
             }
@@ -402,9 +404,9 @@ impl Node {
                     self.options.max_scan_page_bytes,
                 )?;
                 let mut pairs = Vec::with_capacity(page.pairs.len());
-                for (key, value) in page.pairs {
+                for (key, versioned) in page.pairs {
                     if !self.expired_in_state(&key)? {
-                        pairs.push((key, value));
+                        pairs.push((key, versioned.value));
                     }
                 }
                 Response::Pairs {

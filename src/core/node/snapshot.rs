@@ -57,7 +57,7 @@ use crate::storage::{
 };
 use crate::wire::message::{
     Entry, Epoch, LogIndex, MessageBody, NodeId, Operation, Session, SnapshotFinish,
-    SnapshotPosition, StagedSnapshot,
+    SnapshotPosition, StagedSnapshot, Versioned,
 };
 
 use super::Node;
@@ -118,7 +118,7 @@ pub(super) struct SnapshotTransfer {
 /// What one chunk carries (the fields of [`MessageBody::SnapshotChunk`] past its numbering).
 #[derive(Default)]
 pub(super) struct Chunk {
-    pub(super) pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(super) pairs: Vec<(Vec<u8>, Option<Versioned>)>,
     pub(super) sessions: Vec<(u64, Option<Session>)>,
     pub(super) finish: Option<SnapshotFinish>,
 }
@@ -468,7 +468,7 @@ impl Node {
                     bytes += page
                         .pairs
                         .iter()
-                        .map(|(key, value)| framed_pair_bytes(key, value))
+                        .map(|(key, versioned)| framed_pair_bytes(key, &versioned.value))
                         .sum::<usize>();
                     let last = page.pairs.last().map(|(key, _)| key.clone()).or(after);
                     chunk.pairs.extend(
@@ -544,8 +544,11 @@ impl Node {
         let mut dirty_sessions = std::mem::take(&mut transfer.dirty_sessions);
         let taken = |chunk: &Chunk| chunk.pairs.len() + chunk.sessions.len();
         while let Some(key) = dirty_keys.first() {
-            let value = self.storage.get(key)?;
-            let size = framed_pair_bytes(key, value.as_deref().unwrap_or_default());
+            let value = self.storage.get_versioned(key)?;
+            let size = framed_pair_bytes(
+                key,
+                value.as_ref().map_or(&[][..], |versioned| &versioned.value),
+            );
             if !fits_in_batch(taken(chunk), bytes, size, budget) {
                 break;
             }
