@@ -1359,7 +1359,8 @@ fn response_meta(response: &Response) -> Option<ResponseMeta> {
         Response::Value { meta, .. }
         | Response::Pairs { meta, .. }
         | Response::Written { meta, .. }
-        | Response::Expiry { meta, .. } => Some(*meta),
+        | Response::Expiry { meta, .. }
+        | Response::KeyCount { meta, .. } => Some(*meta),
         Response::Status(_) | Response::Error(_) | Response::Users(_) | Response::Tokens(_) => None,
     }
 }
@@ -1370,6 +1371,7 @@ fn unexpected(wanted: &str, got: &Response) -> Error {
         Response::Pairs { .. } => "key-value pairs",
         Response::Written { .. } => "a write acknowledgement",
         Response::Expiry { .. } => "an expiry",
+        Response::KeyCount { .. } => "a key count",
         Response::Status(_) => "a status",
         Response::Error(_) => "an error",
         Response::Users(_) => "a list of users",

@@ -494,6 +494,7 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Get { .. } => "get",
         Request::GetExpiry { .. } => "get_expiry",
         Request::Scan { .. } => "scan",
+        Request::CountKeys { .. } => "count_keys",
         Request::Write { write, .. } => match write {
             Write::Put { .. } => "put",
             Write::Delete { .. } => "delete",

@@ -244,6 +244,32 @@ async fn the_redis_crate_pipelines_and_reads_its_writes_through_any_node() {
         .expect("a pipeline through a backup");
     assert_eq!(values, (0..50).collect::<Vec<i64>>());
 
+    // DBSIZE counts the keys (`crate-key` and `p0` … `p49`), linearizably by default, and a
+    // delete takes one away; the user records of the system keyspace are not counted.
+    let dbsize = |connection: &mut redis::aio::MultiplexedConnection| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("DBSIZE")
+                .query_async::<i64>(&mut connection)
+                .await
+                .expect("DBSIZE")
+        }
+    };
+    assert_eq!(dbsize(&mut backup_connection).await, 51);
+    let () = redis::cmd("DEL")
+        .arg("p0")
+        .query_async::<i64>(&mut primary_connection)
+        .await
+        .map(|_| ())
+        .expect("DEL");
+    assert_eq!(dbsize(&mut primary_connection).await, 50);
+    let info: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut backup_connection)
+        .await
+        .expect("INFO keyspace");
+    assert!(info.contains("db0:keys=50"), "{info}");
+
     // Transactions are refused with a clear error; unknown commands and arity get Redis's texts.
     let refused = redis::cmd("MULTI")
         .query_async::<()>(&mut backup_connection)

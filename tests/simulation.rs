@@ -1658,8 +1658,8 @@ impl Simulation {
     }
 
     /// Check 7: every live node's state is the committed log applied up to its applied index, each
-    /// request at most once, and its sessions table holds the last request the log applied for
-    /// each client.
+    /// request at most once, its sessions table holds the last request the log applied for each
+    /// client, and the key count it keeps is the number of its keys.
     fn check_final_states(&self, model: &AppliedModel) {
         for (id, node, storage) in self.live_nodes() {
             let applied = node.applied_index();
@@ -1667,6 +1667,17 @@ impl Simulation {
                 continue; // beyond what the checker saw committed (not a member any more)
             }
             let state = whole_state(storage.as_ref()).unwrap_or_default();
+            // The kept count of client keys is the number of keys (scans skip system keys).
+            let key_count = storage
+                .meta()
+                .map(|meta| meta.key_count)
+                .unwrap_or_default();
+            if key_count != state.len() as u64 {
+                self.fail(format!(
+                    "node {id} counts {key_count} keys but holds {}",
+                    state.len()
+                ));
+            }
             let expected = model.state_at(applied);
             if state != expected {
                 self.fail(format!(

@@ -345,6 +345,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
             Request::Get { .. }
             | Request::GetExpiry { .. }
             | Request::Scan { .. }
+            | Request::CountKeys { .. }
             | Request::Status
             | Request::Watch { .. }
             | Request::Write { .. } => Ok(()),
@@ -367,6 +368,7 @@ fn authorize(role: CertRole, request: &Request) -> Result<()> {
         Request::Get { .. }
         | Request::GetExpiry { .. }
         | Request::Scan { .. }
+        | Request::CountKeys { .. }
         | Request::Status
         | Request::Watch { .. } => (
             role.can_read(),

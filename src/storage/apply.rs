@@ -20,11 +20,14 @@
 //!   says whether its first change's key existed and carries the answer the primary decided.
 //! - A key put by an entry takes the entry's index as its version, so every node (and every
 //!   replay) gives a key the same version.
+//! - The key count moves by one for every client key created or removed (system keys are not
+//!   counted), in the same transaction.
 //! - The applied index ends at the last entry's index.
 
 use tracing::debug;
 
 use crate::error::Error;
+use crate::storage::system_keys::is_system_key;
 use crate::wire::message::{
     Change, Entry, ExpiredSession, LogIndex, Membership, Operation, Session, WriteResult,
 };
@@ -53,6 +56,12 @@ pub trait ApplyTarget {
     /// Records the new applied index.
     fn set_applied_index(&mut self, index: LogIndex) -> Result<(), Self::Error>;
 
+    /// How many client keys the state holds.
+    fn key_count(&mut self) -> Result<u64, Self::Error>;
+
+    /// Records how many client keys the state holds.
+    fn set_key_count(&mut self, count: u64) -> Result<(), Self::Error>;
+
     /// Records the membership of an applied membership entry, so that a restarted node knows the
     /// membership in force at its applied index.
     fn set_membership(&mut self, membership: &Membership) -> Result<(), Self::Error>;
@@ -68,11 +77,16 @@ pub fn apply_entries<T: ApplyTarget>(
 ) -> Result<Vec<WriteResult>, T::Error> {
     check_contiguous(applied_index, entries)?;
     let mut results = Vec::with_capacity(entries.len());
+    let before = target.key_count()?;
+    let mut count = before;
     for entry in entries {
-        results.push(apply_entry(target, entry)?);
+        results.push(apply_entry(target, entry, &mut count)?);
     }
     if let Some(last) = entries.last() {
         target.set_applied_index(last.index)?;
+    }
+    if count != before {
+        target.set_key_count(count)?;
     }
     Ok(results)
 }
@@ -90,7 +104,11 @@ fn check_contiguous(applied_index: LogIndex, entries: &[Entry]) -> Result<(), Er
     Ok(())
 }
 
-fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteResult, T::Error> {
+fn apply_entry<T: ApplyTarget>(
+    target: &mut T,
+    entry: &Entry,
+    count: &mut u64,
+) -> Result<WriteResult, T::Error> {
     let request_id = match &entry.operation {
         Operation::Membership(membership) => {
             target.set_membership(membership)?;
@@ -135,11 +153,12 @@ fn apply_entry<T: ApplyTarget>(target: &mut T, entry: &Entry) -> Result<WriteRes
     }
 
     let (existed, answer) = match &entry.operation {
-        Operation::Put { key, value } => (target.put(key, value, entry.index)?, None),
-        Operation::Delete { key } => (target.delete(key)?, None),
-        Operation::Batch { changes, answer } => {
-            (apply_changes(target, changes, entry.index)?, answer.clone())
-        }
+        Operation::Put { key, value } => (put(target, key, value, entry.index, count)?, None),
+        Operation::Delete { key } => (delete(target, key, count)?, None),
+        Operation::Batch { changes, answer } => (
+            apply_changes(target, changes, entry.index, count)?,
+            answer.clone(),
+        ),
         Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => (false, None),
     };
     let result = WriteResult {
@@ -165,16 +184,41 @@ fn apply_changes<T: ApplyTarget>(
     target: &mut T,
     changes: &[Change],
     version: LogIndex,
+    count: &mut u64,
 ) -> Result<bool, T::Error> {
     let mut first_existed = None;
     for change in changes {
         let existed = match change {
-            Change::Put { key, value } => target.put(key, value, version)?,
-            Change::Delete { key } => target.delete(key)?,
+            Change::Put { key, value } => put(target, key, value, version, count)?,
+            Change::Delete { key } => delete(target, key, count)?,
         };
         first_existed.get_or_insert(existed);
     }
     Ok(first_existed.unwrap_or(false))
+}
+
+/// Puts `key`, counting it if it is a new client key; returns whether it existed.
+fn put<T: ApplyTarget>(
+    target: &mut T,
+    key: &[u8],
+    value: &[u8],
+    version: LogIndex,
+    count: &mut u64,
+) -> Result<bool, T::Error> {
+    let existed = target.put(key, value, version)?;
+    if !existed && !is_system_key(key) {
+        *count += 1;
+    }
+    Ok(existed)
+}
+
+/// Removes `key`, uncounting it if it was a client key; returns whether it existed.
+fn delete<T: ApplyTarget>(target: &mut T, key: &[u8], count: &mut u64) -> Result<bool, T::Error> {
+    let existed = target.delete(key)?;
+    if existed && !is_system_key(key) {
+        *count = count.saturating_sub(1);
+    }
+    Ok(existed)
 }
 
 /// Removes the expired sessions that no write has touched since the primary chose them.

@@ -20,7 +20,7 @@ use crate::storage::rules::{
     check_append, check_compact, collect_chunk, collect_page, encoded_len, fits,
     rebuild_after_compaction, scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::system_keys::shown_by_scan;
+use crate::storage::system_keys::{count_client_keys, shown_by_scan};
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot, Versioned,
@@ -261,6 +261,7 @@ impl Contents {
             entry: entry.clone(),
         }));
         self.state = std::mem::take(&mut self.staged);
+        self.meta.key_count = count_client_keys(self.state.keys());
         self.sessions = std::mem::take(&mut self.staged_sessions);
         self.staged_progress = None;
         self.meta.applied_index = finish.index;
@@ -314,6 +315,7 @@ impl Contents {
             self.state.clear();
             self.sessions.clear();
             self.meta.applied_index = self.meta.log_start - 1;
+            self.meta.key_count = 0;
             let log = std::mem::take(&mut self.log);
             let reapplied = self.apply(&log);
             self.log = log;
@@ -357,6 +359,15 @@ impl ApplyTarget for StateTarget<'_> {
 
     fn set_applied_index(&mut self, index: LogIndex) -> Result<()> {
         self.0.meta.applied_index = index;
+        Ok(())
+    }
+
+    fn key_count(&mut self) -> Result<u64> {
+        Ok(self.0.meta.key_count)
+    }
+
+    fn set_key_count(&mut self, count: u64) -> Result<()> {
+        self.0.meta.key_count = count;
         Ok(())
     }
 

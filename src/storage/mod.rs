@@ -53,6 +53,10 @@ pub struct Meta {
     pub log_start: LogIndex,
     /// `(epoch, index)` of the entry just before `log_start` (the snapshot's last entry).
     pub snapshot_epoch: Epoch,
+    /// How many client keys the applied state holds (system keys are not counted; a key past its
+    /// deadline counts until the primary deletes it, as Redis's `DBSIZE` counts it). Moves with
+    /// the applied index.
+    pub key_count: u64,
 }
 
 /// One page of a prefix scan ([`Storage::scan_page`]).
@@ -119,7 +123,8 @@ pub trait Storage: Send + Sync {
     /// Applies `entries` (which must start at `applied_index + 1`) to the state atomically with
     /// the applied index and the session records. A write whose request id is not newer than its
     /// session's last sequence is a duplicate: it changes nothing and its result is the stored one.
-    /// A key an entry puts takes the entry's index as its version.
+    /// A key an entry puts takes the entry's index as its version; the key count
+    /// ([`Meta::key_count`]) moves with every client key created or removed.
     fn apply(&self, entries: &[Entry]) -> Result<Vec<WriteResult>>;
 
     /// The value of `key` in the applied state, with its version.

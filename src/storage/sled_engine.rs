@@ -47,7 +47,7 @@ use crate::storage::rules::{
     check_append, check_compact, collect_chunk, collect_page, fits, rebuild_after_compaction,
     scan_start, truncate_before_start, FIRST_INDEX,
 };
-use crate::storage::system_keys::shown_by_scan;
+use crate::storage::system_keys::{count_client_keys, shown_by_scan};
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
 use crate::wire::message::{
     Entry, Epoch, LogIndex, Membership, NodeId, Session, SnapshotFinish, StagedSnapshot, Versioned,
@@ -64,6 +64,8 @@ const META_SNAPSHOT_EPOCH: &[u8] = b"snapshot_epoch";
 const META_INSTALLING: &[u8] = b"installing_snapshot";
 /// The record of the staged snapshot ([`StagedSnapshot`]): how far its transfer got.
 const META_STAGED_SNAPSHOT: &[u8] = b"staged_snapshot";
+/// How many client keys `state` holds ([`Meta::key_count`]).
+const META_KEY_COUNT: &[u8] = b"key_count";
 /// The format of the `state` and `snapshot` values ([`STATE_FORMAT`]).
 const META_STATE_FORMAT: &[u8] = b"state_format";
 
@@ -332,6 +334,7 @@ impl Storage for SledStorage {
                         meta,
                     };
                     target.set_applied_index(rebuild.applied_index)?;
+                    target.set_key_count(0)?;
                     apply_entries(&mut target, rebuild.applied_index, &rebuild.entries)?;
                 }
                 Ok(())
@@ -363,6 +366,7 @@ impl Storage for SledStorage {
             membership: read_value(&self.meta, META_MEMBERSHIP)?,
             log_start: read_value(&self.meta, META_LOG_START)?.unwrap_or(FIRST_INDEX),
             snapshot_epoch: read_value(&self.meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default(),
+            key_count: read_value(&self.meta, META_KEY_COUNT)?.unwrap_or_default(),
         })
     }
 
@@ -644,8 +648,10 @@ impl SledStorage {
         self.state.clear()?;
         let mut batch = Batch::default();
         let mut staged = 0usize;
+        let mut key_count = 0u64;
         for item in self.snapshot.iter() {
             let (key, value) = item?;
+            key_count += count_client_keys([&key]);
             batch.insert(key, value);
             staged += 1;
             if staged % 4096 == 0 {
@@ -701,6 +707,7 @@ impl SledStorage {
             META_MEMBERSHIP,
             encode(&finish.membership, || "membership".into())?,
         );
+        batch.insert(META_KEY_COUNT, encode(&key_count, || "key count".into())?);
         batch.remove(META_INSTALLING);
         batch.remove(META_STAGED_SNAPSHOT);
         self.meta.apply_batch(batch)?;
@@ -856,6 +863,20 @@ impl ApplyTarget for TransactionTarget<'_> {
         let mut buffer = [0u8; SMALL_VALUE_BYTES];
         let value = encode_small(&index, &mut buffer)?;
         self.meta.insert(META_APPLIED_INDEX, value)?;
+        Ok(())
+    }
+
+    fn key_count(&mut self) -> std::result::Result<u64, Self::Error> {
+        match self.meta.get(META_KEY_COUNT)? {
+            Some(bytes) => Ok(decode(&bytes, || "key count".to_string())?),
+            None => Ok(0),
+        }
+    }
+
+    fn set_key_count(&mut self, count: u64) -> std::result::Result<(), Self::Error> {
+        let mut buffer = [0u8; SMALL_VALUE_BYTES];
+        let value = encode_small(&count, &mut buffer)?;
+        self.meta.insert(META_KEY_COUNT, value)?;
         Ok(())
     }
 

@@ -252,6 +252,7 @@ fn meta_round_trips(storage: &dyn Storage) {
             membership: Some(membership(&[1, 2, 3])),
             log_start: 1,
             snapshot_epoch: 0,
+            key_count: 0,
         }
     );
 
@@ -834,6 +835,65 @@ fn a_key_takes_the_index_of_the_entry_that_put_it_as_its_version(storage: &dyn S
     assert_eq!(storage.get_versioned(b"b").unwrap(), None);
 }
 
+/// The key count moves with every client key created or removed, by puts, deletes and batches,
+/// and not with overwrites, retries, deletes of absent keys or system keys; a truncation that
+/// rebuilds the state and a snapshot install recount it.
+fn the_key_count_follows_the_client_keys(storage: &dyn Storage) {
+    let count = |storage: &dyn Storage| storage.meta().unwrap().key_count;
+    let system = super::system_keys::system_key("user", b"alice");
+    let log = vec![
+        with_request(put(1, 1, "a", "1"), 7, 1),
+        put(1, 2, "b", "2"),
+        put(1, 3, "a", "overwritten"),
+        with_request(put(1, 4, "c", "retry"), 7, 1),
+        delete(1, 5, "absent"),
+        batch(
+            1,
+            6,
+            vec![
+                change_put("d", "4"),
+                Change::Put {
+                    key: system.clone(),
+                    value: bytes("record"),
+                },
+            ],
+            None,
+        ),
+    ];
+    append_and_apply(storage, &log);
+    assert_eq!(count(storage), 3, "a, b and d");
+    append_and_apply(storage, &[delete(1, 7, "b")]);
+    assert_eq!(count(storage), 2);
+    assert_eq!(
+        count(storage),
+        storage.scan(b"", usize::MAX).unwrap().len() as u64
+    );
+
+    storage.truncate_suffix(6, 2).unwrap();
+    assert_eq!(count(storage), 2, "a and b, rebuilt from entries 1 to 5");
+
+    storage.begin_snapshot().unwrap();
+    storage
+        .stage_snapshot(
+            &[
+                (bytes("x"), Some(versioned(3, "1"))),
+                (bytes("y"), Some(versioned(4, "2"))),
+                (bytes("z"), Some(versioned(5, "3"))),
+                (system, Some(versioned(5, "record"))),
+            ],
+            &[],
+            &staged(10, "z"),
+        )
+        .unwrap();
+    let finish = SnapshotFinish {
+        index: 20,
+        epoch: 2,
+        membership: membership(&[1, 2]),
+    };
+    storage.install_snapshot(&finish, 5, 2).unwrap();
+    assert_eq!(count(storage), 3, "x, y and z");
+}
+
 fn truncating_unapplied_entries_keeps_the_state(storage: &dyn Storage) {
     let log = vec![
         put(1, 1, "a", "1"),
@@ -874,6 +934,7 @@ macro_rules! engine_suite {
             truncating_applied_entries_rebuilds_the_state,
             truncating_unapplied_entries_keeps_the_state,
             a_key_takes_the_index_of_the_entry_that_put_it_as_its_version,
+            the_key_count_follows_the_client_keys,
         );
     };
     (@tests $open:path; $($test:ident),* $(,)?) => {

@@ -29,6 +29,17 @@ pub fn shown_by_scan(prefix: &[u8], key: &[u8]) -> bool {
     is_system_key(prefix) || !is_system_key(key)
 }
 
+/// How many of `keys` are client keys (not system keys): the key count of a state.
+pub fn count_client_keys<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> u64 {
+    let mut count = 0;
+    for key in keys {
+        if !is_system_key(key.as_ref()) {
+            count += 1;
+        }
+    }
+    count
+}
+
 /// The system key of `name` in the record family `family` (for example `user`): the prefix, the
 /// family, a `/`, then the name. Families are fixed ASCII words, so no two families overlap.
 pub fn system_key(family: &str, name: &[u8]) -> Vec<u8> {

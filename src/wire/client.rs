@@ -145,6 +145,10 @@ pub enum Request {
         from: Option<LogIndex>,
         initial: bool,
     },
+    /// How many client keys the state holds (`DBSIZE`), read at `consistency` like a key;
+    /// answered [`Response::KeyCount`]. A key past its deadline counts until the primary deletes
+    /// it, as in Redis.
+    CountKeys { consistency: ReadConsistency },
 }
 
 /// The requests about users and API tokens, which are replicated state (docs/ARCHITECTURE.md,
@@ -204,7 +208,8 @@ impl Request {
         match self {
             Request::Get { consistency, .. }
             | Request::Scan { consistency, .. }
-            | Request::GetExpiry { consistency, .. } => Some(*consistency),
+            | Request::GetExpiry { consistency, .. }
+            | Request::CountKeys { consistency } => Some(*consistency),
             _ => None,
         }
     }
@@ -448,6 +453,11 @@ pub enum Response {
     Users(Vec<UserInfo>),
     /// Answers [`Request::TokenList`].
     Tokens(Vec<TokenInfo>),
+    /// Answers [`Request::CountKeys`].
+    KeyCount {
+        count: u64,
+        meta: ResponseMeta,
+    },
 }
 
 /// The role a node plays.

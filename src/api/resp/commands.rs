@@ -371,7 +371,7 @@ const COMMANDS: &[CommandSpec] = &[
         &["readonly"],
         NO_KEYS,
         "server",
-        "Not supported yet: the store keeps no key count.",
+        "The number of keys (at the connection's read consistency).",
     ),
     spec(
         "multi",
@@ -599,10 +599,10 @@ impl Connection {
                 Err(reply) => reply,
             },
             "wait" => self.wait(door, args).await,
-            "dbsize" => Reply::err(
-                "DBSIZE is not supported yet: replikv keeps no count of its keys, and counting \
-                 them would mean scanning the whole store",
-            ),
+            "dbsize" => match self.count_keys(door).await {
+                Ok(count) => Reply::Integer(i64::try_from(count).unwrap_or(i64::MAX)),
+                Err(reply) => reply,
+            },
             "multi" => {
                 self.in_refused_transaction = true;
                 Reply::err(
@@ -817,8 +817,14 @@ impl Connection {
             text.push_str(&replication_section(&status));
         }
         if show("keyspace") {
-            // replikv keeps no key count (see DBSIZE), so no `db0:keys=…` line.
+            // As Redis: a `db0` line only when the database holds keys. replikv counts no
+            // expiring keys apart, so the line gives `keys` alone.
             text.push_str("# Keyspace\r\n");
+            match self.count_keys(door).await {
+                Ok(0) => {}
+                Ok(count) => text.push_str(&format!("db0:keys={count}\r\n")),
+                Err(reply) => return reply,
+            }
         }
         Reply::Bulk(text.into_bytes())
     }
@@ -847,6 +853,22 @@ impl Connection {
             .await
         {
             Response::Value { value, .. } => Ok(value),
+            Response::Error(err) => Err(error_reply(&err)),
+            other => Err(error_reply(&unexpected(&other))),
+        }
+    }
+
+    /// How many keys the store holds (`DBSIZE`), at the connection's read consistency.
+    async fn count_keys(&self, door: &Door) -> Result<u64, Reply> {
+        let request = Request::CountKeys {
+            consistency: self.consistency,
+        };
+        match door
+            .service
+            .call(self.caller.clone(), request, Forwarding::ToPrimary)
+            .await
+        {
+            Response::KeyCount { count, .. } => Ok(count),
             Response::Error(err) => Err(error_reply(&err)),
             other => Err(error_reply(&unexpected(&other))),
         }

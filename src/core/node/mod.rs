@@ -542,7 +542,8 @@ impl Node {
             }
             Request::Get { consistency, .. }
             | Request::Scan { consistency, .. }
-            | Request::GetExpiry { consistency, .. } => {
+            | Request::GetExpiry { consistency, .. }
+            | Request::CountKeys { consistency } => {
                 self.read(token, request.clone(), consistency)?
             }
             Request::Write {

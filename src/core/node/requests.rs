@@ -415,6 +415,10 @@ impl Node {
                     meta,
                 }
             }
+            Request::CountKeys { .. } => Response::KeyCount {
+                count: self.storage.meta()?.key_count,
+                meta,
+            },
             _ => Response::Error(Error::Internal("not a read".into())),
         };
         self.reply(token, response);
