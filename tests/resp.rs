@@ -8,7 +8,7 @@
 //! Python's `redis` package (PyPI) runs `tests/python/redis_client.py`; under `CI=true` a missing
 //! package fails the test (`.ci/run` installs it).
 //!
-//! Address blocks: 127.0.0.181-189, ports 24181-24193; 127.0.0.241-249, ports 25450-25473.
+//! Address blocks: 127.0.0.181-189, ports 24181-24193; 127.0.0.241-253, ports 25450-25483.
 
 mod common;
 
@@ -593,6 +593,70 @@ async fn a_write_forwarded_as_its_door_node_takes_over_goes_to_that_node() {
                 .expect("read back a forwarded write");
             assert_eq!(value.as_deref(), Some(expected.as_bytes()), "{key}");
         }
+    }
+}
+
+/// Plain `SET`s pipelined back to back run as one write (one log entry, so one version for their
+/// keys), yet each is answered as it would be alone, in order: a later `SET` of the same key wins,
+/// and a key no `SET` may write (the system keyspace) is refused on its own while its neighbours
+/// are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sets_run_as_one_write_and_answer_one_by_one() {
+    let (cluster, _, backup) = cluster(251, 25480).await;
+    let client = redis::Client::open(format!(
+        "redis://{RESP_USER}:{RESP_PASSWORD}@{}/",
+        cluster.spec.resp_addr(backup)
+    ))
+    .expect("a redis client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the backup's RESP door");
+    let mut pipe = redis::pipe();
+    // Each command's own answer, an error included, rather than the first error for all.
+    pipe.ignore_errors();
+    for i in 0..100 {
+        pipe.cmd("SET").arg(format!("joined{i}")).arg(i);
+    }
+    pipe.cmd("SET").arg("joined0").arg("last");
+    pipe.cmd("SET")
+        .arg(b"\xff\x00replikv/user/mallory")
+        .arg("x");
+    pipe.cmd("SET").arg("after-refused").arg("y");
+    let replies: Vec<redis::Value> = pipe
+        .query_async(&mut connection)
+        .await
+        .expect("the pipeline is answered");
+    assert_eq!(replies.len(), 103);
+    for (i, reply) in replies.iter().enumerate() {
+        match (i, reply) {
+            (101, redis::Value::ServerError(_)) => {}
+            (_, redis::Value::Okay) if i != 101 => {}
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+
+    let reader = cluster.client(READWRITE_CLIENT);
+    let mut versions = std::collections::BTreeSet::new();
+    for i in 1..100 {
+        let (value, _) = reader
+            .get_versioned(format!("joined{i}"), ReadConsistency::Linearizable)
+            .await
+            .expect("read a pipelined key");
+        let value = value.expect("every pipelined SET was written");
+        assert_eq!(value.value, i.to_string().into_bytes());
+        versions.insert(value.version);
+    }
+    assert!(
+        versions.len() < 99,
+        "99 pipelined SETs took 99 log entries: none ran together"
+    );
+    for (key, expected) in [("joined0", "last"), ("after-refused", "y")] {
+        let (value, _) = reader
+            .get(key, ReadConsistency::Linearizable)
+            .await
+            .expect("read back");
+        assert_eq!(value.as_deref(), Some(expected.as_bytes()), "{key}");
     }
 }
 

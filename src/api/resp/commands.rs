@@ -24,14 +24,17 @@ use super::reply::{error_reply, Protocol, Reply};
 use super::{Door, MAX_RESP_CLIENTS};
 use crate::api::auth::WRONG_CREDENTIALS;
 use crate::api::service::{Caller, Forwarding, RequestIds};
-use crate::client::check_write_size;
+use crate::client::{check_write_size, MAX_VALUE_BYTES};
 use crate::config::tuning::CLIENT_TIMEOUT_MS;
 use crate::core::MAX_REQUEST_TIMEOUT_MS;
 use crate::error::Error;
+use crate::storage::framed_pair_bytes;
+use crate::storage::system_keys::is_system_key;
 use crate::wire::client::{
     ClusterStatus, MemberHealth, ReadConsistency, Request, Response, Role, Write, WriteConcern,
     WriteResult,
 };
+use crate::wire::frame::MAX_KEY_BYTES;
 
 /// The Redis version the door reports (`HELLO`, `INFO`): the command set it follows.
 pub const REDIS_COMPATIBLE_VERSION: &str = "7.2.0";
@@ -467,7 +470,48 @@ pub struct Connection {
     in_refused_transaction: bool,
 }
 
+/// Whether `args` is a plain `SET key value`: no options, so it may run with its neighbours
+/// ([`Connection::execute_sets`]).
+pub fn is_plain_set(args: &[Bytes]) -> bool {
+    args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
+}
+
 impl Connection {
+    /// Whether the plain `SET` `set` may run together with others, in one
+    /// [`Connection::execute_sets`] whose pairs take `joined_bytes` so far: only on an
+    /// authenticated connection outside a refused transaction, for a key that a `SET` alone may
+    /// write, and while the whole still fits one write. Returns the bytes with `set` joined.
+    /// Otherwise each runs alone, and answers alone, as it would in Redis.
+    pub fn may_join_sets(&self, door: &Door, joined_bytes: usize, set: &[Bytes]) -> Option<usize> {
+        if self.in_refused_transaction || door.service.role_of(&self.caller).is_err() {
+            return None;
+        }
+        let (key, value) = (&set[1], &set[2]);
+        if key.len() > MAX_KEY_BYTES || is_system_key(key) {
+            return None;
+        }
+        let joined_bytes = joined_bytes.saturating_add(framed_pair_bytes(key, value));
+        (joined_bytes <= MAX_VALUE_BYTES).then_some(joined_bytes)
+    }
+
+    /// Plain `SET key value` commands queued back to back on this connection, run as one write:
+    /// one log entry that sets every key in order (as `MSET` does), so a pipeline of `SET`s
+    /// costs one round of replication instead of one each. Each command is answered as it would
+    /// be alone: `OK` once the entry meets the write concern, or the write's error. Grouping
+    /// keeps the connection's order and is never weaker than running them one by one: other
+    /// clients see all of them or none.
+    pub async fn execute_sets(&mut self, door: &Door, sets: &[Vec<Bytes>]) -> Vec<Reply> {
+        let pairs = sets
+            .iter()
+            .map(|args| (args[1].to_vec(), args[2].to_vec()))
+            .collect();
+        let reply = match self.write(door, Write::PutMany { pairs }).await {
+            Ok(_) => Reply::ok(),
+            Err(reply) => reply,
+        };
+        vec![reply; sets.len()]
+    }
+
     pub fn new(id: u64, caller: Caller, remote: String, local: String) -> Self {
         Connection {
             id,

@@ -6,7 +6,9 @@
 //! queues them, at most [`PIPELINE_DEPTH`] deep; the executor runs them one at a time, in order,
 //! through the service ([`commands`]), and writes the replies ([`reply`]), flushing whenever the
 //! queue is empty. So a pipelining client is never waited on before its next command is read,
-//! replies come in command order, and one connection's writes enter the log in its order.
+//! replies come in command order, and one connection's writes enter the log in its order. Plain
+//! `SET`s queued back to back run as one write, one log entry
+//! ([`commands::Connection::execute_sets`]), at most [`MAX_JOINED_SETS`] of them.
 //!
 //! Invariants:
 //! - A connection starts as [`Caller::Anonymous`], or over TLS with a client certificate of the
@@ -46,7 +48,7 @@ use crate::net::tls;
 pub use commands::{REDIS_COMPATIBLE_VERSION, SCAN_KEY_LIMIT};
 pub use request::{MAX_ARGUMENTS, MAX_BULK_BYTES, MAX_COMMAND_BYTES, MAX_INLINE_BYTES};
 
-use commands::Connection;
+use commands::{is_plain_set, Connection};
 use reply::Reply;
 
 /// RESP connections a node serves at once.
@@ -58,6 +60,9 @@ pub const PIPELINE_DEPTH: usize = 1024;
 /// Bytes of commands parsed but not yet run, over every RESP connection of the node: a reader
 /// whose next command does not fit waits (and stops reading) until the executors catch up.
 pub const MAX_QUEUED_COMMAND_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most plain `SET`s of one connection run as one write.
+pub const MAX_JOINED_SETS: usize = 256;
 
 /// Replies buffered before they are written even though more commands are queued.
 const REPLY_FLUSH_BYTES: usize = 64 * 1024;
@@ -203,14 +208,59 @@ where
         tokio::spawn(read_commands(reader, queue, door.queued_bytes.clone()).in_current_span());
     let mut connection = Connection::new(id, caller, remote.to_string(), local);
     let mut out = BytesMut::new();
+    // A command taken off the queue while gathering plain SETs that could not join them.
+    let mut held: Option<Incoming> = None;
     loop {
-        let incoming = tokio::select! {
-            incoming = commands.recv() => incoming,
-            _ = shutdown.requested() => break,
+        let incoming = match held.take() {
+            Some(incoming) => Some(incoming),
+            None => tokio::select! {
+                incoming = commands.recv() => incoming,
+                _ = shutdown.requested() => break,
+            },
         };
         // `None`: the client finished sending and every command it sent has run.
         let Some(incoming) = incoming else { break };
         let close = match incoming {
+            Incoming::Command { args, _budget } if is_plain_set(&args) => {
+                let mut joined_bytes = connection.may_join_sets(door, 0, &args);
+                let mut sets = vec![args];
+                let mut budgets = vec![_budget];
+                while let Some(bytes) = joined_bytes.filter(|_| sets.len() < MAX_JOINED_SETS) {
+                    match commands.try_recv() {
+                        Ok(Incoming::Command { args, _budget }) if is_plain_set(&args) => {
+                            let Some(joined) = connection.may_join_sets(door, bytes, &args) else {
+                                held = Some(Incoming::Command { args, _budget });
+                                break;
+                            };
+                            joined_bytes = Some(joined);
+                            sets.push(args);
+                            budgets.push(_budget);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let [args] = sets.as_slice() {
+                    let outcome = tokio::select! {
+                        outcome = connection.execute(door, args) => outcome,
+                        _ = shutdown.requested() => break,
+                    };
+                    outcome.reply.encode(connection.protocol, &mut out);
+                    outcome.close
+                } else {
+                    let replies = tokio::select! {
+                        replies = connection.execute_sets(door, &sets) => replies,
+                        _ = shutdown.requested() => break,
+                    };
+                    for reply in replies {
+                        reply.encode(connection.protocol, &mut out);
+                    }
+                    false
+                }
+            }
             Incoming::Command { args, _budget } => {
                 let outcome = tokio::select! {
                     outcome = connection.execute(door, &args) => outcome,
@@ -225,7 +275,7 @@ where
                 true
             }
         };
-        if close || commands.is_empty() || out.len() >= REPLY_FLUSH_BYTES {
+        if close || (held.is_none() && commands.is_empty()) || out.len() >= REPLY_FLUSH_BYTES {
             if let Err(err) = write_out(&mut writer, &mut out).await {
                 debug!(%remote, %err, "cannot answer a RESP client; closing");
                 break;
