@@ -908,8 +908,14 @@ async fn watch_events(
             };
             let last = event.is_err();
             let event = event.unwrap_or_else(WatchEvent::End);
+            // A change that leaves others of its entry to come carries no id: resuming after
+            // its index would skip them.
+            let completes = match &event {
+                WatchEvent::Change(change) => watcher.completes(change.index),
+                _ => true,
+            };
             tokio::select! {
-                sent = events.send(server_sent_event(&event)) => if sent.is_err() { return },
+                sent = events.send(server_sent_event(&event, completes)) => if sent.is_err() { return },
                 // The client stopped reading: cut off, as the QUIC door does.
                 () = watcher.fallen_behind() => return,
             }
@@ -928,11 +934,15 @@ async fn watch_events(
     response
 }
 
-/// One Server-Sent Event: `id` (the index, where the event completes one), `event`, and the
-/// JSON on one `data` line.
-fn server_sent_event(event: &WatchEvent) -> Bytes {
+/// One Server-Sent Event: `id` (the index, where the event completes one: `completes` says so
+/// for a change), `event`, and the JSON on one `data` line.
+fn server_sent_event(event: &WatchEvent, completes: bool) -> Bytes {
     let (id, name, data) = match event {
-        WatchEvent::Change(change) => (Some(change.index), "change", change_json(change)),
+        WatchEvent::Change(change) => (
+            completes.then_some(change.index),
+            "change",
+            change_json(change),
+        ),
         WatchEvent::Progress { index } => (Some(*index), "progress", json!({ "index": index })),
         WatchEvent::Initial { pairs, index, more } => (
             (!more).then_some(*index),

@@ -12,8 +12,11 @@
 //!   applied index, and a catching-up watcher no further than the ring's start. A write that is
 //!   rolled back was never applied, so it is never seen.
 //! - A watcher examines every index from its start exactly once, in order: the changes it
-//!   delivers have strictly increasing indexes and, with its progress notifications, cover every
-//!   index without a gap.
+//!   delivers come in index order and, with its progress notifications, cover every index
+//!   without a gap. An entry that changes several keys (a batch: `SET` with options, `MSET`,
+//!   `INCR`, an expiry's delete) gives one change per key under the prefix, all at its index, in
+//!   the entry's order; they become ready together, so an index is complete once no ready
+//!   change has it ([`Watcher::completes`]).
 //! - Memory is bounded: the ring by [`WATCH_RING_ENTRIES`] and [`WATCH_RING_BYTES`], a watcher by
 //!   one read of the stored log or one slice of the ring ([`WATCH_READ_BYTES`]). A live watcher
 //!   that falls behind the ring is cut off with [`Error::WatchLagging`] rather than buffered; its
@@ -38,7 +41,7 @@ use crate::metrics::NodeView;
 use crate::storage::system_keys::is_system_key;
 use crate::storage::Storage;
 use crate::wire::client::{Change, WatchEvent};
-use crate::wire::message::{Entry, LogIndex, Operation};
+use crate::wire::message::{Change as MessageChange, Entry, LogIndex, Operation};
 
 /// How much the ring may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,30 +127,46 @@ impl Ring {
     }
 }
 
-/// What an entry costs in the ring: its key and value, and a little for the rest.
+/// What an entry costs in the ring: its keys and values, and a little for the rest.
 fn entry_bytes(entry: &Entry) -> usize {
     const OVERHEAD: usize = 64;
-    OVERHEAD
-        + match &entry.operation {
-            Operation::Put { key, value } => key.len() + value.len(),
-            Operation::Delete { key } => key.len(),
-            _ => 0,
-        }
+    let changes: usize = match &entry.operation {
+        Operation::Put { key, value } => key.len() + value.len(),
+        Operation::Delete { key } => key.len(),
+        Operation::Batch { changes, .. } => changes
+            .iter()
+            .map(|change| match change {
+                MessageChange::Put { key, value } => key.len() + value.len(),
+                MessageChange::Delete { key } => key.len(),
+            })
+            .sum(),
+        _ => 0,
+    };
+    OVERHEAD + changes
 }
 
-/// The change an entry makes to a key, if it is a client write.
-fn change_of(entry: &Entry) -> Option<Change> {
-    let (key, value) = match &entry.operation {
-        Operation::Put { key, value } => (key, Some(value.clone())),
-        Operation::Delete { key } => (key, None),
-        _ => return None,
-    };
-    Some(Change {
+/// The changes an entry makes to keys, in the entry's order: one for a put or a delete, one per
+/// change of a batch (`SET` with options, `MSET`, `INCR`, an expiry's delete…), all at the
+/// entry's index; none for any other entry. System keys are among them (callers drop them).
+fn changes_of(entry: &Entry) -> Vec<Change> {
+    let change = |key: &Vec<u8>, value: Option<&Vec<u8>>| Change {
         index: entry.index,
         epoch: entry.epoch,
         key: key.clone(),
-        value,
-    })
+        value: value.cloned(),
+    };
+    match &entry.operation {
+        Operation::Put { key, value } => vec![change(key, Some(value))],
+        Operation::Delete { key } => vec![change(key, None)],
+        Operation::Batch { changes, .. } => changes
+            .iter()
+            .map(|batched| match batched {
+                MessageChange::Put { key, value } => change(key, Some(value)),
+                MessageChange::Delete { key } => change(key, None),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 struct HubShared {
@@ -331,7 +350,7 @@ impl WatchHub {
                     oldest,
                 });
             }
-            for change in entries.iter().filter_map(change_of) {
+            for change in entries.iter().flat_map(changes_of) {
                 let in_an_older_page = ranges.iter().any(|(page_index, after, last)| {
                     *page_index < change.index
                         && after.as_ref().is_none_or(|after| change.key > *after)
@@ -437,6 +456,13 @@ impl Watcher {
         Some(event)
     }
 
+    /// Whether `index` is complete once the events taken so far are sent: no change at it is
+    /// still ready (the changes of one entry become ready together). A door that resumes by
+    /// index (Server-Sent Events' `Last-Event-ID`) names an index only where it is complete.
+    pub fn completes(&self, index: LogIndex) -> bool {
+        !matches!(self.ready.front(), Some(WatchEvent::Change(change)) if change.index == index)
+    }
+
     /// Resolves once this watcher, live, has fallen behind the ring: the door is blocked writing
     /// to a client that does not read, and cuts it off. Never resolves while catching up.
     pub fn fallen_behind(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -501,7 +527,7 @@ impl Watcher {
                 return; // the ring moved on meanwhile; the next fill finds out where it is
             }
             self.next += 1;
-            if let Some(change) = change_of(entry) {
+            for change in changes_of(entry) {
                 if change.key.starts_with(&self.prefix) && !is_system_key(&change.key) {
                     self.ready.push_back(WatchEvent::Change(change));
                 }
@@ -799,6 +825,54 @@ mod tests {
             value: b"secret".to_vec(),
         };
         node.apply(vec![system, put(2, "visible", "1")]);
+        assert_eq!(next_change(&mut watcher).await.index, 2);
+    }
+
+    /// A batch (`SET` with options, `MSET`, `INCR`, an expiry's delete) is one entry changing
+    /// several keys: each change under the prefix is delivered, at the entry's index, in order,
+    /// and the index is complete once the last of them is taken.
+    #[tokio::test]
+    async fn every_change_of_a_batch_under_the_prefix_is_delivered_at_its_index() {
+        let mut node = Harness::new();
+        let hub = node.hub(RingLimits::default());
+        let mut watcher = hub.watch(b"k".to_vec(), None).await.expect("watch");
+        let batch = Entry {
+            epoch: 1,
+            index: 1,
+            operation: Operation::Batch {
+                changes: vec![
+                    MessageChange::Put {
+                        key: b"k1".to_vec(),
+                        value: b"a".to_vec(),
+                    },
+                    MessageChange::Put {
+                        key: b"other".to_vec(),
+                        value: b"b".to_vec(),
+                    },
+                    MessageChange::Delete {
+                        key: [crate::storage::system_keys::SYSTEM_PREFIX, b"expiry/k1"].concat(),
+                    },
+                    MessageChange::Delete {
+                        key: b"k2".to_vec(),
+                    },
+                ],
+                answer: None,
+            },
+            request_id: None,
+        };
+        node.apply(vec![batch, put(2, "k3", "c")]);
+        let first = next_change(&mut watcher).await;
+        assert_eq!(
+            (first.index, first.key.as_slice(), first.value.as_deref()),
+            (1, &b"k1"[..], Some(&b"a"[..]))
+        );
+        assert!(!watcher.completes(1), "k2's delete is still to come");
+        let second = next_change(&mut watcher).await;
+        assert_eq!(
+            (second.index, second.key.as_slice(), second.value),
+            (1, &b"k2"[..], None)
+        );
+        assert!(watcher.completes(1));
         assert_eq!(next_change(&mut watcher).await.index, 2);
     }
 }

@@ -7,9 +7,10 @@
 //! log) from that index + 1.
 //!
 //! Invariants:
-//! - Delivered changes have strictly increasing indexes: a resumed watch starts after the last
-//!   one, and a change at or below it is never handed out again (no duplicate), whatever a node
-//!   sends.
+//! - Delivered changes come in index order, each once (no duplicate), whatever a node sends. An
+//!   entry that changes several keys (a batch) gives several changes at one index, in the entry's
+//!   order; a watch cut in the middle of them resumes at that index and skips, on the new stream,
+//!   as many of its changes as were handed out already.
 //! - Nothing is skipped: a node serves every committed change from the index asked for, or ends
 //!   with `Compacted`, which is returned once every known node has answered it.
 //! - The initial listing is handed out whole, once: pages are collected until the last one, and
@@ -41,8 +42,8 @@ pub struct WatchStream {
     from: Option<LogIndex>,
     /// The initial listing is still owed.
     initial: bool,
-    /// The last index delivered; the watch resumes after it.
-    position: Option<LogIndex>,
+    /// What has been handed out: where the watch resumes.
+    delivered: Delivered,
     /// Pages of the initial listing received so far.
     listing: Vec<(Vec<u8>, Vec<u8>)>,
     /// The open watch: its node, and the stream's two halves. Reads are buffered, so a burst of
@@ -66,7 +67,7 @@ impl WatchStream {
             prefix,
             from,
             initial,
-            position: None,
+            delivered: Delivered::default(),
             listing: Vec::new(),
             stream: None,
             attempt_number: rand::thread_rng().gen(),
@@ -76,7 +77,7 @@ impl WatchStream {
 
     /// The last index delivered (every change up to it has been handed out), once known.
     pub fn position(&self) -> Option<LogIndex> {
-        self.position
+        self.delivered.position
     }
 
     /// The address of the node serving the watch now, if any.
@@ -108,7 +109,7 @@ impl WatchStream {
                 _ if error.is_transient() => {}
                 _ => return Err(error),
             }
-            tracing::debug!(%error, position = ?self.position, "watch interrupted; resuming");
+            tracing::debug!(%error, position = ?self.delivered.position, "watch interrupted; resuming");
             let started = *failing_since.get_or_insert_with(Instant::now);
             if started.elapsed() >= self.timeout {
                 return Err(error);
@@ -149,7 +150,7 @@ impl WatchStream {
                 );
                 return Err(match reset.await {
                     Ok(Ok(Some(code))) if code == WATCH_LAGGING_CODE => Error::WatchLagging {
-                        next: self.position.map_or(0, |index| index + 1),
+                        next: self.delivered.position.map_or(0, |index| index + 1),
                     },
                     _ => error,
                 });
@@ -168,7 +169,7 @@ impl WatchStream {
                     return Ok(None);
                 }
                 self.initial = false;
-                self.position = Some(index);
+                self.delivered.listed(index);
                 Ok(Some(WatchEvent::Initial {
                     pairs: std::mem::take(&mut self.listing),
                     index,
@@ -177,23 +178,14 @@ impl WatchStream {
             }
             // Progress before the listing is complete says nothing the listing will not.
             WatchEvent::Progress { .. } if self.initial => Ok(None),
-            WatchEvent::Progress { index } => {
-                if self.position.is_some_and(|position| index < position) {
-                    return Ok(None);
-                }
-                self.position = Some(index);
-                Ok(Some(WatchEvent::Progress { index }))
-            }
-            WatchEvent::Change(change) => {
-                if self
-                    .position
-                    .is_some_and(|position| change.index <= position)
-                {
-                    return Ok(None);
-                }
-                self.position = Some(change.index);
-                Ok(Some(WatchEvent::Change(change)))
-            }
+            WatchEvent::Progress { index } => Ok(self
+                .delivered
+                .progress(index)
+                .then_some(WatchEvent::Progress { index })),
+            WatchEvent::Change(change) => Ok(self
+                .delivered
+                .change(change.index)
+                .then_some(WatchEvent::Change(change))),
         }
     }
 
@@ -216,14 +208,77 @@ impl WatchStream {
             .map_err(|err| connection_error(&addr, &err))?;
         let request = Request::Watch {
             prefix: self.prefix.clone(),
-            from: self.position.map(|index| index + 1).or(self.from),
+            from: self.delivered.position.map(|index| index + 1).or(self.from),
             initial: self.initial,
         };
         write_frame(&mut send, &request, MAX_CLIENT_FRAME_BYTES).await?;
         tracing::debug!(%addr, from = ?request_from(&request), "watching");
         let recv = BufReader::with_capacity(WATCH_WRITE_BYTES, recv);
         self.stream = Some((addr, send, recv));
+        self.delivered.stream_opened();
         Ok(())
+    }
+}
+
+/// What a watch has handed out, so that a resumed one hands out each change once: the complete
+/// indexes, and how far into the next one it got (an entry's changes share its index).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Delivered {
+    /// Every change up to this index has been handed out; the watch resumes after it.
+    position: Option<LogIndex>,
+    /// Changes at `position + 1` handed out already: that entry was handed out in part.
+    taken: usize,
+    /// On the open stream: the index of the last change received, and how many at it.
+    on_stream: (LogIndex, usize),
+}
+
+impl Delivered {
+    /// A new stream opens, from `position + 1`.
+    fn stream_opened(&mut self) {
+        self.on_stream = (0, 0);
+    }
+
+    /// The initial listing, complete at `index`.
+    fn listed(&mut self, index: LogIndex) {
+        self.position = Some(index);
+        self.taken = 0;
+    }
+
+    /// A progress notification: every change up to `index` was sent. Whether to hand it out.
+    fn progress(&mut self, index: LogIndex) -> bool {
+        if self.position.is_some_and(|position| index < position) {
+            return false;
+        }
+        if self.position != Some(index) {
+            self.position = Some(index);
+            self.taken = 0;
+        }
+        true
+    }
+
+    /// A change at `index` arrived on the open stream. Whether to hand it out: not if it was
+    /// handed out before (a resumed stream resends the entry it stopped in).
+    fn change(&mut self, index: LogIndex) -> bool {
+        let on_stream = match self.on_stream {
+            (at, count) if at == index => count + 1,
+            _ => 1,
+        };
+        self.on_stream = (index, on_stream);
+        if self.position.is_some_and(|position| index <= position) {
+            return false;
+        }
+        let partial = self.position.map(|position| position + 1);
+        if self.taken > 0 && partial == Some(index) {
+            if on_stream <= self.taken {
+                return false;
+            }
+            self.taken += 1;
+        } else {
+            // A later index: every change before it has been handed out.
+            self.position = Some(index.saturating_sub(1));
+            self.taken = 1;
+        }
+        true
     }
 }
 
@@ -231,5 +286,40 @@ fn request_from(request: &Request) -> Option<LogIndex> {
     match request {
         Request::Watch { from, .. } => *from,
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_cut_inside_an_entry_resumes_there_without_a_duplicate_or_a_gap() {
+        let mut delivered = Delivered::default();
+        delivered.stream_opened();
+        assert!(delivered.progress(4));
+        assert!(delivered.change(5));
+        // Entry 6 changes three keys; the stream breaks after two of them.
+        assert!(delivered.change(6));
+        assert!(delivered.change(6));
+        assert_eq!(delivered.position, Some(5), "entry 6 is not complete");
+        // The resumed stream starts at 6 and sends its three changes again, then entry 7.
+        delivered.stream_opened();
+        let handed_out: Vec<bool> = [6, 6, 6, 7].map(|index| delivered.change(index)).to_vec();
+        assert_eq!(handed_out, [false, false, true, true]);
+        assert_eq!(delivered.position, Some(6));
+        // A node that sends an older change or progress again hands out nothing.
+        assert!(!delivered.change(5));
+        assert!(!delivered.progress(3));
+        assert!(delivered.progress(9));
+        assert_eq!((delivered.position, delivered.taken), (Some(9), 0));
+    }
+
+    #[test]
+    fn changes_of_one_entry_on_one_stream_are_all_handed_out() {
+        let mut delivered = Delivered::default();
+        delivered.stream_opened();
+        assert!([3, 3, 3, 4, 4].iter().all(|&index| delivered.change(index)));
+        assert_eq!((delivered.position, delivered.taken), (Some(3), 2));
     }
 }

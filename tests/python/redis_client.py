@@ -77,7 +77,69 @@ def main():
     except redis.ResponseError as error:
         if not str(error).startswith("unknown command 'NOSUCHCOMMAND'"):
             sys.exit(f"unknown command answered with: {error}")
+    keyspace_notifications(r)
     print("python redis client: every check passed")
+
+
+def keyspace_notifications(r):
+    """Committed changes announced on __keyspace@0__ (by pattern) and __keyevent@0__ (a channel),
+    on a pub/sub connection of their own, while another connection writes."""
+    p = r.pubsub()
+    p.psubscribe("__keyspace@0__:py:note*")
+    p.subscribe("__keyevent@0__:del")
+    confirmed = set()
+    while len(confirmed) < 2:
+        message = p.get_message(timeout=10)
+        if message is None:
+            sys.exit(f"subscriptions not confirmed: {confirmed}")
+        confirmed.add((message["type"], message["channel"]))
+    expect(
+        "subscription confirmations",
+        confirmed,
+        {("psubscribe", "__keyspace@0__:py:note*"), ("subscribe", "__keyevent@0__:del")},
+    )
+    expect("SET a watched key", r.set("py:note1", "a"), True)
+    expect("SET an unwatched key", r.set("py:other", "b"), True)
+    expect("DEL the watched key", r.delete("py:note1"), 1)
+    # The door's node may announce deletes committed just before the subscription (a backup
+    # applies on its tick, and a watch starts after what its node has applied): only
+    # py:note1's are counted.
+    received = []
+    while len(received) < 3:
+        message = p.get_message(timeout=10)
+        if message is None:
+            sys.exit(f"notifications missing; got {received}")
+        entry = (message["type"], message["channel"], message["data"])
+        if entry[0] == "message" and entry[2] != "py:note1":
+            continue
+        received.append(entry)
+    keyspace = [m for m in received if m[0] == "pmessage"]
+    expect(
+        "keyspace notifications, in commit order",
+        keyspace,
+        [
+            ("pmessage", "__keyspace@0__:py:note1", "set"),
+            ("pmessage", "__keyspace@0__:py:note1", "del"),
+        ],
+    )
+    expect(
+        "keyevent notification",
+        [m for m in received if m[0] == "message"],
+        [("message", "__keyevent@0__:del", "py:note1")],
+    )
+    expect("nothing more", p.get_message(timeout=1), None)
+    p.close()
+
+    # A channel nothing would announce (replikv has no PUBLISH) is refused, not left silent.
+    refused = r.pubsub()
+    try:
+        refused.subscribe("news")
+        refused.get_message(timeout=5)
+        sys.exit("a subscription to a plain channel was accepted")
+    except redis.ResponseError as error:
+        if "not a keyspace notification channel" not in str(error):
+            sys.exit(f"a plain channel was refused with: {error}")
+    refused.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ mod strings;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
+use super::notifications::{self, confirmation, Notice, Subscription};
 use super::pattern;
 use super::reply::{error_reply, Protocol, Reply};
 use super::{Door, MAX_RESP_CLIENTS};
@@ -369,6 +371,38 @@ const COMMANDS: &[CommandSpec] = &[
         "How many backups hold this connection's last write durably.",
     ),
     spec(
+        "subscribe",
+        -2,
+        &["pubsub", "noscript", "loading", "stale"],
+        NO_KEYS,
+        "pubsub",
+        "Keyspace notifications: __keyspace@0__:<key> (the event) or __keyevent@0__:set|del (the key).",
+    ),
+    spec(
+        "psubscribe",
+        -2,
+        &["pubsub", "noscript", "loading", "stale"],
+        NO_KEYS,
+        "pubsub",
+        "Keyspace notifications by pattern: __keyspace@0__:<glob> or __keyevent@0__:<glob>.",
+    ),
+    spec(
+        "unsubscribe",
+        -1,
+        &["pubsub", "noscript", "loading", "stale"],
+        NO_KEYS,
+        "pubsub",
+        "Stops the channels named, or all.",
+    ),
+    spec(
+        "punsubscribe",
+        -1,
+        &["pubsub", "noscript", "loading", "stale"],
+        NO_KEYS,
+        "pubsub",
+        "Stops the patterns named, or all.",
+    ),
+    spec(
         "dbsize",
         1,
         &["readonly"],
@@ -431,6 +465,17 @@ const NOT_YET: &[&str] = &[
     "pexpireat",
 ];
 
+/// What a RESP2 connection with subscriptions may run, as in Redis.
+const SUBSCRIBED_COMMANDS: &[&str] = &[
+    "subscribe",
+    "psubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "ping",
+    "quit",
+    "reset",
+];
+
 /// What a command answers, and whether the connection closes after the reply.
 pub struct Outcome {
     pub reply: Reply,
@@ -468,6 +513,10 @@ pub struct Connection {
     /// a transaction's commands runs on its own, and `EXEC` answers `EXECABORT`, as Redis does
     /// for a transaction with an error in it.
     in_refused_transaction: bool,
+    /// Keyspace notification subscriptions, by (is a pattern, channel or pattern).
+    subscriptions: std::collections::BTreeMap<(bool, Vec<u8>), Subscription>,
+    /// Where the subscriptions' tasks send their messages, for the executor to write.
+    notices: mpsc::Sender<Notice>,
 }
 
 /// Whether `args` is a plain `SET key value`: no options, so it may run with its neighbours
@@ -512,7 +561,12 @@ impl Connection {
         vec![reply; sets.len()]
     }
 
-    pub fn new(id: u64, caller: Caller, remote: String, local: String) -> Self {
+    pub fn new(
+        id: u64,
+        caller: Caller,
+        (remote, local): (String, String),
+        notices: mpsc::Sender<Notice>,
+    ) -> Self {
         Connection {
             id,
             caller,
@@ -528,6 +582,8 @@ impl Connection {
             scan_cursors: std::collections::BTreeMap::new(),
             next_scan_cursor: 1,
             in_refused_transaction: false,
+            subscriptions: std::collections::BTreeMap::new(),
+            notices,
         }
     }
 
@@ -584,12 +640,30 @@ impl Connection {
                 return unauthenticated(&err).into();
             }
         }
+        // A RESP2 connection with subscriptions only (un)subscribes, pings and quits, as in
+        // Redis: its other replies could not be told apart from the messages.
+        let subscribed = !self.subscriptions.is_empty() && self.protocol == Protocol::Resp2;
+        if subscribed && !SUBSCRIBED_COMMANDS.contains(&name.as_str()) {
+            return Reply::err(format!(
+                "Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+                 RESET are allowed in this context"
+            ))
+            .into();
+        }
         let reply = match name.as_str() {
+            "ping" if subscribed => Reply::Array(vec![
+                Reply::bulk("pong"),
+                Reply::bulk(args.get(1).map_or(&b""[..], |message| message)),
+            ]),
             "ping" => match args {
                 [_] => Reply::Status("PONG".into()),
                 [_, message] => Reply::bulk(message),
                 _ => wrong_arity("ping"),
             },
+            "subscribe" | "psubscribe" => {
+                self.subscribe(door, name == "psubscribe", &args[1..]).await
+            }
+            "unsubscribe" | "punsubscribe" => self.unsubscribe(name == "punsubscribe", &args[1..]),
             "echo" => Reply::bulk(&args[1]),
             "quit" => {
                 return Outcome {
@@ -886,18 +960,89 @@ impl Connection {
         }
     }
 
-    async fn read(&self, door: &Door, key: &[u8]) -> Result<Option<Vec<u8>>, Reply> {
-        let request = Request::Get {
-            key: key.to_vec(),
-            consistency: self.consistency,
+    /// `SUBSCRIBE` or `PSUBSCRIBE`: a keyspace notification subscription per channel or
+    /// pattern (see `notifications`), each confirmed with the connection's count after it.
+    async fn subscribe(&mut self, door: &Door, is_pattern: bool, names: &[Bytes]) -> Reply {
+        let kind = if is_pattern {
+            "psubscribe"
+        } else {
+            "subscribe"
         };
+        let mut replies = Vec::with_capacity(names.len());
+        for name in names {
+            let key = (is_pattern, name.to_vec());
+            if !self.subscriptions.contains_key(&key) {
+                let notices = self.notices.clone();
+                let opened = notifications::subscribe(
+                    &door.service,
+                    &self.caller,
+                    name,
+                    is_pattern,
+                    notices,
+                )
+                .await;
+                match opened {
+                    Ok(subscription) => {
+                        self.subscriptions.insert(key, subscription);
+                    }
+                    Err(reply) => {
+                        replies.push(reply);
+                        continue;
+                    }
+                }
+            }
+            replies.push(confirmation(kind, Some(name), self.subscriptions.len()));
+        }
+        Reply::Several(replies)
+    }
+
+    /// `UNSUBSCRIBE` or `PUNSUBSCRIBE`: the channels or patterns named, or all of that kind.
+    fn unsubscribe(&mut self, is_pattern: bool, names: &[Bytes]) -> Reply {
+        let kind = if is_pattern {
+            "punsubscribe"
+        } else {
+            "unsubscribe"
+        };
+        let names: Vec<Vec<u8>> = if names.is_empty() {
+            self.subscriptions
+                .keys()
+                .filter(|(pattern, _)| *pattern == is_pattern)
+                .map(|(_, name)| name.clone())
+                .collect()
+        } else {
+            names.iter().map(|name| name.to_vec()).collect()
+        };
+        if names.is_empty() {
+            return confirmation(kind, None, self.subscriptions.len());
+        }
+        let mut replies = Vec::with_capacity(names.len());
+        for name in names {
+            self.subscriptions.remove(&(is_pattern, name.clone()));
+            replies.push(confirmation(kind, Some(&name), self.subscriptions.len()));
+        }
+        Reply::Several(replies)
+    }
+
+    /// Sends a read to the service, forwarded to the primary if its consistency needs it; an
+    /// error answer becomes the reply.
+    async fn ask(&self, door: &Door, request: Request) -> Result<Response, Reply> {
         match door
             .service
             .call(self.caller.clone(), request, Forwarding::ToPrimary)
             .await
         {
-            Response::Value { value, .. } => Ok(value),
             Response::Error(err) => Err(error_reply(&err)),
+            response => Ok(response),
+        }
+    }
+
+    async fn read(&self, door: &Door, key: &[u8]) -> Result<Option<Vec<u8>>, Reply> {
+        let request = Request::Get {
+            key: key.to_vec(),
+            consistency: self.consistency,
+        };
+        match self.ask(door, request).await? {
+            Response::Value { value, .. } => Ok(value),
             other => Err(error_reply(&unexpected(&other))),
         }
     }
@@ -907,13 +1052,8 @@ impl Connection {
         let request = Request::CountKeys {
             consistency: self.consistency,
         };
-        match door
-            .service
-            .call(self.caller.clone(), request, Forwarding::ToPrimary)
-            .await
-        {
+        match self.ask(door, request).await? {
             Response::KeyCount { count, .. } => Ok(count),
-            Response::Error(err) => Err(error_reply(&err)),
             other => Err(error_reply(&unexpected(&other))),
         }
     }

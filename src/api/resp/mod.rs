@@ -8,7 +8,9 @@
 //! queue is empty. So a pipelining client is never waited on before its next command is read,
 //! replies come in command order, and one connection's writes enter the log in its order. Plain
 //! `SET`s queued back to back run as one write, one log entry
-//! ([`commands::Connection::execute_sets`]), at most [`MAX_JOINED_SETS`] of them.
+//! ([`commands::Connection::execute_sets`]), at most [`MAX_JOINED_SETS`] of them. Keyspace
+//! notifications (`SUBSCRIBE`, `PSUBSCRIBE`: [`notifications`]) reach the executor on a queue of
+//! their own and are written between replies.
 //!
 //! Invariants:
 //! - A connection starts as [`Caller::Anonymous`], or over TLS with a client certificate of the
@@ -24,6 +26,7 @@
 //!   serves everyone else.
 
 mod commands;
+mod notifications;
 mod pattern;
 mod reply;
 mod request;
@@ -49,6 +52,7 @@ pub use commands::{REDIS_COMPATIBLE_VERSION, SCAN_KEY_LIMIT};
 pub use request::{MAX_ARGUMENTS, MAX_BULK_BYTES, MAX_COMMAND_BYTES, MAX_INLINE_BYTES};
 
 use commands::{is_plain_set, Connection};
+use notifications::{Notice, NOTICES_QUEUED};
 use reply::Reply;
 
 /// RESP connections a node serves at once.
@@ -206,7 +210,8 @@ where
     let (queue, mut commands) = mpsc::channel(PIPELINE_DEPTH);
     let reading =
         tokio::spawn(read_commands(reader, queue, door.queued_bytes.clone()).in_current_span());
-    let mut connection = Connection::new(id, caller, remote.to_string(), local);
+    let (notices_sender, mut notices) = mpsc::channel(NOTICES_QUEUED);
+    let mut connection = Connection::new(id, caller, (remote.to_string(), local), notices_sender);
     let mut out = BytesMut::new();
     // A command taken off the queue while gathering plain SETs that could not join them.
     let mut held: Option<Incoming> = None;
@@ -215,6 +220,20 @@ where
             Some(incoming) => Some(incoming),
             None => tokio::select! {
                 incoming = commands.recv() => incoming,
+                Some(notice) = notices.recv() => {
+                    let ended = write_notices(notice, &mut notices, connection.protocol, &mut out);
+                    let idle = commands.is_empty();
+                    if ended || idle || out.len() >= REPLY_FLUSH_BYTES {
+                        if let Err(err) = write_out(&mut writer, &mut out).await {
+                            debug!(%remote, %err, "cannot notify a RESP client; closing");
+                            break;
+                        }
+                    }
+                    if ended {
+                        break;
+                    }
+                    continue;
+                }
                 _ = shutdown.requested() => break,
             },
         };
@@ -288,6 +307,30 @@ where
     reading.abort();
     let _ = writer.shutdown().await;
     debug!(%remote, id, "RESP client disconnected");
+}
+
+/// Encodes `notice` and the notices queued behind it (up to [`REPLY_FLUSH_BYTES`]); returns
+/// whether a subscription ended, which closes the connection after its reason is written.
+fn write_notices(
+    notice: Notice,
+    queued: &mut mpsc::Receiver<Notice>,
+    protocol: reply::Protocol,
+    out: &mut BytesMut,
+) -> bool {
+    let mut next = Some(notice);
+    while let Some(notice) = next.take() {
+        match notice {
+            Notice::Message(message) => message.encode(protocol, out),
+            Notice::Ended(err) => {
+                Reply::err(format!("keyspace notifications ended: {err}")).encode(protocol, out);
+                return true;
+            }
+        }
+        if out.len() < REPLY_FLUSH_BYTES {
+            next = queued.try_recv().ok();
+        }
+    }
+    false
 }
 
 async fn write_out<W: AsyncWrite + Unpin>(

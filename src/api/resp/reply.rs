@@ -32,6 +32,11 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// Key-value pairs, in order: a flat array in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// Out-of-band data (pub/sub messages and confirmations): an array in RESP2, a push in RESP3.
+    Push(Vec<Reply>),
+    /// Several replies in a row, for a command that answers once per argument (`SUBSCRIBE a b`).
+    /// Not a protocol type: each is encoded on its own.
+    Several(Vec<Reply>),
 }
 
 impl Reply {
@@ -50,6 +55,12 @@ impl Reply {
 
     /// Appends the encoding of this reply to `out`.
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+        if let Reply::Several(replies) = self {
+            for reply in replies {
+                reply.encode(protocol, out);
+            }
+            return;
+        }
         let encoded = match protocol {
             Protocol::Resp2 => {
                 let frame = self.to_resp2();
@@ -91,7 +102,10 @@ impl Reply {
             Reply::Integer(number) => Resp2Frame::Integer(*number),
             Reply::Bulk(bytes) => Resp2Frame::BulkString(bytes.clone()),
             Reply::Nil => Resp2Frame::Null,
-            Reply::Array(items) => Resp2Frame::Array(items.iter().map(Reply::to_resp2).collect()),
+            // `Several` only ever stands at the top (see `encode`).
+            Reply::Array(items) | Reply::Push(items) | Reply::Several(items) => {
+                Resp2Frame::Array(items.iter().map(Reply::to_resp2).collect())
+            }
             Reply::Map(pairs) => Resp2Frame::Array(
                 pairs
                     .iter()
@@ -120,7 +134,7 @@ impl Reply {
                 attributes: None,
             },
             Reply::Nil => Resp3Frame::Null,
-            Reply::Array(items) => Resp3Frame::Array {
+            Reply::Array(items) | Reply::Several(items) => Resp3Frame::Array {
                 data: items.iter().map(Reply::to_resp3).collect(),
                 attributes: None,
             },
@@ -129,6 +143,10 @@ impl Reply {
                     .iter()
                     .map(|(key, value)| (key.to_resp3(), value.to_resp3()))
                     .collect(),
+                attributes: None,
+            },
+            Reply::Push(items) => Resp3Frame::Push {
+                data: items.iter().map(Reply::to_resp3).collect(),
                 attributes: None,
             },
         }
@@ -179,6 +197,15 @@ mod tests {
         let map = Reply::Map(vec![(Reply::bulk("k"), Reply::Integer(1))]);
         assert_eq!(encoded(&map, Protocol::Resp2), "*2\r\n$1\r\nk\r\n:1\r\n");
         assert_eq!(encoded(&map, Protocol::Resp3), "%1\r\n$1\r\nk\r\n:1\r\n");
+        let push = Reply::Push(vec![Reply::bulk("message"), Reply::Integer(1)]);
+        assert_eq!(
+            encoded(&push, Protocol::Resp2),
+            "*2\r\n$7\r\nmessage\r\n:1\r\n"
+        );
+        assert_eq!(
+            encoded(&push, Protocol::Resp3),
+            ">2\r\n$7\r\nmessage\r\n:1\r\n"
+        );
     }
 
     #[test]
