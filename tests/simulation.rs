@@ -149,6 +149,24 @@ struct AckedCompareAndSet {
     concern: WriteConcern,
 }
 
+/// A watch as a node's hub serves it (`api::watch`): it follows one node's applied log from an
+/// index, taking each entry's changes under its prefix (`changes_of`, the hub's own), and when
+/// its node is down or no longer holds the next index (compacted), it resumes on another live
+/// node after the last index it examined, as the client library does.
+#[derive(Debug)]
+struct SimWatcher {
+    prefix: Vec<u8>,
+    /// The node it reads now.
+    node: NodeId,
+    /// Where it started: every committed change under the prefix from here is owed.
+    start: LogIndex,
+    /// The next index to examine.
+    next: LogIndex,
+    delivered: Vec<replikv::wire::client::Change>,
+    /// Every live node had compacted the next index: the watch ended with `Compacted`.
+    compacted: bool,
+}
+
 /// Counters the clients increment, apart from the keys they put, delete and read.
 const COUNTERS: u64 = 3;
 
@@ -237,6 +255,7 @@ struct Simulation {
     retired_snapshot_counters: Vec<SnapshotCounters>,
     /// Whether clients also compare-and-set, on the version their last read of the key gave.
     compare_and_set: bool,
+    watchers: Vec<SimWatcher>,
 }
 
 /// One client session: a client id, its write sequence, and its operations in flight.
@@ -369,7 +388,26 @@ impl Simulation {
             keys: 8,
             retired_snapshot_counters: Vec::new(),
             compare_and_set: false,
+            watchers: Vec::new(),
         }
+    }
+
+    /// Watchers that follow the nodes' applied logs, each from index 1 on a node of its own:
+    /// every key, one key's prefix, and the counters (see [`SimWatcher`]). They read storage
+    /// only and draw nothing from `rng`, so a seed's history is the same with them or without.
+    fn with_watchers(mut self) -> Self {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for (i, prefix) in [&b"k"[..], b"k1", b"n"].into_iter().enumerate() {
+            self.watchers.push(SimWatcher {
+                prefix: prefix.to_vec(),
+                node: ids[i % ids.len()],
+                start: 1,
+                next: 1,
+                delivered: Vec::new(),
+                compacted: false,
+            });
+        }
+        self
     }
 
     /// Clients also compare-and-set (one write in ten), each on the version its last read of
@@ -720,8 +758,63 @@ impl Simulation {
             }
             self.restart_due();
             self.client_load(faults);
+            self.feed_watchers();
         }
         self.check_invariants();
+    }
+
+    /// Lets every watcher take what its node has applied since it last looked.
+    fn feed_watchers(&mut self) {
+        let mut watchers = std::mem::take(&mut self.watchers);
+        for watcher in &mut watchers {
+            if watcher.compacted {
+                continue;
+            }
+            // Its node first, then the others in id order (no rng: histories stay the same).
+            let mut candidates: Vec<NodeId> = vec![watcher.node];
+            candidates.extend(self.nodes.keys().copied().filter(|&id| id != watcher.node));
+            let mut every_live_node_compacted = true;
+            let mut live_nodes = 0;
+            for id in candidates {
+                let Some(sim) = self.nodes.get(&id) else {
+                    continue;
+                };
+                let Some(node) = sim.node.as_ref() else {
+                    continue;
+                };
+                live_nodes += 1;
+                let log_start = sim.storage.meta().map_or(1, |meta| meta.log_start);
+                if watcher.next < log_start {
+                    continue; // compacted here: try another node
+                }
+                every_live_node_compacted = false;
+                watcher.node = id;
+                let applied = node.applied_index();
+                if watcher.next <= applied {
+                    let entries = sim
+                        .storage
+                        .entries(watcher.next, applied, usize::MAX)
+                        .unwrap_or_else(|err| self.fail(format!("node {id}'s log: {err}")));
+                    for entry in &entries {
+                        if entry.index != watcher.next {
+                            self.fail(format!(
+                                "node {id} served entry {} to a watcher at {}",
+                                entry.index, watcher.next
+                            ));
+                        }
+                        watcher.next += 1;
+                        watcher.delivered.extend(
+                            replikv::api::watch::changes_of(entry)
+                                .into_iter()
+                                .filter(|change| change.key.starts_with(&watcher.prefix)),
+                        );
+                    }
+                }
+                break;
+            }
+            watcher.compacted = live_nodes > 0 && every_live_node_compacted;
+        }
+        self.watchers = watchers;
     }
 
     /// Runs an entry point on a live node, then routes its outputs and schedules its flush.
@@ -1445,6 +1538,7 @@ impl Simulation {
         self.check_writes(&model);
         self.check_increments(&model);
         self.check_compare_and_sets(&model);
+        self.check_watchers();
         self.check_reads(&model);
         self.check_final_states(&model);
     }
@@ -1554,6 +1648,65 @@ impl Simulation {
             if write.applied && after != written {
                 self.fail(format!(
                     "applied compare-and-set {write:?} left the key at {after:?}"
+                ));
+            }
+        }
+    }
+
+    /// Every watcher saw exactly the committed changes under its prefix from its start to where
+    /// it got: in index order, none missing, none twice, none rolled back; and, once the cluster
+    /// has converged, one on a member got to the index every member has applied (unless every
+    /// node had compacted the index it needed: the watch ended with `Compacted`). A watcher on a node the
+    /// cluster removed stops where that node stopped applying, as a real watch there does.
+    fn check_watchers(&mut self) {
+        self.feed_watchers();
+        let members = self.members();
+        // Converged: every live member has applied the same index.
+        let applied = self
+            .live_nodes()
+            .filter(|(id, _, _)| members.contains(id))
+            .map(|(_, node, _)| node.applied_index())
+            .max()
+            .unwrap_or(0);
+        for watcher in &self.watchers {
+            let on_a_member = members.contains(&watcher.node);
+            if on_a_member && !watcher.compacted && watcher.next != applied + 1 {
+                self.fail(format!(
+                    "watcher {:?} on node {} stopped at {} after the cluster converged at \
+                     applied index {applied}",
+                    String::from_utf8_lossy(&watcher.prefix),
+                    watcher.node,
+                    watcher.next
+                ));
+            }
+            let mut expected = Vec::new();
+            for index in watcher.start..watcher.next {
+                let Some(entry) = self.committed.get(&index) else {
+                    self.fail(format!(
+                        "watcher {:?} examined index {index}, which the checker never saw committed",
+                        String::from_utf8_lossy(&watcher.prefix)
+                    ));
+                };
+                expected.extend(
+                    replikv::api::watch::changes_of(entry)
+                        .into_iter()
+                        .filter(|change| change.key.starts_with(&watcher.prefix)),
+                );
+            }
+            if watcher.delivered != expected {
+                self.fail(format!(
+                    "watcher {:?} (on node {}, at {}) saw {} changes, the committed log gives {}: \
+                     first difference {:?}",
+                    String::from_utf8_lossy(&watcher.prefix),
+                    watcher.node,
+                    watcher.next,
+                    watcher.delivered.len(),
+                    expected.len(),
+                    watcher
+                        .delivered
+                        .iter()
+                        .zip(&expected)
+                        .find(|(got, want)| got != want)
                 ));
             }
         }
@@ -1880,7 +2033,7 @@ fn init_logging() {
 fn three_node_histories_keep_every_invariant() {
     init_logging();
     for seed in seeds(4_000, 1_000_000) {
-        Simulation::new(seed, 3).run(6_000);
+        Simulation::new(seed, 3).with_watchers().run(6_000);
     }
 }
 
@@ -1888,7 +2041,7 @@ fn three_node_histories_keep_every_invariant() {
 fn five_node_histories_keep_every_invariant() {
     init_logging();
     for seed in seeds(2_000, 5_000_000) {
-        Simulation::new(seed, 5).run(6_000);
+        Simulation::new(seed, 5).with_watchers().run(6_000);
     }
 }
 
@@ -1898,6 +2051,7 @@ fn membership_changes_keep_every_invariant() {
     for seed in seeds(2_000, 7_000_000) {
         Simulation::new(seed, 3)
             .with_membership_changes()
+            .with_watchers()
             .run(6_000);
     }
 }
@@ -1979,7 +2133,9 @@ fn compare_and_set_keeps_every_invariant() {
     let (mut applied, mut refused) = (0, 0);
     for seed in seeds(1_000, 18_000_000) {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
-        let mut sim = Simulation::new(seed, nodes).with_compare_and_set();
+        let mut sim = Simulation::new(seed, nodes)
+            .with_compare_and_set()
+            .with_watchers();
         if seed % 3 == 0 {
             sim = sim.with_pipelining(4, 3);
         }
@@ -2011,6 +2167,7 @@ fn long_histories_compact_and_snapshot_under_load() {
     let entries = env_number("REPLIKV_SIM_LONG_ENTRIES").unwrap_or(LONG_HISTORY_ENTRIES);
     for seed in long_seeds(3, 17_000_000) {
         Simulation::under_load(seed)
+            .with_watchers()
             .run_until_committed(entries, entries.saturating_mul(LONG_HISTORY_MS_PER_ENTRY));
     }
 }

@@ -148,7 +148,8 @@ fn entry_bytes(entry: &Entry) -> usize {
 /// The changes an entry makes to keys, in the entry's order: one for a put or a delete, one per
 /// change of a batch (`SET` with options, `MSET`, `INCR`, an expiry's delete…), all at the
 /// entry's index; none for any other entry. System keys are among them (callers drop them).
-fn changes_of(entry: &Entry) -> Vec<Change> {
+/// Public for the simulator's watchers, which follow a node's applied log as a watcher does.
+pub fn changes_of(entry: &Entry) -> Vec<Change> {
     let change = |key: &Vec<u8>, value: Option<&Vec<u8>>| Change {
         index: entry.index,
         epoch: entry.epoch,
