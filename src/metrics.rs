@@ -111,6 +111,7 @@ pub struct Metrics {
     // --- the state (etcd_mvcc_*), sampled every few seconds off the event loop ---
     pub db_total_size: Gauge,
     pub sessions: Gauge,
+    pub keys: Gauge,
     // --- network (etcd_network_*) ---
     pub peer_sent_bytes: Family<ToPeer, Counter>,
     pub peer_received_bytes: Family<FromPeer, Counter>,
@@ -156,6 +157,7 @@ impl Metrics {
             wal_fsync_duration: Histogram::new(disk_buckets()),
             log_size_bytes: Gauge::default(),
             db_total_size: Gauge::default(),
+            keys: Gauge::default(),
             sessions: Gauge::default(),
             peer_sent_bytes: Family::default(),
             peer_received_bytes: Family::default(),
@@ -266,6 +268,11 @@ impl Metrics {
             "Client sessions the state holds (one per client id that wrote and has not expired)",
             self.sessions.clone(),
         );
+        state.register(
+            "keys",
+            "Client keys the applied state holds, as DBSIZE counts them",
+            self.keys.clone(),
+        );
         let network = registry.sub_registry_with_prefix("network");
         network.register(
             "peer_sent_bytes",
@@ -370,7 +377,8 @@ impl Metrics {
         }
     }
 
-    /// Samples what only a walk of storage knows (the sessions) and the store's size, every
+    /// Samples what only a walk of storage knows (the sessions), the store's size and its key
+    /// count, every
     /// [`STORAGE_SAMPLE_INTERVAL`] on the blocking pool, until shutdown. A failed read leaves the
     /// last sample in place.
     pub(crate) async fn sample_storage(
@@ -386,10 +394,14 @@ impl Metrics {
             }
             let storage = Arc::clone(&storage);
             let sampled = tokio::task::spawn_blocking(move || {
-                (storage.session_count(), storage.size_bytes())
+                let keys = storage.meta().map(|meta| meta.key_count);
+                (storage.session_count(), storage.size_bytes(), keys)
             })
             .await;
-            if let Ok((sessions, size)) = sampled {
+            if let Ok((sessions, size, keys)) = sampled {
+                if let Ok(keys) = keys {
+                    self.keys.set(to_gauge(keys));
+                }
                 if let Ok(sessions) = sessions {
                     self.sessions.set(to_gauge(sessions));
                 }

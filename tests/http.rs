@@ -537,11 +537,13 @@ async fn every_endpoint_and_error_kind_over_https() {
     );
     assert_eq!(value(&after, "replikv_server_is_primary", &[]), 1.0);
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
-    // Sampled every few seconds: the writes above made sessions, and the store has a size.
+    // Sampled every few seconds: the writes above made sessions and keys, and the store has a
+    // size.
     eventually("the sessions and the store's size sampled", || async {
         let samples = metrics(&anonymous, &cluster, primary).await;
         (value(&samples, "replikv_mvcc_sessions", &[]) >= 1.0
-            && value(&samples, "replikv_mvcc_db_total_size_in_bytes", &[]) > 0.0)
+            && value(&samples, "replikv_mvcc_db_total_size_in_bytes", &[]) > 0.0
+            && value(&samples, "replikv_mvcc_keys", &[]) >= 1.0)
             .then_some(())
     })
     .await;
