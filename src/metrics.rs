@@ -394,8 +394,11 @@ impl Metrics {
             }
             let storage = Arc::clone(&storage);
             let sampled = tokio::task::spawn_blocking(move || {
-                let keys = storage.meta().map(|meta| meta.key_count);
-                (storage.session_count(), storage.size_bytes(), keys)
+                (
+                    storage.session_count(),
+                    storage.size_bytes(),
+                    storage.key_count(),
+                )
             })
             .await;
             if let Ok((sessions, size, keys)) = sampled {

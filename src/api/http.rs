@@ -763,11 +763,8 @@ async fn write(
         Err(err) => return error_response(&err),
     };
     let condition_failed = match &write {
-        Write::Set {
-            condition: Condition::IfVersion(version),
-            ..
-        } => format!("key {key:?} is not at version {version}: not written (if-version)"),
-        _ => format!("key {key:?} exists: not written (if-absent)"),
+        Write::Set { condition, .. } => format!("key {key:?} {}: not written", condition.unmet()),
+        _ => format!("key {key:?}: not written"),
     };
     let request = Request::Write {
         request_id: connection.request_ids.next(),

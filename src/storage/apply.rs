@@ -77,15 +77,16 @@ pub fn apply_entries<T: ApplyTarget>(
 ) -> Result<Vec<WriteResult>, T::Error> {
     check_contiguous(applied_index, entries)?;
     let mut results = Vec::with_capacity(entries.len());
-    let before = target.key_count()?;
-    let mut count = before;
+    // Keys created minus keys removed: the count is read and written only when it moves.
+    let mut delta = 0i64;
     for entry in entries {
-        results.push(apply_entry(target, entry, &mut count)?);
+        results.push(apply_entry(target, entry, &mut delta)?);
     }
     if let Some(last) = entries.last() {
         target.set_applied_index(last.index)?;
     }
-    if count != before {
+    if delta != 0 {
+        let count = target.key_count()?.saturating_add_signed(delta);
         target.set_key_count(count)?;
     }
     Ok(results)
@@ -107,7 +108,7 @@ fn check_contiguous(applied_index: LogIndex, entries: &[Entry]) -> Result<(), Er
 fn apply_entry<T: ApplyTarget>(
     target: &mut T,
     entry: &Entry,
-    count: &mut u64,
+    delta: &mut i64,
 ) -> Result<WriteResult, T::Error> {
     let request_id = match &entry.operation {
         Operation::Membership(membership) => {
@@ -153,10 +154,10 @@ fn apply_entry<T: ApplyTarget>(
     }
 
     let (existed, answer) = match &entry.operation {
-        Operation::Put { key, value } => (put(target, key, value, entry.index, count)?, None),
-        Operation::Delete { key } => (delete(target, key, count)?, None),
+        Operation::Put { key, value } => (put(target, key, value, entry.index, delta)?, None),
+        Operation::Delete { key } => (delete(target, key, delta)?, None),
         Operation::Batch { changes, answer } => (
-            apply_changes(target, changes, entry.index, count)?,
+            apply_changes(target, changes, entry.index, delta)?,
             answer.clone(),
         ),
         Operation::Noop | Operation::Membership(_) | Operation::ExpireSessions(_) => (false, None),
@@ -184,13 +185,13 @@ fn apply_changes<T: ApplyTarget>(
     target: &mut T,
     changes: &[Change],
     version: LogIndex,
-    count: &mut u64,
+    delta: &mut i64,
 ) -> Result<bool, T::Error> {
     let mut first_existed = None;
     for change in changes {
         let existed = match change {
-            Change::Put { key, value } => put(target, key, value, version, count)?,
-            Change::Delete { key } => delete(target, key, count)?,
+            Change::Put { key, value } => put(target, key, value, version, delta)?,
+            Change::Delete { key } => delete(target, key, delta)?,
         };
         first_existed.get_or_insert(existed);
     }
@@ -203,20 +204,20 @@ fn put<T: ApplyTarget>(
     key: &[u8],
     value: &[u8],
     version: LogIndex,
-    count: &mut u64,
+    delta: &mut i64,
 ) -> Result<bool, T::Error> {
     let existed = target.put(key, value, version)?;
     if !existed && !is_system_key(key) {
-        *count += 1;
+        *delta += 1;
     }
     Ok(existed)
 }
 
 /// Removes `key`, uncounting it if it was a client key; returns whether it existed.
-fn delete<T: ApplyTarget>(target: &mut T, key: &[u8], count: &mut u64) -> Result<bool, T::Error> {
+fn delete<T: ApplyTarget>(target: &mut T, key: &[u8], delta: &mut i64) -> Result<bool, T::Error> {
     let existed = target.delete(key)?;
     if existed && !is_system_key(key) {
-        *count = count.saturating_sub(1);
+        *delta -= 1;
     }
     Ok(existed)
 }

@@ -507,6 +507,10 @@ impl Storage for MemoryStorage {
         Ok(total)
     }
 
+    fn key_count(&self) -> Result<u64> {
+        Ok(self.lock().live.meta.key_count)
+    }
+
     fn session_count(&self) -> Result<u64> {
         Ok(self.lock().live.sessions.len() as u64)
     }

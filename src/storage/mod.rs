@@ -178,6 +178,9 @@ pub trait Storage: Send + Sync {
     /// Encoded bytes of the entries in the log, for the retention bound.
     fn log_bytes(&self) -> Result<u64>;
 
+    /// How many client keys the applied state holds ([`Meta::key_count`]), in one read.
+    fn key_count(&self) -> Result<u64>;
+
     /// How many client sessions the state holds. May walk them all: for metrics, sampled off the
     /// event loop.
     fn session_count(&self) -> Result<u64>;

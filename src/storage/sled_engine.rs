@@ -366,7 +366,7 @@ impl Storage for SledStorage {
             membership: read_value(&self.meta, META_MEMBERSHIP)?,
             log_start: read_value(&self.meta, META_LOG_START)?.unwrap_or(FIRST_INDEX),
             snapshot_epoch: read_value(&self.meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default(),
-            key_count: read_value(&self.meta, META_KEY_COUNT)?.unwrap_or_default(),
+            key_count: self.key_count()?,
         })
     }
 
@@ -449,6 +449,10 @@ impl Storage for SledStorage {
 
     fn log_bytes(&self) -> Result<u64> {
         Ok(self.lock_tail().log_bytes)
+    }
+
+    fn key_count(&self) -> Result<u64> {
+        Ok(read_value(&self.meta, META_KEY_COUNT)?.unwrap_or_default())
     }
 
     fn session_count(&self) -> Result<u64> {

@@ -397,6 +397,18 @@ pub enum Condition {
     IfVersion(LogIndex),
 }
 
+impl Condition {
+    /// What the key was when this condition failed, as the doors say it ("key K exists").
+    pub fn unmet(&self) -> String {
+        match self {
+            Condition::Always => "was not written".to_string(),
+            Condition::IfAbsent => "exists".to_string(),
+            Condition::IfPresent => "does not exist".to_string(),
+            Condition::IfVersion(version) => format!("is not at version {version}"),
+        }
+    }
+}
+
 /// What a write does to its key's expiry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {

@@ -525,22 +525,24 @@ pub fn is_plain_set(args: &[Bytes]) -> bool {
     args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
 }
 
+/// The bytes of a group of plain `SET`s whose pairs take `joined_bytes`, once `set` joins it;
+/// `None` if it may not: its key is one a `SET` alone may not write (too long, a system key), or
+/// the whole would no longer fit one write.
+pub fn join_set(joined_bytes: usize, set: &[Bytes]) -> Option<usize> {
+    let (key, value) = (&set[1], &set[2]);
+    if key.len() > MAX_KEY_BYTES || is_system_key(key) {
+        return None;
+    }
+    let joined_bytes = joined_bytes.saturating_add(framed_pair_bytes(key, value));
+    (joined_bytes <= MAX_VALUE_BYTES).then_some(joined_bytes)
+}
+
 impl Connection {
-    /// Whether the plain `SET` `set` may run together with others, in one
-    /// [`Connection::execute_sets`] whose pairs take `joined_bytes` so far: only on an
-    /// authenticated connection outside a refused transaction, for a key that a `SET` alone may
-    /// write, and while the whole still fits one write. Returns the bytes with `set` joined.
-    /// Otherwise each runs alone, and answers alone, as it would in Redis.
-    pub fn may_join_sets(&self, door: &Door, joined_bytes: usize, set: &[Bytes]) -> Option<usize> {
-        if self.in_refused_transaction || door.service.role_of(&self.caller).is_err() {
-            return None;
-        }
-        let (key, value) = (&set[1], &set[2]);
-        if key.len() > MAX_KEY_BYTES || is_system_key(key) {
-            return None;
-        }
-        let joined_bytes = joined_bytes.saturating_add(framed_pair_bytes(key, value));
-        (joined_bytes <= MAX_VALUE_BYTES).then_some(joined_bytes)
+    /// Whether this connection's plain `SET`s may run together ([`Connection::execute_sets`]):
+    /// only once authenticated and outside a refused transaction. Otherwise each runs alone, and
+    /// answers alone, as it would in Redis.
+    pub fn joins_sets(&self, door: &Door) -> bool {
+        !self.in_refused_transaction && door.service.role_of(&self.caller).is_ok()
     }
 
     /// Plain `SET key value` commands queued back to back on this connection, run as one write:

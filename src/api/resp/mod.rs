@@ -51,7 +51,7 @@ use crate::net::tls;
 pub use commands::{REDIS_COMPATIBLE_VERSION, SCAN_KEY_LIMIT};
 pub use request::{MAX_ARGUMENTS, MAX_BULK_BYTES, MAX_COMMAND_BYTES, MAX_INLINE_BYTES};
 
-use commands::{is_plain_set, Connection};
+use commands::{is_plain_set, join_set, Connection};
 use notifications::{Notice, NOTICES_QUEUED};
 use reply::Reply;
 
@@ -241,27 +241,9 @@ where
         let Some(incoming) = incoming else { break };
         let close = match incoming {
             Incoming::Command { args, _budget } if is_plain_set(&args) => {
-                let mut joined_bytes = connection.may_join_sets(door, 0, &args);
-                let mut sets = vec![args];
-                let mut budgets = vec![_budget];
-                while let Some(bytes) = joined_bytes.filter(|_| sets.len() < MAX_JOINED_SETS) {
-                    match commands.try_recv() {
-                        Ok(Incoming::Command { args, _budget }) if is_plain_set(&args) => {
-                            let Some(joined) = connection.may_join_sets(door, bytes, &args) else {
-                                held = Some(Incoming::Command { args, _budget });
-                                break;
-                            };
-                            joined_bytes = Some(joined);
-                            sets.push(args);
-                            budgets.push(_budget);
-                        }
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let joins = connection.joins_sets(door);
+                let (sets, _budgets) =
+                    gather_sets((args, _budget), joins, &mut commands, &mut held);
                 if let [args] = sets.as_slice() {
                     let outcome = tokio::select! {
                         outcome = connection.execute(door, args) => outcome,
@@ -307,6 +289,39 @@ where
     reading.abort();
     let _ = writer.shutdown().await;
     debug!(%remote, id, "RESP client disconnected");
+}
+
+/// Takes the plain `SET`s queued right behind `first` that may run with it ([`join_set`]), up
+/// to [`MAX_JOINED_SETS`], when the connection `joins` them at all; the first command that may
+/// not is left in `held`. Returns the `SET`s and their shares of the command budget, held until
+/// they have run.
+fn gather_sets(
+    (first, budget): (Vec<Bytes>, OwnedSemaphorePermit),
+    joins: bool,
+    queue: &mut mpsc::Receiver<Incoming>,
+    held: &mut Option<Incoming>,
+) -> (Vec<Vec<Bytes>>, Vec<OwnedSemaphorePermit>) {
+    let mut joined_bytes = join_set(0, &first).filter(|_| joins);
+    let (mut sets, mut budgets) = (vec![first], vec![budget]);
+    while let Some(bytes) = joined_bytes.filter(|_| sets.len() < MAX_JOINED_SETS) {
+        let Ok(next) = queue.try_recv() else { break };
+        match next {
+            Incoming::Command { args, _budget } if is_plain_set(&args) => {
+                joined_bytes = join_set(bytes, &args);
+                if joined_bytes.is_none() {
+                    *held = Some(Incoming::Command { args, _budget });
+                    break;
+                }
+                sets.push(args);
+                budgets.push(_budget);
+            }
+            other => {
+                *held = Some(other);
+                break;
+            }
+        }
+    }
+    (sets, budgets)
 }
 
 /// Encodes `notice` and the notices queued behind it (up to [`REPLY_FLUSH_BYTES`]); returns

@@ -159,12 +159,7 @@ pub async fn put_decided(
             serde_json::json!({ "key": key, "applied": applied, "index": result.index, "epoch": meta.epoch })
         );
     } else if !applied {
-        match condition {
-            Condition::IfVersion(version) => {
-                eprintln!("not written: {key:?} is not at version {version} (--if-version)")
-            }
-            _ => eprintln!("not written: {key:?} exists (--if-absent)"),
-        }
+        eprintln!("not written: {key:?} {}", condition.unmet());
     }
     Ok(applied)
 }

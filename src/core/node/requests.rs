@@ -416,7 +416,7 @@ impl Node {
                 }
             }
             Request::CountKeys { .. } => Response::KeyCount {
-                count: self.storage.meta()?.key_count,
+                count: self.storage.key_count()?,
                 meta,
             },
             _ => Response::Error(Error::Internal("not a read".into())),
