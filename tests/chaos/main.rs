@@ -30,6 +30,7 @@ mod large_state;
 mod linearizability;
 mod nemesis;
 mod report;
+mod watchers;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,7 @@ use history::{Door, History, Nanos, Op, Outcome, Record};
 use large_state::{LargeStateConfig, LargeStateReport};
 use nemesis::{FaultRecord, Firewall, Nemesis};
 use report::ChaosReport;
+use watchers::Watchers;
 use workload::{Workload, WorkloadConfig};
 
 /// The chaos cluster's address block and ports: distinct from every other test's.
@@ -73,6 +75,9 @@ const LARGE_STATE_RECOVERY_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Deadline of a status request to one node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the watchers' client keeps trying when no node serves a watch.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Search budget of the linearizability checker, per key.
 const LINEARIZABILITY_BUDGET: Duration = Duration::from_secs(10);
@@ -208,6 +213,22 @@ async fn bounded_chaos_run_keeps_every_invariant() {
         &format!("node {first} is primary; starting the workload"),
     );
 
+    // Watchers follow the bounded run from index 1 (the large profile's small log retention
+    // compacts index 1 away, so they would only meet `Compacted`). Their client waits longer
+    // than the workload's for a node to serve them.
+    let watchers = settings.large.is_none().then(|| {
+        let watch_client = Client::with_tls(
+            cluster.client_addrs(),
+            &cluster.client_files(READWRITE_CLIENT),
+            ClientOptions {
+                timeout: WATCH_TIMEOUT,
+                default_write_concern: WriteConcern::Majority,
+            },
+        )
+        .expect("build the watchers' client");
+        (Watchers::start(&watch_client), watch_client)
+    });
+
     // --- the faulty phase ---
     let workload_started = history.now();
     let doors = DoorAddresses::of(&cluster, READWRITE_CLIENT, config.op_timeout);
@@ -259,6 +280,19 @@ async fn bounded_chaos_run_keeps_every_invariant() {
     // --- artifacts and checks ---
     if let Some(state) = &final_state {
         record_final_register_reads(&history, state);
+    }
+    if let Some((watchers, watch_client)) = watchers {
+        let target = final_state.as_ref().map_or(0, |state| state.applied_index);
+        progress(
+            &history,
+            &format!("waiting for the watchers to reach index {target}"),
+        );
+        let logs = watchers.finish(target, settings.recovery_patience).await;
+        if let Some(state) = &final_state {
+            let reference =
+                watchers::reference(&watch_client, target, settings.recovery_patience).await;
+            report.watch = Some(watchers::check(&logs, reference, target, &state.nodes));
+        }
     }
     let records = history.records();
     let artifacts = target_dir().join(format!("chaos-{}", settings.seed));
@@ -526,6 +560,8 @@ struct FinalState {
     /// Every node's state read with stale scans, and the log index it reflects.
     nodes: BTreeMap<NodeId, (u64, Dump)>,
     rolled_back: BTreeMap<NodeId, u64>,
+    /// The index every node had applied once converged.
+    applied_index: u64,
 }
 
 /// Heal is done: waits for a primary, writes a barrier at `w=all`, waits until every node has
@@ -589,7 +625,9 @@ async fn read_final_state(
         .map(|status| (status.node_id, status.rolled_back_entries))
         .collect();
     let linearizable_window = (invoked_at, history.now());
+    let applied_index = statuses.first().map_or(0, |status| status.applied_index);
     Some(FinalState {
+        applied_index,
         primary,
         linearizable,
         linearizable_window,

@@ -17,6 +17,7 @@ use crate::history::{Door, Nanos, Op, Outcome, OutcomeClass, Record};
 use crate::large_state::LargeStateReport;
 use crate::linearizability::LinearizabilityReport;
 use crate::nemesis::{FaultKind, FaultRecord};
+use crate::watchers::WatchReport;
 use crate::workload::REGISTER_PREFIX;
 
 /// Count and total duration of one kind of fault.
@@ -56,6 +57,8 @@ pub struct ChaosReport {
     /// Rolled-back entries per node (`kvctl status`), after heal. Expected only for `w=1` writes
     /// and for indeterminate ones.
     pub rolled_back_entries: BTreeMap<NodeId, u64>,
+    /// The watchers' check (the bounded profile), when the cluster recovered.
+    pub watch: Option<WatchReport>,
     /// The large-state profile's check of the prefilled keys, when that profile ran.
     pub large_state: Option<LargeStateReport>,
     /// Liveness and harness problems: no primary after heal, nodes that never converged, nodes
@@ -200,6 +203,9 @@ impl ChaosReport {
             }
             violations.push(text);
         }
+        if let Some(watch) = &self.watch {
+            violations.extend(watch.violations.iter().cloned());
+        }
         if let Some(large) = &self.large_state {
             violations.extend(large.violations());
         }
@@ -304,6 +310,9 @@ impl ChaosReport {
             "rolled-back entries per node: {:?}",
             self.rolled_back_entries
         );
+        if let Some(watch) = &self.watch {
+            let _ = writeln!(out, "{}", watch.summary());
+        }
         if let Some(large) = &self.large_state {
             let _ = writeln!(out, "{}", large.summary());
         }
