@@ -1,12 +1,16 @@
 //! Watches under load, on a running cluster (`kvnode dev`, or the cluster of the client
 //! configuration `kvctl` finds). Two modes:
 //!
-//! - `watch_latency [WATCHERS] [WRITES] [WRITERS]`: `WATCHERS` watchers spread over the nodes
-//!   (each node serves its own; up to [`WATCHES_PER_CLIENT`] share one client connection), while
-//!   `WRITERS` concurrent sessions put `WRITES` keys in all at `w=majority`. For each write and
-//!   watcher, the delay from the write's acknowledgement to the watcher receiving it (zero when
-//!   the change arrived before the acknowledgement did), and the writes per second, which with 0
-//!   watchers is the baseline for the cost watchers add.
+//! - `watch_latency [WATCHERS] [WRITES] [WRITERS]`: `WATCHERS` watchers of one prefix spread
+//!   over the nodes (each node serves its own; up to [`WATCHES_PER_CLIENT`] share one client
+//!   connection), while `WRITERS` concurrent sessions put `WRITES` keys under it in all at
+//!   `w=majority`: every write goes to every watcher. For each write and watcher, the delay from
+//!   the write's acknowledgement to the watcher receiving it (zero when the change arrived before
+//!   the acknowledgement did), and the writes per second, which with 0 watchers is the baseline
+//!   for the cost watchers add.
+//! - `watch_latency spread WATCHERS WRITES WRITERS`: the same, but watcher `i` watches a prefix of
+//!   its own (`…/i/`) and write `n` goes under watcher `n % WATCHERS`'s: every write goes to one
+//!   watcher, as when each client of an application follows its own keys.
 //! - `watch_latency idle COUNT PID`: opens `COUNT` idle watchers on the first node of the
 //!   configuration, whose process is `PID`, and prints that process's resident memory before and
 //!   after (from `/proc/PID/status`).
@@ -36,6 +40,8 @@ async fn main() -> Result<(), Failure> {
         let pid: u32 = args.get(2).ok_or("idle COUNT PID")?.parse()?;
         return idle(&config, count, pid).await;
     }
+    let spread = args.first().map(String::as_str) == Some("spread");
+    let args = &args[usize::from(spread)..];
     let number = |at: usize, default: usize| -> Result<usize, Failure> {
         Ok(args.get(at).map_or(Ok(default), |text| text.parse())?)
     };
@@ -43,18 +49,27 @@ async fn main() -> Result<(), Failure> {
     let writes = number(1, 1000)?;
     let writers = number(2, 1)?.max(1);
     let prefix = format!("latency/{}/", rand_suffix());
+    // The prefix watcher `w` watches, and the key of write `n`.
+    let watched = |watcher: usize| match spread {
+        true => format!("{prefix}{watcher}/"),
+        false => prefix.clone(),
+    };
+    let watcher_of = move |n: usize| spread.then(|| n % watchers.max(1));
 
     // Each watcher records when each change arrived, in its own list (in index order): nothing
     // shared, so the measuring costs the example little next to receiving the changes.
-    let streams = open_watches(&config, watchers, prefix.as_bytes(), |watcher| {
+    let streams = open_watches(&config, watchers, &watched, |watcher| {
         config.nodes[watcher % config.nodes.len()].clone()
     })
     .await?;
     let mut tasks = Vec::new();
-    for mut stream in streams {
+    for (watcher, mut stream) in streams.into_iter().enumerate() {
+        let expected = (0..writes)
+            .filter(|&n| watcher_of(n).is_none_or(|of| of == watcher))
+            .count();
         tasks.push(tokio::spawn(async move {
-            let mut arrivals: Vec<(u64, Instant)> = Vec::with_capacity(writes);
-            while arrivals.len() < writes {
+            let mut arrivals: Vec<(u64, Instant)> = Vec::with_capacity(expected);
+            while arrivals.len() < expected {
                 if let Ok(WatchEvent::Change(change)) = stream.next().await {
                     arrivals.push((change.index, Instant::now()));
                 }
@@ -68,16 +83,17 @@ async fn main() -> Result<(), Failure> {
     let mut sessions = Vec::new();
     for session_number in 0..writers {
         let session = writer.session();
-        let prefix = prefix.clone();
-        let mine: Vec<usize> = (session_number..writes).step_by(writers).collect();
+        let mine: Vec<(usize, String)> = (session_number..writes)
+            .step_by(writers)
+            .map(|n| (n, format!("{}{n}", watched(watcher_of(n).unwrap_or(0)))))
+            .collect();
         sessions.push(tokio::spawn(async move {
             let mut acknowledged = Vec::with_capacity(mine.len());
-            for n in mine {
-                let key = format!("{prefix}{n}");
+            for (n, key) in mine {
                 let (result, _) = session
                     .put(&key, "x", WriteConcern::Majority, Duration::from_secs(5))
                     .await?;
-                acknowledged.push((result.index, Instant::now()));
+                acknowledged.push((result.index, n, Instant::now()));
             }
             Ok::<_, replikv::Error>(acknowledged)
         }));
@@ -91,11 +107,15 @@ async fn main() -> Result<(), Failure> {
     for task in tasks {
         delivered.push(tokio::time::timeout(Duration::from_secs(120), task).await??);
     }
-    // Both lists are in index order and hold the same indexes: walk them side by side.
-    acknowledged.sort_unstable_by_key(|(index, _)| *index);
-    let mut delays: Vec<Duration> = Vec::with_capacity(acknowledged.len() * delivered.len());
-    for arrivals in &delivered {
-        for ((index, acked_at), (arrived, at)) in acknowledged.iter().zip(arrivals) {
+    // A watcher's arrivals and the writes under its prefix are both in index order and hold the
+    // same indexes: walk them side by side.
+    acknowledged.sort_unstable_by_key(|(index, _, _)| *index);
+    let mut delays: Vec<Duration> = Vec::with_capacity(writes * if spread { 1 } else { watchers });
+    for (watcher, arrivals) in delivered.iter().enumerate() {
+        let expected = acknowledged
+            .iter()
+            .filter(|(_, n, _)| watcher_of(*n).is_none_or(|of| of == watcher));
+        for ((index, _, acked_at), (arrived, at)) in expected.zip(arrivals) {
             if index != arrived {
                 return Err(format!("expected change {index}, the watcher got {arrived}").into());
             }
@@ -114,8 +134,13 @@ async fn main() -> Result<(), Failure> {
     }
     let quantile = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
     println!(
-        "{watchers} watchers, {writes} writes by {writers} writers at w=majority in {:.1} s \
+        "{watchers} watchers{}, {writes} writes by {writers} writers at w=majority in {:.1} s \
          ({rate:.0}/s); acknowledgement to delivery: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        if spread {
+            " (a prefix each)"
+        } else {
+            " (one prefix)"
+        },
         elapsed.as_secs_f64(),
         quantile(0.5).as_secs_f64() * 1e3,
         quantile(0.99).as_secs_f64() * 1e3,
@@ -124,12 +149,12 @@ async fn main() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Opens `count` watches of `prefix`, the `n`-th on the node `node_of(n)`, each client
+/// Opens `count` watches, the `n`-th of `prefix_of(n)` on the node `node_of(n)`, each client
 /// connection carrying at most [`WATCHES_PER_CLIENT`] of them; returns once every one is open.
 async fn open_watches(
     config: &ClientConfig,
     count: usize,
-    prefix: &[u8],
+    prefix_of: impl Fn(usize) -> String,
     node_of: impl Fn(usize) -> String,
 ) -> Result<Vec<WatchStream>, Failure> {
     let mut clients: HashMap<(String, usize), Client> = HashMap::new();
@@ -145,7 +170,7 @@ async fn open_watches(
             clients.insert(slot.clone(), client);
         }
         let client = clients.get(&slot).ok_or("a client vanished")?;
-        let mut stream = client.watch(prefix, None, false);
+        let mut stream = client.watch(prefix_of(n).as_bytes(), None, false);
         stream.next().await?; // the watch is open
         streams.push(stream);
         if (n + 1) % 1000 == 0 {
@@ -163,7 +188,7 @@ async fn idle(config: &ClientConfig, count: usize, pid: u32) -> Result<(), Failu
     let node = config.nodes.first().ok_or("no nodes configured")?.clone();
     let before = resident_kib(pid)?;
     let prefix = format!("idle/{}/", rand_suffix());
-    let streams = open_watches(config, count, prefix.as_bytes(), |_| node.clone()).await?;
+    let streams = open_watches(config, count, |_| prefix.clone(), |_| node.clone()).await?;
     // Let the node settle (allocations of the last handshakes, a progress notification).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = resident_kib(pid)?;

@@ -108,22 +108,24 @@ impl Ring {
         self.first = next;
     }
 
-    /// Entries from `from` on (if the ring still holds it), at most `max_bytes` of them but at
-    /// least one.
-    fn slice(&self, from: LogIndex, max_bytes: usize) -> Vec<Arc<Entry>> {
-        let Some(offset) = from.checked_sub(self.first) else {
-            return Vec::new();
-        };
-        let mut taken = Vec::new();
+    /// Entries from `from` on (none if the ring no longer holds it), at most `max_bytes` of
+    /// them but at least one.
+    fn slice(&self, from: LogIndex, max_bytes: usize) -> impl Iterator<Item = &Entry> {
+        let offset = from
+            .checked_sub(self.first)
+            .map_or(self.entries.len(), |offset| {
+                usize::try_from(offset).unwrap_or(usize::MAX)
+            });
         let mut bytes = 0;
-        for entry in self.entries.iter().skip(offset as usize) {
-            bytes += entry_bytes(entry);
-            if !taken.is_empty() && bytes > max_bytes {
-                break;
-            }
-            taken.push(Arc::clone(entry));
-        }
-        taken
+        self.entries
+            .iter()
+            .skip(offset)
+            .enumerate()
+            .take_while(move |(taken, entry)| {
+                bytes += entry_bytes(entry);
+                *taken == 0 || bytes <= max_bytes
+            })
+            .map(|(_, entry)| entry.as_ref())
     }
 }
 
@@ -145,29 +147,45 @@ fn entry_bytes(entry: &Entry) -> usize {
     OVERHEAD + changes
 }
 
-/// The changes an entry makes to keys, in the entry's order: one for a put or a delete, one per
-/// change of a batch (`SET` with options, `MSET`, `INCR`, an expiry's delete…), all at the
-/// entry's index; none for any other entry. System keys are among them (callers drop them).
-/// Public for the simulator's watchers, which follow a node's applied log as a watcher does.
-pub fn changes_of(entry: &Entry) -> Vec<Change> {
-    let change = |key: &Vec<u8>, value: Option<&Vec<u8>>| Change {
+/// Calls `visit` with the key and new value (`None`: deleted) of each change an entry makes to
+/// keys, in the entry's order: one for a put or a delete, one per change of a batch (`SET` with
+/// options, `MSET`, `INCR`, an expiry's delete…); none for any other entry. Nothing is copied,
+/// so a watcher pays for building a change only when it watches the key.
+fn visit_changes<'e>(entry: &'e Entry, mut visit: impl FnMut(&'e [u8], Option<&'e [u8]>)) {
+    match &entry.operation {
+        Operation::Put { key, value } => visit(key, Some(value)),
+        Operation::Delete { key } => visit(key, None),
+        Operation::Batch { changes, .. } => {
+            for change in changes {
+                match change {
+                    MessageChange::Put { key, value } => visit(key, Some(value)),
+                    MessageChange::Delete { key } => visit(key, None),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The change at `entry`'s index and epoch of `key` to `value`.
+fn change_at(entry: &Entry, key: &[u8], value: Option<&[u8]>) -> Change {
+    Change {
         index: entry.index,
         epoch: entry.epoch,
-        key: key.clone(),
-        value: value.cloned(),
-    };
-    match &entry.operation {
-        Operation::Put { key, value } => vec![change(key, Some(value))],
-        Operation::Delete { key } => vec![change(key, None)],
-        Operation::Batch { changes, .. } => changes
-            .iter()
-            .map(|batched| match batched {
-                MessageChange::Put { key, value } => change(key, Some(value)),
-                MessageChange::Delete { key } => change(key, None),
-            })
-            .collect(),
-        _ => Vec::new(),
+        key: key.to_vec(),
+        value: value.map(<[u8]>::to_vec),
     }
+}
+
+/// The changes an entry makes to keys, in the entry's order (see [`visit_changes`]), all at the
+/// entry's index. System keys are among them (callers drop them). Public for the simulator's
+/// watchers, which follow a node's applied log as a watcher does.
+pub fn changes_of(entry: &Entry) -> Vec<Change> {
+    let mut changes = Vec::new();
+    visit_changes(entry, |key, value| {
+        changes.push(change_at(entry, key, value))
+    });
+    changes
 }
 
 struct HubShared {
@@ -501,10 +519,9 @@ impl Watcher {
                 self.examine(entries.iter());
             } else if self.next < bounds.next {
                 self.live = true;
-                let slice = self
-                    .shared
-                    .read_ring(|ring| ring.slice(self.next, WATCH_READ_BYTES));
-                self.examine(slice.iter().map(AsRef::as_ref));
+                // Examined in place: a live watcher copies only the changes it watches.
+                let shared = Arc::clone(&self.shared);
+                shared.read_ring(|ring| self.examine(ring.slice(self.next, WATCH_READ_BYTES)));
             } else {
                 self.live = true;
                 let progress_at = self.last_sent + WATCH_PROGRESS_INTERVAL;
@@ -528,11 +545,12 @@ impl Watcher {
                 return; // the ring moved on meanwhile; the next fill finds out where it is
             }
             self.next += 1;
-            for change in changes_of(entry) {
-                if change.key.starts_with(&self.prefix) && !is_system_key(&change.key) {
+            visit_changes(entry, |key, value| {
+                if key.starts_with(&self.prefix) && !is_system_key(key) {
+                    let change = change_at(entry, key, value);
                     self.ready.push_back(WatchEvent::Change(change));
                 }
-            }
+            });
         }
     }
 }
