@@ -825,6 +825,11 @@ impl Simulation {
     ) {
         let now = self.now;
         let local_now = self.local_now(id);
+        // As a real node's event loop does: a backup serving watchers applies every pass.
+        let watched = self
+            .watchers
+            .iter()
+            .any(|watcher| watcher.node == id && !watcher.compacted);
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -834,6 +839,7 @@ impl Simulation {
         if let Err(err) = call(node, local_now) {
             self.fail(format!("node {id} returned an error: {err}"));
         }
+        node.set_apply_every_pass(watched);
         let outputs = match node.finish_pass() {
             Ok(outputs) => outputs,
             Err(err) => self.fail(format!("node {id} failed to finish a pass: {err}")),

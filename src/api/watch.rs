@@ -7,6 +7,11 @@
 //! at a time, while it is behind the ring (catching up, at its client's pace), then from the ring
 //! (live). An idle watcher sends a progress notification now and then.
 //!
+//! The feeder wakes only the watchers whose prefix a new entry's keys are under (a lookup per
+//! prefix length of each key), and marks where their next change is ([`Subscription`]); a
+//! watcher with nothing marked skips to the ring's end without reading it. So a thousand
+//! watchers of their own keys cost a write one wake-up, not a thousand.
+//!
 //! Invariants:
 //! - Only applied (so committed) entries are delivered: the feeder reads no further than the
 //!   applied index, and a catching-up watcher no further than the ring's start. A write that is
@@ -26,10 +31,11 @@
 //! - System keys ([`is_system_key`]) are never delivered.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use crate::config::tuning::{
@@ -192,6 +198,40 @@ struct HubShared {
     storage: Arc<dyn Storage>,
     ring: RwLock<Ring>,
     bounds: watch::Sender<RingBounds>,
+    /// Watchers open now.
+    open_watchers: Arc<AtomicUsize>,
+    /// Every open watcher's subscription, by prefix: the feeder wakes only the watchers whose
+    /// prefix a new change is under.
+    subscriptions: Mutex<BTreeMap<Vec<u8>, Vec<Arc<Subscription>>>>,
+}
+
+/// What the feeder tells one watcher. Changed only under the ring's lock: by the feeder, which
+/// holds it for writing, and by the watcher, which holds it for reading and is the only reader
+/// of its own subscription that writes.
+///
+/// Invariant: `pending_from` is at most the index of every change under the prefix, at or after
+/// the watcher's next index, that the watcher has not examined (`NOTHING_PENDING` if there is
+/// none). It starts at the watcher's first index; the feeder lowers it to each new change's
+/// index; the watcher raises it only over what it examined under the same lock. So a watcher
+/// with nothing pending may skip to the ring's end without reading, and one behind the ring lost
+/// a change only if its pending index fell out of the ring.
+struct Subscription {
+    pending_from: AtomicU64,
+    wake: Notify,
+}
+
+/// `pending_from` of a subscription with nothing to examine.
+const NOTHING_PENDING: LogIndex = LogIndex::MAX;
+
+/// How many watchers a hub serves now, for the event loop: a backup with watchers applies in
+/// every pass instead of once per tick, so its watchers do not wait for the tick.
+#[derive(Clone, Debug, Default)]
+pub struct WatcherCount(Arc<AtomicUsize>);
+
+impl WatcherCount {
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
 }
 
 impl HubShared {
@@ -217,6 +257,38 @@ impl HubShared {
         self.bounds.send_replace(bounds);
     }
 
+    /// Marks `entry` pending for every watcher whose prefix one of its keys is under, and wakes
+    /// them: a lookup per prefix length of each key, not a look at every watcher. Called under
+    /// the ring's write lock, before the entry is pushed.
+    fn mark_entry(&self, entry: &Entry) {
+        let subscriptions = lock(&self.subscriptions);
+        if subscriptions.is_empty() {
+            return;
+        }
+        visit_changes(entry, |key, _| {
+            if is_system_key(key) {
+                return;
+            }
+            for length in 0..=key.len() {
+                for subscription in subscriptions.get(&key[..length]).into_iter().flatten() {
+                    subscription
+                        .pending_from
+                        .fetch_min(entry.index, Ordering::Relaxed);
+                    subscription.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Marks everything pending for every watcher, and wakes them all: the ring skipped entries
+    /// no watcher examined. Called under the ring's write lock.
+    fn mark_all(&self) {
+        for subscription in lock(&self.subscriptions).values().flatten() {
+            subscription.pending_from.store(0, Ordering::Relaxed);
+            subscription.wake.notify_one();
+        }
+    }
+
     /// Reads the entries applied up to `applied` that the ring has not seen into it.
     async fn feed_to(&self, applied: LogIndex) -> Result<()> {
         loop {
@@ -229,16 +301,29 @@ impl HubShared {
                 // The log no longer holds `next`: a snapshot was installed. The ring restarts
                 // after the applied index; watchers behind it meet the gap in the stored log and
                 // end with `Compacted`.
-                self.change_ring(|ring| ring.restart_at(applied + 1));
+                self.change_ring(|ring| {
+                    ring.restart_at(applied + 1);
+                    // The entries skipped were never seen: every watcher may have missed some.
+                    self.mark_all();
+                });
                 return Ok(());
             }
             self.change_ring(|ring| {
                 for entry in entries {
+                    self.mark_entry(&entry);
                     ring.push(entry);
                 }
             });
         }
     }
+}
+
+/// The subscriptions, also after a panic elsewhere (they stay consistent: every change is one
+/// insert or one removal).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Entries `from..=to` of the stored log (one bounded read), off the async threads.
@@ -289,6 +374,8 @@ impl WatchHub {
             storage,
             ring: RwLock::new(ring),
             bounds,
+            open_watchers: Arc::default(),
+            subscriptions: Mutex::default(),
         });
         let feeder = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -303,6 +390,11 @@ impl WatchHub {
             }
         });
         WatchHub { shared }
+    }
+
+    /// How many watchers this hub serves now.
+    pub fn watcher_count(&self) -> WatcherCount {
+        WatcherCount(Arc::clone(&self.shared.open_watchers))
     }
 
     /// A watcher of the changes under `prefix` from index `from` (after the last index the hub
@@ -321,7 +413,17 @@ impl WatchHub {
                 });
             }
         }
+        self.shared.open_watchers.fetch_add(1, Ordering::Relaxed);
+        let subscription = Arc::new(Subscription {
+            pending_from: AtomicU64::new(next),
+            wake: Notify::new(),
+        });
+        lock(&self.shared.subscriptions)
+            .entry(prefix.clone())
+            .or_default()
+            .push(Arc::clone(&subscription));
         Ok(Watcher {
+            subscription,
             shared: Arc::clone(&self.shared),
             bounds: self.shared.bounds.subscribe(),
             prefix,
@@ -329,6 +431,7 @@ impl WatchHub {
             live: false,
             ready: VecDeque::from([WatchEvent::Progress { index: next - 1 }]),
             last_sent: Instant::now(),
+            progress_timer: Box::pin(tokio::time::sleep(WATCH_PROGRESS_INTERVAL)),
         })
     }
 
@@ -441,9 +544,21 @@ fn initial_pages(pairs: Vec<(Vec<u8>, Vec<u8>)>, index: LogIndex) -> VecDeque<Wa
         .collect()
 }
 
+/// What one look at the ring found ([`Watcher::examine_ring`]).
+enum RingStep {
+    /// Entries were examined; some events may be ready.
+    Examined,
+    /// The watcher's next index is before the ring's first, which is `first`.
+    Behind { first: LogIndex },
+    /// Nothing is left to examine until the feeder wakes the watcher.
+    UpToDate,
+}
+
 /// One watch: the changes under a prefix, in index order (see the module docs).
 pub struct Watcher {
     shared: Arc<HubShared>,
+    /// Where the feeder marks and wakes this watcher.
+    subscription: Arc<Subscription>,
     bounds: watch::Receiver<RingBounds>,
     prefix: Vec<u8>,
     /// The next index to examine.
@@ -454,6 +569,22 @@ pub struct Watcher {
     ready: VecDeque<WatchEvent>,
     /// When the last event was handed out, for progress notifications.
     last_sent: Instant,
+    /// When the next progress notification is due: one timer kept for the watcher's life and
+    /// moved only when an event was sent, not a new one at every wake-up.
+    progress_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.shared.open_watchers.fetch_sub(1, Ordering::Relaxed);
+        let mut subscriptions = lock(&self.shared.subscriptions);
+        if let Some(watchers) = subscriptions.get_mut(&self.prefix) {
+            watchers.retain(|other| !Arc::ptr_eq(other, &self.subscription));
+            if watchers.is_empty() {
+                subscriptions.remove(&self.prefix);
+            }
+        }
+    }
 }
 
 impl Watcher {
@@ -503,39 +634,77 @@ impl Watcher {
     /// Examines entries until some event is ready.
     async fn fill(&mut self) -> Result<()> {
         while self.ready.is_empty() {
-            let bounds = *self.bounds.borrow_and_update();
-            if self.next < bounds.first {
-                if self.live {
-                    return Err(Error::WatchLagging { next: self.next });
+            let shared = Arc::clone(&self.shared);
+            match shared.read_ring(|ring| self.examine_ring(ring)) {
+                RingStep::Examined => {}
+                RingStep::Behind { first } => {
+                    if self.live {
+                        return Err(Error::WatchLagging { next: self.next });
+                    }
+                    let entries = read_log(&self.shared.storage, self.next, first - 1).await?;
+                    if entries.first().map(|entry| entry.index) != Some(self.next) {
+                        let oldest = log_start(&self.shared.storage).await?;
+                        return Err(Error::Compacted {
+                            requested: self.next,
+                            oldest,
+                        });
+                    }
+                    self.examine(entries.iter());
                 }
-                let entries = read_log(&self.shared.storage, self.next, bounds.first - 1).await?;
-                if entries.first().map(|entry| entry.index) != Some(self.next) {
-                    let oldest = log_start(&self.shared.storage).await?;
-                    return Err(Error::Compacted {
-                        requested: self.next,
-                        oldest,
-                    });
-                }
-                self.examine(entries.iter());
-            } else if self.next < bounds.next {
-                self.live = true;
-                // Examined in place: a live watcher copies only the changes it watches.
-                let shared = Arc::clone(&self.shared);
-                shared.read_ring(|ring| self.examine(ring.slice(self.next, WATCH_READ_BYTES)));
-            } else {
-                self.live = true;
-                let progress_at = self.last_sent + WATCH_PROGRESS_INTERVAL;
-                tokio::select! {
-                    changed = self.bounds.changed() => if changed.is_err() {
-                        return Err(Error::ShuttingDown);
-                    },
-                    () = tokio::time::sleep_until(progress_at.into()) => {
-                        self.ready.push_back(WatchEvent::Progress { index: self.next - 1 });
+                RingStep::UpToDate => {
+                    self.live = true;
+                    let progress_at =
+                        tokio::time::Instant::from(self.last_sent + WATCH_PROGRESS_INTERVAL);
+                    if self.progress_timer.deadline() != progress_at {
+                        self.progress_timer.as_mut().reset(progress_at);
+                    }
+                    // A wake-up that came since the ring was read is kept as a permit.
+                    tokio::select! {
+                        () = self.subscription.wake.notified() => {}
+                        () = self.progress_timer.as_mut() => {
+                            self.ready.push_back(WatchEvent::Progress { index: self.next - 1 });
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// One look at the ring, under its read lock (see [`Subscription`]): skips to its end if
+    /// nothing under the prefix is pending, or examines the next slice in place (a live watcher
+    /// copies only the changes it watches), or finds the watcher behind the ring.
+    fn examine_ring(&mut self, ring: &Ring) -> RingStep {
+        let bounds = ring.bounds();
+        let subscription = Arc::clone(&self.subscription);
+        let pending = &subscription.pending_from;
+        let pending_from = pending.load(Ordering::Relaxed);
+        if pending_from >= bounds.next {
+            // Nothing under the prefix from `next` to the ring's end.
+            self.next = self.next.max(bounds.next);
+            return RingStep::UpToDate;
+        }
+        if self.next < bounds.first && pending_from >= bounds.first {
+            // Nothing under the prefix fell out of the ring: the watcher is not behind.
+            self.next = bounds.first;
+        }
+        if self.next < bounds.first {
+            return RingStep::Behind {
+                first: bounds.first,
+            };
+        }
+        if self.next >= bounds.next {
+            pending.store(NOTHING_PENDING, Ordering::Relaxed);
+            return RingStep::UpToDate;
+        }
+        self.live = true;
+        self.examine(ring.slice(self.next, WATCH_READ_BYTES));
+        if self.next >= bounds.next {
+            pending.store(NOTHING_PENDING, Ordering::Relaxed);
+        } else if pending_from < self.next {
+            pending.store(self.next, Ordering::Relaxed);
+        }
+        RingStep::Examined
     }
 
     /// Takes the changes under the prefix from `entries`, which continue at `next`.
@@ -762,6 +931,90 @@ mod tests {
         for index in 3..=node.applied {
             assert_eq!(next_change(&mut resumed).await.index, index);
         }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_whose_prefix_is_quiet_is_not_cut_off_when_the_ring_moves_on() {
+        let mut node = Harness::new();
+        let hub = node.hub(RingLimits {
+            entries: 4,
+            bytes: usize::MAX,
+        });
+        let mut quiet = hub.watch(b"a".to_vec(), None).await.expect("watch");
+        node.apply_puts("a", 1);
+        assert_eq!(next_change(&mut quiet).await.index, 1);
+        // Forty entries of another prefix pass through a ring of four while it waits.
+        for _ in 0..10 {
+            node.apply_puts("b", 4);
+        }
+        node.apply_puts("a", 1);
+        let change = next_change(&mut quiet).await;
+        assert_eq!((change.index, change.key), (42, b"a".to_vec()));
+        assert_eq!(quiet.position(), 42);
+    }
+
+    #[tokio::test]
+    async fn only_the_watchers_of_a_change_are_woken() {
+        let mut node = Harness::new();
+        let hub = node.hub(RingLimits::default());
+        let mut watchers = Vec::new();
+        for prefix in ["p/1/", "p/2/", "p/"] {
+            let mut watcher = hub
+                .watch(prefix.as_bytes().to_vec(), None)
+                .await
+                .expect("watch");
+            assert!(matches!(
+                watcher.next().await,
+                Ok(WatchEvent::Progress { index: 0 })
+            ));
+            watchers.push(watcher);
+        }
+        node.apply(vec![put(1, "p/2/x", "v")]);
+        let mut woken = Vec::new();
+        for watcher in &mut watchers {
+            let subscription = &watcher.subscription;
+            let woke = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                subscription.wake.notified(),
+            )
+            .await
+            .is_ok();
+            woken.push(woke);
+        }
+        assert_eq!(woken, vec![false, true, true], "p/1/ is not woken");
+        assert_eq!(next_change(&mut watchers[1]).await.index, 1);
+        assert_eq!(next_change(&mut watchers[2]).await.index, 1);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_ring_sends_every_live_watcher_behind_it_to_the_log() {
+        let mut node = Harness::new();
+        let hub = node.hub(RingLimits::default());
+        let mut watcher = hub.watch(b"z".to_vec(), None).await.expect("watch");
+        node.apply_puts("k", 1);
+        // The log loses entries 2..=3 (as when a snapshot is installed) while the node applies
+        // up to 3: the ring restarts after them and no watcher examined them.
+        let entries = vec![put(2, "z", "1"), put(3, "z", "2")];
+        node.storage.append(&entries).expect("append");
+        node.storage.apply(&entries).expect("apply");
+        node.storage.compact(3).expect("compact");
+        node.applied = 3;
+        node.view.send_replace(view(3));
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let ended = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, watcher.next()).await {
+                Ok(Ok(WatchEvent::Progress { .. })) => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(
+                ended,
+                Ok(Err(Error::WatchLagging { .. } | Error::Compacted { .. }))
+            ),
+            "a watcher may not skip what the ring never held: {ended:?}"
+        );
     }
 
     #[tokio::test]

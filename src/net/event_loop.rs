@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
+use crate::api::watch::WatcherCount;
 use crate::config::tuning::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
 use crate::error::{Error, Result};
@@ -133,6 +134,8 @@ pub(crate) struct EventLoop {
     metrics: Arc<Metrics>,
     /// The last primary this node knew of, to count primary changes.
     last_primary: Option<NodeId>,
+    /// The watchers the node's hub serves: while there are any, a backup applies every pass.
+    watchers: WatcherCount,
 }
 
 impl EventLoop {
@@ -143,6 +146,7 @@ impl EventLoop {
         mut peers: PeerRouter,
         published: Published,
         metrics: Arc<Metrics>,
+        watchers: WatcherCount,
     ) -> Self {
         let node_primary = node.primary();
         peers.sync(node.membership(), node_primary);
@@ -160,6 +164,7 @@ impl EventLoop {
             synced_primary: node_primary,
             metrics,
             last_primary: None,
+            watchers,
         }
     }
 
@@ -343,6 +348,7 @@ impl EventLoop {
 
     /// Ends the node's pass (its one apply of what the pass committed) and sends its outputs.
     fn dispatch_outputs(&mut self) -> Result<()> {
+        self.node.set_apply_every_pass(self.watchers.any());
         let outputs = match self.applying(Node::finish_pass) {
             Ok(outputs) => outputs,
             // Not fatal: the outputs stay with the node and go out after the next pass.

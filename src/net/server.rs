@@ -165,6 +165,7 @@ where
     if !config.join.is_empty() && !must_register {
         info!("already a member according to its log; not registering again");
     }
+    let watch_hub = WatchHub::start(Arc::clone(&health_storage), view_rx.clone());
     let event_loop = EventLoop::new(
         node,
         clock,
@@ -180,6 +181,7 @@ where
             view: view_tx,
         },
         metrics.clone(),
+        watch_hub.watcher_count(),
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
     tokio::spawn(
@@ -192,10 +194,7 @@ where
         service_settings(&config, metrics.clone()),
         credentials,
     );
-    service.serve_watches(WatchHub::start(
-        Arc::clone(&health_storage),
-        view_rx.clone(),
-    ));
+    service.serve_watches(watch_hub);
     if let Some((listener, tls)) = resp_listener {
         let door = resp::serve(listener, tls, service.clone(), controller.handle());
         tokio::spawn(door.in_current_span());
