@@ -2210,3 +2210,33 @@ fn a_backup_restarted_in_the_middle_of_a_transfer_resumes_it() {
     );
     assert_same_state(&cluster, 1, primary);
 }
+
+/// A backup applies what it learns is committed on its tick; one whose driver serves watchers
+/// (`set_apply_every_pass`) applies it in the same pass, so its watchers need not wait.
+#[test]
+fn a_backup_serving_watchers_applies_in_the_pass_that_learns_the_commit() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster
+        .nodes
+        .get_mut(&1)
+        .expect("node 1")
+        .set_apply_every_pass(true);
+    for key in ["a", "b", "c"] {
+        cluster.write(3, key, WriteConcern::Majority);
+        cluster.deliver();
+    }
+    let (eager, ticking) = (cluster.node(1), cluster.node(2));
+    assert!(
+        ticking.commit_index() > ticking.applied_index(),
+        "without watchers a backup waits for its tick: commit {}, applied {}",
+        ticking.commit_index(),
+        ticking.applied_index()
+    );
+    assert_eq!(eager.commit_index(), ticking.commit_index());
+    assert_eq!(
+        eager.applied_index(),
+        eager.commit_index(),
+        "a backup with watchers applied in the pass"
+    );
+}

@@ -38,6 +38,7 @@ use std::time::Instant;
 use tokio::sync::{watch, Notify};
 use tracing::warn;
 
+use crate::client::lock;
 use crate::config::tuning::{
     WATCH_MAX_INITIAL_BYTES, WATCH_PROGRESS_INTERVAL, WATCH_READ_BYTES, WATCH_RING_BYTES,
     WATCH_RING_ENTRIES,
@@ -138,19 +139,11 @@ impl Ring {
 /// What an entry costs in the ring: its keys and values, and a little for the rest.
 fn entry_bytes(entry: &Entry) -> usize {
     const OVERHEAD: usize = 64;
-    let changes: usize = match &entry.operation {
-        Operation::Put { key, value } => key.len() + value.len(),
-        Operation::Delete { key } => key.len(),
-        Operation::Batch { changes, .. } => changes
-            .iter()
-            .map(|change| match change {
-                MessageChange::Put { key, value } => key.len() + value.len(),
-                MessageChange::Delete { key } => key.len(),
-            })
-            .sum(),
-        _ => 0,
-    };
-    OVERHEAD + changes
+    let mut bytes = OVERHEAD;
+    visit_changes(entry, |key, value| {
+        bytes += key.len() + value.map_or(0, <[u8]>::len);
+    });
+    bytes
 }
 
 /// Calls `visit` with the key and new value (`None`: deleted) of each change an entry makes to
@@ -316,14 +309,6 @@ impl HubShared {
             });
         }
     }
-}
-
-/// The subscriptions, also after a panic elsewhere (they stay consistent: every change is one
-/// insert or one removal).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Entries `from..=to` of the stored log (one bounded read), off the async threads.
@@ -970,18 +955,24 @@ mod tests {
             watchers.push(watcher);
         }
         node.apply(vec![put(1, "p/2/x", "v")]);
-        let mut woken = Vec::new();
-        for watcher in &mut watchers {
-            let subscription = &watcher.subscription;
-            let woke = tokio::time::timeout(
-                std::time::Duration::from_millis(100),
-                subscription.wake.notified(),
+        // The feeder wakes the watchers of one entry together, under one lock: once p/2/ and p/
+        // are woken, a wake-up of p/1/ would be waiting as a permit too.
+        for woken in &watchers[1..] {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                woken.subscription.wake.notified(),
             )
             .await
-            .is_ok();
-            woken.push(woke);
+            .expect("a watcher of the change is woken");
         }
-        assert_eq!(woken, vec![false, true, true], "p/1/ is not woken");
+        // A zero timeout polls the wait once: a stored permit would end it at once.
+        let quiet = watchers[0].subscription.wake.notified();
+        assert!(
+            tokio::time::timeout(std::time::Duration::ZERO, quiet)
+                .await
+                .is_err(),
+            "p/1/ is not woken"
+        );
         assert_eq!(next_change(&mut watchers[1]).await.index, 1);
         assert_eq!(next_change(&mut watchers[2]).await.index, 1);
     }
