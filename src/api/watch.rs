@@ -2,7 +2,8 @@
 //!
 //! The event loop publishes the node's applied index after every pass ([`NodeView`]). The hub's
 //! feeder task reads the entries newly applied from the stored log, once for every watcher, and
-//! keeps the most recent ones in a bounded ring. A [`Watcher`] delivers the changes under its
+//! keeps the most recent ones in a bounded ring (while no watcher is open it reads nothing and
+//! keeps the ring empty). A [`Watcher`] delivers the changes under its
 //! prefix in index order (the revision is the log index): from the stored log, one bounded read
 //! at a time, while it is behind the ring (catching up, at its client's pace), then from the ring
 //! (live). An idle watcher sends a progress notification now and then.
@@ -282,11 +283,29 @@ impl HubShared {
         }
     }
 
+    /// With no watcher open, restarts the ring after `applied` instead of reading the log back
+    /// into it: a node nobody watches pays no storage read per write. Decided under the ring's
+    /// write lock, so a watcher that registers meanwhile either is seen here (and the ring is
+    /// fed) or reads the ring only once it has restarted, and catches up from the stored log.
+    fn skip_unwatched(&self, applied: LogIndex) -> bool {
+        let mut skipped = false;
+        self.change_ring(|ring| {
+            if lock(&self.subscriptions).is_empty() {
+                ring.restart_at(applied + 1);
+                skipped = true;
+            }
+        });
+        skipped
+    }
+
     /// Reads the entries applied up to `applied` that the ring has not seen into it.
     async fn feed_to(&self, applied: LogIndex) -> Result<()> {
         loop {
             let next = self.bounds.borrow().next;
             if next > applied {
+                return Ok(());
+            }
+            if self.skip_unwatched(applied) {
                 return Ok(());
             }
             let entries = read_log(&self.storage, next, applied).await?;
@@ -975,6 +994,34 @@ mod tests {
         );
         assert_eq!(next_change(&mut watchers[1]).await.index, 1);
         assert_eq!(next_change(&mut watchers[2]).await.index, 1);
+    }
+
+    #[tokio::test]
+    async fn a_hub_nobody_watches_reads_nothing_back_and_later_watchers_miss_nothing() {
+        let mut node = Harness::new();
+        let hub = node.hub(RingLimits::default());
+        let mut bounds = hub.shared.bounds.subscribe();
+        node.apply_puts("k", 10);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            bounds.wait_for(|bounds| bounds.next == 11),
+        )
+        .await
+        .expect("the feeder reached the applied index")
+        .expect("the hub runs");
+        let held = hub.shared.read_ring(|ring| ring.entries.len());
+        assert_eq!(held, 0, "no watcher: the ring is not fed from the log");
+
+        let mut from_start = hub.watch(b"k".to_vec(), Some(1)).await.expect("watch");
+        let mut from_now = hub.watch(b"k".to_vec(), None).await.expect("watch");
+        for index in 1..=10 {
+            assert_eq!(next_change(&mut from_start).await.index, index);
+        }
+        node.apply_puts("k", 2);
+        for watcher in [&mut from_start, &mut from_now] {
+            assert_eq!(next_change(watcher).await.index, 11);
+            assert_eq!(next_change(watcher).await.index, 12);
+        }
     }
 
     #[tokio::test]
