@@ -487,6 +487,9 @@ pub struct NodeView {
     pub last_index: LogIndex,
     pub commit_index: LogIndex,
     pub applied_index: LogIndex,
+    /// Whether the node has heard from no live primary for three failure timeouts
+    /// ([`Node::cut_off_from_primary`]): its watches end and it opens none.
+    pub cut_off: bool,
 }
 
 impl NodeView {
@@ -499,6 +502,7 @@ impl NodeView {
             last_index: node.last_index(),
             commit_index: node.commit_index(),
             applied_index: node.applied_index(),
+            cut_off: node.cut_off_from_primary(),
         }
     }
 }

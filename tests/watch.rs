@@ -1,7 +1,8 @@
 //! Watches against real `kvnode` processes: a watch resumed after `kill -9` of the node serving
 //! it delivers exactly the acknowledged writes (no gap, no duplicate, in index order); a watch from
 //! a compacted index gets the `Compacted` error with the oldest index available; a watcher that
-//! stops reading is cut off while another on the same node keeps pace.
+//! stops reading is cut off while another on the same node keeps pace; a watch on a node removed
+//! from the cluster ends instead of stalling.
 //!
 //! Address block 127.0.0.191-199, ports 25300-25349 (see tests/process.rs for the others).
 
@@ -10,11 +11,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, Cluster, ClusterSpec, READONLY_CLIENT, READWRITE_CLIENT};
+use common::{eventually, Cluster, ClusterSpec, ADMIN_CLIENT, READONLY_CLIENT, READWRITE_CLIENT};
 use replikv::client::Client;
 use replikv::net::WATCH_LAGGING_CODE;
 use replikv::wire::client::{Change, Request, WatchEvent};
-use replikv::wire::frame::{write_frame, MAX_CLIENT_FRAME_BYTES};
+use replikv::wire::frame::{read_frame, write_frame, MAX_CLIENT_FRAME_BYTES};
 use replikv::{Error, WriteConcern};
 
 /// The next change of `stream`, skipping progress notifications, within `limit`.
@@ -552,4 +553,83 @@ async fn the_http_door_serves_a_watch_as_server_sent_events() {
         .await
         .expect("an answer");
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_removed_node_ends_instead_of_stalling() {
+    let cluster = Cluster::start(ClusterSpec::new(3, 197, 25300));
+    let (primary, _) = cluster.wait_for_primary().await;
+    let removed = (1..=3).find(|id| *id != primary).expect("a backup");
+    // A raw stream, so that nothing resumes it elsewhere: what the node itself does is seen.
+    let (_endpoint, connection) = cluster.raw_connection(removed, READONLY_CLIENT).await;
+    let (mut send, mut recv) = connection.open_bi().await.expect("open a stream");
+    let watch = Request::Watch {
+        prefix: b"r/".to_vec(),
+        from: None,
+        initial: false,
+    };
+    write_frame(&mut send, &watch, MAX_CLIENT_FRAME_BYTES)
+        .await
+        .expect("ask for the watch");
+    let first = read_frame::<WatchEvent, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await;
+    assert!(
+        matches!(first, Ok(Some(WatchEvent::Progress { .. }))),
+        "the watch opens: {first:?}"
+    );
+
+    let admin = cluster.client(ADMIN_CLIENT);
+    admin
+        .remove_member(removed)
+        .await
+        .unwrap_or_else(|error| panic!("removing node {removed} failed: {error}"));
+
+    // The primary no longer talks to the removed node; before, its watch went on with progress
+    // notifications forever, and a client had no reason to move.
+    let ended = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            match read_frame::<WatchEvent, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
+                Ok(Some(WatchEvent::Progress { .. })) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        cluster.dump_logs();
+        panic!("the watch on removed node {removed} is still open")
+    });
+    assert!(
+        matches!(ended, Ok(Some(WatchEvent::End(Error::Unavailable(_))))),
+        "the watch ends with a reason to move: {ended:?}"
+    );
+
+    // The client library moves to a member by itself: a write is seen.
+    let files = cluster.client_files(READONLY_CLIENT);
+    let addrs = vec![
+        cluster.node(removed).client_addr.clone(),
+        cluster.node(primary).client_addr.clone(),
+    ];
+    let watcher = Client::with_tls(addrs, &files, common::test_options()).expect("a client");
+    let mut stream = watcher.watch(b"r/", None, false);
+    stream.next().await.expect("the watch opens on a member");
+    assert_ne!(
+        stream.node(),
+        Some(cluster.node(removed).client_addr.as_str()),
+        "the removed node opens no watch"
+    );
+    let writer = cluster.client(READWRITE_CLIENT);
+    let (written, _) = writer
+        .put(
+            "r/after",
+            "x",
+            WriteConcern::Majority,
+            common::CLIENT_TIMEOUT,
+        )
+        .await
+        .expect("a write after the removal");
+    let change = next_change(&mut stream, common::PATIENCE).await;
+    assert_eq!(
+        (change.index, change.key.as_slice()),
+        (written.index, &b"r/after"[..])
+    );
 }

@@ -528,11 +528,15 @@ async fn readyz(State(door): State<HttpDoor>) -> HttpResponse {
     }
 }
 
-/// Why a node with this view is not ready, if it is not: it knows no primary, it is a learner
-/// (catching up to become a voter) or a candidate, or it has far more committed than applied.
+/// Why a node with this view is not ready, if it is not: it knows no primary or has not heard
+/// from one for three failure timeouts, it is a learner (catching up to become a voter) or a
+/// candidate, or it has far more committed than applied.
 pub fn not_ready_because(view: &NodeView) -> Option<&'static str> {
     if view.primary.is_none() {
         return Some("no primary is known");
+    }
+    if view.cut_off {
+        return Some("cut off: no primary heard for three failure timeouts");
     }
     match view.role {
         Role::Learner => return Some("a learner, catching up before it becomes a voter"),
@@ -1098,6 +1102,7 @@ mod tests {
             last_index: 10,
             commit_index: 10,
             applied_index: 10,
+            cut_off: false,
         };
         assert_eq!(not_ready_because(&ready), None);
         // A backup leaves up to MAX_UNAPPLIED_ON_BACKUP committed entries for its next tick.
@@ -1113,6 +1118,10 @@ mod tests {
             },
             NodeView {
                 role: Role::Learner,
+                ..ready
+            },
+            NodeView {
+                cut_off: true,
                 ..ready
             },
             NodeView {

@@ -197,6 +197,9 @@ struct HubShared {
     /// Every open watcher's subscription, by prefix: the feeder wakes only the watchers whose
     /// prefix a new change is under.
     subscriptions: Mutex<BTreeMap<Vec<u8>, Vec<Arc<Subscription>>>>,
+    /// Whether the node is cut off from the primary ([`NodeView::cut_off`]): its watches end with
+    /// `Unavailable`, and their clients resume on a node that hears the primary.
+    cut_off: watch::Sender<bool>,
 }
 
 /// What the feeder tells one watcher. Changed only under the ring's lock: by the feeder, which
@@ -338,6 +341,15 @@ async fn read_log(storage: &Arc<dyn Storage>, from: LogIndex, to: LogIndex) -> R
         .map_err(|err| Error::Internal(format!("a log read failed: {err}")))?
 }
 
+/// Why a watch ends, or is refused, on a node cut off from the primary.
+fn cut_off_error() -> Error {
+    Error::Unavailable(
+        "this node has heard from no primary for three failure timeouts (partitioned, or removed \
+         from the cluster): watch on another node"
+            .into(),
+    )
+}
+
 /// The first index the stored log holds.
 async fn log_start(storage: &Arc<dyn Storage>) -> Result<LogIndex> {
     let storage = Arc::clone(storage);
@@ -366,7 +378,10 @@ impl WatchHub {
         mut view: watch::Receiver<NodeView>,
         limits: RingLimits,
     ) -> WatchHub {
-        let applied = view.borrow_and_update().applied_index;
+        let (applied, cut_off) = {
+            let view = view.borrow_and_update();
+            (view.applied_index, view.cut_off)
+        };
         let ring = Ring {
             entries: VecDeque::new(),
             bytes: 0,
@@ -380,11 +395,20 @@ impl WatchHub {
             bounds,
             open_watchers: Arc::default(),
             subscriptions: Mutex::default(),
+            cut_off: watch::Sender::new(cut_off),
         });
         let feeder = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
-                let applied = view.borrow_and_update().applied_index;
+                let (applied, cut_off) = {
+                    let view = view.borrow_and_update();
+                    (view.applied_index, view.cut_off)
+                };
+                feeder.cut_off.send_if_modified(|was| {
+                    let changed = *was != cut_off;
+                    *was = cut_off;
+                    changed
+                });
                 if let Err(err) = feeder.feed_to(applied).await {
                     warn!(%err, "the watch hub cannot read the applied log");
                 }
@@ -404,6 +428,9 @@ impl WatchHub {
     /// A watcher of the changes under `prefix` from index `from` (after the last index the hub
     /// has read when `None`). Fails with [`Error::Compacted`] if the log no longer holds `from`.
     pub async fn watch(&self, prefix: Vec<u8>, from: Option<LogIndex>) -> Result<Watcher> {
+        if *self.shared.cut_off.borrow() {
+            return Err(cut_off_error());
+        }
         let bounds = *self.shared.bounds.borrow();
         let next = from.unwrap_or(bounds.next).max(1);
         // The log's start decides, even if the ring still holds `from`: the ring is a cache of
@@ -430,6 +457,7 @@ impl WatchHub {
             subscription,
             shared: Arc::clone(&self.shared),
             bounds: self.shared.bounds.subscribe(),
+            cut_off: self.shared.cut_off.subscribe(),
             prefix,
             next,
             live: false,
@@ -564,6 +592,8 @@ pub struct Watcher {
     /// Where the feeder marks and wakes this watcher.
     subscription: Arc<Subscription>,
     bounds: watch::Receiver<RingBounds>,
+    /// Whether the node is cut off from the primary: the watch ends.
+    cut_off: watch::Receiver<bool>,
     prefix: Vec<u8>,
     /// The next index to examine.
     next: LogIndex,
@@ -638,6 +668,9 @@ impl Watcher {
     /// Examines entries until some event is ready.
     async fn fill(&mut self) -> Result<()> {
         while self.ready.is_empty() {
+            if *self.cut_off.borrow_and_update() {
+                return Err(cut_off_error());
+            }
             let shared = Arc::clone(&self.shared);
             match shared.read_ring(|ring| self.examine_ring(ring)) {
                 RingStep::Examined => {}
@@ -665,6 +698,9 @@ impl Watcher {
                     // A wake-up that came since the ring was read is kept as a permit.
                     tokio::select! {
                         () = self.subscription.wake.notified() => {}
+                        // Looked at again at the top of the loop (the hub outlives its watchers,
+                        // so this never fails).
+                        _ = self.cut_off.changed() => {}
                         () = self.progress_timer.as_mut() => {
                             self.ready.push_back(WatchEvent::Progress { index: self.next - 1 });
                         }
@@ -742,6 +778,7 @@ mod tests {
             last_index: applied_index,
             commit_index: applied_index,
             applied_index,
+            cut_off: false,
         }
     }
 
@@ -1022,6 +1059,49 @@ mod tests {
             assert_eq!(next_change(watcher).await.index, 11);
             assert_eq!(next_change(watcher).await.index, 12);
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_cut_off_from_the_primary_ends_its_watches_and_opens_none() {
+        let mut node = Harness::new();
+        node.apply_puts("k", 2);
+        let hub = node.hub(RingLimits::default());
+        let mut watcher = hub.watch(b"k".to_vec(), Some(1)).await.expect("watch");
+        assert_eq!(next_change(&mut watcher).await.index, 1);
+        assert_eq!(next_change(&mut watcher).await.index, 2);
+        node.view.send_replace(NodeView {
+            cut_off: true,
+            ..view(node.applied)
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let ended = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, watcher.next()).await {
+                Ok(Ok(WatchEvent::Progress { .. })) => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(ended, Ok(Err(Error::Unavailable(_)))),
+            "the watch ends so that its client moves: {ended:?}"
+        );
+        let refused = hub.watch(b"k".to_vec(), None).await.err();
+        assert!(
+            matches!(refused, Some(Error::Unavailable(_))),
+            "{refused:?}"
+        );
+        node.view.send_replace(view(node.applied));
+        let mut back = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match hub.watch(b"k".to_vec(), Some(2)).await {
+                    Ok(watcher) => return watcher,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await
+        .expect("the node hears the primary again: watches open");
+        assert_eq!(next_change(&mut back).await.index, 2);
     }
 
     #[tokio::test]

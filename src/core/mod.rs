@@ -20,8 +20,8 @@ mod node;
 mod progress;
 
 pub use node::{
-    parse_integer, Node, SnapshotCounters, MAX_REQUEST_TIMEOUT_MS, MAX_UNAPPLIED_ON_BACKUP,
-    NOT_AN_INTEGER, OVERFLOW,
+    parse_integer, Node, SnapshotCounters, CUT_OFF_AFTER_FAILURE_TIMEOUTS, MAX_REQUEST_TIMEOUT_MS,
+    MAX_UNAPPLIED_ON_BACKUP, NOT_AN_INTEGER, OVERFLOW,
 };
 
 use crate::wire::client::Response;

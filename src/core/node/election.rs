@@ -22,7 +22,7 @@ use crate::wire::client::Response;
 use crate::wire::message::{Epoch, Message, MessageBody, NodeId, Operation, Rank};
 
 use super::sessions::SessionExpiry;
-use super::{Node, PrimaryState, RoleState};
+use super::{Node, PrimaryState, RoleState, CUT_OFF_AFTER_FAILURE_TIMEOUTS};
 
 impl Node {
     /// This node's standing in an election: its log's freshness, then its id.
@@ -43,6 +43,19 @@ impl Node {
             }
             _ => self.now < self.last_heard_primary + self.options.failure_timeout_ms,
         }
+    }
+
+    /// Whether this node, not a primary, has heard from no live primary for
+    /// [`CUT_OFF_AFTER_FAILURE_TIMEOUTS`] failure timeouts: longer than an election takes, so it is
+    /// not merely between two primaries but cut off (partitioned, or removed from the cluster),
+    /// and what it serves may be stale. Its watches end, so that their clients resume on a node
+    /// that hears the primary, and it reports itself not ready.
+    pub fn cut_off_from_primary(&self) -> bool {
+        let silence = self
+            .options
+            .failure_timeout_ms
+            .saturating_mul(CUT_OFF_AFTER_FAILURE_TIMEOUTS);
+        !self.is_primary() && self.now >= self.last_heard_primary.saturating_add(silence)
     }
 
     pub(super) fn reset_election_timer(&mut self) {

@@ -76,6 +76,11 @@ use self::snapshot::{Chunk, ChunkHeader, IncomingSnapshot, SnapshotTransfer};
 /// the end of the pass, so the entries kept in memory for its apply stay bounded.
 pub const MAX_UNAPPLIED_ON_BACKUP: LogIndex = 4096;
 
+/// Failure timeouts without a word from a live primary after which a node that is not one is cut
+/// off ([`Node::cut_off_from_primary`]): more than an election takes, with room for a second
+/// round, so a failover alone does not cut its backups off.
+pub const CUT_OFF_AFTER_FAILURE_TIMEOUTS: u64 = 3;
+
 /// This node's part in the current epoch.
 #[derive(Debug)]
 enum RoleState {
