@@ -11,6 +11,9 @@
 # "Caught up" means the backup's durable index (as it reports it in `kvctl status --node`)
 # reached the primary's last index at the moment the backup restarted; the rate is taken from
 # the primary's first contact with the restarted backup (the time from the restart is shown too).
+# If the primary had compacted the entries the backup missed, the backup is sent a snapshot of
+# the state instead: the script sees the primary's "offering a snapshot" log line, and that
+# phase's rate is the state's payload (about one key per log index: every put has a new key).
 #
 # Usage (from anywhere in the repository):
 #   scripts/resync-bench.sh                         # 1,000,000 puts of 100 bytes
@@ -109,8 +112,9 @@ bench() { # extra kvctl bench flags...
 now() { date +%s.%N; }
 
 # Restarts node $1 (stopped by stop_node) and waits until its durable index reaches the
-# primary's last index at the restart. Sets CAUGHT_UP to "entries seconds-from-restart
-# seconds-from-first-contact" (the second leaves out the process start and the first heartbeat).
+# primary's last index at the restart. Sets CAUGHT_UP to "entries target-index
+# seconds-from-restart seconds-from-first-contact" (the last leaves out the process start and the
+# first heartbeat).
 # Not run in a subshell: the node it starts must be this shell's child.
 restart_and_time_catch_up() {
     local id=$1 status from=$STOPPED_AT target started contact="" durable health
@@ -133,16 +137,26 @@ restart_and_time_catch_up() {
     echo >&2
     local done_at
     done_at=$(now)
-    CAUGHT_UP="$((target - from)) $(awk -v a="$done_at" -v b="$started" -v c="${contact:-$started}" \
+    CAUGHT_UP="$((target - from)) $target $(awk -v a="$done_at" -v b="$started" -v c="${contact:-$started}" \
         'BEGIN { print a - b, a - c }')"
 }
 
-report_resync() { # label entries seconds-from-restart seconds-from-contact
-    awk -v label="$1" -v entries="$2" -v total="$3" -v secs="$4" \
+# Snapshot offers in the nodes' logs so far.
+snapshot_offers() { cat "$DIR"/node-*.log | grep -c "offering a snapshot" || true; }
+
+# label entries keys-in-state seconds-from-restart seconds-from-contact snapshots-offered
+report_resync() {
+    awk -v label="$1" -v entries="$2" -v keys="$3" -v total="$4" -v secs="$5" -v snapshots="$6" \
         -v bytes="$((KEY_BYTES + VALUE_SIZE))" 'BEGIN {
-        rate = entries / secs
-        printf "%-28s %9d entries in %6.1f s (%.1f s from the restart): %8.0f entries/s, %6.1f MB/s of payload\n",
-            label, entries, secs, total, rate, rate * bytes / 1e6
+        if (snapshots > 0) {
+            rate = keys / secs
+            printf "%-28s snapshot of %9d keys in %6.1f s (%.1f s from the restart): %8.0f keys/s, %6.1f MB/s of payload\n",
+                label, keys, secs, total, rate, rate * bytes / 1e6
+        } else {
+            rate = entries / secs
+            printf "%-28s log of %9d entries in %6.1f s (%.1f s from the restart): %8.0f entries/s, %6.1f MB/s of payload\n",
+                label, entries, secs, total, rate, rate * bytes / 1e6
+        }
     }'
 }
 
@@ -169,8 +183,10 @@ echo "2. node $backup stopped; $REQUESTS puts of $VALUE_SIZE bytes" >&2
 stop_node "$backup"
 outage=$(bench --requests "$REQUESTS" | jq .throughput)
 echo "   restarting node $backup, no other load" >&2
+offers=$(snapshot_offers)
 restart_and_time_catch_up "$backup"
-read -r idle_entries idle_total idle_secs <<<"$CAUGHT_UP"
+read -r idle_entries idle_keys idle_total idle_secs <<<"$CAUGHT_UP"
+idle_snapshots=$(($(snapshot_offers) - offers))
 
 echo "3. node $backup stopped again; $REQUESTS more puts" >&2
 stop_node "$backup"
@@ -178,19 +194,22 @@ bench --requests "$REQUESTS" >/dev/null
 echo "   restarting node $backup while ${LOAD_SECS}s of puts run" >&2
 bench --duration "${LOAD_SECS}s" >"$DIR/during.json" &
 load_pid=$!
+offers=$(snapshot_offers)
 restart_and_time_catch_up "$backup"
-read -r busy_entries busy_total busy_secs <<<"$CAUGHT_UP"
+read -r busy_entries busy_keys busy_total busy_secs <<<"$CAUGHT_UP"
+busy_snapshots=$(($(snapshot_offers) - offers))
 wait "$load_pid"
 during=$(jq .throughput "$DIR/during.json")
 
-snapshots=$(cat "$DIR"/node-*.log | grep -ci "streaming a snapshot" || true)
 
 echo
 echo "resync benchmark: $REQUESTS puts of $VALUE_SIZE-byte values missed by one backup, $CLIENTS clients, w=majority"
-report_resync "catch-up, no other load" "$idle_entries" "$idle_total" "$idle_secs"
-report_resync "catch-up under write load" "$busy_entries" "$busy_total" "$busy_secs"
+report_resync "catch-up, no other load" "$idle_entries" "$idle_keys" "$idle_total" "$idle_secs" \
+    "$idle_snapshots"
+report_resync "catch-up under write load" "$busy_entries" "$busy_keys" "$busy_total" "$busy_secs" \
+    "$busy_snapshots"
 printf '%-28s %8.0f puts/s\n' "writes, all nodes up" "$baseline"
 printf '%-28s %8.0f puts/s\n' "writes, one backup down" "$outage"
 printf '%-28s %8.0f puts/s (the %ss run that started with the restart)\n' \
     "writes during the resync" "$during" "$LOAD_SECS"
-echo "snapshot transfers started: $snapshots (log_retention_bytes: ${RETENTION:-node default})"
+echo "snapshots offered: $idle_snapshots, then $busy_snapshots (log_retention_bytes: ${RETENTION:-node default})"

@@ -2,7 +2,8 @@
 //! it delivers exactly the acknowledged writes (no gap, no duplicate, in index order); a watch from
 //! a compacted index gets the `Compacted` error with the oldest index available; a watcher that
 //! stops reading is cut off while another on the same node keeps pace; a watch on a node removed
-//! from the cluster ends instead of stalling.
+//! from the cluster ends instead of stalling; keyspace notifications on the RESP door, in RESP2's
+//! subscribed mode and as RESP3 pushes.
 //!
 //! Address block 127.0.0.191-199, ports 25300-25349 (see tests/process.rs for the others).
 
@@ -632,4 +633,124 @@ async fn a_watch_on_a_removed_node_ends_instead_of_stalling() {
         (change.index, change.key.as_slice()),
         (written.index, &b"r/after"[..])
     );
+}
+
+/// One RESP2 or RESP3 value, rendered flat for assertions: an aggregate as its type byte and its
+/// elements in brackets (`*[message,ch,set]`, `>[…]`), an error with its `-`, a null as `nil`,
+/// any other value as its text.
+async fn read_resp(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("a RESP line");
+    let Some(line) = line.strip_suffix("\r\n") else {
+        panic!("the door closed mid-value: {line:?}");
+    };
+    let (kind, rest) = line.split_at(1);
+    let count = || rest.parse::<i64>().expect("a RESP length");
+    match kind {
+        "+" | ":" | "#" | "," => rest.to_string(),
+        "-" => format!("-{rest}"),
+        "_" => "nil".to_string(),
+        "$" if count() < 0 => "nil".to_string(),
+        "$" => {
+            let mut data = vec![0; usize::try_from(count()).expect("a length") + 2];
+            reader.read_exact(&mut data).await.expect("a bulk string");
+            data.truncate(data.len() - 2);
+            String::from_utf8_lossy(&data).into_owned()
+        }
+        "*" | ">" | "~" | "%" | "|" => {
+            let items = match kind {
+                "%" | "|" => 2 * count(),
+                _ => count(),
+            };
+            let mut rendered = Vec::new();
+            for _ in 0..items.max(0) {
+                rendered.push(Box::pin(read_resp(reader)).await);
+            }
+            format!("{kind}[{}]", rendered.join(","))
+        }
+        other => panic!("not a RESP type: {other:?} in {line:?}"),
+    }
+}
+
+/// A raw RESP connection: sends commands as arrays of bulk strings, reads values one at a time.
+struct RespConnection(tokio::io::BufReader<tokio::net::TcpStream>);
+
+impl RespConnection {
+    async fn open(addr: &str) -> RespConnection {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to a RESP door");
+        RespConnection(tokio::io::BufReader::new(stream))
+    }
+
+    async fn send(&mut self, args: &[&str]) {
+        use tokio::io::AsyncWriteExt;
+        let mut command = format!("*{}\r\n", args.len());
+        for arg in args {
+            command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.0
+            .get_mut()
+            .write_all(command.as_bytes())
+            .await
+            .expect("send a command");
+    }
+
+    async fn read(&mut self) -> String {
+        tokio::time::timeout(common::PATIENCE, read_resp(&mut self.0))
+            .await
+            .expect("a reply or a notification in time")
+    }
+
+    async fn call(&mut self, args: &[&str]) -> String {
+        self.send(args).await;
+        self.read().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_speak_resp2_subscribed_mode_and_resp3_pushes() {
+    let cluster = Cluster::start(ClusterSpec::new(3, 194, 25300).with_resp());
+    let (primary, _) = cluster.wait_for_primary().await;
+    let backup = (1..=3).find(|id| *id != primary).expect("a backup");
+    let channel = "__keyspace@0__:n/1";
+
+    // RESP2: once subscribed, only the (un)subscribe commands, PING and QUIT run, as in Redis.
+    let mut resp2 = RespConnection::open(&cluster.spec.resp_addr(backup)).await;
+    assert_eq!(
+        resp2.call(&["SUBSCRIBE", channel]).await,
+        format!("*[subscribe,{channel},1]")
+    );
+    let refused = resp2.call(&["GET", "n/1"]).await;
+    assert!(
+        refused.starts_with("-ERR Can't execute 'get': only (P|S)SUBSCRIBE"),
+        "{refused}"
+    );
+    assert_eq!(resp2.call(&["PING"]).await, "*[pong,]");
+
+    // RESP3: confirmations and messages are pushes, and any command still runs.
+    let mut resp3 = RespConnection::open(&cluster.spec.resp_addr(backup)).await;
+    let hello = resp3.call(&["HELLO", "3"]).await;
+    assert!(hello.starts_with("%["), "HELLO 3 answers a map: {hello}");
+    assert_eq!(
+        resp3.call(&["SUBSCRIBE", channel]).await,
+        format!(">[subscribe,{channel},1]")
+    );
+    assert_eq!(resp3.call(&["GET", "n/1"]).await, "nil");
+
+    let mut writer = RespConnection::open(&cluster.spec.resp_addr(primary)).await;
+    assert_eq!(writer.call(&["SET", "n/2", "unwatched"]).await, "OK");
+    assert_eq!(writer.call(&["SET", "n/1", "v"]).await, "OK");
+    // The unwatched key announced nothing: the first message is the watched one's.
+    assert_eq!(resp2.read().await, format!("*[message,{channel},set]"));
+    assert_eq!(resp3.read().await, format!(">[message,{channel},set]"));
+    assert_eq!(resp3.call(&["GET", "n/1"]).await, "v");
+
+    // Unsubscribed, the RESP2 connection runs every command again.
+    assert_eq!(
+        resp2.call(&["UNSUBSCRIBE", channel]).await,
+        format!("*[unsubscribe,{channel},0]")
+    );
+    assert_eq!(resp2.call(&["GET", "n/1"]).await, "v");
 }
