@@ -724,9 +724,11 @@ impl Watcher {
             self.next = self.next.max(bounds.next);
             return RingStep::UpToDate;
         }
-        if self.next < bounds.first && pending_from >= bounds.first {
-            // Nothing under the prefix fell out of the ring: the watcher is not behind.
-            self.next = bounds.first;
+        if pending_from > self.next && pending_from >= bounds.first {
+            // Nothing under the prefix before `pending_from`: skip to it without reading what
+            // lies between (other prefixes' entries). If the watcher was behind the ring,
+            // nothing it watches fell out of it, so it is not behind.
+            self.next = pending_from;
         }
         if self.next < bounds.first {
             return RingStep::Behind {
