@@ -10,8 +10,9 @@
 //!
 //! The feeder wakes only the watchers whose prefix a new entry's keys are under (a lookup per
 //! prefix length of each key), and marks where their next change is ([`Subscription`]); a
-//! watcher with nothing marked skips to the ring's end without reading it. So a thousand
-//! watchers of their own keys cost a write one wake-up, not a thousand.
+//! watcher with nothing marked skips to the ring's end without reading it, and a woken one skips
+//! straight to its mark. So a thousand watchers of their own keys cost a write one wake-up and one
+//! look at one entry, not a thousand.
 //!
 //! Invariants:
 //! - Only applied (so committed) entries are delivered: the feeder reads no further than the
