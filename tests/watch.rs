@@ -32,6 +32,24 @@ async fn next_change(stream: &mut replikv::client::WatchStream, limit: Duration)
     }
 }
 
+/// A watch of `prefix` from now on a stream of its own over `connection`, with no client library
+/// in between to resume it: what the node does is what is seen. The send side must be kept open.
+async fn open_raw_watch(
+    connection: &quinn::Connection,
+    prefix: &[u8],
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = connection.open_bi().await.expect("open a stream");
+    let watch = Request::Watch {
+        prefix: prefix.to_vec(),
+        from: None,
+        initial: false,
+    };
+    write_frame(&mut send, &watch, MAX_CLIENT_FRAME_BYTES)
+        .await
+        .expect("ask for the watch");
+    (send, recv)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_after_its_node_is_killed_with_no_gap_and_no_duplicate() {
     let mut cluster = Cluster::start(ClusterSpec::new(3, 191, 25300));
@@ -215,15 +233,7 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_pace() {
 
     // The slow one: a raw watch stream on node 1 that is never read.
     let (_endpoint, connection) = cluster.raw_connection(1, READONLY_CLIENT).await;
-    let (mut send, mut slow) = connection.open_bi().await.expect("open a stream");
-    let watch = Request::Watch {
-        prefix: b"s/".to_vec(),
-        from: None,
-        initial: false,
-    };
-    write_frame(&mut send, &watch, MAX_CLIENT_FRAME_BYTES)
-        .await
-        .expect("ask for the watch");
+    let (_send, mut slow) = open_raw_watch(&connection, b"s/").await;
 
     // The brisk one, on the same node, reads everything.
     let files = cluster.client_files(READONLY_CLIENT);
@@ -563,15 +573,7 @@ async fn a_watch_on_a_removed_node_ends_instead_of_stalling() {
     let removed = (1..=3).find(|id| *id != primary).expect("a backup");
     // A raw stream, so that nothing resumes it elsewhere: what the node itself does is seen.
     let (_endpoint, connection) = cluster.raw_connection(removed, READONLY_CLIENT).await;
-    let (mut send, mut recv) = connection.open_bi().await.expect("open a stream");
-    let watch = Request::Watch {
-        prefix: b"r/".to_vec(),
-        from: None,
-        initial: false,
-    };
-    write_frame(&mut send, &watch, MAX_CLIENT_FRAME_BYTES)
-        .await
-        .expect("ask for the watch");
+    let (_send, mut recv) = open_raw_watch(&connection, b"r/").await;
     let first = read_frame::<WatchEvent, _>(&mut recv, MAX_CLIENT_FRAME_BYTES).await;
     assert!(
         matches!(first, Ok(Some(WatchEvent::Progress { .. }))),

@@ -855,6 +855,20 @@ mod tests {
         }
     }
 
+    /// The first event or error after any progress notifications, if one comes within 5 s.
+    async fn how_it_goes_on(
+        watcher: &mut Watcher,
+    ) -> std::result::Result<Result<WatchEvent>, tokio::time::error::Elapsed> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, watcher.next()).await {
+                Ok(Ok(WatchEvent::Progress { .. })) => continue,
+                other => return other,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_watcher_sees_the_applied_changes_of_its_prefix_in_index_order() {
         let mut node = Harness::new();
@@ -1076,14 +1090,7 @@ mod tests {
             cut_off: true,
             ..view(node.applied)
         });
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let ended = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, watcher.next()).await {
-                Ok(Ok(WatchEvent::Progress { .. })) => continue,
-                other => break other,
-            }
-        };
+        let ended = how_it_goes_on(&mut watcher).await;
         assert!(
             matches!(ended, Ok(Err(Error::Unavailable(_)))),
             "the watch ends so that its client moves: {ended:?}"
@@ -1121,14 +1128,7 @@ mod tests {
         node.storage.compact(3).expect("compact");
         node.applied = 3;
         node.view.send_replace(view(3));
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let ended = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, watcher.next()).await {
-                Ok(Ok(WatchEvent::Progress { .. })) => continue,
-                other => break other,
-            }
-        };
+        let ended = how_it_goes_on(&mut watcher).await;
         assert!(
             matches!(
                 ended,
