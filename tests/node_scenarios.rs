@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use replikv::core::{ClientToken, Node, Options, Output, Timestamp};
+use replikv::core::{
+    ClientToken, Node, Options, Output, Timestamp, CUT_OFF_AFTER_FAILURE_TIMEOUTS,
+};
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
 use replikv::wire::client::{
@@ -2239,4 +2241,34 @@ fn a_backup_serving_watchers_applies_in_the_pass_that_learns_the_commit() {
         eager.commit_index(),
         "a backup with watchers applied in the pass"
     );
+}
+
+/// A node that hears no primary for `CUT_OFF_AFTER_FAILURE_TIMEOUTS` failure timeouts is cut off
+/// (its watches end, `/readyz` says not ready); before that, and once it hears the primary again,
+/// it is not; a primary never is.
+#[test]
+fn a_backup_is_cut_off_only_after_three_failure_timeouts_without_a_primary() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    cluster.run_until(cluster.now + 10 * FAILURE_TIMEOUT_MS);
+    let cut_off = |cluster: &Cluster| -> Vec<NodeId> {
+        (1..=3)
+            .filter(|id| cluster.node(*id).cut_off_from_primary())
+            .collect()
+    };
+    assert_eq!(cut_off(&cluster), Vec::<NodeId>::new());
+
+    // Node 1 is partitioned from both others: it hears no primary from here on.
+    let partitioned = |message: &Message| message.from == 1 || message.to == 1;
+    let start = cluster.now;
+    let silence = CUT_OFF_AFTER_FAILURE_TIMEOUTS * FAILURE_TIMEOUT_MS;
+    cluster.run_losing(start + silence - HEARTBEAT_MS - 10, partitioned);
+    assert_eq!(cut_off(&cluster), Vec::<NodeId>::new(), "not yet");
+    cluster.run_losing(start + silence + 10, partitioned);
+    assert_eq!(cut_off(&cluster), vec![1]);
+    assert_eq!(cluster.node(3).role(), Role::Primary);
+
+    cluster.run_until(cluster.now + 2 * FAILURE_TIMEOUT_MS);
+    assert_eq!(cluster.node(1).primary(), Some(3));
+    assert_eq!(cut_off(&cluster), Vec::<NodeId>::new(), "healed");
 }

@@ -292,6 +292,10 @@ impl HubShared {
     /// write lock, so a watcher that registers meanwhile either is seen here (and the ring is
     /// fed) or reads the ring only once it has restarted, and catches up from the stored log.
     fn skip_unwatched(&self, applied: LogIndex) -> bool {
+        // Watched (the common case while it matters): no write lock and no bounds broadcast.
+        if !lock(&self.subscriptions).is_empty() {
+            return false;
+        }
         let mut skipped = false;
         self.change_ring(|ring| {
             if lock(&self.subscriptions).is_empty() {
