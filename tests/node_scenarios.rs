@@ -412,6 +412,60 @@ fn the_freshest_log_wins_the_election_even_if_another_node_times_out_first() {
     );
 }
 
+/// The primary writes every client write of one pass to storage in one append (on sled an
+/// append costs an insert whatever its length: docs/ARCHITECTURE.md, "Durability on disk"), and
+/// the writes commit and are answered as before, each at its own index.
+#[test]
+fn a_pass_of_client_writes_is_one_storage_append() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(3);
+    let appends_before = cluster.storage(3).appends();
+    let first_token = cluster.next_token;
+    cluster.next_token += 10;
+    cluster
+        .call(3, |node, now| {
+            for (sequence, token) in (first_token..first_token + 10).enumerate() {
+                let request = Request::Write {
+                    request_id: RequestId {
+                        client_id: 7,
+                        sequence: sequence as u64 + 1,
+                    },
+                    write: Write::Put {
+                        key: format!("k{sequence}").into_bytes(),
+                        value: b"value".to_vec(),
+                    },
+                    write_concern: WriteConcern::Majority,
+                    timeout_ms: 1_000,
+                };
+                node.request(now, token, request)?;
+            }
+            Ok(())
+        })
+        .expect("requests");
+    assert_eq!(
+        cluster.storage(3).appends() - appends_before,
+        1,
+        "ten client writes in one pass, one storage append"
+    );
+    cluster.deliver();
+    let indexes: Vec<LogIndex> = (first_token..first_token + 10)
+        .map(|token| written_index(cluster.reply(token)))
+        .collect();
+    let first = indexes[0];
+    assert_eq!(indexes, (first..first + 10).collect::<Vec<_>>());
+    for id in [1, 2, 3] {
+        assert_eq!(
+            cluster
+                .storage(id)
+                .entries(first, first + 9, usize::MAX)
+                .expect("entries")
+                .len(),
+            10,
+            "node {id} stored the ten writes"
+        );
+    }
+}
+
 #[test]
 fn a_stale_primary_steps_down_on_a_higher_epoch() {
     let mut cluster = Cluster::new(3);

@@ -209,8 +209,9 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
-            self.start_flush();
+            // The pass writes its entries to storage as it finishes; the flush then covers them.
             self.dispatch_outputs()?;
+            self.start_flush();
             self.observe();
         }
     }
@@ -406,6 +407,10 @@ impl EventLoop {
         if self.flush.is_some() {
             let (ticket, outcome) = flush_finished(&mut self.flush).await;
             result = self.on_flushed(ticket, outcome);
+        }
+        if result.is_ok() {
+            // Ends the last pass, which writes its entries to storage, so the flush covers them.
+            result = self.dispatch_outputs();
         }
         if result.is_ok() {
             let ticket = self.node.flush_needed();

@@ -38,6 +38,8 @@ struct Inner {
     durable: Contents,
     /// Writes applied to `live` but not yet to `durable`, oldest first.
     unflushed: Vec<Write>,
+    /// Non-empty appends taken, for tests of how the node batches its writes.
+    appends: u64,
 }
 
 /// One successful write, as journaled for replay onto the durable copy.
@@ -91,6 +93,7 @@ impl MemoryStorage {
                 live: Contents::new(),
                 durable: Contents::new(),
                 unflushed: Vec::new(),
+                appends: 0,
             }),
         }
     }
@@ -117,6 +120,12 @@ impl MemoryStorage {
     /// How many writes a crash would lose now.
     pub fn unflushed_writes(&self) -> usize {
         self.lock().unflushed.len()
+    }
+
+    /// How many non-empty appends this store has taken. On sled each costs an insert whatever
+    /// its length, so tests check with it that the node batches its appends.
+    pub fn appends(&self) -> u64 {
+        self.lock().appends
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -383,7 +392,9 @@ impl Storage for MemoryStorage {
             return Ok(());
         }
         check_append(self.lock().live.last(), entries)?;
-        // One journaled write per entry, as sled inserts them: a crash may keep some of them.
+        self.lock().appends += 1;
+        // One journaled write per entry, so a crash may keep any prefix of the entries; that
+        // covers every prefix of the runs sled inserts them in.
         for entry in entries {
             self.write(Write::Append(vec![entry.clone()]), |contents| {
                 contents.log.push(entry.clone());

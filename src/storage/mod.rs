@@ -23,6 +23,7 @@ mod rules;
 pub mod sled_engine;
 pub mod system_keys;
 
+pub(crate) use rules::check_append;
 pub(crate) use rules::fits as fits_in_batch;
 pub use rules::{
     framed_pair_bytes, session_record_bytes, PAIR_FRAMING_BYTES, SESSION_RECORD_BYTES,

@@ -3,7 +3,7 @@
 //!
 //! | tree | key | value (postcard) |
 //! |---|---|---|
-//! | `log` | index, u64 big-endian | [`Entry`] |
+//! | `log` | index of a run's first entry, u64 big-endian | a run: contiguous [`Entry`]s, back to back |
 //! | `state` | user key | the key's version (u64 big-endian), then its value (raw bytes) |
 //! | `meta` | fixed names (see the `META_*` constants) | epoch and vote, commit index, applied index, membership, log start, snapshot epoch, install marker, staged-snapshot record |
 //! | `sessions` | client id, u64 big-endian | [`Session`] |
@@ -21,7 +21,10 @@
 //! - `log` holds the contiguous entries `log_start ..= last`. `tail` caches `last`, so
 //!   [`Storage::last`] does not touch the tree; appends and truncations hold the `tail` lock while
 //!   they write, so the cache and the tree never disagree.
-//! - An append is one plain insert per entry, in order (a crash keeps a prefix). An apply is one transaction over `state`, `sessions` and `meta`,
+//! - An append is one plain insert per run of up to [`MAX_RUN_BYTES`] of entries, in order (a
+//!   crash keeps a prefix of the runs). Runs never overlap: a truncation or a compaction that
+//!   falls inside a run rewrites the part that stays. An apply is one transaction over `state`,
+//!   `sessions` and `meta`,
 //!   so the applied index never moves without its state changes. A truncation is one transaction
 //!   over all five trees; if it removes applied entries it also rebuilds the state from the entries
 //!   that remain, so the state is always what the log `log_start ..= applied_index` produces.
@@ -69,9 +72,14 @@ const META_KEY_COUNT: &[u8] = b"key_count";
 /// The format of the `state` and `snapshot` values ([`STATE_FORMAT`]).
 const META_STATE_FORMAT: &[u8] = b"state_format";
 
-/// The format of the values in `state` and `snapshot`: 2 prefixes each value with its version.
-/// Format 1 (raw values) had no record.
-pub const STATE_FORMAT: u64 = 2;
+/// The format of the store. 3 keeps the log in runs of entries; 2 kept one entry per value,
+/// which is a log of one-entry runs, so a format-2 store is upgraded by rewriting this record
+/// alone (and an older kvnode then refuses it rather than misread it). 2 and 3 prefix each value
+/// of `state` and `snapshot` with its version; format 1 (raw values) had no record.
+pub const STATE_FORMAT: u64 = 3;
+
+/// The format of the stores written before the log was kept in runs.
+const ONE_ENTRY_PER_VALUE_FORMAT: u64 = 2;
 
 /// Bytes of the version that starts a stored value.
 const VERSION_BYTES: usize = 8;
@@ -79,6 +87,76 @@ const VERSION_BYTES: usize = 8;
 /// Large enough for any postcard-encoded `u64` or [`Session`] (at most 21 bytes), so the hot
 /// path encodes them without allocating; values this small are stored inline by sled's `IVec`.
 const SMALL_VALUE_BYTES: usize = 32;
+
+/// The most encoded bytes an append puts into one run before it starts another. Well below
+/// sled's threshold for storing a value as a separate blob file (a quarter of its 512 KiB
+/// segment), so a run costs one insert into sled's own log. An entry larger than this is a run
+/// of its own, as every entry was before runs.
+const MAX_RUN_BYTES: usize = 64 * 1024;
+
+/// One stored run of the `log` tree: the key is the index of its first entry, the value the
+/// entries' postcard encodings back to back (postcard's encoding delimits itself). A store
+/// written before runs has a run of one entry per key, which reads the same way.
+struct Run {
+    first: LogIndex,
+    value: IVec,
+}
+
+impl Run {
+    fn from_item(item: sled::Result<(IVec, IVec)>) -> Result<Run> {
+        let (key, value) = item?;
+        let first = decode_key(&key, "log")?;
+        if value.is_empty() {
+            return Err(Error::Storage(format!(
+                "corrupt log: the run stored under index {first} is empty"
+            )));
+        }
+        Ok(Run { first, value })
+    }
+
+    fn key(&self) -> [u8; 8] {
+        self.first.to_be_bytes()
+    }
+
+    /// The run's entries in order, each with the byte offset just past its encoding. Each must
+    /// carry the index that follows the previous one, from the run's key on.
+    fn entries(&self) -> impl Iterator<Item = Result<(Entry, usize)>> + '_ {
+        let mut rest: &[u8] = &self.value;
+        let mut expected = self.first;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let decoded = postcard::take_from_bytes::<Entry>(rest).map_err(|err| {
+                Error::Storage(format!("corrupt log entry {expected} on disk: {err}"))
+            });
+            let item = decoded.and_then(|(entry, remaining)| {
+                if entry.index != expected {
+                    return Err(Error::Storage(format!(
+                        "corrupt log: the entry stored as index {expected} says it is entry {}",
+                        entry.index
+                    )));
+                }
+                rest = remaining;
+                expected += 1;
+                Ok((entry, self.value.len() - remaining.len()))
+            });
+            if item.is_err() {
+                rest = &[];
+            }
+            Some(item)
+        })
+    }
+
+    /// The run's last entry.
+    fn last(&self) -> Result<Entry> {
+        let mut last = None;
+        for item in self.entries() {
+            last = Some(item?.0);
+        }
+        last.ok_or_else(|| Error::Storage(format!("corrupt log: run {} is empty", self.first)))
+    }
+}
 
 /// A [`Storage`] on a sled database.
 pub struct SledStorage {
@@ -136,8 +214,8 @@ impl SledStorage {
         let log_start = read_value(&meta, META_LOG_START)?.unwrap_or(FIRST_INDEX);
         let snapshot_epoch = read_value(&meta, META_SNAPSHOT_EPOCH)?.unwrap_or_default();
         let last = match log.last()? {
-            Some((key, value)) => {
-                let entry = decode_entry(&key, &value)?;
+            Some(item) => {
+                let entry = Run::from_item(Ok(item))?.last()?;
                 (entry.epoch, entry.index)
             }
             None => (snapshot_epoch, log_start.saturating_sub(1)),
@@ -198,20 +276,30 @@ impl Storage for SledStorage {
         };
         let mut tail = self.lock_tail();
         check_append(tail.last, entries)?;
-        // Plain inserts, in order, never a batch: in sled 0.34 every batch (and every
-        // transaction) forces its in-memory log buffer to disk, twice; an insert does not, and
-        // the group-commit flush makes the entries durable all the same (docs/BENCHMARKS.md).
-        // A crash keeps a prefix of the inserts, which is a shorter log, as the contract allows.
-        let mut buffer = Vec::new();
+        // One plain insert per run of entries, in order, never a batch: in sled 0.34 every batch
+        // (and every transaction) forces its in-memory log buffer to disk, twice; an insert does
+        // not, and the group-commit flush makes the entries durable all the same. sled's cost
+        // is per insert, so a run of entries costs about what one entry did (docs/BENCHMARKS.md).
+        // A crash keeps a prefix of the runs, which is a shorter log, as the contract allows.
+        let mut run = Vec::new();
+        let mut run_first = None;
         let mut bytes = 0u64;
         for entry in entries {
-            buffer.clear();
-            buffer = postcard::to_extend(entry, buffer).map_err(|err| {
+            run_first.get_or_insert(entry.index);
+            run = postcard::to_extend(entry, run).map_err(|err| {
                 Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
             })?;
-            bytes += buffer.len() as u64;
-            self.log
-                .insert(&entry.index.to_be_bytes()[..], buffer.as_slice())?;
+            if run.len() >= MAX_RUN_BYTES {
+                if let Some(first) = run_first.take() {
+                    self.log.insert(&first.to_be_bytes()[..], run.as_slice())?;
+                }
+                bytes += run.len() as u64;
+                run.clear();
+            }
+        }
+        if let Some(first) = run_first {
+            self.log.insert(&first.to_be_bytes()[..], run.as_slice())?;
+            bytes += run.len() as u64;
         }
         tail.last = (last_entry.epoch, last_entry.index);
         tail.log_bytes += bytes;
@@ -219,26 +307,43 @@ impl Storage for SledStorage {
     }
 
     fn entry(&self, index: LogIndex) -> Result<Option<Entry>> {
-        let key = index.to_be_bytes();
-        match self.log.get(key)? {
-            Some(value) => Ok(Some(decode_entry(&key, &value)?)),
-            None => Ok(None),
+        let Some(run) = self.run_at(index)? else {
+            return Ok(None);
+        };
+        for item in run.entries() {
+            let (entry, _) = item?;
+            if entry.index == index {
+                return Ok(Some(entry));
+            }
         }
+        Ok(None)
     }
 
     fn entries(&self, from: LogIndex, to: LogIndex, max_bytes: usize) -> Result<Vec<Entry>> {
-        if from > to {
-            return Ok(Vec::new());
-        }
         let mut collected = Vec::new();
+        if from > to {
+            return Ok(collected);
+        }
         let mut total_bytes = 0usize;
-        for item in self.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
-            let (key, value) = item?;
-            if !fits(collected.len(), total_bytes, value.len(), max_bytes) {
+        for run in self.runs_from(from)? {
+            let run = run?;
+            if run.first > to {
                 break;
             }
-            total_bytes += value.len();
-            collected.push(decode_entry(&key, &value)?);
+            let mut start = 0;
+            for item in run.entries() {
+                let (entry, end) = item?;
+                let size = end - start;
+                start = end;
+                if entry.index < from {
+                    continue;
+                }
+                if entry.index > to || !fits(collected.len(), total_bytes, size, max_bytes) {
+                    return Ok(collected);
+                }
+                total_bytes += size;
+                collected.push(entry);
+            }
         }
         Ok(collected)
     }
@@ -261,22 +366,37 @@ impl Storage for SledStorage {
         // one process-wide lock that a transaction holds for writing, so reading a plain tree
         // inside it would deadlock. The locks held above keep these reads current.
         let mut removed = Vec::new();
-        let mut moves = Vec::new();
+        let mut records = Vec::new();
+        let mut removed_runs = Vec::new();
+        // The run holding `from` keeps the entries before it, cut at a byte offset.
+        let mut kept_prefix = None;
         let mut removed_bytes = 0u64;
-        for item in self.log.range(from.to_be_bytes()..) {
-            let (key, value) = item?;
-            removed_bytes += value.len() as u64;
-            let entry = decode_entry(&key, &value)?;
-            let record = RolledBack {
-                rolled_back_in_epoch: epoch,
-                entry,
-            };
-            let rollback_key = (tail.next_rollback + moves.len() as u64).to_be_bytes();
-            let encoded = encode(&record, || {
-                format!("rollback record of entry {}", record.entry.index)
-            })?;
-            moves.push((key, IVec::from(&rollback_key[..]), IVec::from(encoded)));
-            removed.push(record.entry);
+        for run in self.runs_from(from)? {
+            let run = run?;
+            let mut kept = 0;
+            for item in run.entries() {
+                let (entry, end) = item?;
+                if entry.index < from {
+                    kept = end;
+                    continue;
+                }
+                let record = RolledBack {
+                    rolled_back_in_epoch: epoch,
+                    entry,
+                };
+                let rollback_key = (tail.next_rollback + records.len() as u64).to_be_bytes();
+                let encoded = encode(&record, || {
+                    format!("rollback record of entry {}", record.entry.index)
+                })?;
+                records.push((IVec::from(&rollback_key[..]), IVec::from(encoded)));
+                removed.push(record.entry);
+            }
+            removed_bytes += (run.value.len() - kept) as u64;
+            if kept > 0 {
+                kept_prefix = Some((run.key(), IVec::from(&run.value[..kept])));
+            } else {
+                removed_runs.push(run.key());
+            }
         }
         let new_last = if from == tail.log_start {
             (tail.snapshot_epoch, tail.log_start - 1)
@@ -317,8 +437,13 @@ impl Storage for SledStorage {
             &self.meta,
         )
             .transaction(|(log, rollback, state, sessions, meta)| {
-                for (log_key, rollback_key, record) in &moves {
-                    log.remove(log_key)?;
+                for key in &removed_runs {
+                    log.remove(&key[..])?;
+                }
+                if let Some((key, prefix)) = &kept_prefix {
+                    log.insert(&key[..], prefix)?;
+                }
+                for (rollback_key, record) in &records {
                     rollback.insert(rollback_key, record)?;
                 }
                 if let Some(rebuild) = &rebuild {
@@ -340,7 +465,7 @@ impl Storage for SledStorage {
                 Ok(())
             });
         outcome.map_err(from_transaction_error)?;
-        tail.next_rollback += moves.len() as u64;
+        tail.next_rollback += records.len() as u64;
         tail.last = new_last;
         tail.log_bytes = tail.log_bytes.saturating_sub(removed_bytes);
         Ok(removed)
@@ -474,20 +599,43 @@ impl Storage for SledStorage {
             Some(entry) => entry.epoch,
             None => return Err(Error::Storage(format!("log entry {through} is missing"))),
         };
-        let mut keys = Vec::new();
+        let mut removed_runs = Vec::new();
         let mut removed_bytes = 0u64;
+        let mut last_run: Option<Run> = None;
         for item in self.log.range(..=through.to_be_bytes()) {
-            let (key, value) = item?;
-            removed_bytes += value.len() as u64;
-            keys.push(key);
+            if let Some(run) = last_run.replace(Run::from_item(item)?) {
+                removed_bytes += run.value.len() as u64;
+                removed_runs.push(run.key());
+            }
+        }
+        // The last run may go on past `through`: its entries after it stay, as a run that starts
+        // at `through + 1`, cut at a byte offset.
+        let mut kept_suffix = None;
+        if let Some(run) = last_run {
+            let mut cut = run.value.len();
+            for item in run.entries() {
+                let (entry, end) = item?;
+                if entry.index == through {
+                    cut = end;
+                    break;
+                }
+            }
+            removed_bytes += cut as u64;
+            removed_runs.push(run.key());
+            if cut < run.value.len() {
+                kept_suffix = Some(IVec::from(&run.value[cut..]));
+            }
         }
         let log_start = encode(&(through + 1), || "log start".to_string())?;
         let snapshot_epoch = encode(&epoch, || "snapshot epoch".to_string())?;
         // One transaction, so the log never starts before `log_start` or after it.
         (&self.log, &self.meta)
             .transaction(|(log, meta)| {
-                for key in &keys {
-                    log.remove(key)?;
+                for key in &removed_runs {
+                    log.remove(&key[..])?;
+                }
+                if let Some(suffix) = &kept_suffix {
+                    log.insert(&(through + 1).to_be_bytes()[..], suffix)?;
                 }
                 meta.insert(META_LOG_START, log_start.as_slice())?;
                 meta.insert(META_SNAPSHOT_EPOCH, snapshot_epoch.as_slice())?;
@@ -674,18 +822,23 @@ impl SledStorage {
         // Entries above the commit index may never have been committed: keep them for the
         // operator, as any rolled-back entry.
         let mut removed = Vec::new();
-        for item in self.log.range((commit_index + 1).to_be_bytes()..) {
-            let (key, value) = item?;
-            let entry = decode_entry(&key, &value)?;
-            let record = RolledBack {
-                rolled_back_in_epoch: epoch,
-                entry,
-            };
-            let rollback_key = tail.next_rollback.to_be_bytes();
-            tail.next_rollback += 1;
-            let encoded = encode(&record, || "rollback record".to_string())?;
-            self.rollback.insert(&rollback_key[..], encoded)?;
-            removed.push(record.entry);
+        for run in self.runs_from(commit_index + 1)? {
+            let run = run?;
+            for item in run.entries() {
+                let (entry, _) = item?;
+                if entry.index <= commit_index {
+                    continue;
+                }
+                let record = RolledBack {
+                    rolled_back_in_epoch: epoch,
+                    entry,
+                };
+                let rollback_key = tail.next_rollback.to_be_bytes();
+                tail.next_rollback += 1;
+                let encoded = encode(&record, || "rollback record".to_string())?;
+                self.rollback.insert(&rollback_key[..], encoded)?;
+                removed.push(record.entry);
+            }
         }
         self.log.clear()?;
 
@@ -754,8 +907,9 @@ fn decode_pair(item: Result<(IVec, IVec)>) -> Result<(IVec, Versioned)> {
     Ok((key, versioned))
 }
 
-/// Records [`STATE_FORMAT`] in a new store; refuses a store written in another format (one with
-/// a log or a state but no record was written before versions, in format 1).
+/// Records [`STATE_FORMAT`] in a new store and upgrades a format-2 store; refuses a store written
+/// in another format (one with a log or a state but no record was written before versions, in
+/// format 1).
 fn check_state_format(meta: &Tree, log: &Tree, state: &Tree, path: &Path) -> Result<()> {
     let format = match read_value::<u64>(meta, META_STATE_FORMAT)? {
         Some(format) => format,
@@ -766,10 +920,15 @@ fn check_state_format(meta: &Tree, log: &Tree, state: &Tree, path: &Path) -> Res
         }
         None => 1,
     };
+    if format == ONE_ENTRY_PER_VALUE_FORMAT {
+        let encoded = encode(&STATE_FORMAT, || "state format".to_string())?;
+        meta.insert(META_STATE_FORMAT, encoded)?;
+        return Ok(());
+    }
     if format != STATE_FORMAT {
         return Err(Error::Storage(format!(
             "the data directory {} holds state format {format}, and this kvnode reads format \
-             {STATE_FORMAT} only (a version with each key); it was left unchanged. Copy its keys \
+             {ONE_ENTRY_PER_VALUE_FORMAT} and {STATE_FORMAT} only (a version with each key); it was left unchanged. Copy its keys \
              into a new cluster by client (`kvctl scan`, `kvctl put`); see docs/OPERATIONS.md",
             path.display()
         )));
@@ -791,20 +950,38 @@ impl SledStorage {
     fn read_rebuild(&self, log_start: LogIndex, from: LogIndex) -> Result<Rebuild> {
         let state_keys = self.state.iter().keys().collect::<sled::Result<_>>()?;
         let session_keys = self.sessions.iter().keys().collect::<sled::Result<_>>()?;
-        let entries = self
-            .log
-            .range(..from.to_be_bytes())
-            .map(|item| {
-                let (key, value) = item?;
-                decode_entry(&key, &value)
-            })
-            .collect::<Result<_>>()?;
+        let mut entries = Vec::new();
+        for item in self.log.range(..from.to_be_bytes()) {
+            let run = Run::from_item(item)?;
+            for item in run.entries() {
+                let (entry, _) = item?;
+                if entry.index < from {
+                    entries.push(entry);
+                }
+            }
+        }
         Ok(Rebuild {
             state_keys,
             session_keys,
             applied_index: log_start - 1,
             entries,
         })
+    }
+
+    /// The run that holds `index` if any entry does: the last one that starts at or before it
+    /// (it may end before `index`).
+    fn run_at(&self, index: LogIndex) -> Result<Option<Run>> {
+        self.log
+            .range(..=index.to_be_bytes())
+            .next_back()
+            .map(Run::from_item)
+            .transpose()
+    }
+
+    /// The runs in order, from the one holding `from` on.
+    fn runs_from(&self, from: LogIndex) -> Result<impl Iterator<Item = Result<Run>>> {
+        let start = self.run_at(from)?.map_or(from, |run| run.first);
+        Ok(self.log.range(start.to_be_bytes()..).map(Run::from_item))
     }
 
     fn lock_apply(&self) -> MutexGuard<'_, ()> {
@@ -924,19 +1101,6 @@ fn read_value<T: DeserializeOwned>(meta: &Tree, name: &[u8]) -> Result<Option<T>
         .map(Some),
         None => Ok(None),
     }
-}
-
-/// Decodes a log entry and checks that it is stored under its own index.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry> {
-    let index = decode_key(key, "log")?;
-    let entry: Entry = decode(value, || format!("log entry {index}"))?;
-    if entry.index != index {
-        return Err(Error::Storage(format!(
-            "corrupt log: the entry stored under index {index} says it is entry {}",
-            entry.index
-        )));
-    }
-    Ok(entry)
 }
 
 /// A big-endian `u64` key.

@@ -194,6 +194,49 @@ fn entries_stop_at_max_bytes(storage: &dyn Storage) {
     );
 }
 
+/// One append of many entries, then a compaction and a truncation that both fall inside it: the
+/// entries on either side of each cut stay whole and readable, and the byte count follows.
+fn compacting_and_truncating_inside_one_append(storage: &dyn Storage) {
+    let log: Vec<Entry> = (1..=8)
+        .map(|index| put(1, index, &format!("k{index}"), &"v".repeat(index as usize)))
+        .collect();
+    let size = |entries: &[Entry]| -> u64 {
+        entries
+            .iter()
+            .map(|entry| postcard::to_stdvec(entry).unwrap().len() as u64)
+            .sum()
+    };
+    storage.append(&log).unwrap();
+    storage.apply(&log[..6]).unwrap();
+    assert_eq!(storage.log_bytes().unwrap(), size(&log));
+
+    storage.compact(3).unwrap();
+    assert_eq!(storage.entry(3).unwrap(), None);
+    assert_eq!(storage.entry(4).unwrap(), Some(log[3].clone()));
+    assert_eq!(storage.entries(1, 99, usize::MAX).unwrap(), log[3..]);
+    assert_eq!(storage.log_bytes().unwrap(), size(&log[3..]));
+    assert_eq!(storage.meta().unwrap().log_start, 4);
+
+    assert_eq!(storage.truncate_suffix(7, 2).unwrap(), log[6..]);
+    assert_eq!(storage.last().unwrap(), (1, 6));
+    assert_eq!(storage.entries(4, 99, usize::MAX).unwrap(), log[3..6]);
+    assert_eq!(storage.log_bytes().unwrap(), size(&log[3..6]));
+
+    let next = vec![noop(2, 7), noop(2, 8)];
+    storage.append(&next).unwrap();
+    storage.compact(5).unwrap();
+    assert_eq!(storage.entry(5).unwrap(), None);
+    assert_eq!(storage.entry(6).unwrap(), Some(log[5].clone()));
+    assert_eq!(storage.entries(6, 99, usize::MAX).unwrap()[1..], next[..]);
+    assert_eq!(
+        storage.entries(7, 8, 0).unwrap(),
+        next[..1],
+        "at least one entry, even over the limit"
+    );
+    assert_eq!(storage.log_bytes().unwrap(), size(&log[5..6]) + size(&next));
+    assert_eq!(storage.last().unwrap(), (2, 8));
+}
+
 fn truncate_suffix_moves_entries_to_rollback(storage: &dyn Storage) {
     let log: Vec<Entry> = (1..=5u64)
         .map(|index| put(index.div_ceil(2), index, "k", "v"))
@@ -918,6 +961,7 @@ macro_rules! engine_suite {
             append_refuses_what_does_not_continue_the_log,
             entries_stop_at_max_bytes,
             truncate_suffix_moves_entries_to_rollback,
+            compacting_and_truncating_inside_one_append,
             meta_round_trips,
             apply_changes_state_and_reports_results,
             apply_refuses_gaps_without_changing_anything,
@@ -1133,6 +1177,105 @@ mod sled_engine {
         assert_eq!(rolled_back[2].entry, noop(3, 7));
     }
 
+    /// An append is stored as runs of entries, one sled value each (docs/ARCHITECTURE.md,
+    /// "Durability on disk"): a few small entries are one value, a large append several.
+    #[test]
+    fn an_append_is_stored_as_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SledStorage::open(dir.path()).unwrap();
+        storage
+            .append(&(1..=10).map(|index| noop(1, index)).collect::<Vec<_>>())
+            .unwrap();
+        storage.flush().unwrap();
+        drop(storage);
+        assert_eq!(
+            raw_tree(dir.path(), "log").len(),
+            1,
+            "ten small entries, one run"
+        );
+
+        // 200 entries of 1 KiB: more than one run, none much over the run size.
+        let storage = SledStorage::open(dir.path()).unwrap();
+        let large: Vec<Entry> = (11..=210)
+            .map(|index| put(1, index, "k", &"v".repeat(1024)))
+            .collect();
+        storage.append(&large).unwrap();
+        storage.flush().unwrap();
+        drop(storage);
+        let runs = raw_tree(dir.path(), "log").len();
+        assert!((4..=6).contains(&runs), "{runs} runs");
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.entries(11, 210, usize::MAX).unwrap(), large);
+        let size = postcard::to_stdvec(&large[0]).unwrap().len();
+        assert_eq!(
+            storage.entries(100, 210, 5 * size).unwrap(),
+            large[89..94],
+            "a bounded read crosses runs"
+        );
+
+        // Cuts inside runs survive a restart.
+        storage
+            .apply(&storage.entries(1, 150, usize::MAX).unwrap())
+            .unwrap();
+        storage.compact(75).unwrap();
+        storage.truncate_suffix(180, 2).unwrap();
+        storage.flush().unwrap();
+        let before = dump(&storage);
+        drop(storage);
+        let reopened = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(dump(&reopened), before);
+        assert_eq!(
+            reopened.entries(76, 300, usize::MAX).unwrap(),
+            large[65..169]
+        );
+        assert_eq!(reopened.last().unwrap(), (1, 179));
+    }
+
+    /// A store of format 2 (one entry per log value, as written before runs) is a log of
+    /// one-entry runs: it opens, reads and carries on, and is recorded as format 3 so that an
+    /// older kvnode refuses it.
+    #[test]
+    fn a_store_of_one_entry_per_value_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Vec<Entry> = (1..=3).map(|index| put(1, index, "k", "v")).collect();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("state_format", postcard::to_stdvec(&2u64).unwrap())
+                .unwrap();
+            let tree = db.open_tree("log").unwrap();
+            for entry in &log {
+                tree.insert(
+                    entry.index.to_be_bytes(),
+                    postcard::to_stdvec(entry).unwrap(),
+                )
+                .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.last().unwrap(), (1, 3));
+        assert_eq!(storage.entries(1, 3, usize::MAX).unwrap(), log);
+        assert_eq!(storage.entry(2).unwrap(), Some(log[1].clone()));
+        storage.append(&[noop(2, 4), noop(2, 5)]).unwrap();
+        assert_eq!(storage.truncate_suffix(3, 3).unwrap().len(), 3);
+        assert_eq!(storage.last().unwrap(), (1, 2));
+        drop(storage);
+        let format = raw_tree(dir.path(), "meta")
+            .get("state_format")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            postcard::from_bytes::<u64>(&format).unwrap(),
+            crate::storage::sled_engine::STATE_FORMAT
+        );
+    }
+
+    /// A tree of a closed store, read by sled directly.
+    fn raw_tree(dir: &std::path::Path, tree: &str) -> sled::Tree {
+        sled::open(dir).unwrap().open_tree(tree).unwrap()
+    }
+
     #[test]
     fn reopen_finds_the_staging_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -1227,7 +1370,9 @@ mod sled_engine {
         let dir = tempfile::tempdir().unwrap();
         {
             let storage = SledStorage::open(dir.path()).unwrap();
-            storage.append(&[noop(1, 1), noop(1, 2)]).unwrap();
+            // Two appends, two runs: corrupting the first leaves the second readable.
+            storage.append(&[noop(1, 1)]).unwrap();
+            storage.append(&[noop(1, 2)]).unwrap();
             storage.flush().unwrap();
         }
         corrupt(dir.path(), "log", &1u64.to_be_bytes(), &[0xff; 3]);
@@ -1296,6 +1441,10 @@ mod equivalence {
         Get(u8),
         Scan(u8, usize),
         Flush,
+        /// Compacts through the applied index minus `back`.
+        Compact(u64),
+        Entry(LogIndex),
+        LogBytes,
     }
 
     /// An entry's content before its position is known; `bool` in `Op::Append` bumps the epoch.
@@ -1351,6 +1500,9 @@ mod equivalence {
             2 => any::<u8>().prop_map(Op::Get),
             1 => (0u8..5, 0usize..6).prop_map(|(prefix, limit)| Op::Scan(prefix, limit)),
             1 => Just(Op::Flush),
+            1 => (0u64..4).prop_map(Op::Compact),
+            1 => (0u64..30).prop_map(Op::Entry),
+            1 => Just(Op::LogBytes),
         ]
     }
 
@@ -1433,6 +1585,12 @@ mod equivalence {
                 format!("{:?}", storage.scan(&[b'a' + prefix], *limit))
             }
             Op::Flush => format!("{:?}", storage.flush()),
+            Op::Compact(back) => {
+                let applied_index = storage.meta().unwrap().applied_index;
+                format!("{:?}", storage.compact(applied_index.saturating_sub(*back)))
+            }
+            Op::Entry(index) => format!("{:?}", storage.entry(*index)),
+            Op::LogBytes => format!("{:?}", storage.log_bytes()),
         }
     }
 

@@ -6,10 +6,15 @@
 //! Invariants:
 //! - `start <= last_index + 1`: entries before `start` were compacted into the state, and
 //!   `start - 1` is the snapshot point.
-//! - `durable_index <= last_index`: only entries that exist can be durable.
+//! - `durable_index <= written_index <= last_index`: an entry is durable only once it was written
+//!   to storage, and written only once it exists. Appends go to the cache at once and to
+//!   storage at the next [`Log::write`], which the node calls once per pass and before anything
+//!   that reads the log back from storage or applies it: one storage append for a whole pass of
+//!   client writes, since sled's cost is per insert (docs/BENCHMARKS.md).
 //! - The cache, when not empty, holds exactly the entries `[cache_first_index() ..= last_index]`,
 //!   in order: appends extend it at the end, truncation cuts it at the same index as the log, and
-//!   only applied entries are dropped from its front. It never reaches before `start`:
+//!   only applied and written entries are dropped from its front, so it holds every entry not yet
+//!   written. It never reaches before `start`:
 //!   compaction drops the entries it removes from the cache too.
 //! - `generation` changes whenever entries are removed from the end (truncation, snapshot), so a
 //!   [`FlushTicket`] issued before cannot mark the new entries durable.
@@ -19,7 +24,7 @@ use std::sync::Arc;
 
 use crate::core::FlushTicket;
 use crate::error::{Error, Result};
-use crate::storage::Storage;
+use crate::storage::{check_append, Storage};
 use crate::wire::message::{Answer, Change, Entry, Epoch, LogIndex, Operation};
 
 /// Entries kept in memory so live replication never reads them back from storage.
@@ -44,6 +49,8 @@ pub(super) struct Log {
     last_epoch: Epoch,
     /// Entries up to here are flushed.
     durable_index: LogIndex,
+    /// Entries up to here are written to storage; the later ones are only in the cache.
+    written_index: LogIndex,
     /// The first index in the log; entries before it were compacted into the state.
     start: LogIndex,
     /// Bumped whenever entries are removed from the end; see [`FlushTicket`].
@@ -64,6 +71,7 @@ impl Log {
             last_index,
             last_epoch,
             durable_index: last_index,
+            written_index: last_index,
             start,
             generation: 0,
             cache: VecDeque::new(),
@@ -95,12 +103,35 @@ impl Log {
 
     // --- durability ---
 
-    /// A flush the log needs, if it has entries that are not yet durable.
+    /// A flush the log needs, if it has written entries that are not yet durable.
     pub(super) fn flush_needed(&self) -> Option<FlushTicket> {
-        (self.durable_index < self.last_index).then_some(FlushTicket {
-            index: self.last_index,
+        (self.durable_index < self.written_index).then_some(FlushTicket {
+            index: self.written_index,
             generation: self.generation,
         })
+    }
+
+    /// Writes the entries appended since the last write to storage (buffered), in one append
+    /// (two when the cache's ring wraps between them).
+    pub(super) fn write(&mut self) -> Result<()> {
+        if self.written_index == self.last_index {
+            return Ok(());
+        }
+        let first = self.cache_first_index();
+        assert!(
+            first <= self.written_index + 1,
+            "every entry not yet written is in the cache"
+        );
+        let skip = (self.written_index + 1 - first) as usize;
+        let (front, back) = self.cache.as_slices();
+        if skip < front.len() {
+            self.storage.append(&front[skip..])?;
+            self.storage.append(back)?;
+        } else {
+            self.storage.append(&back[skip - front.len()..])?;
+        }
+        self.written_index = self.last_index;
+        Ok(())
     }
 
     /// Records a finished flush. Returns whether the durable index advanced.
@@ -118,10 +149,11 @@ impl Log {
 
     // --- changes ---
 
-    /// Appends `entries`, which must follow the last entry, to storage (buffered) and the cache.
-    /// Entries above `applied_index` are never dropped from the cache (speculation needs them).
+    /// Appends `entries`, which must follow the last entry, to the cache; [`Log::write`] writes
+    /// them to storage. Entries above `applied_index` are never dropped from the cache
+    /// (speculation needs them).
     pub(super) fn append(&mut self, entries: Vec<Entry>, applied_index: LogIndex) -> Result<()> {
-        self.storage.append(&entries)?;
+        check_append((self.last_epoch, self.last_index), &entries)?;
         for entry in entries {
             self.last_index = entry.index;
             self.last_epoch = entry.epoch;
@@ -138,9 +170,11 @@ impl Log {
         }
         self.cache_bytes += entry_size(&entry);
         self.cache.push_back(entry);
-        // Keep unapplied entries (speculation needs them); drop the oldest applied ones.
+        // Keep unapplied entries (speculation needs them) and unwritten ones (only the cache has
+        // them); drop the oldest others.
+        let droppable = applied_index.min(self.written_index);
         while (self.cache.len() > MAX_CACHED_ENTRIES || self.cache_bytes > MAX_CACHED_BYTES)
-            && self.cache.front().is_some_and(|e| e.index <= applied_index)
+            && self.cache.front().is_some_and(|e| e.index <= droppable)
         {
             if let Some(dropped) = self.cache.pop_front() {
                 self.cache_bytes = self.cache_bytes.saturating_sub(entry_size(&dropped));
@@ -156,10 +190,13 @@ impl Log {
     /// Moves `[index ..]` to the rollback tree, tagged `epoch`, and returns the removed entries.
     /// The caller checks that none of them is committed.
     pub(super) fn truncate_from(&mut self, index: LogIndex, epoch: Epoch) -> Result<Vec<Entry>> {
+        // Written first, so the rollback tree records every removed entry.
+        self.write()?;
         let removed = self.storage.truncate_suffix(index, epoch)?;
         let (last_epoch, last_index) = self.storage.last()?;
         self.last_index = last_index;
         self.last_epoch = last_epoch;
+        self.written_index = last_index;
         self.durable_index = self.durable_index.min(last_index);
         self.generation += 1;
         while self.cache.back().is_some_and(|e| e.index >= index) {
@@ -175,6 +212,10 @@ impl Log {
         assert!(
             through >= self.start,
             "compaction only moves the log start forward"
+        );
+        assert!(
+            through <= self.written_index,
+            "only written entries are applied, so only they are compacted"
         );
         self.storage.compact(through)?;
         self.start = through + 1;
@@ -198,6 +239,7 @@ impl Log {
     /// flushed: the log is empty and starts after it.
     pub(super) fn reset_to_snapshot(&mut self, index: LogIndex, epoch: Epoch) {
         self.last_index = index;
+        self.written_index = index;
         self.last_epoch = epoch;
         self.start = index + 1;
         self.durable_index = index;
@@ -243,6 +285,7 @@ impl Log {
 
     /// Reloads the cache with `[from ..= last_index]` from storage.
     pub(super) fn fill_cache_from(&mut self, from: LogIndex) -> Result<()> {
+        self.write()?;
         self.clear_cache();
         let (cache, cache_bytes) = (&mut self.cache, &mut self.cache_bytes);
         read_batches(&*self.storage, from.max(1), self.last_index, |entries| {
@@ -275,13 +318,17 @@ impl Log {
     }
 
     /// Entries from `from` to `to`, stopping early once `max_bytes` are collected (at least one
-    /// entry if any is in range), read from storage.
+    /// entry if any is in range), read from storage: `to` must be before the cache.
     pub(super) fn read(
         &self,
         from: LogIndex,
         to: LogIndex,
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
+        assert!(
+            to < self.cache_first_index(),
+            "entries read from storage lie before the cache, so they are written"
+        );
         self.storage.entries(from, to, max_bytes)
     }
 
@@ -300,13 +347,15 @@ impl Log {
         read_batch(&*self.storage, from, to.min(first.saturating_sub(1)))
     }
 
-    /// Hands every entry in `[from ..= to]` to `visit`, read from storage in bounded batches.
+    /// Hands every entry in `[from ..= to]` to `visit`, read from storage in bounded batches
+    /// (after writing what the cache alone holds).
     pub(super) fn scan(
-        &self,
+        &mut self,
         from: LogIndex,
         to: LogIndex,
         mut visit: impl FnMut(Entry),
     ) -> Result<()> {
+        self.write()?;
         read_batches(&*self.storage, from, to, |entries| {
             entries.into_iter().for_each(&mut visit)
         })

@@ -324,10 +324,12 @@ impl Node {
 
     /// Ends one pass of the driver (every entry point it called since the last pass) and takes
     /// the outputs produced. The work that batches well is done here, once per pass rather than
-    /// once per message: on the primary, entries committed during the pass are applied in one
-    /// storage apply; the writes and reads that this settles are answered; and every entry
+    /// once per message: every entry appended during the pass is written to storage in one append;
+    /// on the primary, entries committed during the pass are applied in one storage apply; the writes and reads that this settles are answered; and every entry
     /// appended since the last pass goes out in one append per member.
     pub fn finish_pass(&mut self) -> Result<Vec<Output>> {
+        // One storage append for every entry the pass appended (see `log`).
+        self.log.write()?;
         // A backup's applied state serves only stale reads and watches, so it applies once per
         // tick instead (unless much is pending, or watchers wait): one storage apply per tick,
         // not per `Append`.
@@ -343,7 +345,8 @@ impl Node {
         Ok(std::mem::take(&mut self.outputs))
     }
 
-    /// A flush the node needs, if its log has entries that are not yet durable.
+    /// A flush the node needs, if its log has entries that are not yet durable. Entries are
+    /// written to storage by [`Node::finish_pass`], so a driver ends its pass before it asks.
     pub fn flush_needed(&self) -> Option<FlushTicket> {
         self.log.flush_needed()
     }

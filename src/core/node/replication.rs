@@ -430,6 +430,11 @@ impl Node {
 
     /// Applies committed entries in order, recording the real result on waiting writes.
     pub(super) fn apply_committed(&mut self) -> Result<()> {
+        // Storage keeps a prefix of its writes in a crash: the entries go first, so the applied
+        // index never survives without them.
+        if self.applied_index < self.commit_index {
+            self.log.write()?;
+        }
         while self.applied_index < self.commit_index {
             let from = self.applied_index + 1;
             let entries = self.log.batch(from, self.commit_index)?;

@@ -816,6 +816,8 @@ impl Node {
             self.ack_append(true);
             return Ok(());
         }
+        // Written first, so the entries storage rolls back as it installs are all recorded.
+        self.log.write()?;
         let removed = self
             .storage
             .install_snapshot(&finish, self.commit_index, self.epoch)?;
