@@ -12,6 +12,7 @@ use std::sync::Arc;
 use replikv::core::{
     ClientToken, Node, Options, Output, Timestamp, CUT_OFF_AFTER_FAILURE_TIMEOUTS,
 };
+use replikv::storage::expiry::deadline_key;
 use replikv::storage::memory::MemoryStorage;
 use replikv::storage::Storage;
 use replikv::wire::client::{
@@ -19,7 +20,7 @@ use replikv::wire::client::{
 };
 use replikv::wire::message::{
     Change, Entry, Epoch, ExpiredSession, LogIndex, Member, Membership, Message, MessageBody,
-    NodeId, Operation, Rank, RequestId,
+    NodeId, Operation, Rank, RequestId, Versioned,
 };
 use replikv::Error;
 
@@ -993,6 +994,17 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::with_options(voters(3), storages, tiny_log);
     cluster.elect(3);
     cluster.isolated.insert(1);
+    // A key with a deadline: its records live in the system keyspace, which the snapshot must
+    // carry like any other state.
+    let expiring = Write::Set {
+        key: b"expiring".to_vec(),
+        value: b"soon".to_vec(),
+        condition: Condition::Always,
+        expiry: Expiry::At(4_000_000_000_000),
+        get: false,
+    };
+    write_as(&mut cluster, 3, expiring, 50, 1);
+    cluster.deliver();
     for i in 0..20 {
         cluster.write(3, &format!("key-{i:02}"), WriteConcern::Majority);
         cluster.deliver();
@@ -1035,6 +1047,24 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
             .len(),
         20
     );
+    assert!(
+        cluster
+            .storage(1)
+            .get(&deadline_key(b"expiring"))
+            .expect("get")
+            .is_some(),
+        "node 1 holds the deadline of the expiring key"
+    );
+    assert_eq!(
+        whole_state(cluster.storage(1)),
+        whole_state(cluster.storage(primary)),
+        "node 1 holds the primary's whole state, system keys included"
+    );
+}
+
+/// Every pair of a node's state, system keys included (a scan skips those).
+fn whole_state(storage: &MemoryStorage) -> Vec<(Vec<u8>, Versioned)> {
+    storage.state_chunk(None, usize::MAX).expect("state")
 }
 
 // --- hardening (issue 10): request deadlines, durability at open, fail-stop, retries ---
@@ -2038,9 +2068,9 @@ fn assert_same_state(cluster: &Cluster, id: NodeId, reference: NodeId) {
     );
     let (storage, expected) = (cluster.storage(id), cluster.storage(reference));
     assert_eq!(
-        storage.scan(b"", usize::MAX).expect("scan"),
-        expected.scan(b"", usize::MAX).expect("scan"),
-        "node {id} holds node {reference}'s state"
+        whole_state(storage),
+        whole_state(expected),
+        "node {id} holds node {reference}'s state, system keys included"
     );
     assert_eq!(
         storage.sessions().expect("sessions"),

@@ -17,7 +17,9 @@
 //!
 //! Clocks: in the drifting-clock histories each node sees `now` scaled by its own rate, fixed
 //! for the history and drawn within `1 ± max_clock_drift_ppm` of true time; every other history
-//! runs perfect clocks. The checkers always use true (simulator) time.
+//! runs perfect clocks. A node's wall clock (what key deadlines are judged against) is its own
+//! `now` after [`WALL_CLOCK_START_MS`]. The checkers use true (simulator) time, except that a
+//! read must hide a key whose deadline the serving node's wall clock had reached.
 //!
 //! Network: every peer message crosses it as the frame a peer link sends (`wire::frame`, under
 //! `MAX_PEER_FRAME_BYTES`) and is decoded on delivery; a message over the limit is dropped, as
@@ -25,7 +27,9 @@
 //! the history's loss rate.
 //!
 //! Clients: most histories run three clients that wait for each answer; besides puts, deletes and
-//! reads of a few keys, they increment a few counters (`INCR`, decided on the primary); the pipelined ones run
+//! reads of a few keys, they increment a few counters (`INCR`, decided on the primary) and set
+//! keys of their own that expire a few hundred ms later (`SET … PX`), which the primary deletes
+//! as their deadlines pass and every read must hide from then on; the pipelined ones run
 //! several sessions with several operations in flight each, whose writes may reach the primary
 //! out of sequence order. The long histories commit 100,000+ entries under pipelined load with a
 //! log of a few kilobytes, so compaction, snapshots to a backup back from a long absence, and the
@@ -33,7 +37,8 @@
 //!
 //! Checks: the invariants of `docs/ARCHITECTURE.md` after every step; at the end, every
 //! acknowledged write and every read against the committed log applied as the apply step applies
-//! it (each request id at most once), every counter's committed values (1, 2, 3, … with no
+//! it (each request id at most once; a key whose deadline the serving node's clock had reached
+//! reads as absent), every counter's committed values (1, 2, 3, … with no
 //! repeat: no increment decided on a state missing an earlier one) and acknowledged answers, and
 //! every node's state and sessions against the same.
 //!
@@ -48,7 +53,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use replikv::core::{FlushTicket, Node, Options, Output, SnapshotCounters, Timestamp};
+use replikv::storage::expiry::{deadline_key, decode_deadline};
 use replikv::storage::memory::MemoryStorage;
+use replikv::storage::system_keys::is_system_key;
 use replikv::storage::Storage;
 use replikv::wire::client::{
     Condition, Expiry, ReadConsistency, Request, Response, Role, Write, WriteConcern,
@@ -62,6 +69,18 @@ use replikv::Error;
 
 /// Simulated milliseconds between ticks delivered to every node.
 const TICK_MS: u64 = 10;
+
+/// Where the nodes' wall clocks start (ms since the Unix epoch): a node's wall clock is this plus
+/// its own `now`, so deadlines are real-looking times and drift with the node's clock.
+const WALL_CLOCK_START_MS: u64 = 1_800_000_000_000;
+
+/// Keys the clients set with a deadline (`x0`, `x1`, …), apart from the others, so that whether
+/// one of them exists (which depends on the primary's clock when it decides) never enters the
+/// checks of the other writes.
+const EXPIRING_KEYS: u64 = 3;
+
+/// The longest a client sets a key to live, in ms of true time.
+const MAX_KEY_LIFETIME_MS: u64 = 400;
 
 /// The drift bound of the drifting-clock histories: the default `max_clock_drift_ppm`.
 const DRIFT_BOUND_PPM: u64 = 100_000;
@@ -149,6 +168,17 @@ struct AckedCompareAndSet {
     concern: WriteConcern,
 }
 
+/// An acknowledged `SET` of an expiring key with its deadline (on the writer's wall clock).
+#[derive(Clone, Debug)]
+struct AckedExpiringSet {
+    request_id: RequestId,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    deadline: u64,
+    index: LogIndex,
+    concern: WriteConcern,
+}
+
 /// A watch as a node's hub serves it (`api::watch`): it follows one node's applied log from an
 /// index, taking each entry's changes under its prefix (`changes_of`, the hub's own), and when
 /// its node is down or no longer holds the next index (compacted), it resumes on another live
@@ -181,6 +211,8 @@ struct CompletedRead {
     index: LogIndex,
     invoked_at: Timestamp,
     linearizable: bool,
+    /// The serving node's wall clock when it answered.
+    wall_clock: u64,
 }
 
 /// A node's whole state, in key order, each value with its version.
@@ -232,6 +264,7 @@ struct Simulation {
     acked: Vec<AckedWrite>,
     increments: Vec<AckedIncrement>,
     compare_and_sets: Vec<AckedCompareAndSet>,
+    expiring_sets: Vec<AckedExpiringSet>,
     reads: Vec<CompletedRead>,
     primaries: BTreeMap<Epoch, NodeId>,
     committed: BTreeMap<LogIndex, Entry>,
@@ -375,6 +408,7 @@ impl Simulation {
             acked: Vec::new(),
             increments: Vec::new(),
             compare_and_sets: Vec::new(),
+            expiring_sets: Vec::new(),
             reads: Vec::new(),
             primaries: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -836,6 +870,7 @@ impl Simulation {
         let Some(node) = sim.node.as_mut() else {
             return;
         };
+        node.set_wall_clock(WALL_CLOCK_START_MS + local_now);
         if let Err(err) = call(node, local_now) {
             self.fail(format!("node {id} returned an error: {err}"));
         }
@@ -1133,6 +1168,17 @@ impl Simulation {
                     key: format!("n{}", self.rng.gen_range(0..COUNTERS)).into_bytes(),
                     by: 1,
                 },
+                7 | 8 => Write::Set {
+                    key: format!("x{}", self.rng.gen_range(0..EXPIRING_KEYS)).into_bytes(),
+                    value,
+                    condition: Condition::Always,
+                    expiry: Expiry::At(
+                        WALL_CLOCK_START_MS
+                            + self.now
+                            + self.rng.gen_range(1..=MAX_KEY_LIFETIME_MS),
+                    ),
+                    get: false,
+                },
                 5 | 6 if self.compare_and_set => Write::Set {
                     condition: Condition::IfVersion(
                         state.versions_seen.get(&key).copied().unwrap_or(0),
@@ -1161,6 +1207,11 @@ impl Simulation {
                 0 | 1 => ReadConsistency::Stale,
                 2 | 3 => ReadConsistency::Local,
                 _ => ReadConsistency::Linearizable,
+            };
+            let key = if self.rng.gen_bool(0.2) {
+                format!("x{}", self.rng.gen_range(0..EXPIRING_KEYS)).into_bytes()
+            } else {
+                key
             };
             Request::Get { key, consistency }
         };
@@ -1272,9 +1323,27 @@ impl Simulation {
                         self.finish(client);
                         return;
                     }
+                    Write::Set {
+                        key,
+                        value,
+                        condition: Condition::Always,
+                        expiry: Expiry::At(deadline),
+                        ..
+                    } => {
+                        self.expiring_sets.push(AckedExpiringSet {
+                            request_id: *request_id,
+                            key: key.clone(),
+                            value: value.clone(),
+                            deadline: *deadline,
+                            index: result.index,
+                            concern: *write_concern,
+                        });
+                        self.finish(client);
+                        return;
+                    }
                     other => panic!(
-                        "the simulated clients issue only puts, deletes, increments and \
-                         compare-and-sets: {other:?}"
+                        "the simulated clients issue only puts, deletes, increments, \
+                         compare-and-sets and sets with a deadline: {other:?}"
                     ),
                 };
                 self.acked.push(AckedWrite {
@@ -1299,6 +1368,7 @@ impl Simulation {
                 self.clients[client]
                     .versions_seen
                     .insert(key.clone(), version);
+                let wall_clock = WALL_CLOCK_START_MS + self.local_now(node);
                 self.reads.push(CompletedRead {
                     key: key.clone(),
                     value,
@@ -1306,6 +1376,7 @@ impl Simulation {
                     index: meta.index,
                     invoked_at: op.invoked_at,
                     linearizable: *consistency == ReadConsistency::Linearizable,
+                    wall_clock,
                 });
                 self.finish(client);
             }
@@ -1552,6 +1623,7 @@ impl Simulation {
         self.check_writes(&model);
         self.check_increments(&model);
         self.check_compare_and_sets(&model);
+        self.check_expiring_sets(&model);
         self.check_watchers();
         self.check_reads(&model);
         self.check_final_states(&model);
@@ -1662,6 +1734,37 @@ impl Simulation {
             if write.applied && after != written {
                 self.fail(format!(
                     "applied compare-and-set {write:?} left the key at {after:?}"
+                ));
+            }
+        }
+    }
+
+    /// Every acknowledged `SET` with a deadline found committed took effect at its index, once,
+    /// leaving its value at that index and its deadline recorded; a durable one must be found.
+    fn check_expiring_sets(&self, model: &AppliedModel) {
+        for write in &self.expiring_sets {
+            let durable = matches!(write.concern, WriteConcern::Majority | WriteConcern::All);
+            match model.applied.get(&write.request_id) {
+                Some(&index) if index == write.index => {}
+                None if !durable => continue, // rolled back by a failover, as w=1 may be
+                other => self.fail(format!(
+                    "acknowledged set {write:?} did not take effect at its index (it did at \
+                     {other:?})"
+                )),
+            }
+            let written = Some(Versioned {
+                version: write.index,
+                value: write.value.clone(),
+            });
+            let deadline = model
+                .value_at(&deadline_key(&write.key), write.index)
+                .and_then(|deadline| decode_deadline(&deadline));
+            if model.versioned_at(&write.key, write.index) != written
+                || deadline != Some(write.deadline)
+            {
+                self.fail(format!(
+                    "acknowledged set {write:?} left the key at {:?} with deadline {deadline:?}",
+                    model.versioned_at(&write.key, write.index)
                 ));
             }
         }
@@ -1812,13 +1915,23 @@ impl Simulation {
                     }
                 }
             }
-            let expected = model.versioned_at(&read.key, read.index);
+            // A key whose deadline the serving node's clock had reached (within the margin that
+            // covers clocks behind true time) is hidden: it reads as absent.
+            let deadline = model
+                .value_at(&deadline_key(&read.key), read.index)
+                .and_then(|deadline| decode_deadline(&deadline));
+            let expired = deadline.is_some_and(|deadline| {
+                deadline <= read.wall_clock + self.options.expiry_margin_ms()
+            });
+            let expected = model
+                .versioned_at(&read.key, read.index)
+                .filter(|_| !expired);
             let expected_version = expected.as_ref().map_or(0, |versioned| versioned.version);
             let expected = expected.map(|versioned| versioned.value);
             if (&expected, expected_version) != (&read.value, read.version) {
                 self.fail(format!(
-                    "read {read:?} returned {:?} at version {} but the committed log holds {expected:?} at version {expected_version} at that index",
-                    read.value, read.version
+                    "read {read:?} returned {:?} at version {} but the committed log holds {expected:?} at version {expected_version} at that index (deadline {deadline:?}, expiry margin {} ms)",
+                    read.value, read.version, self.options.expiry_margin_ms()
                 ));
             }
         }
@@ -1953,10 +2066,12 @@ impl AppliedModel {
             .and_then(|before| self.value_at(key, before))
     }
 
-    /// The whole state once the entries up to `index` are applied, in key order.
+    /// The whole client state (as a scan shows it: no system keys) once the entries up to `index`
+    /// are applied, in key order.
     fn state_at(&self, index: LogIndex) -> StatePairs {
         self.history
             .keys()
+            .filter(|key| !is_system_key(key))
             .filter_map(|key| {
                 self.versioned_at(key, index)
                     .map(|versioned| (key.clone(), versioned))

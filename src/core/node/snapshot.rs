@@ -462,24 +462,27 @@ impl Node {
                 SnapshotPosition::State { after } => {
                     // The state phase starts the chunk (nothing precedes it), so it has the budget.
                     let room = budget.saturating_sub(bytes).max(1);
-                    let page = self
-                        .storage
-                        .scan_page(b"", after.as_deref(), usize::MAX, room)?;
-                    bytes += page
-                        .pairs
+                    // The whole state, system keys included (key deadlines and their index,
+                    // users): a scan page would skip them, and the member would serve keys
+                    // that never expire and lose users.
+                    let pairs = self.storage.state_chunk(after.as_deref(), room)?;
+                    bytes += pairs
                         .iter()
                         .map(|(key, versioned)| framed_pair_bytes(key, &versioned.value))
                         .sum::<usize>();
-                    let last = page.pairs.last().map(|(key, _)| key.clone()).or(after);
-                    chunk.pairs.extend(
-                        page.pairs
-                            .into_iter()
-                            .map(|(key, value)| (key, Some(value))),
-                    );
+                    let last = pairs.last().map(|(key, _)| key.clone()).or(after);
+                    // One pair past the chunk, if any: whether the state goes on.
+                    let more = match &last {
+                        Some(last) => !self.storage.state_chunk(Some(last), 1)?.is_empty(),
+                        None => false,
+                    };
+                    chunk
+                        .pairs
+                        .extend(pairs.into_iter().map(|(key, value)| (key, Some(value))));
                     let Some(transfer) = self.transfer_to(member) else {
                         return Ok(None);
                     };
-                    if page.more {
+                    if more {
                         transfer.phase =
                             TransferPhase::Streaming(SnapshotPosition::State { after: last });
                         return Ok(Some(chunk));
