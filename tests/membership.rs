@@ -20,7 +20,7 @@ use common::{
 };
 use replikv::client::Client;
 use replikv::config::NodeConfig;
-use replikv::wire::client::{ClusterStatus, Role};
+use replikv::wire::client::{ClusterStatus, Condition, Expiry, Request, Response, Role, Write};
 use replikv::{NodeId, ReadConsistency, WriteConcern};
 
 /// Acknowledged writes: key → value.
@@ -511,6 +511,25 @@ async fn a_backup_behind_the_compacted_log_is_resynced_by_a_snapshot() {
     let client = cluster.client(READWRITE_CLIENT);
     let mut acknowledged = BTreeMap::new();
 
+    // A key with a deadline an hour away: its deadline is state in the system keyspace, which
+    // the snapshot must carry like any key.
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64
+        + 3_600_000;
+    let expiring = Write::Set {
+        key: b"expiring".to_vec(),
+        value: b"for an hour".to_vec(),
+        condition: Condition::Always,
+        expiry: Expiry::At(deadline),
+        get: false,
+    };
+    client
+        .write(expiring, WriteConcern::All, Duration::from_secs(10))
+        .await
+        .expect("set a key with a deadline on every node");
+
     // The backup stops; the others write several times the retention, so the log the backup
     // would need is compacted away everywhere.
     let load = Load::start(&client, "before", 4, VALUE_SIZE);
@@ -572,6 +591,21 @@ async fn a_backup_behind_the_compacted_log_is_resynced_by_a_snapshot() {
     for (key, value) in &acknowledged {
         assert_eq!(backup_state.get(key), Some(value), "acknowledged {key}");
     }
+    let expiry = client
+        .pinned_to(&backup_addr)
+        .forward(
+            Request::GetExpiry {
+                key: b"expiring".to_vec(),
+                consistency: ReadConsistency::Stale,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the backup's expiry of the key");
+    assert!(
+        matches!(expiry, Response::Expiry { exists: true, deadline: Some(d), .. } if d == deadline),
+        "the resynced backup keeps the key's deadline {deadline}: {expiry:?}"
+    );
 
     // It got there through a snapshot: the log it needed was gone.
     let backup_log =
