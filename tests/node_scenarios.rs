@@ -1064,7 +1064,7 @@ fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
 
 /// Every pair of a node's state, system keys included (a scan skips those).
 fn whole_state(storage: &MemoryStorage) -> Vec<(Vec<u8>, Versioned)> {
-    storage.state_chunk(None, usize::MAX).expect("state")
+    storage.state_chunk(None, usize::MAX).expect("state").pairs
 }
 
 // --- hardening (issue 10): request deadlines, durability at open, fail-stop, retries ---

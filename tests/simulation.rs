@@ -221,7 +221,10 @@ type StatePairs = Vec<(Vec<u8>, Versioned)>;
 /// `storage`'s whole state with versions (`None` if it cannot be read).
 fn whole_state(storage: &dyn Storage) -> Option<StatePairs> {
     // Not a scan, which skips the system keyspace: key deadlines, users and tokens must agree too.
-    storage.state_chunk(None, usize::MAX).ok()
+    storage
+        .state_chunk(None, usize::MAX)
+        .ok()
+        .map(|page| page.pairs)
 }
 
 /// A node's whole state in key order, and its sessions table by client id: invariant 4 covers

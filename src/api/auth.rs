@@ -154,11 +154,11 @@ impl Credentials {
         let mut after = prefix.clone();
         loop {
             let chunk = self.storage.state_chunk(Some(&after), LIST_CHUNK_BYTES)?;
-            let Some((last, _)) = chunk.last() else {
+            let Some((last, _)) = chunk.pairs.last() else {
                 return Ok(records);
             };
             after = last.clone();
-            for (key, value) in chunk {
+            for (key, value) in chunk.pairs {
                 match record_name(family, &key) {
                     Some(name) => records.push((name, value.value)),
                     None if key.starts_with(&prefix) => continue,

@@ -860,7 +860,7 @@ mod tests {
     }
 
     /// The first event or error after any progress notifications, if one comes within 5 s.
-    async fn how_it_goes_on(
+    async fn next_event_after_progress(
         watcher: &mut Watcher,
     ) -> std::result::Result<Result<WatchEvent>, tokio::time::error::Elapsed> {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -1094,7 +1094,7 @@ mod tests {
             cut_off: true,
             ..view(node.applied)
         });
-        let ended = how_it_goes_on(&mut watcher).await;
+        let ended = next_event_after_progress(&mut watcher).await;
         assert!(
             matches!(ended, Ok(Err(Error::Unavailable(_)))),
             "the watch ends so that its client moves: {ended:?}"
@@ -1132,7 +1132,7 @@ mod tests {
         node.storage.compact(3).expect("compact");
         node.applied = 3;
         node.view.send_replace(view(3));
-        let ended = how_it_goes_on(&mut watcher).await;
+        let ended = next_event_after_progress(&mut watcher).await;
         assert!(
             matches!(
                 ended,

@@ -17,8 +17,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::rules::{
-    check_append, check_compact, collect_chunk, collect_page, encoded_len, fits,
-    rebuild_after_compaction, scan_start, truncate_before_start, FIRST_INDEX,
+    check_append, check_compact, collect_page, encoded_len, fits, rebuild_after_compaction,
+    scan_start, truncate_before_start, FIRST_INDEX,
 };
 use crate::storage::system_keys::{count_client_keys, shown_by_scan};
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
@@ -543,11 +543,7 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn state_chunk(
-        &self,
-        after: Option<&[u8]>,
-        max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+    fn state_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<ScanPage> {
         let inner = self.lock();
         let range = match after {
             Some(after) => inner
@@ -556,8 +552,9 @@ impl Storage for MemoryStorage {
                 .range::<[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => inner.live.state.range::<[u8], _>(..),
         };
-        collect_chunk(
+        collect_page(
             range.map(|(key, versioned)| Ok((key, versioned.clone()))),
+            usize::MAX,
             max_bytes,
         )
     }

@@ -195,12 +195,10 @@ pub trait Storage: Send + Sync {
     fn compact(&self, through: LogIndex) -> Result<()>;
 
     /// Up to `max_bytes` of encoded state pairs ([`framed_pair_bytes`]) whose keys come strictly
-    /// after `after`, in key order (at least one pair if any is left). Empty when the scan is done.
-    fn state_chunk(
-        &self,
-        after: Option<&[u8]>,
-        max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>>;
+    /// after `after`, in key order (at least one pair if any is left), and whether pairs remain
+    /// after them. The whole state: unlike [`Storage::scan_page`], it skips no system key, so a
+    /// snapshot carries users, tokens and key deadlines. Reads at most one pair past the chunk.
+    fn state_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<ScanPage>;
 
     /// Discards any staged snapshot and its record, and starts staging a new one, beside the
     /// live state and sessions.

@@ -66,18 +66,10 @@ pub(crate) fn encoded_len(entry: &Entry) -> Result<usize> {
         .map_err(|err| Error::Storage(format!("cannot size entry {}: {err}", entry.index)))
 }
 
-/// Collects state pairs in order until `max_bytes` of encoded pairs (at least one pair): the
-/// chunking rule of [`Storage::state_chunk`](super::Storage::state_chunk), shared by both engines.
-pub(crate) fn collect_chunk<K: AsRef<[u8]>>(
-    pairs: impl Iterator<Item = Result<(K, Versioned)>>,
-    max_bytes: usize,
-) -> Result<Vec<(Vec<u8>, Versioned)>> {
-    Ok(collect_page(pairs, usize::MAX, max_bytes)?.pairs)
-}
-
 /// Collects pairs in order into a page of at most `max_pairs` pairs and `max_bytes` of encoded
 /// pairs (at least one pair unless `max_pairs` is 0), and says whether any pair is left after it:
-/// the paging rule of [`Storage::scan_page`](super::Storage::scan_page). Reads at most one pair
+/// the paging rule of [`Storage::scan_page`](super::Storage::scan_page) and of
+/// [`Storage::state_chunk`](super::Storage::state_chunk) (no pair limit). Reads at most one pair
 /// past the page.
 pub(crate) fn collect_page<K: AsRef<[u8]>>(
     pairs: impl Iterator<Item = Result<(K, Versioned)>>,

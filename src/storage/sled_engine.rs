@@ -47,8 +47,8 @@ use sled::{Batch, IVec, Transactional, Tree};
 use crate::error::{Error, Result};
 use crate::storage::apply::{apply_entries, ApplyTarget};
 use crate::storage::rules::{
-    check_append, check_compact, collect_chunk, collect_page, fits, rebuild_after_compaction,
-    scan_start, truncate_before_start, FIRST_INDEX,
+    check_append, check_compact, collect_page, fits, rebuild_after_compaction, scan_start,
+    truncate_before_start, FIRST_INDEX,
 };
 use crate::storage::system_keys::{count_client_keys, shown_by_scan};
 use crate::storage::{Meta, RolledBack, ScanPage, Storage};
@@ -282,24 +282,25 @@ impl Storage for SledStorage {
         // is per insert, so a run of entries costs about what one entry did (docs/BENCHMARKS.md).
         // A crash keeps a prefix of the runs, which is a shorter log, as the contract allows.
         let mut run = Vec::new();
-        let mut run_first = None;
         let mut bytes = 0u64;
-        for entry in entries {
-            run_first.get_or_insert(entry.index);
-            run = postcard::to_extend(entry, run).map_err(|err| {
-                Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
-            })?;
-            if run.len() >= MAX_RUN_BYTES {
-                if let Some(first) = run_first.take() {
-                    self.log.insert(&first.to_be_bytes()[..], run.as_slice())?;
+        // Runs of up to MAX_RUN_BYTES, each cut after the entry that reaches it.
+        let mut pending = entries;
+        while let Some(first) = pending.first() {
+            run.clear();
+            let mut taken = 0;
+            for entry in pending {
+                run = postcard::to_extend(entry, run).map_err(|err| {
+                    Error::Storage(format!("cannot encode log entry {}: {err}", entry.index))
+                })?;
+                taken += 1;
+                if run.len() >= MAX_RUN_BYTES {
+                    break;
                 }
-                bytes += run.len() as u64;
-                run.clear();
             }
-        }
-        if let Some(first) = run_first {
-            self.log.insert(&first.to_be_bytes()[..], run.as_slice())?;
+            self.log
+                .insert(&first.index.to_be_bytes()[..], run.as_slice())?;
             bytes += run.len() as u64;
+            pending = &pending[taken..];
         }
         tail.last = (last_entry.epoch, last_entry.index);
         tail.log_bytes += bytes;
@@ -595,10 +596,6 @@ impl Storage for SledStorage {
         if through < tail.log_start {
             return Ok(());
         }
-        let epoch = match self.entry(through)? {
-            Some(entry) => entry.epoch,
-            None => return Err(Error::Storage(format!("log entry {through} is missing"))),
-        };
         let mut removed_runs = Vec::new();
         let mut removed_bytes = 0u64;
         let mut last_run: Option<Run> = None;
@@ -608,24 +605,23 @@ impl Storage for SledStorage {
                 removed_runs.push(run.key());
             }
         }
-        // The last run may go on past `through`: its entries after it stay, as a run that starts
-        // at `through + 1`, cut at a byte offset.
-        let mut kept_suffix = None;
-        if let Some(run) = last_run {
-            let mut cut = run.value.len();
-            for item in run.entries() {
-                let (entry, end) = item?;
-                if entry.index == through {
-                    cut = end;
-                    break;
-                }
-            }
-            removed_bytes += cut as u64;
-            removed_runs.push(run.key());
-            if cut < run.value.len() {
-                kept_suffix = Some(IVec::from(&run.value[cut..]));
+        // The last run holds `through` (its epoch becomes the snapshot epoch) and may go on past
+        // it: its entries after it stay, as a run that starts at `through + 1`, cut at a byte
+        // offset.
+        let missing = || Error::Storage(format!("log entry {through} is missing"));
+        let run = last_run.ok_or_else(missing)?;
+        let mut cut = None;
+        for item in run.entries() {
+            let (entry, end) = item?;
+            if entry.index == through {
+                cut = Some((end, entry.epoch));
+                break;
             }
         }
+        let (cut, epoch) = cut.ok_or_else(missing)?;
+        removed_bytes += cut as u64;
+        removed_runs.push(run.key());
+        let kept_suffix = (cut < run.value.len()).then(|| IVec::from(&run.value[cut..]));
         let log_start = encode(&(through + 1), || "log start".to_string())?;
         let snapshot_epoch = encode(&epoch, || "snapshot epoch".to_string())?;
         // One transaction, so the log never starts before `log_start` or after it.
@@ -648,19 +644,16 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    fn state_chunk(
-        &self,
-        after: Option<&[u8]>,
-        max_bytes: usize,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+    fn state_chunk(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<ScanPage> {
         let range = match after {
             Some(after) => self
                 .state
                 .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.state.iter(),
         };
-        collect_chunk(
+        collect_page(
             range.map(|item| decode_pair(item.map_err(Error::from))),
+            usize::MAX,
             max_bytes,
         )
     }

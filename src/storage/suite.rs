@@ -737,7 +737,7 @@ fn a_staged_snapshot_replaces_the_state_and_the_sessions(storage: &dyn Storage) 
         Some(versioned(13, "3"))
     );
     assert_eq!(
-        storage.state_chunk(None, usize::MAX).unwrap(),
+        storage.state_chunk(None, usize::MAX).unwrap().pairs,
         vec![
             (bytes("a"), versioned(11, "1")),
             (bytes("c"), versioned(13, "3"))
@@ -1386,6 +1386,31 @@ mod sled_engine {
         assert!(is_storage_error(storage.meta()));
         assert!(is_storage_error(storage.apply(&[noop(1, 1)])));
         assert_eq!(storage.entry(2).unwrap(), Some(noop(1, 2)));
+    }
+
+    /// A run is checked entry by entry: an empty run, or an entry inside a run that does not
+    /// carry the index after the previous one, is corruption, while the entries before it read.
+    #[test]
+    fn a_corrupt_run_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = SledStorage::open(dir.path()).unwrap();
+            storage.append(&[noop(1, 1), noop(1, 2)]).unwrap();
+            storage.append(&[noop(1, 3)]).unwrap();
+            storage.append(&[noop(1, 4)]).unwrap();
+            storage.flush().unwrap();
+        }
+        let mut skipping = postcard::to_stdvec(&noop(1, 1)).unwrap();
+        skipping.extend(postcard::to_stdvec(&noop(1, 5)).unwrap());
+        corrupt(dir.path(), "log", &1u64.to_be_bytes(), &skipping);
+        corrupt(dir.path(), "log", &3u64.to_be_bytes(), b"");
+
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(storage.entry(1).unwrap(), Some(noop(1, 1)));
+        assert!(is_storage_error(storage.entry(2)));
+        assert!(is_storage_error(storage.entries(1, 2, usize::MAX)));
+        assert!(is_storage_error(storage.entry(3)));
+        assert_eq!(storage.entry(4).unwrap(), Some(noop(1, 4)));
     }
 
     #[test]

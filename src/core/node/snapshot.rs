@@ -465,24 +465,22 @@ impl Node {
                     // The whole state, system keys included (key deadlines and their index,
                     // users): a scan page would skip them, and the member would serve keys
                     // that never expire and lose users.
-                    let pairs = self.storage.state_chunk(after.as_deref(), room)?;
-                    bytes += pairs
+                    let page = self.storage.state_chunk(after.as_deref(), room)?;
+                    bytes += page
+                        .pairs
                         .iter()
                         .map(|(key, versioned)| framed_pair_bytes(key, &versioned.value))
                         .sum::<usize>();
-                    let last = pairs.last().map(|(key, _)| key.clone()).or(after);
-                    // One pair past the chunk, if any: whether the state goes on.
-                    let more = match &last {
-                        Some(last) => !self.storage.state_chunk(Some(last), 1)?.is_empty(),
-                        None => false,
-                    };
-                    chunk
-                        .pairs
-                        .extend(pairs.into_iter().map(|(key, value)| (key, Some(value))));
+                    let last = page.pairs.last().map(|(key, _)| key.clone()).or(after);
+                    chunk.pairs.extend(
+                        page.pairs
+                            .into_iter()
+                            .map(|(key, value)| (key, Some(value))),
+                    );
                     let Some(transfer) = self.transfer_to(member) else {
                         return Ok(None);
                     };
-                    if more {
+                    if page.more {
                         transfer.phase =
                             TransferPhase::Streaming(SnapshotPosition::State { after: last });
                         return Ok(Some(chunk));
