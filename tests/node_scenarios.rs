@@ -932,6 +932,60 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
     assert_eq!(cluster.storage(1).last().expect("last"), (1, 2));
 }
 
+/// A backup's appends reach storage at the end of its pass, so one pass can hold an `Append` and
+/// then a newer primary's `Append` that cuts into it. The entries the second one removes were
+/// never written; the log writes them before it truncates, so the rollback tree still records
+/// them and the log keeps the entry before the cut.
+#[test]
+fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
+    let mut cluster = Cluster::new(3);
+    let append =
+        |from: NodeId, epoch: Epoch, base: (LogIndex, Epoch), entries: Vec<Entry>| Message {
+            from,
+            to: 1,
+            epoch,
+            body: MessageBody::Append {
+                base_index: base.0,
+                base_epoch: base.1,
+                entries,
+                commit_index: 1,
+                catch_up: false,
+            },
+        };
+    let first_primary = vec![
+        entry(2, 1, Operation::Noop),
+        entry(2, 2, put("a", "from epoch 2")),
+        entry(2, 3, put("b", "from epoch 2")),
+    ];
+    let second_primary = vec![entry(3, 2, put("c", "from epoch 3"))];
+    let (first, second) = (
+        append(2, 2, (0, 0), first_primary.clone()),
+        append(3, 3, (1, 2), second_primary.clone()),
+    );
+    cluster
+        .call(1, |node, now| {
+            node.step(now, first)?;
+            node.step(now, second)
+        })
+        .expect("both appends in one pass");
+
+    let storage = cluster.storage(1);
+    assert_eq!(storage.last().expect("last"), (3, 2));
+    assert_eq!(
+        storage.entries(1, 2, usize::MAX).expect("log"),
+        vec![first_primary[0].clone(), second_primary[0].clone()],
+        "the entry before the cut stays, the new primary's entry follows it"
+    );
+    let rolled_back: Vec<Entry> = storage
+        .rolled_back()
+        .expect("rollback tree")
+        .into_iter()
+        .map(|record| record.entry)
+        .collect();
+    assert_eq!(rolled_back, first_primary[1..].to_vec());
+    assert_eq!(cluster.node(1).last_index(), 2);
+}
+
 // --- membership and snapshots ---
 
 #[test]
