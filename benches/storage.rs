@@ -10,6 +10,10 @@
 //! - `sled_layout/...`: raw sled, the ways a batch of entries can reach the `log` tree (one sled
 //!   batch per entry, one per batch, plain inserts, one value per batch), each followed by a
 //!   flush: the evidence for how the log is laid out (docs/BENCHMARKS.md).
+//! - `apply_layout/...`: raw sled, the ways a pass of N committed puts can reach the state: one
+//!   transaction over three trees (what the engine does), one batch on one tree after plain
+//!   reads, and plain inserts (not atomic, so only a floor): the evidence for how the state
+//!   should be laid out next (docs/BENCHMARKS.md).
 //!
 //! Entries carry 100-byte values and 16-byte keys, as `kvctl bench` writes by default. Every
 //! bench writes into its own temporary directory, removed at the end.
@@ -209,5 +213,169 @@ fn sled_layout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append_and_flush, apply, sled_layout);
+/// How a pass of committed puts reaches sled's state, in the `apply_layout` group. Each put
+/// writes its key (learning whether it existed, as the key count needs) and its client's
+/// session; each pass then writes the applied index and the key count.
+#[derive(Clone, Copy, Debug)]
+enum ApplyLayout {
+    /// One transaction over `state`, `sessions` and `meta`, reading each session first: the
+    /// engine's apply. A transactional insert reads the old value itself.
+    Transaction,
+    /// Plain reads of each key first, then one `apply_batch` on a single tree holding the keys,
+    /// the sessions and the metadata under prefixes: atomic, with no transaction.
+    OneTreeBatch,
+    /// Plain inserts into the three trees, each returning the old value: one descent per write,
+    /// but a crash can keep part of a pass.
+    PlainInserts,
+}
+
+impl ApplyLayout {
+    const ALL: [ApplyLayout; 3] = [
+        ApplyLayout::Transaction,
+        ApplyLayout::OneTreeBatch,
+        ApplyLayout::PlainInserts,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ApplyLayout::Transaction => "transaction_over_three_trees",
+            ApplyLayout::OneTreeBatch => "one_tree_batch_after_reads",
+            ApplyLayout::PlainInserts => "plain_inserts_not_atomic",
+        }
+    }
+}
+
+/// The trees an [`ApplyLayout`] writes.
+struct ApplyTrees {
+    state: sled::Tree,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// The key, value and session client of a put entry.
+fn put_parts(entry: &Entry) -> (&[u8], &[u8], [u8; 8]) {
+    let Operation::Put { key, value } = &entry.operation else {
+        unreachable!("the bench applies puts only")
+    };
+    let client = entry.request_id.map_or(0, |id| id.client_id);
+    (key, value, client.to_be_bytes())
+}
+
+fn prefixed(prefix: u8, key: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + key.len());
+    bytes.push(prefix);
+    bytes.extend_from_slice(key);
+    bytes
+}
+
+impl ApplyLayout {
+    fn apply(self, trees: &ApplyTrees, entries: &[Entry]) {
+        use sled::Transactional;
+        let session = [0u8; 16];
+        let last = entries.last().map_or(0, |entry| entry.index).to_be_bytes();
+        match self {
+            ApplyLayout::Transaction => {
+                (&trees.state, &trees.sessions, &trees.meta)
+                    .transaction(|(state, sessions, meta)| {
+                        let mut created = 0u64;
+                        for entry in entries {
+                            let (key, value, client) = put_parts(entry);
+                            sessions.get(client)?;
+                            if state.insert(key, value)?.is_none() {
+                                created += 1;
+                            }
+                            sessions.insert(&client[..], &session[..])?;
+                        }
+                        meta.insert(b"applied_index", &last[..])?;
+                        meta.get(b"key_count")?;
+                        meta.insert(b"key_count", &created.to_be_bytes()[..])?;
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .expect("transaction");
+            }
+            ApplyLayout::OneTreeBatch => {
+                let mut batch = sled::Batch::default();
+                let mut written = std::collections::HashSet::new();
+                let mut created = 0u64;
+                for entry in entries {
+                    let (key, value, client) = put_parts(entry);
+                    let key = prefixed(b'k', key);
+                    let existed =
+                        written.contains(&key) || trees.state.contains_key(&key).expect("read");
+                    if !existed {
+                        created += 1;
+                    }
+                    written.insert(key.clone());
+                    batch.insert(key, value);
+                    batch.insert(prefixed(b's', &client), &session[..]);
+                }
+                batch.insert(&b"mapplied_index"[..], &last[..]);
+                // The key count is read before it is written, as in the transaction.
+                trees.state.get(b"mkey_count").expect("read");
+                batch.insert(&b"mkey_count"[..], &created.to_be_bytes()[..]);
+                trees.state.apply_batch(batch).expect("apply batch");
+            }
+            ApplyLayout::PlainInserts => {
+                let mut created = 0u64;
+                for entry in entries {
+                    let (key, value, client) = put_parts(entry);
+                    if trees.state.insert(key, value).expect("insert").is_none() {
+                        created += 1;
+                    }
+                    trees.sessions.insert(client, &session[..]).expect("insert");
+                }
+                trees
+                    .meta
+                    .insert(b"applied_index", &last[..])
+                    .expect("insert");
+                trees
+                    .meta
+                    .insert(b"key_count", &created.to_be_bytes()[..])
+                    .expect("insert");
+            }
+        }
+    }
+}
+
+/// Raw sled: the state layouts docs/BENCHMARKS.md compares, a pass of puts at a time (no flush:
+/// the engine flushes the log, and the apply rides on that flush).
+fn apply_layout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply_layout");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for batch in [16usize, 256] {
+        group.throughput(Throughput::Elements(batch as u64));
+        for layout in ApplyLayout::ALL {
+            let dir = tempfile::tempdir().expect("create a temporary directory");
+            let db = sled::open(dir.path()).expect("open sled");
+            let open = |name: &str| db.open_tree(name).expect("open a tree");
+            let trees = ApplyTrees {
+                state: open("state"),
+                sessions: open("sessions"),
+                meta: open("meta"),
+            };
+            let mut next: LogIndex = 1;
+            group.bench_with_input(
+                BenchmarkId::new(layout.name(), batch),
+                &batch,
+                |b, &batch| {
+                    b.iter_batched(
+                        || {
+                            let entries = puts(next, batch);
+                            next += batch as u64;
+                            entries
+                        },
+                        |entries| layout.apply(&trees, &entries),
+                        BatchSize::SmallInput,
+                    );
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append_and_flush, apply, sled_layout, apply_layout);
 criterion_main!(benches);
