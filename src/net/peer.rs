@@ -34,7 +34,7 @@
 //! - Bytes from a peer are untrusted: a frame that is too large or does not decode closes that
 //!   stream only, and is logged; it never panics the node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -64,8 +64,10 @@ pub(crate) struct PeerRouter {
     endpoint: Endpoint,
     shutdown: Shutdown,
     links: HashMap<NodeId, LinkQueues>,
-    /// Messages dropped because a queue was full or the peer unknown, over the node's lifetime.
-    dropped: u64,
+    /// Messages dropped because a queue was full or the peer unknown, over the node's lifetime,
+    /// per peer and stream: which queue overflows is what a stalled link looks like from here
+    /// (docs/CHAOS.md, "Open: a backup that stopped catching up").
+    dropped: BTreeMap<(NodeId, StreamKind), u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,7 +95,7 @@ impl PeerRouter {
             endpoint,
             shutdown,
             links: HashMap::new(),
-            dropped: 0,
+            dropped: BTreeMap::new(),
             metrics,
         }
     }
@@ -158,37 +160,41 @@ impl PeerRouter {
 
     pub(crate) fn send(&mut self, message: Message) {
         let peer = message.to;
+        let stream = message.body.stream();
         let Some(link) = self.links.get(&peer) else {
-            self.count_drop(peer, "no link to this node");
+            self.count_drop(peer, stream, "no link to this node");
             return;
         };
-        let queue = match message.body.stream() {
+        let queue = match stream {
             StreamKind::Heartbeat => &link.heartbeat,
             StreamKind::Replication => &link.replication,
             StreamKind::Resync => &link.resync,
         };
         if queue.try_send(message).is_err() {
-            self.count_drop(peer, "its outbound queue is full");
+            self.count_drop(peer, stream, "its outbound queue is full");
         }
     }
 
-    fn count_drop(&mut self, peer: NodeId, reason: &str) {
-        self.dropped += 1;
+    fn count_drop(&mut self, peer: NodeId, stream: StreamKind, reason: &str) {
+        let dropped = self.dropped.entry((peer, stream)).or_default();
+        *dropped += 1;
         self.metrics
             .peer_sent_failures
             .get_or_create(&ToPeer { To: peer })
             .inc();
         // Logged at powers of two so a long outage does not flood the log.
-        if self.dropped.is_power_of_two() {
+        if dropped.is_power_of_two() {
             warn!(
                 peer,
-                dropped_total = self.dropped,
+                ?stream,
+                dropped_total = *dropped,
                 "dropping a message: {reason}"
             );
         } else {
             debug!(
                 peer,
-                dropped_total = self.dropped,
+                ?stream,
+                dropped_total = *dropped,
                 "dropping a message: {reason}"
             );
         }
