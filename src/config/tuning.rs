@@ -282,6 +282,11 @@ pub const PEER_RESYNC_INBOX_CAPACITY: usize = 64;
 /// machine), so one per pass keeps heartbeats, acks and flushes on time while a transfer runs.
 pub const MAX_RESYNC_EVENTS_PER_BATCH: usize = 1;
 
+/// An event-loop pass that runs this long is logged as a warning: a default heartbeat interval,
+/// a third of the default failure timeout, and far above a normal pass (under a few
+/// milliseconds; docs/BENCHMARKS.md, "Session 12").
+pub const SLOW_PASS_WARNING_MS: u64 = 100;
+
 /// First delay before redialling a peer after a failure; doubled up to the maximum.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 50;
 

@@ -37,7 +37,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use crate::api::watch::WatcherCount;
-use crate::config::tuning::{MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, TICK_INTERVAL_MS};
+use crate::config::tuning::{
+    MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, SLOW_PASS_WARNING_MS, TICK_INTERVAL_MS,
+};
 use crate::core::{ClientToken, FlushTicket, Node, Output, Timestamp};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, NodeView};
@@ -179,16 +181,21 @@ impl EventLoop {
         let mut ticker = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 _ = shutdown.requested() => return Ok(()),
-                (ticket, outcome) = flush_finished(&mut self.flush) => {
-                    self.on_flushed(ticket, outcome)?;
-                }
+                (ticket, outcome) = flush_finished(&mut self.flush) => Event::Flushed(ticket, outcome),
                 // `None` (every sender gone) disables the branch; shutdown ends the loop.
-                Some(message) = self.inboxes.peers.recv() => self.on_peer_message(message)?,
-                Some(message) = self.inboxes.resync.recv() => self.on_peer_message(message)?,
-                Some(request) = self.inboxes.clients.recv() => self.on_request(request)?,
-                _ = ticker.tick() => self.on_tick()?,
+                Some(message) = self.inboxes.peers.recv() => Event::Peer(message),
+                Some(message) = self.inboxes.resync.recv() => Event::Peer(message),
+                Some(request) = self.inboxes.clients.recv() => Event::Client(request),
+                _ = ticker.tick() => Event::Tick,
+            };
+            let pass_started = Instant::now();
+            match event {
+                Event::Flushed(ticket, outcome) => self.on_flushed(ticket, outcome)?,
+                Event::Peer(message) => self.on_peer_message(message)?,
+                Event::Client(request) => self.on_request(request)?,
+                Event::Tick => self.on_tick()?,
             }
             // Batch: take everything that queued up meanwhile before producing outputs.
             for _ in 0..MAX_EVENTS_PER_BATCH {
@@ -213,6 +220,7 @@ impl EventLoop {
             self.dispatch_outputs()?;
             self.start_flush();
             self.observe();
+            warn_if_slow(pass_started);
         }
     }
 
@@ -478,6 +486,27 @@ fn fail_stop(result: Result<()>, doing: &str) -> Result<()> {
             warn!(%err, "error while {doing}");
             Ok(())
         }
+    }
+}
+
+/// What woke the event loop: the first event of a pass.
+enum Event {
+    Flushed(FlushTicket, Result<()>),
+    Peer(Message),
+    Client(ClientRequest),
+    Tick,
+}
+
+/// Warns when one pass of the event loop (its first event, the batch after it, and its outputs)
+/// ran longer than [`SLOW_PASS_WARNING_MS`]: meanwhile the node answered no peer, so its primary may
+/// have seemed silent, and its inbound streams pushed back on their senders.
+fn warn_if_slow(pass_started: Instant) {
+    let elapsed = pass_started.elapsed();
+    if elapsed >= Duration::from_millis(SLOW_PASS_WARNING_MS) {
+        warn!(
+            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "an event-loop pass ran long; the node answered no peer meanwhile"
+        );
     }
 }
 
