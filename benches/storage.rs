@@ -20,7 +20,10 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 
 use replikv::storage::{SledStorage, Storage};
 use replikv::wire::message::{Entry, LogIndex, Operation, RequestId};
@@ -52,33 +55,51 @@ fn open_store() -> (tempfile::TempDir, SledStorage) {
     (dir, storage)
 }
 
-fn append_and_flush(c: &mut Criterion) {
-    let mut group = c.benchmark_group("storage");
+/// A group with the short sampling every storage bench uses: disk work is slow but steady.
+fn storage_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
+    group
+}
+
+/// Benchmarks `run` on successive batches of `batch` put entries, their indexes going on from
+/// one batch to the next (so appends and applies always continue the log); throughput in
+/// entries.
+fn bench_batches(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    batch: usize,
+    mut run: impl FnMut(Vec<Entry>),
+) {
+    group.throughput(Throughput::Elements(batch as u64));
+    let mut next: LogIndex = 1;
+    group.bench_function(BenchmarkId::new(name, batch), |b| {
+        b.iter_batched(
+            || {
+                let entries = puts(next, batch);
+                next += batch as u64;
+                entries
+            },
+            &mut run,
+            BatchSize::SmallInput,
+        );
+    });
+}
+
+fn append_and_flush(c: &mut Criterion) {
+    let mut group = storage_group(c, "storage");
     for batch in BATCH_SIZES {
-        group.throughput(Throughput::Elements(batch as u64));
         for flush in [true, false] {
             let name = if flush { "append_flush" } else { "append" };
             let (_dir, storage) = open_store();
-            let mut next: LogIndex = 1;
-            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
-                b.iter_batched(
-                    || {
-                        let entries = puts(next, batch);
-                        next += batch as u64;
-                        entries
-                    },
-                    |entries| {
-                        storage.append(&entries).expect("append");
-                        if flush {
-                            storage.flush().expect("flush");
-                        }
-                    },
-                    BatchSize::SmallInput,
-                );
+            bench_batches(&mut group, name, batch, |entries| {
+                storage.append(&entries).expect("append");
+                if flush {
+                    storage.flush().expect("flush");
+                }
             });
         }
     }
@@ -86,25 +107,11 @@ fn append_and_flush(c: &mut Criterion) {
 }
 
 fn apply(c: &mut Criterion) {
-    let mut group = c.benchmark_group("storage");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = storage_group(c, "storage");
     for batch in BATCH_SIZES {
-        group.throughput(Throughput::Elements(batch as u64));
         let (_dir, storage) = open_store();
-        let mut next: LogIndex = 1;
-        group.bench_with_input(BenchmarkId::new("apply", batch), &batch, |b, &batch| {
-            b.iter_batched(
-                || {
-                    let entries = puts(next, batch);
-                    next += batch as u64;
-                    entries
-                },
-                |entries| storage.apply(&entries).expect("apply"),
-                BatchSize::SmallInput,
-            );
+        bench_batches(&mut group, "apply", batch, |entries| {
+            storage.apply(&entries).expect("apply");
         });
     }
     group.finish();
@@ -178,36 +185,16 @@ impl Layout {
 /// every `apply_batch` and every transaction, to make them recoverable atomically; a plain
 /// `insert` does not. So the number of batch calls, not the number of entries, is what costs.
 fn sled_layout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sled_layout");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = storage_group(c, "sled_layout");
     for batch in [16usize, 256] {
-        group.throughput(Throughput::Elements(batch as u64));
         for layout in Layout::ALL {
             let dir = tempfile::tempdir().expect("create a temporary directory");
             let db = sled::open(dir.path()).expect("open sled");
             let log = db.open_tree("log").expect("open the log tree");
-            let mut next: LogIndex = 1;
-            group.bench_with_input(
-                BenchmarkId::new(layout.name(), batch),
-                &batch,
-                |b, &batch| {
-                    b.iter_batched(
-                        || {
-                            let entries = puts(next, batch);
-                            next += batch as u64;
-                            entries
-                        },
-                        |entries| {
-                            layout.write(&log, &entries);
-                            db.flush().expect("flush");
-                        },
-                        BatchSize::SmallInput,
-                    );
-                },
-            );
+            bench_batches(&mut group, layout.name(), batch, |entries| {
+                layout.write(&log, &entries);
+                db.flush().expect("flush");
+            });
         }
     }
     group.finish();
@@ -340,13 +327,8 @@ impl ApplyLayout {
 /// Raw sled: the state layouts docs/BENCHMARKS.md compares, a pass of puts at a time (no flush:
 /// the engine flushes the log, and the apply rides on that flush).
 fn apply_layout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("apply_layout");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = storage_group(c, "apply_layout");
     for batch in [16usize, 256] {
-        group.throughput(Throughput::Elements(batch as u64));
         for layout in ApplyLayout::ALL {
             let dir = tempfile::tempdir().expect("create a temporary directory");
             let db = sled::open(dir.path()).expect("open sled");
@@ -356,22 +338,9 @@ fn apply_layout(c: &mut Criterion) {
                 sessions: open("sessions"),
                 meta: open("meta"),
             };
-            let mut next: LogIndex = 1;
-            group.bench_with_input(
-                BenchmarkId::new(layout.name(), batch),
-                &batch,
-                |b, &batch| {
-                    b.iter_batched(
-                        || {
-                            let entries = puts(next, batch);
-                            next += batch as u64;
-                            entries
-                        },
-                        |entries| layout.apply(&trees, &entries),
-                        BatchSize::SmallInput,
-                    );
-                },
-            );
+            bench_batches(&mut group, layout.name(), batch, |entries| {
+                layout.apply(&trees, &entries);
+            });
         }
     }
     group.finish();

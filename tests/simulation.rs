@@ -1759,15 +1759,11 @@ impl Simulation {
                 version: write.index,
                 value: write.value.clone(),
             });
-            let deadline = model
-                .value_at(&deadline_key(&write.key), write.index)
-                .and_then(|deadline| decode_deadline(&deadline));
-            if model.versioned_at(&write.key, write.index) != written
-                || deadline != Some(write.deadline)
-            {
+            let left = model.versioned_at(&write.key, write.index);
+            let deadline = model.deadline_at(&write.key, write.index);
+            if left != written || deadline != Some(write.deadline) {
                 self.fail(format!(
-                    "acknowledged set {write:?} left the key at {:?} with deadline {deadline:?}",
-                    model.versioned_at(&write.key, write.index)
+                    "acknowledged set {write:?} left the key at {left:?} with deadline {deadline:?}"
                 ));
             }
         }
@@ -1920,9 +1916,7 @@ impl Simulation {
             }
             // A key whose deadline the serving node's clock had reached (within the margin that
             // covers clocks behind true time) is hidden: it reads as absent.
-            let deadline = model
-                .value_at(&deadline_key(&read.key), read.index)
-                .and_then(|deadline| decode_deadline(&deadline));
+            let deadline = model.deadline_at(&read.key, read.index);
             let expired = deadline.is_some_and(|deadline| {
                 deadline <= read.wall_clock + self.options.expiry_margin_ms()
             });
@@ -2060,6 +2054,13 @@ impl AppliedModel {
     fn value_at(&self, key: &[u8], index: LogIndex) -> Option<Vec<u8>> {
         self.versioned_at(key, index)
             .map(|versioned| versioned.value)
+    }
+
+    /// `key`'s deadline (ms on the writer's wall clock) once the entries up to `index` are
+    /// applied, read from its record in the system keyspace.
+    fn deadline_at(&self, key: &[u8], index: LogIndex) -> Option<u64> {
+        self.value_at(&deadline_key(key), index)
+            .and_then(|deadline| decode_deadline(&deadline))
     }
 
     /// `key`'s value just before the entry at `index` is applied.

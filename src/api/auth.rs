@@ -165,6 +165,10 @@ impl Credentials {
                     None => return Ok(records),
                 }
             }
+            // The chunk says whether the state goes on, so the last one costs no empty read.
+            if !chunk.more {
+                return Ok(records);
+            }
         }
     }
 

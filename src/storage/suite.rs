@@ -1413,6 +1413,30 @@ mod sled_engine {
         assert_eq!(storage.entry(4).unwrap(), Some(noop(1, 4)));
     }
 
+    /// Compaction takes the snapshot epoch from the run that holds its last entry: a log whose
+    /// run for that entry is gone is corruption, reported before anything is removed.
+    #[test]
+    fn compacting_through_a_missing_entry_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = SledStorage::open(dir.path()).unwrap();
+            for index in 1..=3 {
+                append_and_apply(&storage, &[noop(1, index)]);
+            }
+            storage.flush().unwrap();
+        }
+        {
+            let log = raw_tree(dir.path(), "log");
+            log.remove(2u64.to_be_bytes()).unwrap();
+            log.flush().unwrap();
+        }
+        let storage = SledStorage::open(dir.path()).unwrap();
+        assert!(is_storage_error(storage.compact(2)));
+        assert_eq!(storage.entry(1).unwrap(), Some(noop(1, 1)));
+        assert_eq!(storage.entry(3).unwrap(), Some(noop(1, 3)));
+        assert_eq!(storage.meta().unwrap().log_start, 1);
+    }
+
     #[test]
     fn malformed_log_key_fails_open() {
         let dir = tempfile::tempdir().unwrap();
