@@ -46,7 +46,7 @@ use crate::metrics::{Metrics, NodeView};
 use crate::net::peer::PeerRouter;
 use crate::net::shutdown::Shutdown;
 use crate::wire::client::{Request, Response, Topology};
-use crate::wire::message::{Membership, Message, NodeId};
+use crate::wire::message::{LogIndex, Membership, Message, NodeId, StreamKind};
 
 /// How often requests whose client went away are forgotten, and the status metrics (member lag,
 /// log size) refreshed, in ticks.
@@ -82,7 +82,7 @@ impl Clock {
     }
 
     pub(crate) fn now(&self) -> Timestamp {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        millis(self.start.elapsed())
     }
 }
 
@@ -91,9 +91,7 @@ impl Clock {
 pub(crate) fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+        .map_or(0, millis)
 }
 
 /// Channels through which the loop publishes what the network tasks need to know.
@@ -138,6 +136,8 @@ pub(crate) struct EventLoop {
     last_primary: Option<NodeId>,
     /// The watchers the node's hub serves: while there are any, a backup applies every pass.
     watchers: WatcherCount,
+    /// Where the current pass spends its time.
+    pass: PassProfile,
 }
 
 impl EventLoop {
@@ -153,6 +153,7 @@ impl EventLoop {
         let node_primary = node.primary();
         peers.sync(node.membership(), node_primary);
         published.membership.send_replace(node.membership().clone());
+        let pass = PassProfile::start(&node);
         EventLoop {
             node,
             clock,
@@ -167,6 +168,7 @@ impl EventLoop {
             metrics,
             last_primary: None,
             watchers,
+            pass,
         }
     }
 
@@ -190,7 +192,7 @@ impl EventLoop {
                 Some(request) = self.inboxes.clients.recv() => Event::Client(request),
                 _ = ticker.tick() => Event::Tick,
             };
-            let pass_started = Instant::now();
+            self.pass = PassProfile::start(&self.node);
             match event {
                 Event::Flushed(ticket, outcome) => self.on_flushed(ticket, outcome)?,
                 Event::Peer(message) => self.on_peer_message(message)?,
@@ -220,7 +222,7 @@ impl EventLoop {
             self.dispatch_outputs()?;
             self.start_flush();
             self.observe();
-            warn_if_slow(pass_started);
+            self.pass.warn_if_slow(&self.node);
         }
     }
 
@@ -241,24 +243,26 @@ impl EventLoop {
         });
     }
 
-    /// Runs one call into the node, timing it as an apply if it applied entries.
-    fn applying<T>(&mut self, call: impl FnOnce(&mut Node) -> T) -> T {
+    /// Runs one call into the node, timing it as an apply if it applied entries, and in the
+    /// pass's profile as a call of `kind`.
+    fn applying<T>(&mut self, kind: CallKind, call: impl FnOnce(&mut Node) -> T) -> T {
         let applied_before = self.node.applied_index();
         self.node.set_wall_clock(unix_millis());
         let started = Instant::now();
         let result = call(&mut self.node);
+        let elapsed = started.elapsed();
         if self.node.applied_index() > applied_before {
-            self.metrics
-                .apply_duration
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.apply_duration.observe(elapsed.as_secs_f64());
         }
+        self.pass.record(kind, elapsed);
         result
     }
 
     fn on_peer_message(&mut self, message: Message) -> Result<()> {
         let now = self.clock.now();
         self.peers.heard_from(message.from);
-        let stepped = self.applying(|node| node.step(now, message));
+        let kind = CallKind::Peer(message.body.stream());
+        let stepped = self.applying(kind, |node| node.step(now, message));
         fail_stop(stepped, "handling a peer message")
     }
 
@@ -268,7 +272,7 @@ impl EventLoop {
         let write = matches!(request, Request::Write { .. });
         self.pending.insert(token, PendingReply { reply, write });
         let now = self.clock.now();
-        match self.applying(|node| node.request(now, token, request)) {
+        match self.applying(CallKind::Client, |node| node.request(now, token, request)) {
             Ok(()) => Ok(()),
             Err(err) if err.kind().stops_the_node() => {
                 fail_stop(Err(err), "handling a client request")
@@ -299,7 +303,7 @@ impl EventLoop {
             self.observe_status();
         }
         let now = self.clock.now();
-        let ticked = self.applying(|node| node.tick(now));
+        let ticked = self.applying(CallKind::Tick, |node| node.tick(now));
         fail_stop(ticked, "ticking")
     }
 
@@ -332,7 +336,7 @@ impl EventLoop {
     fn on_flushed(&mut self, ticket: FlushTicket, outcome: Result<()>) -> Result<()> {
         fail_stop(outcome, "flushing storage")?;
         let now = self.clock.now();
-        let recorded = self.applying(|node| node.flushed(now, ticket));
+        let recorded = self.applying(CallKind::Flushed, |node| node.flushed(now, ticket));
         fail_stop(recorded, "recording a flush")
     }
 
@@ -358,7 +362,7 @@ impl EventLoop {
     /// Ends the node's pass (its one apply of what the pass committed) and sends its outputs.
     fn dispatch_outputs(&mut self) -> Result<()> {
         self.node.set_apply_every_pass(self.watchers.any());
-        let outputs = match self.applying(Node::finish_pass) {
+        let outputs = match self.applying(CallKind::FinishPass, Node::finish_pass) {
             Ok(outputs) => outputs,
             // Not fatal: the outputs stay with the node and go out after the next pass.
             Err(err) => return fail_stop(Err(err), "finishing a pass"),
@@ -497,17 +501,104 @@ enum Event {
     Tick,
 }
 
-/// Warns when one pass of the event loop (its first event, the batch after it, and its outputs)
-/// ran longer than [`SLOW_PASS_WARNING_MS`]: meanwhile the node answered no peer, so its primary may
-/// have seemed silent, and its inbound streams pushed back on their senders.
-fn warn_if_slow(pass_started: Instant) {
-    let elapsed = pass_started.elapsed();
-    if elapsed >= Duration::from_millis(SLOW_PASS_WARNING_MS) {
+/// What a call into the node was, for the pass profile.
+#[derive(Clone, Copy, Debug)]
+enum CallKind {
+    /// `Node::step`, with the stream the message came on.
+    Peer(StreamKind),
+    Client,
+    Tick,
+    Flushed,
+    FinishPass,
+}
+
+impl CallKind {
+    const COUNT: usize = 7;
+
+    fn slot(self) -> usize {
+        match self {
+            CallKind::Peer(StreamKind::Heartbeat) => 0,
+            CallKind::Peer(StreamKind::Replication) => 1,
+            CallKind::Peer(StreamKind::Resync) => 2,
+            CallKind::Client => 3,
+            CallKind::Tick => 4,
+            CallKind::Flushed => 5,
+            CallKind::FinishPass => 6,
+        }
+    }
+
+    fn name(slot: usize) -> &'static str {
+        [
+            "heartbeat",
+            "replication",
+            "resync",
+            "client",
+            "tick",
+            "flushed",
+            "finish_pass",
+        ][slot]
+    }
+}
+
+/// Where one pass of the event loop spent its time, by kind of call into the node, and how far
+/// the node's log moved: read only when the pass ran long, to say what made it slow.
+#[derive(Debug)]
+struct PassProfile {
+    started: Instant,
+    calls: [(u32, Duration); CallKind::COUNT],
+    last_index: LogIndex,
+    applied_index: LogIndex,
+}
+
+impl PassProfile {
+    fn start(node: &Node) -> Self {
+        PassProfile {
+            started: Instant::now(),
+            calls: [(0, Duration::ZERO); CallKind::COUNT],
+            last_index: node.last_index(),
+            applied_index: node.applied_index(),
+        }
+    }
+
+    fn record(&mut self, kind: CallKind, elapsed: Duration) {
+        let (count, total) = &mut self.calls[kind.slot()];
+        *count += 1;
+        *total += elapsed;
+    }
+
+    /// Warns when the pass (its first event, the batch after it, and its outputs) ran longer
+    /// than [`SLOW_PASS_WARNING_MS`]: meanwhile the node answered no peer, so its primary may have
+    /// seemed silent, and its inbound streams pushed back on their senders. The warning says
+    /// which calls took the time (`kind count×milliseconds`), and how many entries the pass
+    /// appended (net of any truncation) and applied.
+    fn warn_if_slow(&self, node: &Node) {
+        let elapsed = self.started.elapsed();
+        if elapsed < Duration::from_millis(SLOW_PASS_WARNING_MS) {
+            return;
+        }
+        let calls: Vec<String> = self
+            .calls
+            .iter()
+            .enumerate()
+            .filter(|(_, (count, _))| *count > 0)
+            .map(|(slot, (count, total))| {
+                format!("{} {count}×{}ms", CallKind::name(slot), total.as_millis())
+            })
+            .collect();
+        let in_node: Duration = self.calls.iter().map(|(_, total)| *total).sum();
         warn!(
-            elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms = millis(elapsed),
+            outside_node_ms = millis(elapsed.saturating_sub(in_node)),
+            calls = %calls.join(", "),
+            appended = i128::from(node.last_index()) - i128::from(self.last_index),
+            applied = node.applied_index() - self.applied_index,
             "an event-loop pass ran long; the node answered no peer meanwhile"
         );
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
