@@ -986,6 +986,102 @@ fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
     assert_eq!(cluster.node(1).last_index(), 2);
 }
 
+/// An append from `from` to node 1 in `epoch`.
+fn append_to_node_1(
+    from: NodeId,
+    epoch: Epoch,
+    base: (LogIndex, Epoch),
+    entries: Vec<Entry>,
+    commit_index: LogIndex,
+) -> Message {
+    Message {
+        from,
+        to: 1,
+        epoch,
+        body: MessageBody::Append {
+            base_index: base.0,
+            base_epoch: base.1,
+            entries,
+            commit_index,
+            catch_up: true,
+        },
+    }
+}
+
+/// A restarted backup (nothing in its cache) that is sent a catch-up append of entries it
+/// already holds skips them with one read of its log, not one lookup per entry: on sled a
+/// lookup decodes the entry's run up to the entry, so per-entry lookups made such an append cost
+/// the square of its length, and a backup chewing through a queue of them stalled its event loop
+/// for most of a second per message (docs/CHAOS.md, "A backup that stopped catching up").
+#[test]
+fn a_repeated_catch_up_append_is_checked_with_one_read_of_the_log() {
+    const HELD: LogIndex = 500;
+    let held: Vec<Entry> = (1..=HELD)
+        .map(|index| entry(2, index, put(&format!("k{index}"), "v")))
+        .collect();
+    let storage = storage_with(2, &held);
+    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
+    let lookups_before = cluster.storage(1).entry_lookups();
+    let repeated = append_to_node_1(2, 2, (0, 0), held.clone(), HELD);
+    cluster
+        .call(1, |node, now| node.step(now, repeated))
+        .expect("the append is handled");
+
+    let lookups = cluster.storage(1).entry_lookups() - lookups_before;
+    assert!(
+        lookups <= 1,
+        "{lookups} single-entry lookups for an append of {HELD} held entries"
+    );
+    assert_eq!(
+        cluster.sent_between(1, 2),
+        vec![&MessageBody::AppendAck { match_index: HELD }],
+        "the repeated entries are acknowledged"
+    );
+    assert!(cluster
+        .storage(1)
+        .rolled_back()
+        .expect("rollback")
+        .is_empty());
+    assert_eq!(cluster.node(1).last_index(), HELD);
+}
+
+/// A backup whose uncommitted suffix conflicts with a new primary's log finds where the two may
+/// still match (the entry before its conflicting epoch began) with one read of that suffix, not
+/// by looking up its entries one by one.
+#[test]
+fn a_conflicting_append_finds_its_hint_with_one_read_of_the_log() {
+    const HELD: LogIndex = 500;
+    let held: Vec<Entry> = (1..=HELD)
+        .map(|index| entry(if index == 1 { 1 } else { 2 }, index, Operation::Noop))
+        .collect();
+    let storage = storage_with(2, &held);
+    storage.set_commit_index(1).expect("commit index");
+    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
+    let lookups_before = cluster.storage(1).entry_lookups();
+    let conflicting = append_to_node_1(
+        3,
+        3,
+        (HELD, 3),
+        vec![entry(3, HELD + 1, Operation::Noop)],
+        1,
+    );
+    cluster
+        .call(1, |node, now| node.step(now, conflicting))
+        .expect("the append is handled");
+
+    let lookups = cluster.storage(1).entry_lookups() - lookups_before;
+    assert!(
+        lookups <= 1,
+        "{lookups} single-entry lookups to walk back over {} entries of epoch 2",
+        HELD - 1
+    );
+    assert_eq!(
+        cluster.sent_between(1, 3),
+        vec![&MessageBody::AppendRejected { hint: 1 }],
+        "the logs may match up to the last entry before epoch 2"
+    );
+}
+
 // --- membership and snapshots ---
 
 #[test]

@@ -40,6 +40,8 @@ struct Inner {
     unflushed: Vec<Write>,
     /// Non-empty appends taken, for tests of how the node batches its writes.
     appends: u64,
+    /// Single-entry lookups served, for tests of how the node reads its log.
+    entry_lookups: u64,
 }
 
 /// One successful write, as journaled for replay onto the durable copy.
@@ -94,6 +96,7 @@ impl MemoryStorage {
                 durable: Contents::new(),
                 unflushed: Vec::new(),
                 appends: 0,
+                entry_lookups: 0,
             }),
         }
     }
@@ -126,6 +129,13 @@ impl MemoryStorage {
     /// its length, so tests check with it that the node batches its appends.
     pub fn appends(&self) -> u64 {
         self.lock().appends
+    }
+
+    /// How many single-entry lookups ([`Storage::entry`]) this store has served. On sled a
+    /// lookup decodes its entry's run up to the entry, so tests check with it that the node
+    /// reads a range of its log in one read, not entry by entry.
+    pub fn entry_lookups(&self) -> u64 {
+        self.lock().entry_lookups
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -405,7 +415,8 @@ impl Storage for MemoryStorage {
     }
 
     fn entry(&self, index: LogIndex) -> Result<Option<Entry>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.entry_lookups += 1;
         let contents = &inner.live;
         if index < contents.meta.log_start {
             return Ok(None);

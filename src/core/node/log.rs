@@ -317,6 +317,41 @@ impl Log {
         }
     }
 
+    /// The epochs of the entries `[from ..= to]`, which must all be in the log, read at once:
+    /// from the cache where it holds them, else in bounded batches from storage. Never one
+    /// lookup per entry: on sled a lookup decodes its entry's run up to the entry, so looking up
+    /// each entry of a run costs the square of its length (docs/CHAOS.md, "A backup that stopped
+    /// catching up").
+    pub(super) fn epochs(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Epoch>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        if from < self.start || to > self.last_index {
+            return Err(Error::Internal(format!(
+                "epochs of entries {from}..={to} asked of a log holding {}..={}",
+                self.start, self.last_index
+            )));
+        }
+        let first = self.cache_first_index();
+        let mut epochs = Vec::new();
+        if from < first {
+            read_batches(&*self.storage, from, to.min(first - 1), |entries| {
+                epochs.extend(entries.iter().map(|entry| entry.epoch))
+            })?;
+        }
+        if to >= first {
+            let cached = (from.max(first) - first) as usize..=(to - first) as usize;
+            epochs.extend(self.cache.range(cached).map(|entry| entry.epoch));
+        }
+        if epochs.len() as u64 != to - from + 1 {
+            return Err(Error::Storage(format!(
+                "log entries {from}..={to}: only {} of them are stored",
+                epochs.len()
+            )));
+        }
+        Ok(epochs)
+    }
+
     /// Entries from `from` to `to`, stopping early once `max_bytes` are collected (at least one
     /// entry if any is in range), read from storage: `to` must be before the cache.
     pub(super) fn read(

@@ -523,6 +523,18 @@ impl Node {
         mut entries: Vec<Entry>,
         commit_index: LogIndex,
     ) -> Result<()> {
+        // A primary only ever sends entries that follow the base one index at a time; anything
+        // else is a broken protocol invariant (fail-stop, as for a gap).
+        if let Some((entry, expected)) = entries
+            .iter()
+            .zip(base_index.saturating_add(1)..)
+            .find(|(entry, index)| entry.index != *index)
+        {
+            return Err(Error::Internal(format!(
+                "append from {from} leaves a gap: entry {} where {expected} belongs",
+                entry.index
+            )));
+        }
         // Entries at or below this node's snapshot point are committed and applied here already.
         let snapshot_index = self.log.snapshot_index();
         if base_index < snapshot_index {
@@ -554,16 +566,25 @@ impl Node {
         }
         // After this append the log matches the primary's up to its last entry.
         let verified = entries.last().map_or(base_index, |e| e.index);
-        // Skip what this node already has; truncate from the first conflict.
+        // Skip what this node already has; truncate from the first conflict. The epochs of the
+        // entries this log already holds are read at once (a catch-up append may repeat
+        // thousands of them).
+        let overlap_end = verified.min(self.log.last_index());
+        let local_epochs = self.log.epochs(base_index + 1, overlap_end)?;
         let mut new_entries = Vec::new();
         let mut retransmission = true;
-        for entry in entries {
-            if !new_entries.is_empty() || entry.index > self.log.last_index() {
+        for (local_epoch, entry) in local_epochs
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(entries)
+        {
+            if !new_entries.is_empty() || local_epoch.is_none() {
                 retransmission = false;
                 new_entries.push(entry);
                 continue;
             }
-            if self.log.epoch_at(entry.index)? == entry.epoch {
+            if local_epoch == Some(entry.epoch) {
                 continue;
             }
             self.truncate_from(entry.index)?;
@@ -591,15 +612,17 @@ impl Node {
 
     /// Where a diverging log may still match: just before the first entry of the conflicting epoch.
     fn conflict_hint(&self, index: LogIndex, conflicting_epoch: Epoch) -> Result<LogIndex> {
-        let mut hint = index.saturating_sub(1);
+        let before = index.saturating_sub(1);
         let floor = self.commit_index.max(self.log.snapshot_index());
-        while hint > floor {
-            if self.log.epoch_at(hint)? != conflicting_epoch {
-                break;
-            }
-            hint -= 1;
+        if before <= floor {
+            return Ok(before);
         }
-        Ok(hint)
+        // Committed entries match every primary's log, so the walk back stops at the floor.
+        let epochs = self.log.epochs(floor + 1, before)?;
+        Ok(epochs
+            .iter()
+            .rposition(|&epoch| epoch != conflicting_epoch)
+            .map_or(floor, |position| floor + 1 + position as LogIndex))
     }
 
     /// Moves `[index ..]` to the rollback tree. Only uncommitted entries may diverge.
