@@ -14,9 +14,9 @@
 //!   transaction over three trees (what the engine does), one batch on one tree after plain
 //!   reads, and plain inserts (not atomic, so only a floor): the evidence for how the state
 //!   should be laid out next (docs/BENCHMARKS.md).
-//! - `log_reads/...`: reading back every entry of one stored run of 4,096 entries (one append),
-//!   by one `entry` lookup per index or by one `entries` read: a lookup decodes its run up to
-//!   the entry, so the first way costs the square of the run's length. A backup checking a
+//! - `log_reads/...`: reading back every entry of one append of 4,096 entries (stored as runs of
+//!   up to 64 KiB), by one `entry` lookup per index or by one `entries` read: a lookup decodes
+//!   its run up to the entry, so the first way costs the square of each run's length. A backup checking a
 //!   repeated catch-up append once did it the first way (docs/CHAOS.md).
 //!
 //! Entries carry 100-byte values and 16-byte keys, as `kvctl bench` writes by default. Every
@@ -350,26 +350,26 @@ fn apply_layout(c: &mut Criterion) {
     group.finish();
 }
 
-/// Entries in the run that `log_reads` stores with one append.
-const RUN_ENTRIES: usize = 4096;
+/// Entries that `log_reads` stores with one append.
+const APPENDED_ENTRIES: usize = 4096;
 
 fn log_reads(c: &mut Criterion) {
     let mut group = storage_group(c, "log_reads");
     let (_dir, storage) = open_store();
-    storage.append(&puts(1, RUN_ENTRIES)).expect("append");
-    let last = RUN_ENTRIES as LogIndex;
-    group.throughput(Throughput::Elements(RUN_ENTRIES as u64));
-    group.bench_function(BenchmarkId::new("entry_per_index", RUN_ENTRIES), |b| {
+    storage.append(&puts(1, APPENDED_ENTRIES)).expect("append");
+    let last = APPENDED_ENTRIES as LogIndex;
+    group.throughput(Throughput::Elements(APPENDED_ENTRIES as u64));
+    group.bench_function(BenchmarkId::new("entry_per_index", APPENDED_ENTRIES), |b| {
         b.iter(|| {
             for index in 1..=last {
                 storage.entry(index).expect("entry").expect("stored");
             }
         })
     });
-    group.bench_function(BenchmarkId::new("one_range_read", RUN_ENTRIES), |b| {
+    group.bench_function(BenchmarkId::new("one_range_read", APPENDED_ENTRIES), |b| {
         b.iter(|| {
             let entries = storage.entries(1, last, usize::MAX).expect("entries");
-            assert_eq!(entries.len(), RUN_ENTRIES);
+            assert_eq!(entries.len(), APPENDED_ENTRIES);
         })
     });
     group.finish();

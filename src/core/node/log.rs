@@ -320,7 +320,7 @@ impl Log {
     /// The epochs of the entries `[from ..= to]`, which must all be in the log, read at once:
     /// from the cache where it holds them, else in bounded batches from storage. Never one
     /// lookup per entry: on sled a lookup decodes its entry's run up to the entry, so looking up
-    /// each entry of a run costs the square of its length (docs/CHAOS.md, "A backup that stopped
+    /// each entry of a run costs the square of the run's length (docs/CHAOS.md, "A backup that stopped
     /// catching up").
     pub(super) fn epochs(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Epoch>> {
         if from > to {

@@ -244,7 +244,18 @@ impl Node {
             }
             let stalled = now.saturating_sub(progress.last_progress) >= wait;
             if stalled {
-                progress.reset_to(progress.match_index + 1, now);
+                // Resend from where the member last said its log ends (its heartbeat acks get
+                // through when appends do not), never before its match index. The member checks
+                // the base, and a mismatch walks back by its hint; resending from the match
+                // index alone would send a member this primary has not yet matched (every
+                // member, just after an election) the whole log again, or, once the log is
+                // compacted, the whole state.
+                let restart = progress
+                    .reported_last
+                    .map_or(progress.match_index + 1, |reported| {
+                        reported.saturating_add(1).min(last_index)
+                    });
+                progress.reset_to(restart, now);
             }
             if stalled || progress.next_index < cache_first {
                 behind.push(id);
