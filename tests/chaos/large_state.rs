@@ -282,8 +282,9 @@ pub struct LargeStateReport {
     pub divergent_buckets: BTreeMap<NodeId, Vec<String>>,
     /// Scans that failed (a node or the primary did not answer).
     pub read_errors: Vec<String>,
-    /// From the node logs: snapshots a primary began streaming, and snapshots installed, per node.
-    pub snapshots_streamed: BTreeMap<NodeId, usize>,
+    /// From the node logs: snapshots a primary offered (each offer starts or resumes a transfer),
+    /// and snapshots installed, per node.
+    pub snapshots_offered: BTreeMap<NodeId, usize>,
     pub snapshots_installed: BTreeMap<NodeId, usize>,
 }
 
@@ -330,7 +331,7 @@ impl LargeStateReport {
         format!(
             "large state: {} keys of {VALUE_BYTES} B prefilled in {:.0}s, log_retention_bytes {}; \
              load {} acknowledged, {} indeterminate ({} applied); {} keys checked, {} wrong; \
-             keys per node {:?}, digests {:?}, divergent buckets {:?}; snapshots streamed {:?}, \
+             keys per node {:?}, digests {:?}, divergent buckets {:?}; snapshots offered {:?}, \
              installed {:?}",
             self.keys,
             self.prefill_seconds,
@@ -343,7 +344,7 @@ impl LargeStateReport {
             self.node_keys,
             self.node_digests,
             self.divergent_buckets,
-            self.snapshots_streamed,
+            self.snapshots_offered,
             self.snapshots_installed,
         )
     }
@@ -458,13 +459,12 @@ pub async fn check(
 }
 
 impl LargeStateReport {
-    /// Counts, in every node's log, the snapshots it began streaming as primary and those it
-    /// installed.
+    /// Counts, in every node's log, the snapshots it offered as primary and those it installed.
     pub fn count_snapshots(&mut self, logs: &[(NodeId, String)]) {
         for (node, log) in logs {
             let count = |needle: &str| log.lines().filter(|line| line.contains(needle)).count();
-            self.snapshots_streamed
-                .insert(*node, count("streaming a snapshot"));
+            self.snapshots_offered
+                .insert(*node, count("offering a snapshot"));
             self.snapshots_installed
                 .insert(*node, count("installed a snapshot"));
         }
