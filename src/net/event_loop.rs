@@ -591,7 +591,7 @@ impl PassProfile {
             outside_node_ms = millis(elapsed.saturating_sub(in_node)),
             calls = %calls.join(", "),
             appended = i128::from(node.last_index()) - i128::from(self.last_index),
-            applied = node.applied_index() - self.applied_index,
+            applied = node.applied_index().saturating_sub(self.applied_index),
             "an event-loop pass ran long; the node answered no peer meanwhile"
         );
     }
