@@ -932,6 +932,29 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
     assert_eq!(cluster.storage(1).last().expect("last"), (1, 2));
 }
 
+/// An append from `from` to node 1 in `epoch`. Whether it is a catch-up append changes only the
+/// stream it travels on, not how the backup handles it.
+fn append_to_node_1(
+    from: NodeId,
+    epoch: Epoch,
+    base: (LogIndex, Epoch),
+    entries: Vec<Entry>,
+    commit_index: LogIndex,
+) -> Message {
+    Message {
+        from,
+        to: 1,
+        epoch,
+        body: MessageBody::Append {
+            base_index: base.0,
+            base_epoch: base.1,
+            entries,
+            commit_index,
+            catch_up: true,
+        },
+    }
+}
+
 /// A backup's appends reach storage at the end of its pass, so one pass can hold an `Append` and
 /// then a newer primary's `Append` that cuts into it. The entries the second one removes were
 /// never written; the log writes them before it truncates, so the rollback tree still records
@@ -939,19 +962,6 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
 #[test]
 fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
     let mut cluster = Cluster::new(3);
-    let append =
-        |from: NodeId, epoch: Epoch, base: (LogIndex, Epoch), entries: Vec<Entry>| Message {
-            from,
-            to: 1,
-            epoch,
-            body: MessageBody::Append {
-                base_index: base.0,
-                base_epoch: base.1,
-                entries,
-                commit_index: 1,
-                catch_up: false,
-            },
-        };
     let first_primary = vec![
         entry(2, 1, Operation::Noop),
         entry(2, 2, put("a", "from epoch 2")),
@@ -959,8 +969,8 @@ fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
     ];
     let second_primary = vec![entry(3, 2, put("c", "from epoch 3"))];
     let (first, second) = (
-        append(2, 2, (0, 0), first_primary.clone()),
-        append(3, 3, (1, 2), second_primary.clone()),
+        append_to_node_1(2, 2, (0, 0), first_primary.clone(), 1),
+        append_to_node_1(3, 3, (1, 2), second_primary.clone(), 1),
     );
     cluster
         .call(1, |node, now| {
@@ -984,28 +994,6 @@ fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
         .collect();
     assert_eq!(rolled_back, first_primary[1..].to_vec());
     assert_eq!(cluster.node(1).last_index(), 2);
-}
-
-/// An append from `from` to node 1 in `epoch`.
-fn append_to_node_1(
-    from: NodeId,
-    epoch: Epoch,
-    base: (LogIndex, Epoch),
-    entries: Vec<Entry>,
-    commit_index: LogIndex,
-) -> Message {
-    Message {
-        from,
-        to: 1,
-        epoch,
-        body: MessageBody::Append {
-            base_index: base.0,
-            base_epoch: base.1,
-            entries,
-            commit_index,
-            catch_up: true,
-        },
-    }
 }
 
 /// A restarted backup (nothing in its cache) that is sent a catch-up append of entries it
