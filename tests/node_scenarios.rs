@@ -996,6 +996,15 @@ fn a_backup_truncates_entries_appended_earlier_in_the_same_pass() {
     assert_eq!(cluster.node(1).last_index(), 2);
 }
 
+/// Node 1 handles `append` in one pass; returns how many single-entry lookups its storage served.
+fn entry_lookups_to_handle(cluster: &mut Cluster, append: Message) -> u64 {
+    let before = cluster.storage(1).entry_lookups();
+    cluster
+        .call(1, |node, now| node.step(now, append))
+        .expect("the append is handled");
+    cluster.storage(1).entry_lookups() - before
+}
+
 /// A restarted backup (nothing in its cache) that is sent a catch-up append of entries it
 /// already holds skips them with one read of its log, not one lookup per entry: on sled a
 /// lookup decodes the entry's run up to the entry (tens of microseconds), so per-entry lookups
@@ -1009,13 +1018,8 @@ fn a_repeated_catch_up_append_is_checked_with_one_read_of_the_log() {
         .collect();
     let storage = storage_with(2, &held);
     let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
-    let lookups_before = cluster.storage(1).entry_lookups();
     let repeated = append_to_node_1(2, 2, (0, 0), held.clone(), HELD);
-    cluster
-        .call(1, |node, now| node.step(now, repeated))
-        .expect("the append is handled");
-
-    let lookups = cluster.storage(1).entry_lookups() - lookups_before;
+    let lookups = entry_lookups_to_handle(&mut cluster, repeated);
     assert!(
         lookups <= 1,
         "{lookups} single-entry lookups for an append of {HELD} held entries"
@@ -1045,7 +1049,6 @@ fn a_conflicting_append_finds_its_hint_with_one_read_of_the_log() {
     let storage = storage_with(2, &held);
     storage.set_commit_index(1).expect("commit index");
     let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
-    let lookups_before = cluster.storage(1).entry_lookups();
     let conflicting = append_to_node_1(
         3,
         3,
@@ -1053,11 +1056,7 @@ fn a_conflicting_append_finds_its_hint_with_one_read_of_the_log() {
         vec![entry(3, HELD + 1, Operation::Noop)],
         1,
     );
-    cluster
-        .call(1, |node, now| node.step(now, conflicting))
-        .expect("the append is handled");
-
-    let lookups = cluster.storage(1).entry_lookups() - lookups_before;
+    let lookups = entry_lookups_to_handle(&mut cluster, conflicting);
     assert!(
         lookups <= 1,
         "{lookups} single-entry lookups to walk back over {} entries of epoch 2",
@@ -1067,6 +1066,37 @@ fn a_conflicting_append_finds_its_hint_with_one_read_of_the_log() {
         cluster.sent_between(1, 3),
         vec![&MessageBody::AppendRejected { hint: 1 }],
         "the logs may match up to the last entry before epoch 2"
+    );
+}
+
+/// An append's entries are matched to this log by position, so an append whose entries do not
+/// follow its base one by one is refused before it changes anything: matched out of place, its
+/// entries would roll back an entry that did not conflict.
+#[test]
+fn an_append_with_entries_out_of_order_is_refused_before_it_changes_the_log() {
+    let held = vec![entry(1, 1, Operation::Noop), entry(1, 2, Operation::Noop)];
+    let storage = storage_with(1, &held);
+    let mut cluster = Cluster::on(voters(3), BTreeMap::from([(1, storage)]));
+    let out_of_order = append_to_node_1(
+        2,
+        1,
+        (0, 0),
+        vec![entry(2, 2, Operation::Noop), entry(1, 1, Operation::Noop)],
+        0,
+    );
+    let result = cluster.call(1, |node, now| node.step(now, out_of_order));
+    assert!(
+        matches!(&result, Err(err) if err.kind().stops_the_node()),
+        "fail-stop: {result:?}"
+    );
+    assert!(cluster
+        .storage(1)
+        .rolled_back()
+        .expect("rollback")
+        .is_empty());
+    assert_eq!(
+        cluster.storage(1).entries(1, 2, usize::MAX).expect("log"),
+        held
     );
 }
 

@@ -513,7 +513,17 @@ enum CallKind {
 }
 
 impl CallKind {
-    const COUNT: usize = 7;
+    /// Every kind, in slot order.
+    const ALL: [CallKind; 7] = [
+        CallKind::Peer(StreamKind::Heartbeat),
+        CallKind::Peer(StreamKind::Replication),
+        CallKind::Peer(StreamKind::Resync),
+        CallKind::Client,
+        CallKind::Tick,
+        CallKind::Flushed,
+        CallKind::FinishPass,
+    ];
+    const COUNT: usize = CallKind::ALL.len();
 
     fn slot(self) -> usize {
         match self {
@@ -527,16 +537,16 @@ impl CallKind {
         }
     }
 
-    fn name(slot: usize) -> &'static str {
-        [
-            "heartbeat",
-            "replication",
-            "resync",
-            "client",
-            "tick",
-            "flushed",
-            "finish_pass",
-        ][slot]
+    fn name(self) -> &'static str {
+        match self {
+            CallKind::Peer(StreamKind::Heartbeat) => "heartbeat",
+            CallKind::Peer(StreamKind::Replication) => "replication",
+            CallKind::Peer(StreamKind::Resync) => "resync",
+            CallKind::Client => "client",
+            CallKind::Tick => "tick",
+            CallKind::Flushed => "flushed",
+            CallKind::FinishPass => "finish_pass",
+        }
     }
 }
 
@@ -576,13 +586,12 @@ impl PassProfile {
         if elapsed < Duration::from_millis(SLOW_PASS_WARNING_MS) {
             return;
         }
-        let calls: Vec<String> = self
-            .calls
+        let calls: Vec<String> = CallKind::ALL
             .iter()
-            .enumerate()
+            .map(|kind| (kind, self.calls[kind.slot()]))
             .filter(|(_, (count, _))| *count > 0)
-            .map(|(slot, (count, total))| {
-                format!("{} {count}×{}ms", CallKind::name(slot), total.as_millis())
+            .map(|(kind, (count, total))| {
+                format!("{} {count}×{}ms", kind.name(), total.as_millis())
             })
             .collect();
         let in_node: Duration = self.calls.iter().map(|(_, total)| *total).sum();

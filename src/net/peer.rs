@@ -66,7 +66,7 @@ pub(crate) struct PeerRouter {
     links: HashMap<NodeId, LinkQueues>,
     /// Messages dropped because a queue was full or the peer unknown, over the node's lifetime,
     /// per peer and stream: which queue overflows is what a stalled link looks like from here
-    /// (docs/CHAOS.md, "Open: a backup that stopped catching up").
+    /// (docs/CHAOS.md, "A backup that stopped catching up").
     dropped: BTreeMap<(NodeId, StreamKind), u64>,
     metrics: Arc<Metrics>,
 }

@@ -584,12 +584,10 @@ impl Node {
         let local_epochs = self.log.epochs(base_index + 1, overlap_end)?;
         let mut new_entries = Vec::new();
         let mut retransmission = true;
-        for (local_epoch, entry) in local_epochs
-            .into_iter()
-            .map(Some)
-            .chain(std::iter::repeat(None))
-            .zip(entries)
-        {
+        // The entries follow the base one by one (checked above), so entry `position` is the
+        // one whose local epoch is `local_epochs[position]`, if this log holds it.
+        for (position, entry) in entries.into_iter().enumerate() {
+            let local_epoch = local_epochs.get(position).copied();
             if !new_entries.is_empty() || local_epoch.is_none() {
                 retransmission = false;
                 new_entries.push(entry);
