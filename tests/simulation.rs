@@ -179,7 +179,7 @@ struct AckedExpiringSet {
     concern: WriteConcern,
 }
 
-/// A watch as a node's hub serves it (`api::watch`): it follows one node's applied log from an
+/// A watch as a node's hub serves it (`api::watch`): it follows one node's committed log from an
 /// index, taking each entry's changes under its prefix (`changes_of`, the hub's own), and when
 /// its node is down or no longer holds the next index (compacted), it resumes on another live
 /// node after the last index it examined, as the client library does.
@@ -800,7 +800,8 @@ impl Simulation {
         self.check_invariants();
     }
 
-    /// Lets every watcher take what its node has applied since it last looked.
+    /// Lets every watcher take what its node knows is committed since it last looked (as the
+    /// hub follows the commit index, which on a backup runs ahead of its applied index).
     fn feed_watchers(&mut self) {
         let mut watchers = std::mem::take(&mut self.watchers);
         for watcher in &mut watchers {
@@ -826,11 +827,11 @@ impl Simulation {
                 }
                 every_live_node_compacted = false;
                 watcher.node = id;
-                let applied = node.applied_index();
-                if watcher.next <= applied {
+                let committed = node.commit_index();
+                if watcher.next <= committed {
                     let entries = sim
                         .storage
-                        .entries(watcher.next, applied, usize::MAX)
+                        .entries(watcher.next, committed, usize::MAX)
                         .unwrap_or_else(|err| self.fail(format!("node {id}'s log: {err}")));
                     for entry in &entries {
                         if entry.index != watcher.next {
@@ -862,11 +863,6 @@ impl Simulation {
     ) {
         let now = self.now;
         let local_now = self.local_now(id);
-        // As a real node's event loop does: a backup serving watchers applies every pass.
-        let watched = self
-            .watchers
-            .iter()
-            .any(|watcher| watcher.node == id && !watcher.compacted);
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -877,7 +873,6 @@ impl Simulation {
         if let Err(err) = call(node, local_now) {
             self.fail(format!("node {id} returned an error: {err}"));
         }
-        node.set_apply_every_pass(watched);
         let outputs = match node.finish_pass() {
             Ok(outputs) => outputs,
             Err(err) => self.fail(format!("node {id} failed to finish a pass: {err}")),

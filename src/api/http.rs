@@ -851,7 +851,7 @@ const WATCH_EVENTS_BUFFERED: usize = 16;
 /// `GET /v1/watch?prefix=…&from=…&initial=true`: the watch as Server-Sent Events, one event per
 /// [`WatchEvent`] (`change`, `progress`, `initial`, `end`), each with the index as its `id`, so a
 /// browser's `EventSource` resumes after a disconnect from the last one (`Last-Event-ID`, which
-/// wins over `from`). Served by this node from its applied log, never forwarded.
+/// wins over `from`). Served by this node from its committed log, never forwarded.
 async fn watch_events(
     State(door): State<HttpDoor>,
     Extension(connection): Extension<Connection>,

@@ -9,7 +9,7 @@
 //! - [`service`]: the one request path: authorization, the local event loop, forwarding.
 //! - [`resp`]: the Redis protocol on plain TCP (`resp_addr` in the node's config).
 //! - [`http`]: the HTTP/JSON door, with health, readiness and Prometheus metrics.
-//! - [`watch`]: the watch hub: change feeds from the applied log, for every door.
+//! - [`watch`]: the watch hub: change feeds from the committed log, for every door.
 //! - [`json`]: the JSON shapes of key-value answers, shared by `kvctl --json` and HTTP.
 //! - The QUIC door still lives in `net/client_port.rs`; it calls the service like any other door.
 

@@ -132,7 +132,7 @@ impl Service {
     }
 
     /// Opens the watch `request` ([`Request::Watch`]) for `caller`, authorized as any request.
-    /// A watch is served by this node from its own applied log, never forwarded. With `initial`,
+    /// A watch is served by this node from its own committed log, never forwarded. With `initial`,
     /// the prefix is first listed page by page through the event loop (each page a stale read at
     /// its own index) and the hub brings the listing to one index; `from` is then unused.
     pub async fn watch(&self, caller: &Caller, request: Request) -> Result<Watcher> {

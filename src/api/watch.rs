@@ -1,7 +1,8 @@
-//! The watch hub: ordered change feeds served from a node's applied log, off the event loop.
+//! The watch hub: ordered change feeds served from a node's committed log, off the event loop.
 //!
-//! The event loop publishes the node's applied index after every pass ([`NodeView`]). The hub's
-//! feeder task reads the entries newly applied from the stored log, once for every watcher, and
+//! The event loop publishes the node's commit index after every pass ([`NodeView`]), once the
+//! pass's entries are in the stored log. The hub's feeder task reads the entries newly committed
+//! from the stored log, once for every watcher, and
 //! keeps the most recent ones in a bounded ring (while no watcher is open it reads nothing and
 //! keeps the ring empty). A [`Watcher`] delivers the changes under its
 //! prefix in index order (the revision is the log index): from the stored log, one bounded read
@@ -15,9 +16,11 @@
 //! look at one entry, not a thousand.
 //!
 //! Invariants:
-//! - Only applied (so committed) entries are delivered: the feeder reads no further than the
-//!   applied index, and a catching-up watcher no further than the ring's start. A write that is
-//!   rolled back was never applied, so it is never seen.
+//! - Only committed entries are delivered: the feeder reads no further than the commit index,
+//!   and a catching-up watcher no further than the ring's start. A committed entry is never
+//!   rolled back, and it is the entry every node applies at its index, so a write that is
+//!   rolled back is never seen. A backup learns the commit index before it applies (on its
+//!   tick), and its watchers need not wait for the apply.
 //! - A watcher examines every index from its start exactly once, in order: the changes it
 //!   delivers come in index order and, with its progress notifications, cover every index
 //!   without a gap. An entry that changes several keys (a batch: `SET` with options, `MSET`,
@@ -33,7 +36,7 @@
 //! - System keys ([`is_system_key`]) are never delivered.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -68,7 +71,7 @@ impl Default for RingLimits {
     }
 }
 
-/// The indexes the ring holds: `first..next`. `next - 1` is the last applied index the hub has
+/// The indexes the ring holds: `first..next`. `next - 1` is the last committed index the hub has
 /// read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RingBounds {
@@ -76,7 +79,7 @@ struct RingBounds {
     next: LogIndex,
 }
 
-/// The most recent applied entries, contiguous: `entries[i].index == first + i`.
+/// The most recent committed entries, contiguous: `entries[i].index == first + i`.
 struct Ring {
     entries: VecDeque<Arc<Entry>>,
     bytes: usize,
@@ -180,7 +183,7 @@ fn change_at(entry: &Entry, key: &[u8], value: Option<&[u8]>) -> Change {
 
 /// The changes an entry makes to keys, in the entry's order (see [`visit_changes`]), all at the
 /// entry's index. System keys are among them (callers drop them). Public for the simulator's
-/// watchers, which follow a node's applied log as a watcher does.
+/// watchers, which follow a node's committed log as a watcher does.
 pub fn changes_of(entry: &Entry) -> Vec<Change> {
     let mut changes = Vec::new();
     visit_changes(entry, |key, value| {
@@ -193,8 +196,6 @@ struct HubShared {
     storage: Arc<dyn Storage>,
     ring: RwLock<Ring>,
     bounds: watch::Sender<RingBounds>,
-    /// Watchers open now.
-    open_watchers: Arc<AtomicUsize>,
     /// Every open watcher's subscription, by prefix: the feeder wakes only the watchers whose
     /// prefix a new change is under.
     subscriptions: Mutex<BTreeMap<Vec<u8>, Vec<Arc<Subscription>>>>,
@@ -220,17 +221,6 @@ struct Subscription {
 
 /// `pending_from` of a subscription with nothing to examine.
 const NOTHING_PENDING: LogIndex = LogIndex::MAX;
-
-/// How many watchers a hub serves now, for the event loop: a backup with watchers applies in
-/// every pass instead of once per tick, so its watchers do not wait for the tick.
-#[derive(Clone, Debug, Default)]
-pub struct WatcherCount(Arc<AtomicUsize>);
-
-impl WatcherCount {
-    pub fn any(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
-    }
-}
 
 impl HubShared {
     fn read_ring<T>(&self, read: impl FnOnce(&Ring) -> T) -> T {
@@ -287,11 +277,11 @@ impl HubShared {
         }
     }
 
-    /// With no watcher open, restarts the ring after `applied` instead of reading the log back
+    /// With no watcher open, restarts the ring after `committed` instead of reading the log back
     /// into it: a node nobody watches pays no storage read per write. Decided under the ring's
     /// write lock, so a watcher that registers meanwhile either is seen here (and the ring is
     /// fed) or reads the ring only once it has restarted, and catches up from the stored log.
-    fn skip_unwatched(&self, applied: LogIndex) -> bool {
+    fn skip_unwatched(&self, committed: LogIndex) -> bool {
         // Watched (the common case while it matters): no write lock and no bounds broadcast.
         if !lock(&self.subscriptions).is_empty() {
             return false;
@@ -299,30 +289,30 @@ impl HubShared {
         let mut skipped = false;
         self.change_ring(|ring| {
             if lock(&self.subscriptions).is_empty() {
-                ring.restart_at(applied + 1);
+                ring.restart_at(committed + 1);
                 skipped = true;
             }
         });
         skipped
     }
 
-    /// Reads the entries applied up to `applied` that the ring has not seen into it.
-    async fn feed_to(&self, applied: LogIndex) -> Result<()> {
+    /// Reads the entries committed up to `committed` that the ring has not seen into it.
+    async fn feed_to(&self, committed: LogIndex) -> Result<()> {
         loop {
             let next = self.bounds.borrow().next;
-            if next > applied {
+            if next > committed {
                 return Ok(());
             }
-            if self.skip_unwatched(applied) {
+            if self.skip_unwatched(committed) {
                 return Ok(());
             }
-            let entries = read_log(&self.storage, next, applied).await?;
+            let entries = read_log(&self.storage, next, committed).await?;
             if entries.first().map(|entry| entry.index) != Some(next) {
                 // The log no longer holds `next`: a snapshot was installed. The ring restarts
-                // after the applied index; watchers behind it meet the gap in the stored log and
+                // after the commit index; watchers behind it meet the gap in the stored log and
                 // end with `Compacted`.
                 self.change_ring(|ring| {
-                    ring.restart_at(applied + 1);
+                    ring.restart_at(committed + 1);
                     // The entries skipped were never seen: every watcher may have missed some.
                     self.mark_all();
                 });
@@ -371,7 +361,7 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    /// Starts the hub of the node whose applied index `view` publishes, with the default ring.
+    /// Starts the hub of the node whose commit index `view` publishes, with the default ring.
     /// The feeder stops when the event loop drops its end of `view`.
     pub fn start(storage: Arc<dyn Storage>, view: watch::Receiver<NodeView>) -> WatchHub {
         WatchHub::start_with(storage, view, RingLimits::default())
@@ -383,14 +373,14 @@ impl WatchHub {
         mut view: watch::Receiver<NodeView>,
         limits: RingLimits,
     ) -> WatchHub {
-        let (applied, cut_off) = {
+        let (committed, cut_off) = {
             let view = view.borrow_and_update();
-            (view.applied_index, view.cut_off)
+            (view.commit_index, view.cut_off)
         };
         let ring = Ring {
             entries: VecDeque::new(),
             bytes: 0,
-            first: applied + 1,
+            first: committed + 1,
             limits,
         };
         let bounds = watch::Sender::new(ring.bounds());
@@ -398,24 +388,23 @@ impl WatchHub {
             storage,
             ring: RwLock::new(ring),
             bounds,
-            open_watchers: Arc::default(),
             subscriptions: Mutex::default(),
             cut_off: watch::Sender::new(cut_off),
         });
         let feeder = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
-                let (applied, cut_off) = {
+                let (committed, cut_off) = {
                     let view = view.borrow_and_update();
-                    (view.applied_index, view.cut_off)
+                    (view.commit_index, view.cut_off)
                 };
                 feeder.cut_off.send_if_modified(|was| {
                     let changed = *was != cut_off;
                     *was = cut_off;
                     changed
                 });
-                if let Err(err) = feeder.feed_to(applied).await {
-                    warn!(%err, "the watch hub cannot read the applied log");
+                if let Err(err) = feeder.feed_to(committed).await {
+                    warn!(%err, "the watch hub cannot read the committed log");
                 }
                 if view.changed().await.is_err() {
                     return; // the event loop stopped
@@ -423,11 +412,6 @@ impl WatchHub {
             }
         });
         WatchHub { shared }
-    }
-
-    /// How many watchers this hub serves now.
-    pub fn watcher_count(&self) -> WatcherCount {
-        WatcherCount(Arc::clone(&self.shared.open_watchers))
     }
 
     /// A watcher of the changes under `prefix` from index `from` (after the last index the hub
@@ -449,7 +433,6 @@ impl WatchHub {
                 });
             }
         }
-        self.shared.open_watchers.fetch_add(1, Ordering::Relaxed);
         let subscription = Arc::new(Subscription {
             pending_from: AtomicU64::new(next),
             wake: Notify::new(),
@@ -615,7 +598,6 @@ pub struct Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.shared.open_watchers.fetch_sub(1, Ordering::Relaxed);
         let mut subscriptions = lock(&self.shared.subscriptions);
         if let Some(watchers) = subscriptions.get_mut(&self.prefix) {
             watchers.retain(|other| !Arc::ptr_eq(other, &self.subscription));
@@ -849,8 +831,11 @@ mod tests {
     }
 
     async fn next_change(watcher: &mut Watcher) -> Change {
+        // One deadline for the whole wait: progress notifications (every 2 s) must not extend it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(5), watcher.next()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, watcher.next()).await {
                 Ok(Ok(WatchEvent::Change(change))) => return change,
                 Ok(Ok(_)) => continue,
                 Ok(Err(err)) => panic!("the watch ended: {err}"),
@@ -874,13 +859,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_watcher_sees_the_applied_changes_of_its_prefix_in_index_order() {
+    async fn a_watcher_sees_the_committed_changes_of_its_prefix_in_index_order() {
         let mut node = Harness::new();
         node.apply(vec![put(1, "a/1", "old"), put(2, "b/1", "other")]);
         let hub = node.hub(RingLimits::default());
         let mut from_start = hub.watch(b"a/".to_vec(), Some(1)).await.expect("watch");
         let mut from_now = hub.watch(b"a/".to_vec(), None).await.expect("watch");
-        // Appended but not applied: never delivered.
+        // Appended but not committed: never delivered.
         node.storage
             .append(&[put(3, "a/2", "new"), delete(4, "a/1")])
             .expect("append");
@@ -895,6 +880,35 @@ mod tests {
             assert_eq!((put.index, put.value), (3, Some(b"new".to_vec())));
             let delete = next_change(watcher).await;
             assert_eq!((delete.index, delete.value), (4, None));
+        }
+    }
+
+    /// A backup learns the commit index in one pass and applies on its tick: its watchers get
+    /// the committed changes at once, without waiting for the apply.
+    #[tokio::test]
+    async fn a_watcher_sees_committed_changes_its_node_has_not_applied_yet() {
+        let mut node = Harness::new();
+        node.apply_puts("a/", 2);
+        let hub = node.hub(RingLimits::default());
+        let mut watcher = hub.watch(b"a/".to_vec(), None).await.expect("watch");
+        node.storage
+            .append(&[put(3, "a/x", "committed"), put(4, "a/x", "appended")])
+            .expect("append");
+        node.view.send_replace(NodeView {
+            last_index: 4,
+            commit_index: 3,
+            ..view(node.applied)
+        });
+        let change = next_change(&mut watcher).await;
+        assert_eq!(
+            (change.index, change.value),
+            (3, Some(b"committed".to_vec()))
+        );
+        assert_eq!(node.storage.meta().expect("meta").applied_index, 2);
+        // Entry 4 is not committed: the watcher is told of nothing past 3.
+        match next_event_after_progress(&mut watcher).await {
+            Err(_elapsed) => {}
+            Ok(event) => panic!("only entry 3 is committed, yet the watcher got {event:?}"),
         }
     }
 

@@ -36,7 +36,6 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
-use crate::api::watch::WatcherCount;
 use crate::config::tuning::{
     MAX_EVENTS_PER_BATCH, MAX_RESYNC_EVENTS_PER_BATCH, SLOW_PASS_WARNING_MS, TICK_INTERVAL_MS,
 };
@@ -134,8 +133,6 @@ pub(crate) struct EventLoop {
     metrics: Arc<Metrics>,
     /// The last primary this node knew of, to count primary changes.
     last_primary: Option<NodeId>,
-    /// The watchers the node's hub serves: while there are any, a backup applies every pass.
-    watchers: WatcherCount,
     /// Where the current pass spends its time.
     pass: PassProfile,
 }
@@ -148,7 +145,6 @@ impl EventLoop {
         mut peers: PeerRouter,
         published: Published,
         metrics: Arc<Metrics>,
-        watchers: WatcherCount,
     ) -> Self {
         let node_primary = node.primary();
         peers.sync(node.membership(), node_primary);
@@ -167,7 +163,6 @@ impl EventLoop {
             synced_primary: node_primary,
             metrics,
             last_primary: None,
-            watchers,
             pass,
         }
     }
@@ -361,7 +356,6 @@ impl EventLoop {
 
     /// Ends the node's pass (its one apply of what the pass committed) and sends its outputs.
     fn dispatch_outputs(&mut self) -> Result<()> {
-        self.node.set_apply_every_pass(self.watchers.any());
         let outputs = match self.applying(CallKind::FinishPass, Node::finish_pass) {
             Ok(outputs) => outputs,
             // Not fatal: the outputs stay with the node and go out after the next pass.

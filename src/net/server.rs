@@ -181,7 +181,6 @@ where
             view: view_tx,
         },
         metrics.clone(),
-        watch_hub.watcher_count(),
     );
     let mut event_loop = tokio::spawn(event_loop.run(controller.handle()).in_current_span());
     tokio::spawn(

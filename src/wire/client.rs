@@ -139,7 +139,7 @@ pub enum Request {
     /// log index of at least `from` (or, when `None`, after the index the node has applied), in
     /// index order. With `initial`, the values under the prefix at one index come first
     /// ([`WatchEvent::Initial`]), then every change after that index. Any node serves it, from its
-    /// own applied log; a `readonly` certificate may watch.
+    /// own committed log; a `readonly` certificate may watch.
     Watch {
         prefix: Vec<u8>,
         from: Option<LogIndex>,

@@ -184,8 +184,6 @@ pub struct Node {
     wall_clock: u64,
     /// Outputs produced since the last [`Node::finish_pass`].
     outputs: Vec<Output>,
-    /// Whether a backup applies in every pass rather than once per tick ([`Node::finish_pass`]).
-    apply_every_pass: bool,
 }
 
 impl Node {
@@ -225,7 +223,6 @@ impl Node {
             log,
             commit_index: meta.commit_index.max(meta.applied_index).min(last_index),
             persisted_commit_index: meta.commit_index,
-            apply_every_pass: false,
             applied_index: meta.applied_index,
             verified_index: 0,
             acked_index: 0,
@@ -298,14 +295,6 @@ impl Node {
         self.applied_index
     }
 
-    /// Whether a backup applies what it learns is committed in the same pass (`true`: the
-    /// driver has watchers to serve from the applied log, who would otherwise wait for the
-    /// tick) or once per tick (`false`, the default: one storage apply per tick). Only when
-    /// entries reach the state changes; what is applied, and in what order, does not.
-    pub fn set_apply_every_pass(&mut self, on: bool) {
-        self.apply_every_pass = on;
-    }
-
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
@@ -330,13 +319,10 @@ impl Node {
     pub fn finish_pass(&mut self) -> Result<Vec<Output>> {
         // One storage append for every entry the pass appended (see `log`).
         self.log.write()?;
-        // A backup's applied state serves only stale reads and watches, so it applies once per
-        // tick instead (unless much is pending, or watchers wait): one storage apply per tick,
-        // not per `Append`.
-        if self.is_primary()
-            || self.apply_every_pass
-            || self.commit_index - self.applied_index >= MAX_UNAPPLIED_ON_BACKUP
-        {
+        // A backup's applied state serves only stale reads (watches follow the commit index),
+        // so it applies once per tick instead (unless much is pending): one storage apply per
+        // tick, not per `Append`.
+        if self.is_primary() || self.commit_index - self.applied_index >= MAX_UNAPPLIED_ON_BACKUP {
             self.apply_committed()?;
         }
         self.answer_writes();
@@ -589,7 +575,7 @@ impl Node {
                     "user and token requests are served by a node's service, not its core".into(),
                 )),
             ),
-            // Watches are served off the protocol, from the applied log (`api/watch.rs`).
+            // Watches are served off the protocol, from the committed log (`api/watch.rs`).
             Request::Watch { .. } => self.reply(
                 token,
                 Response::Error(Error::InvalidRequest(
