@@ -192,13 +192,67 @@ pub fn changes_of(entry: &Entry) -> Vec<Change> {
     changes
 }
 
+/// The open watchers' subscriptions by prefix, with how many prefixes of each length there are,
+/// so that finding the watchers of a key looks it up only at the lengths some prefix has (a
+/// handful), not at every length of the key.
+#[derive(Default)]
+struct Subscriptions {
+    by_prefix: BTreeMap<Vec<u8>, Vec<Arc<Subscription>>>,
+    /// Prefix length → how many prefixes in `by_prefix` have it (never zero).
+    lengths: BTreeMap<usize, usize>,
+}
+
+impl Subscriptions {
+    fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
+
+    fn add(&mut self, prefix: Vec<u8>, subscription: Arc<Subscription>) {
+        let length = prefix.len();
+        let watchers = self.by_prefix.entry(prefix).or_default();
+        if watchers.is_empty() {
+            *self.lengths.entry(length).or_default() += 1;
+        }
+        watchers.push(subscription);
+    }
+
+    fn remove(&mut self, prefix: &[u8], subscription: &Arc<Subscription>) {
+        let Some(watchers) = self.by_prefix.get_mut(prefix) else {
+            return;
+        };
+        watchers.retain(|other| !Arc::ptr_eq(other, subscription));
+        if !watchers.is_empty() {
+            return;
+        }
+        self.by_prefix.remove(prefix);
+        if let Some(count) = self.lengths.get_mut(&prefix.len()) {
+            *count -= 1;
+            if *count == 0 {
+                self.lengths.remove(&prefix.len());
+            }
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.by_prefix.values().flatten()
+    }
+
+    /// The subscriptions whose prefix `key` is under.
+    fn under<'s>(&'s self, key: &'s [u8]) -> impl Iterator<Item = &'s Arc<Subscription>> {
+        self.lengths
+            .range(..=key.len())
+            .filter_map(move |(&length, _)| self.by_prefix.get(&key[..length]))
+            .flatten()
+    }
+}
+
 struct HubShared {
     storage: Arc<dyn Storage>,
     ring: RwLock<Ring>,
     bounds: watch::Sender<RingBounds>,
     /// Every open watcher's subscription, by prefix: the feeder wakes only the watchers whose
     /// prefix a new change is under.
-    subscriptions: Mutex<BTreeMap<Vec<u8>, Vec<Arc<Subscription>>>>,
+    subscriptions: Mutex<Subscriptions>,
     /// Whether the node is cut off from the primary ([`NodeView::cut_off`]): its watches end with
     /// `Unavailable`, and their clients resume on a node that hears the primary.
     cut_off: watch::Sender<bool>,
@@ -246,7 +300,7 @@ impl HubShared {
     }
 
     /// Marks `entry` pending for every watcher whose prefix one of its keys is under, and wakes
-    /// them: a lookup per prefix length of each key, not a look at every watcher. Called under
+    /// them: a lookup per prefix length that some watcher has, not a look at every watcher. Called under
     /// the ring's write lock, before the entry is pushed.
     fn mark_entry(&self, entry: &Entry) {
         let subscriptions = lock(&self.subscriptions);
@@ -257,13 +311,11 @@ impl HubShared {
             if is_system_key(key) {
                 return;
             }
-            for length in 0..=key.len() {
-                for subscription in subscriptions.get(&key[..length]).into_iter().flatten() {
-                    subscription
-                        .pending_from
-                        .fetch_min(entry.index, Ordering::Relaxed);
-                    subscription.wake.notify_one();
-                }
+            for subscription in subscriptions.under(key) {
+                subscription
+                    .pending_from
+                    .fetch_min(entry.index, Ordering::Relaxed);
+                subscription.wake.notify_one();
             }
         });
     }
@@ -271,7 +323,7 @@ impl HubShared {
     /// Marks everything pending for every watcher, and wakes them all: the ring skipped entries
     /// no watcher examined. Called under the ring's write lock.
     fn mark_all(&self) {
-        for subscription in lock(&self.subscriptions).values().flatten() {
+        for subscription in lock(&self.subscriptions).all() {
             subscription.pending_from.store(0, Ordering::Relaxed);
             subscription.wake.notify_one();
         }
@@ -437,10 +489,7 @@ impl WatchHub {
             pending_from: AtomicU64::new(next),
             wake: Notify::new(),
         });
-        lock(&self.shared.subscriptions)
-            .entry(prefix.clone())
-            .or_default()
-            .push(Arc::clone(&subscription));
+        lock(&self.shared.subscriptions).add(prefix.clone(), Arc::clone(&subscription));
         Ok(Watcher {
             subscription,
             shared: Arc::clone(&self.shared),
@@ -598,13 +647,7 @@ pub struct Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        let mut subscriptions = lock(&self.shared.subscriptions);
-        if let Some(watchers) = subscriptions.get_mut(&self.prefix) {
-            watchers.retain(|other| !Arc::ptr_eq(other, &self.subscription));
-            if watchers.is_empty() {
-                subscriptions.remove(&self.prefix);
-            }
-        }
+        lock(&self.shared.subscriptions).remove(&self.prefix, &self.subscription);
     }
 }
 
@@ -881,6 +924,64 @@ mod tests {
             let delete = next_change(watcher).await;
             assert_eq!((delete.index, delete.value), (4, None));
         }
+    }
+
+    #[test]
+    fn subscriptions_are_found_by_the_prefixes_of_a_key_and_forgotten_once_removed() {
+        let new = || {
+            Arc::new(Subscription {
+                pending_from: AtomicU64::new(NOTHING_PENDING),
+                wake: Notify::new(),
+            })
+        };
+        let (everything, a, ab, ab_again, b) = (new(), new(), new(), new(), new());
+        let mut subscriptions = Subscriptions::default();
+        subscriptions.add(b"".to_vec(), Arc::clone(&everything));
+        subscriptions.add(b"a".to_vec(), Arc::clone(&a));
+        subscriptions.add(b"ab".to_vec(), Arc::clone(&ab));
+        subscriptions.add(b"ab".to_vec(), Arc::clone(&ab_again));
+        subscriptions.add(b"b".to_vec(), Arc::clone(&b));
+        let found = |subscriptions: &Subscriptions, key: &[u8]| -> Vec<*const Subscription> {
+            subscriptions.under(key).map(Arc::as_ptr).collect()
+        };
+        let pointers = |of: &[&Arc<Subscription>]| -> Vec<*const Subscription> {
+            of.iter()
+                .map(|subscription| Arc::as_ptr(subscription))
+                .collect()
+        };
+        assert_eq!(
+            found(&subscriptions, b"abc"),
+            pointers(&[&everything, &a, &ab, &ab_again])
+        );
+        assert_eq!(
+            found(&subscriptions, b"ab"),
+            pointers(&[&everything, &a, &ab, &ab_again])
+        );
+        assert_eq!(found(&subscriptions, b"b"), pointers(&[&everything, &b]));
+        assert_eq!(found(&subscriptions, b"c"), pointers(&[&everything]));
+        let lengths = |subscriptions: &Subscriptions| -> Vec<(usize, usize)> {
+            subscriptions
+                .lengths
+                .iter()
+                .map(|(l, n)| (*l, *n))
+                .collect()
+        };
+        assert_eq!(lengths(&subscriptions), [(0, 1), (1, 2), (2, 1)]);
+
+        subscriptions.remove(b"ab", &ab);
+        assert_eq!(
+            lengths(&subscriptions),
+            [(0, 1), (1, 2), (2, 1)],
+            "ab is still watched"
+        );
+        subscriptions.remove(b"ab", &ab_again);
+        assert_eq!(lengths(&subscriptions), [(0, 1), (1, 2)]);
+        assert_eq!(found(&subscriptions, b"abc"), pointers(&[&everything, &a]));
+        subscriptions.remove(b"a", &a);
+        subscriptions.remove(b"b", &b);
+        subscriptions.remove(b"", &everything);
+        assert!(subscriptions.is_empty());
+        assert_eq!(lengths(&subscriptions), []);
     }
 
     /// A backup learns the commit index in one pass and applies on its tick: its watchers get
