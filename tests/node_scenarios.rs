@@ -919,9 +919,17 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
             catch_up: false,
         },
     };
-    let result = cluster.call(1, |node, now| node.step(now, overwrite));
+    let error = refused_by_node_1_without_rollback(&mut cluster, overwrite);
+    assert!(matches!(error, Error::Internal(_)), "{error:?}");
+    assert_eq!(cluster.storage(1).last().expect("last"), (1, 2));
+}
+
+/// Node 1 handles `append` and must stop on it (a fail-stop error) with nothing rolled back;
+/// returns the error.
+fn refused_by_node_1_without_rollback(cluster: &mut Cluster, append: Message) -> Error {
+    let result = cluster.call(1, |node, now| node.step(now, append));
     assert!(
-        matches!(&result, Err(err @ Error::Internal(_)) if err.kind().stops_the_node()),
+        matches!(&result, Err(err) if err.kind().stops_the_node()),
         "fail-stop: {result:?}"
     );
     assert!(cluster
@@ -929,7 +937,7 @@ fn a_backup_refuses_to_truncate_a_committed_entry() {
         .rolled_back()
         .expect("rollback")
         .is_empty());
-    assert_eq!(cluster.storage(1).last().expect("last"), (1, 2));
+    result.expect_err("checked above")
 }
 
 /// An append from `from` to node 1 in `epoch`. Whether it is a catch-up append changes only the
@@ -1084,16 +1092,7 @@ fn an_append_with_entries_out_of_order_is_refused_before_it_changes_the_log() {
         vec![entry(2, 2, Operation::Noop), entry(1, 1, Operation::Noop)],
         0,
     );
-    let result = cluster.call(1, |node, now| node.step(now, out_of_order));
-    assert!(
-        matches!(&result, Err(err) if err.kind().stops_the_node()),
-        "fail-stop: {result:?}"
-    );
-    assert!(cluster
-        .storage(1)
-        .rolled_back()
-        .expect("rollback")
-        .is_empty());
+    refused_by_node_1_without_rollback(&mut cluster, out_of_order);
     assert_eq!(
         cluster.storage(1).entries(1, 2, usize::MAX).expect("log"),
         held

@@ -300,8 +300,8 @@ impl HubShared {
     }
 
     /// Marks `entry` pending for every watcher whose prefix one of its keys is under, and wakes
-    /// them: a lookup per prefix length that some watcher has, not a look at every watcher. Called under
-    /// the ring's write lock, before the entry is pushed.
+    /// them: a lookup per prefix length that some watcher has, not a look at every watcher.
+    /// Called under the ring's write lock, before the entry is pushed.
     fn mark_entry(&self, entry: &Entry) {
         let subscriptions = lock(&self.subscriptions);
         if subscriptions.is_empty() {
@@ -873,17 +873,28 @@ mod tests {
         }
     }
 
-    async fn next_change(watcher: &mut Watcher) -> Change {
-        // One deadline for the whole wait: progress notifications (every 2 s) must not extend it.
+    /// The first event that `wanted` accepts, or the watch's error, within 5 s in all: events
+    /// passed over (progress notifications every 2 s) do not extend the wait.
+    async fn next_event_where(
+        watcher: &mut Watcher,
+        wanted: impl Fn(&WatchEvent) -> bool,
+    ) -> std::result::Result<Result<WatchEvent>, tokio::time::error::Elapsed> {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, watcher.next()).await {
-                Ok(Ok(WatchEvent::Change(change))) => return change,
-                Ok(Ok(_)) => continue,
-                Ok(Err(err)) => panic!("the watch ended: {err}"),
-                Err(_) => panic!("no change within 5 s"),
+                Ok(Ok(event)) if !wanted(&event) => continue,
+                other => return other,
             }
+        }
+    }
+
+    async fn next_change(watcher: &mut Watcher) -> Change {
+        match next_event_where(watcher, |event| matches!(event, WatchEvent::Change(_))).await {
+            Ok(Ok(WatchEvent::Change(change))) => change,
+            Ok(Ok(other)) => unreachable!("only a change is wanted, not {other:?}"),
+            Ok(Err(err)) => panic!("the watch ended: {err}"),
+            Err(_) => panic!("no change within 5 s"),
         }
     }
 
@@ -891,14 +902,10 @@ mod tests {
     async fn next_event_after_progress(
         watcher: &mut Watcher,
     ) -> std::result::Result<Result<WatchEvent>, tokio::time::error::Elapsed> {
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, watcher.next()).await {
-                Ok(Ok(WatchEvent::Progress { .. })) => continue,
-                other => return other,
-            }
-        }
+        next_event_where(watcher, |event| {
+            !matches!(event, WatchEvent::Progress { .. })
+        })
+        .await
     }
 
     #[tokio::test]

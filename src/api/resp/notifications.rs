@@ -3,8 +3,8 @@
 //! watch hub (docs/ARCHITECTURE.md, "Watches").
 //!
 //! Each channel or pattern a connection subscribes to is one watch of this node's committed log,
-//! from the index the node knows is committed when it subscribes, on the longest literal prefix of the
-//! keys it names. A task per subscription turns every committed change the channel or pattern
+//! from the index the node knows is committed when it subscribes, on the longest literal prefix
+//! of the keys it names. A task per subscription turns every committed change the channel or pattern
 //! names into a pub/sub message and hands it to the connection's executor, which writes it
 //! between replies (a RESP3 push, or a RESP2 array).
 //!
